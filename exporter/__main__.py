@@ -1,0 +1,7 @@
+"""`python -m exporter` is the `pgparent` command."""
+
+from __future__ import annotations
+
+from exporter.cli import main
+
+raise SystemExit(main())

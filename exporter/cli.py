@@ -1,0 +1,228 @@
+"""The `pgparent` command: run, groups, terminate, check, demo. Exit 0 ok, 1 runtime failure, 2 usage/config error.
+
+User errors (a bad flag, config, DSN or listen address) are one clear line each on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from exporter import __version__
+from exporter.config import Config, describe, load_config
+from exporter.db import Database, resolve_dsn
+from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
+from exporter.grouping import group
+from exporter.logs import LEVELS, configure
+from exporter.model import Group, Grouped
+
+DEFAULT_LISTEN = ":10187"
+"""9100-9999 is fully allocated to other exporters; 10187 echoes postgres_exporter's 9187 without clashing."""
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dsn", help="libpq DSN or URI; else $PGPARENT_DSN, else $DATA_SOURCE_NAME, else libpq's PG* "
+                                 "variables")
+    p.add_argument("--config.file", dest="config_file", metavar="FILE", help="rules file (see rules.yaml)")
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log.format", dest="log_format", choices=["json", "console", "auto"], default="auto",
+                   help="log format (default: console on a terminal, else JSON)")
+    p.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgparent", description="Per-parent-tag session metrics and a runaway-group watchdog for "
+                                                  "PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"pgparent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the daemon: poll, export /metrics, enforce rules")
+    _add_connection(run)
+    run.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                     help=f"where to serve /metrics (default {DEFAULT_LISTEN})")
+    run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
+    _add_logging(run)
+
+    groups = sub.add_parser("groups", help="show the current groups once")
+    _add_connection(groups)
+    groups.add_argument("--output", choices=["table", "json"], default="table")
+
+    term = sub.add_parser("terminate", help="signal every client session of one group")
+    term.add_argument("parent", metavar="PARENT", help="the parent tag, e.g. FakeParent:1001")
+    _add_connection(term)
+    term.add_argument("--cancel", action="store_true", help="cancel active queries instead of terminating sessions")
+    term.add_argument("--dry-run", action="store_true", help="list what would be signalled, signal nothing")
+    _add_logging(term)
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("--config.file", dest="config_file", metavar="FILE", default="rules.yaml")
+
+    demo = sub.add_parser("demo", help="the seed scenario on a throwaway PostgreSQL")
+    demo.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
+                      help="keep the demo's server and /metrics up this long at the end")
+    return parser
+
+
+def _config(path: str | None) -> Config:
+    return load_config(path) if path else Config()
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def group_row(g: Group) -> dict[str, Any]:
+    st = g.stats
+    return {
+        "parent": g.parent,
+        "sessions": st.sessions,
+        "states": {k: v for k, v in st.by_state.items() if v},
+        "active": st.active,
+        "waiting": st.waiting,
+        "parallel_workers": g.workers,
+        "max_query_seconds": round(st.max_query_duration, 3),
+        "max_transaction_seconds": round(st.max_transaction_duration, 3),
+        "age_seconds": round(st.age, 3),
+    }
+
+
+def groups_table(grouped: Grouped) -> list[str]:
+    """The groups as an aligned text table, largest first, and a closing count line."""
+    ordered = sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
+    header = ("PARENT", "SESSIONS", "ACTIVE", "IDLE", "IDLE_IN_TX", "WAITING", "WORKERS", "LONGEST_QUERY",
+              "LONGEST_TX", "AGE")
+    rows = [header]
+    for g in ordered:
+        st = g.stats
+        idle_tx = st.by_state.get("idle in transaction", 0) + st.by_state.get("idle in transaction (aborted)", 0)
+        rows.append((g.parent, str(st.sessions), str(st.active), str(st.by_state.get("idle", 0)), str(idle_tx),
+                     str(st.waiting), str(g.workers), _fmt_seconds(st.max_query_duration),
+                     _fmt_seconds(st.max_transaction_duration), _fmt_seconds(st.age)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s)")
+    return lines
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    config = _config(args.config_file)
+    db = Database(resolve_dsn(args.dsn))
+    try:
+        grouped = group(db.snapshot(), config.grouping.pattern)
+    finally:
+        db.close()
+    ordered = sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
+    untagged = grouped.untagged
+    if args.output == "json":
+        doc = {
+            "taken_at": grouped.now.isoformat(),
+            "groups": [group_row(g) for g in ordered],
+            "untagged": {"sessions": untagged.sessions, "states": {k: v for k, v in untagged.by_state.items() if v}},
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    for line in groups_table(grouped):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    from exporter.collector import Counters
+    from exporter.enforcer import enforce
+    from exporter.policy import manual
+
+    config = _config(args.config_file)
+    action = "cancel" if args.cancel else "terminate"
+    db = Database(resolve_dsn(args.dsn))
+    try:
+        snapshot = db.snapshot()
+        grouped = group(snapshot, config.grouping.pattern)
+        decision = manual(grouped, args.parent, action, config.protect, dry_run=args.dry_run)
+        if not decision.targets:
+            print(f"no client session of {args.parent} to {action}"
+                  + (f" ({decision.protected} protected, {decision.unguarded} without backend_start)"
+                     if decision.protected or decision.unguarded else ""))
+            return EXIT_OK
+        results = enforce(decision, db, Counters(), snapshot.now, on_result=_print_result)
+    finally:
+        db.close()
+    done = results.get("ok", 0) + results.get("dry_run", 0)
+    verb = {"terminate": "terminated", "cancel": "cancelled"}[action]
+    failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))
+    skipped = decision.protected + decision.unguarded
+    print(f"total: {done} of {len(decision.targets)} session(s) of {args.parent} "
+          f"{'would be ' if args.dry_run else ''}{verb}; {failed} failed; {skipped} left alone (protected or "
+          "unguarded)")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_result(fields: dict[str, Any], result: str) -> None:
+    print(f"{fields['action']:9} pid={fields['pid']} user={fields['user']} database={fields['database']} "
+          f"state={fields['state']} result={result}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config_file)
+    print(f"{args.config_file}: ok")
+    for line in describe(config):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from exporter.daemon import Daemon
+    from exporter.http import parse_listen_address
+
+    configure(args.log_format, args.log_level)
+    config = _config(args.config_file)
+    listen = parse_listen_address(args.listen)
+    db = Database(resolve_dsn(args.dsn), statement_timeout=max(2.0, min(2 * config.interval, 30.0)))
+    daemon = Daemon(config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen)
+    return daemon.run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    return run_demo(hold=args.hold)
+
+
+COMMANDS = {"run": cmd_run, "groups": cmd_groups, "terminate": cmd_terminate, "check": cmd_check, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("groups", "check"):
+        configure("console" if sys.stderr.isatty() else "json", "warning")
+    elif args.command == "terminate":
+        configure(args.log_format, args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigInvalid as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"pgparent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        print(f"pgparent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

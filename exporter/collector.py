@@ -1,0 +1,228 @@
+"""Prometheus metrics: a custom collector over the latest published poll, and the daemon's counters.
+
+A scrape never touches PostgreSQL: `collect()` reads the last `Published` object and yields fresh metric families,
+so groups that vanished from the last poll vanish from /metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter import __version__
+from exporter.grouping import OTHER, top_groups
+from exporter.logs import get_logger
+from exporter.model import KNOWN_STATES, Group, Grouped
+
+log = get_logger(__name__)
+
+
+class Counters:
+    """Monotonic counters shared by the loop (writer) and scrapes (readers)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def inc(self, name: str, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        with self._lock:
+            self._values[(name, labels)] = self._values.get((name, labels), 0.0) + amount
+
+    def get(self, name: str, labels: tuple[str, ...] = ()) -> float:
+        with self._lock:
+            return self._values.get((name, labels), 0.0)
+
+    def items(self, name: str) -> list[tuple[tuple[str, ...], float]]:
+        with self._lock:
+            return sorted((labels, v) for (n, labels), v in self._values.items() if n == name)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the loop publishes after each poll, replaced whole (readers never see half an update)."""
+
+    up: bool = False
+    last_success: float = 0.0
+    """Unix time of the last successful poll, 0 before the first."""
+    poll_duration: float = 0.0
+    interval: float = 0.0
+    grouped: Grouped | None = None
+    violating: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    max_groups: int = 500
+    dry_run: bool = False
+    reload_ok: bool = True
+    reload_time: float = 0.0
+    enforcing: bool = True
+    """False while enforcement is off for a reason the logs give (standby, ...)."""
+
+
+def _fold(groups: list[Group]) -> dict[str, float]:
+    """The __other__ series: sums of counts and the worst of each duration over the folded groups."""
+    out: dict[str, float] = {f"state:{s}": 0.0 for s in KNOWN_STATES}
+    for key in ("workers", "waiting", "max_query", "max_xact", "age"):
+        out[key] = 0.0
+    for g in groups:
+        for state, n in g.stats.by_state.items():
+            out[f"state:{state}"] = out.get(f"state:{state}", 0.0) + n
+        out["workers"] += g.workers
+        out["waiting"] += g.stats.waiting
+        out["max_query"] = max(out["max_query"], g.stats.max_query_duration)
+        out["max_xact"] = max(out["max_xact"], g.stats.max_transaction_duration)
+        out["age"] = max(out["age"], g.stats.age)
+    return out
+
+
+class PgparentCollector(Collector):
+    """Yields pgparent's metrics from the latest published poll and the counters."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.latest = Published()
+
+    def publish(self, published: Published) -> None:
+        self.latest = published
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.latest
+        try:
+            families = self._families(p)
+        except Exception:  # noqa: BLE001 - a bad moment must read as up 0, never as an HTTP 500
+            log.exception("collect_failed")
+            self.counters.inc("scrape_errors")
+            families = [GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=0)]
+        yield from families
+
+    def _families(self, p: Published) -> list[Metric]:
+        c = self.counters
+        fams: list[Metric] = [
+            GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=int(p.up)),
+            GaugeMetricFamily(
+                "pgparent_last_poll_timestamp_seconds",
+                "Unix time of the last successful poll (0 before the first).",
+                value=p.last_success,
+            ),
+            GaugeMetricFamily(
+                "pgparent_poll_duration_seconds", "Duration of the last poll cycle.", value=p.poll_duration
+            ),
+            GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=p.interval),
+            CounterMetricFamily("pgparent_poll_errors", "Polls that failed.", value=c.get("poll_errors")),
+            GaugeMetricFamily(
+                "pgparent_config_last_reload_successful", "1 if the last config (re)load succeeded.",
+                value=int(p.reload_ok),
+            ),
+            GaugeMetricFamily(
+                "pgparent_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load.",
+                value=p.reload_time,
+            ),
+            GaugeMetricFamily("pgparent_dry_run", "1 if no rule may signal (global dry run).", value=int(p.dry_run)),
+            GaugeMetricFamily(
+                "pgparent_enforcing", "1 if this instance may signal sessions now.", value=int(p.enforcing)
+            ),
+        ]
+        info = InfoMetricFamily("pgparent_build", "pgparent build information.")
+        info.add_metric([], {"version": __version__})
+        fams.append(info)
+
+        violating = GaugeMetricFamily(
+            "pgparent_rule_violating_groups", "Groups for which the rule fires now.", labels=["rule"]
+        )
+        pending = GaugeMetricFamily(
+            "pgparent_rule_pending_groups", "Groups that exceed the rule but not yet for its 'for:'.", labels=["rule"]
+        )
+        for rule, n in p.violating.items():
+            violating.add_metric([rule], n)
+        for rule, n in p.pending.items():
+            pending.add_metric([rule], n)
+        fams += [violating, pending]
+
+        terminated = CounterMetricFamily(
+            "pgparent_terminated_sessions", "Sessions signalled successfully.", labels=["rule", "action"]
+        )
+        for labels, v in c.items("terminated"):
+            terminated.add_metric(list(labels), v)
+        failures = CounterMetricFamily(
+            "pgparent_termination_failures", "Signals not delivered, by reason.", labels=["rule", "reason"]
+        )
+        for labels, v in c.items("failures"):
+            failures.add_metric(list(labels), v)
+        deferred = CounterMetricFamily(
+            "pgparent_signals_deferred", "Signals postponed by max_terminations_per_cycle.", labels=["rule"]
+        )
+        for labels, v in c.items("deferred"):
+            deferred.add_metric(list(labels), v)
+        fams += [terminated, failures, deferred]
+
+        if p.up and p.grouped is not None:
+            fams += self._group_families(p.grouped, p.max_groups)
+        return fams
+
+    def _group_families(self, grouped: Grouped, max_groups: int) -> list[Metric]:
+        sessions = GaugeMetricFamily(
+            "pgparent_group_sessions", "Client sessions of a group, by state.", labels=["parent", "state"]
+        )
+        workers = GaugeMetricFamily(
+            "pgparent_group_parallel_workers", "Parallel workers serving a group's sessions.", labels=["parent"]
+        )
+        waiting = GaugeMetricFamily(
+            "pgparent_group_waiting_sessions", "Active sessions of a group waiting on a lock.", labels=["parent"]
+        )
+        max_query = GaugeMetricFamily(
+            "pgparent_group_max_query_duration_seconds", "Longest running query of a group.", labels=["parent"]
+        )
+        max_xact = GaugeMetricFamily(
+            "pgparent_group_max_transaction_duration_seconds", "Longest open transaction of a group.",
+            labels=["parent"],
+        )
+        age = GaugeMetricFamily(
+            "pgparent_group_age_seconds", "Time since the group's oldest session started.", labels=["parent"]
+        )
+        kept, folded = top_groups(grouped.groups, max_groups)
+        for g in kept:
+            for state, n in g.stats.by_state.items():
+                sessions.add_metric([g.parent, state], n)
+            workers.add_metric([g.parent], g.workers)
+            waiting.add_metric([g.parent], g.stats.waiting)
+            max_query.add_metric([g.parent], g.stats.max_query_duration)
+            max_xact.add_metric([g.parent], g.stats.max_transaction_duration)
+            age.add_metric([g.parent], g.stats.age)
+        if folded:
+            other = _fold(folded)
+            for key, n in other.items():
+                if key.startswith("state:"):
+                    sessions.add_metric([OTHER, key.removeprefix("state:")], n)
+            workers.add_metric([OTHER], other["workers"])
+            waiting.add_metric([OTHER], other["waiting"])
+            max_query.add_metric([OTHER], other["max_query"])
+            max_xact.add_metric([OTHER], other["max_xact"])
+            age.add_metric([OTHER], other["age"])
+        untagged = GaugeMetricFamily(
+            "pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", labels=["state"]
+        )
+        for state, n in grouped.untagged.by_state.items():
+            untagged.add_metric([state], n)
+        return [
+            sessions,
+            workers,
+            waiting,
+            max_query,
+            max_xact,
+            age,
+            untagged,
+            GaugeMetricFamily("pgparent_groups", "Tagged groups seen by the last poll.", value=len(grouped.groups)),
+            GaugeMetricFamily(
+                "pgparent_groups_dropped", "Groups folded into parent=\"__other__\" by max_groups.", value=len(folded)
+            ),
+        ]
+
+
+def make_registry(collector: PgparentCollector) -> CollectorRegistry:
+    """A private registry holding only pgparent's collector (no process or platform collectors)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

@@ -1,0 +1,254 @@
+"""The only module that speaks SQL: connection settings, DSN handling, the poll, and the guarded signal statement.
+
+Driver errors are translated here: callers see `DatabaseUnavailable` (never a password in its message) or a
+`SignalOutcome`. The monitoring connection is autocommit, so every poll sees a fresh pg_stat_activity and `now()`, and
+the session never sits "idle in transaction".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import class_row
+
+from exporter import APPLICATION_NAME
+from exporter.errors import DatabaseUnavailable, UsageError
+from exporter.model import Session, Snapshot
+
+QUERY_CHARS = 256
+"""How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
+
+SignalAction = Literal["terminate", "cancel"]
+SignalOutcome = Literal["ok", "gone", "not_signalled", "permission_denied", "error"]
+
+_SIGNAL_FUNCTIONS = {"terminate": "pg_terminate_backend", "cancel": "pg_cancel_backend"}
+
+
+@cache
+def load_query(name: str) -> str:
+    """The text of `queries/<name>.sql`, read once, without its leading comment lines (they document the file, and
+    need not travel to the server or show up in pg_stat_activity)."""
+    text = files("exporter").joinpath("queries", f"{name}.sql").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
+        lines.pop(0)
+    return "\n".join(lines) + "\n"
+
+
+def resolve_dsn(cli_dsn: str | None) -> str:
+    """--dsn, else PGPARENT_DSN, else DATA_SOURCE_NAME, else "" (libpq then reads PGHOST, PGUSER, ...)."""
+    for candidate in (cli_dsn, os.environ.get("PGPARENT_DSN"), os.environ.get("DATA_SOURCE_NAME")):
+        if candidate:
+            return candidate
+    return ""
+
+
+def _parse(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the text it choked on, which may hold the password: say nothing of it.
+        raise UsageError("invalid DSN: expected 'key=value ...' pairs or a postgresql:// URI") from None
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ****, for logs and errors; '(libpq defaults)' when empty."""
+    if not dsn:
+        return "(libpq defaults)"
+    try:
+        params = _parse(dsn)
+    except UsageError:
+        return "(unparseable DSN)"
+    if "password" in params:
+        params["password"] = "****"  # noqa: S105 - a mask, not a secret
+    return make_conninfo(**params)
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """Remove the DSN's password, and PGPASSWORD, from a driver message, should libpq ever echo one."""
+    secrets = [os.environ.get("PGPASSWORD", "")]
+    try:
+        secrets.append(str(conninfo_to_dict(dsn).get("password", "")))
+    except psycopg.ProgrammingError:
+        pass  # an unparseable DSN never reaches a connection attempt
+    for secret in secrets:
+        if len(secret) >= 3:
+            message = message.replace(secret, "****")
+    return message.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the server and the monitoring role allow, read once per connection."""
+
+    server_version_num: int
+    role: str
+    has_leader_pid: bool
+    has_query_id: bool
+    can_read_all_stats: bool
+    can_signal: bool
+    in_recovery: bool
+
+
+class Database:
+    """One long-lived autocommit connection for polling and signalling; reconnects when asked after a failure."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.masked = mask_dsn(dsn)
+        self._connect_timeout = connect_timeout
+        self._statement_timeout = statement_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._poll_sql: sql.Composed | None = None
+        self.capabilities: Capabilities | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self._conn.info.backend_pid if self.connected and self._conn is not None else None
+
+    def _fail(self, what: str, exc: Exception) -> DatabaseUnavailable:
+        self.close()
+        return DatabaseUnavailable(f"{what} ({self.masked}): {_scrub(str(exc), self.dsn)}")
+
+    def connect(self) -> Capabilities:
+        """Open the connection (if not open) and read the server's capabilities."""
+        if self.connected and self.capabilities is not None:
+            return self.capabilities
+        params = _parse(self.dsn)
+        extra: dict[str, Any] = {"application_name": APPLICATION_NAME}
+        # Detect a dead peer in seconds rather than the kernel's two hours; a DSN's own values win.
+        defaults = {
+            "connect_timeout": max(1, round(self._connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(self._statement_timeout * 1000) + 5000,
+        }
+        extra.update({k: v for k, v in defaults.items() if k not in params})
+        try:
+            conn = psycopg.connect(make_conninfo(self.dsn, **extra), autocommit=True)
+        except psycopg.Error as exc:
+            raise self._fail("cannot connect to PostgreSQL", exc) from exc
+        self._conn = conn
+        try:
+            conn.execute(
+                sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(self._statement_timeout * 1000)}ms"))
+            )
+            with conn.cursor(row_factory=class_row(Capabilities)) as cur:
+                caps = cur.execute(load_query("capabilities")).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("cannot read server capabilities", exc) from exc
+        assert caps is not None
+        self.capabilities = caps
+        optional = {
+            "leader_pid": sql.Identifier("leader_pid") if caps.has_leader_pid else sql.SQL("NULL::int"),
+            "query_id": sql.Identifier("query_id") if caps.has_query_id else sql.SQL("NULL::bigint"),
+        }
+        self._poll_sql = sql.SQL(load_query("activity")).format(**optional)  # type: ignore[arg-type]
+        return caps
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self.capabilities = None
+        if conn is not None:
+            conn.close()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def snapshot(self) -> Snapshot:
+        """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`."""
+        conn = self._connection()
+        try:
+            cur = conn.cursor()
+            rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
+            now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        except pgerrors.QueryCanceled as exc:
+            # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
+            raise self._fail("poll timed out", exc) from exc
+        except psycopg.Error as exc:
+            raise self._fail("poll failed", exc) from exc
+        sessions: list[Session] = []
+        workers: list[Session] = []
+        for row in rows:
+            session = Session(*row[:-1])
+            (workers if session.backend_type == "parallel worker" else sessions).append(session)
+        return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers))
+
+    def signal(self, action: SignalAction, session: Session) -> tuple[SignalOutcome, str]:
+        """Send one guarded signal in its own autocommit statement; return the outcome and a detail message.
+
+        One pid per statement: a permission error on one session does not stop the others.
+        """
+        if session.backend_start is None:
+            return "not_signalled", "backend_start unknown: cannot guard against pid reuse"
+        conn = self._connection()
+        statement = sql.SQL(load_query("signal")).format(
+            function=sql.Identifier("pg_catalog", _SIGNAL_FUNCTIONS[action])
+        )
+        params = {
+            "pid": session.pid,
+            "backend_start": session.backend_start,
+            "application_name": session.application_name,
+        }
+        try:
+            row = conn.execute(statement, params).fetchone()
+        except pgerrors.InsufficientPrivilege as exc:
+            # Not a member of pg_signal_backend, or the target is a superuser's session: count it and go on.
+            return "permission_denied", _scrub(str(exc), self.dsn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._fail("signal failed", exc) from exc
+        except psycopg.Error as exc:
+            return "error", _scrub(str(exc), self.dsn)
+        if row is None:
+            return "gone", "no session with that pid, backend_start and application_name"
+        return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
+
+
+
+def run_script(dsn: str, name: str) -> None:
+    """Run `queries/<name>.sql` (several statements, no parameters) in one autocommit session."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+            conn.execute(load_query(name).encode())
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"{name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc
+
+
+def run_tagged(dsn: str, application_name: str, query_name: str) -> Literal["completed", "terminated", "cancelled"]:
+    """A client workload: tag a new session with `SET application_name`, run `queries/<query_name>.sql`, and say
+    how it ended. Used by the demo to play the part of an application's sessions."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(application_name)))
+            conn.execute(load_query(query_name).encode())
+    except pgerrors.QueryCanceled:
+        return "cancelled"
+    except (pgerrors.AdminShutdown, psycopg.OperationalError):
+        # pg_terminate_backend ends the session with AdminShutdown, seen by the client as a lost connection.
+        return "terminated"
+    return "completed"
+
+
+def fetch_rows(dsn: str, query_name: str) -> list[tuple[Any, ...]]:
+    """Every row of `queries/<query_name>.sql`, read in one short autocommit session."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+            return conn.execute(load_query(query_name).encode()).fetchall()
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"{query_name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc

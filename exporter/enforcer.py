@@ -1,0 +1,92 @@
+"""The one place that signals backends: carries out a policy `Decision`, audits each signal, counts each outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from exporter.collector import Counters
+from exporter.db import Database, SignalOutcome
+from exporter.errors import DatabaseUnavailable
+from exporter.logs import get_logger
+from exporter.policy import Decision, Target
+
+AUDIT_QUERY_CHARS = 200
+"""How much of the query text an audit event carries."""
+
+log = get_logger("pgparent.audit")
+
+
+def _seconds(now: datetime, moment: datetime | None) -> float | None:
+    return round((now - moment).total_seconds(), 3) if moment is not None else None
+
+
+def audit_fields(target: Target, now: datetime) -> dict[str, Any]:
+    """Everything an operator needs to know about one signalled (or would-be signalled) session."""
+    s = target.session
+    query = s.query if s.query is None or len(s.query) <= AUDIT_QUERY_CHARS else s.query[:AUDIT_QUERY_CHARS] + "…"
+    return {
+        "rule": target.rule,
+        "parent": target.parent,
+        "action": target.action,
+        "reasons": list(target.reasons),
+        "pid": s.pid,
+        "backend_start": s.backend_start.isoformat() if s.backend_start else None,
+        "user": s.usename,
+        "database": s.datname,
+        "application_name": s.application_name,
+        "client_addr": s.client_addr,
+        "state": s.state,
+        "session_seconds": _seconds(now, s.backend_start),
+        "transaction_seconds": _seconds(now, s.xact_start),
+        "query_seconds": _seconds(now, s.query_start),
+        "query_id": s.query_id,
+        "query": query,
+    }
+
+
+def enforce(
+    decision: Decision,
+    db: Database,
+    counters: Counters,
+    now: datetime,
+    on_result: Callable[[dict[str, Any], str], None] | None = None,
+) -> dict[SignalOutcome | str, int]:
+    """Signal each target of `decision` (one statement each) and return how many ended in each result.
+
+    Dry-run targets are audited with result "dry_run" and never signalled. If the connection is lost midway the rest
+    are left for the next poll, which will see them again if they still exceed their rule.
+    """
+    results: dict[SignalOutcome | str, int] = {}
+    for target in decision.targets:
+        fields = audit_fields(target, now)
+        if target.dry_run:
+            result: SignalOutcome | str = "dry_run"
+            detail = ""
+        else:
+            try:
+                result, detail = db.signal(target.action, target.session)
+            except DatabaseUnavailable as exc:
+                counters.inc("failures", (target.rule, "error"))
+                log.error("session_signal", **fields, result="error", dry_run=False, detail=str(exc))
+                results["error"] = results.get("error", 0) + 1
+                break
+            if result == "ok":
+                counters.inc("terminated", (target.rule, target.action))
+            else:
+                counters.inc("failures", (target.rule, result))
+        results[result] = results.get(result, 0) + 1
+        if on_result is not None:
+            on_result(fields, result)
+        level = log.warning if result in ("ok", "dry_run") else log.error
+        level("session_signal", **fields, result=result, dry_run=target.dry_run, detail=detail or None)
+
+    if decision.deferred:
+        by_rule: dict[str, int] = {}
+        for t in decision.deferred:
+            by_rule[t.rule] = by_rule.get(t.rule, 0) + 1
+            counters.inc("deferred", (t.rule,))
+        log.warning("signals_deferred", count=len(decision.deferred), by_rule=by_rule,
+                    reason="limits.max_terminations_per_cycle reached; the rest wait for the next poll")
+    return results

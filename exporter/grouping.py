@@ -1,0 +1,109 @@
+"""Pure: split a snapshot into groups by the parent tag parsed from application_name. No I/O, no clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from exporter.model import ACTIVE_STATES, KNOWN_STATES, UNKNOWN_STATE, Group, Grouped, Session, Snapshot, Stats
+
+OTHER = "__other__"
+"""The parent label that groups beyond `max_groups` fold into on /metrics."""
+
+
+def parent_of(application_name: str, pattern: re.Pattern[str]) -> str | None:
+    """The parent tag of an application_name, or None when the session is untagged."""
+    found = pattern.search(application_name)
+    if found is None:
+        return None
+    parent = found.group("parent")
+    return parent or None
+
+
+def stats(sessions: Iterable[Session], now: datetime) -> Stats:
+    """Counts by state and the longest query, transaction, idle-in-transaction spell and session age."""
+    by_state = dict.fromkeys(KNOWN_STATES, 0)
+    count = active = waiting = 0
+    oldest_query = oldest_xact = oldest_idle_xact = oldest_start = None
+    for s in sessions:
+        count += 1
+        state = s.state if s.state is not None else UNKNOWN_STATE
+        by_state[state] = by_state.get(state, 0) + 1
+        if state in ACTIVE_STATES:
+            active += 1
+            if s.wait_event_type == "Lock":
+                waiting += 1
+            if s.query_start is not None and (oldest_query is None or s.query_start < oldest_query):
+                oldest_query = s.query_start
+        elif state.startswith("idle in transaction") and s.state_change is not None:
+            if oldest_idle_xact is None or s.state_change < oldest_idle_xact:
+                oldest_idle_xact = s.state_change
+        if s.xact_start is not None and (oldest_xact is None or s.xact_start < oldest_xact):
+            oldest_xact = s.xact_start
+        if s.backend_start is not None and (oldest_start is None or s.backend_start < oldest_start):
+            oldest_start = s.backend_start
+
+    def since(moment: datetime | None) -> float:
+        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
+
+    return Stats(
+        sessions=count,
+        by_state=by_state,
+        active=active,
+        waiting=waiting,
+        max_query_duration=since(oldest_query),
+        max_transaction_duration=since(oldest_xact),
+        max_idle_in_transaction=since(oldest_idle_xact),
+        age=since(oldest_start),
+    )
+
+
+def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
+    """Group client sessions by parent tag; attribute parallel workers to their leader's group.
+
+    Workers are never sessions: they are counted per group and never offered to rules. A worker whose leader is not in
+    the snapshot (it ended between the rows) is attributed by its own application_name, which it inherits.
+    """
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    members: dict[str, list[Session]] = {}
+    untagged: list[Session] = []
+    parent_by_pid: dict[int, str | None] = {}
+    for s in snapshot.sessions:
+        parent = parent_of(s.application_name, regex)
+        parent_by_pid[s.pid] = parent
+        if parent is None:
+            untagged.append(s)
+        else:
+            members.setdefault(parent, []).append(s)
+
+    workers: dict[str, int] = {}
+    untagged_workers = 0
+    for w in snapshot.workers:
+        if w.leader_pid is not None and w.leader_pid in parent_by_pid:
+            parent = parent_by_pid[w.leader_pid]
+        else:
+            parent = parent_of(w.application_name, regex)
+        if parent is None:
+            untagged_workers += 1
+        else:
+            workers[parent] = workers.get(parent, 0) + 1
+
+    now = snapshot.now
+    groups = {
+        parent: Group(parent=parent, sessions=tuple(rows), stats=stats(rows, now), workers=workers.get(parent, 0))
+        for parent, rows in members.items()
+    }
+    return Grouped(now=now, groups=groups, untagged=stats(untagged, now), untagged_workers=untagged_workers)
+
+
+def top_groups(groups: dict[str, Group], max_groups: int) -> tuple[list[Group], list[Group]]:
+    """Split groups into those exported by name and those folded into `__other__`.
+
+    The largest groups (by sessions, then age) keep their own series: those are the ones an operator is looking for.
+    Ties break on the tag so the choice is stable from one poll to the next.
+    """
+    if len(groups) <= max_groups:
+        return list(groups.values()), []
+    ranked = sorted(groups.values(), key=lambda g: (-g.stats.sessions, -g.stats.age, g.parent))
+    return ranked[:max_groups], ranked[max_groups:]

@@ -1,0 +1,221 @@
+"""Pure: decide which sessions to signal, from groups, rules and the previous poll's rule state.
+
+No I/O and no clock reads: the server's clock comes in with the snapshot, and the state a rule's `for:` needs comes in
+as `RuleState` and goes out as a new one. The enforcer carries out the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from exporter.config import Config, Protect, Rule
+from exporter.grouping import stats
+from exporter.model import ACTIVE_STATES, Group, Grouped, Session, Stats
+
+Signal = Literal["terminate", "cancel"]
+
+MANUAL_RULE = "manual"
+"""The rule label of signals sent by `pgparent terminate`."""
+
+_MEASURES = {
+    "max_sessions": lambda s: float(s.sessions),
+    "max_active_sessions": lambda s: float(s.active),
+    "max_query_duration": lambda s: s.max_query_duration,
+    "max_transaction_duration": lambda s: s.max_transaction_duration,
+    "max_idle_in_transaction": lambda s: s.max_idle_in_transaction,
+    "max_group_age": lambda s: s.age,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One session to signal for one rule, with why; `dry_run` targets are reported and never signalled."""
+
+    rule: str
+    action: Signal
+    parent: str
+    session: Session
+    reasons: tuple[str, ...]
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A (rule, group) pair whose condition has held for the rule's `for:`."""
+
+    rule: str
+    parent: str
+    action: str
+    reasons: tuple[str, ...]
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """Per (rule, parent): since when the condition has held, as the server's clock read it."""
+
+    since: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    firing: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    targets: tuple[Target, ...]
+    """What to signal this cycle, at most `max_terminations_per_cycle` of them that are not dry-run."""
+    deferred: tuple[Target, ...]
+    """Over the per-cycle cap: left for the next poll."""
+    firing: tuple[Firing, ...]
+    started: tuple[Firing, ...]
+    """Pairs that began firing at this poll (the rest were firing already)."""
+    resolved: tuple[tuple[str, str], ...]
+    """(rule, parent) pairs that were firing at the last poll and are not now."""
+    violating: dict[str, int]
+    pending: dict[str, int]
+    protected: int
+    """Sessions of firing groups left alone because `protect:` names their user, database or application."""
+    unguarded: int
+    """Sessions of firing groups left alone because their backend_start is hidden (no pg_read_all_stats)."""
+    state: RuleState
+
+
+def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
+    return value is not None and any(fnmatchcase(value, p) for p in patterns)
+
+
+def exceeded(rule: Rule, measured: Stats) -> tuple[str, ...]:
+    """The conditions of `rule` that `measured` exceeds, as `name value > limit` strings."""
+    out = []
+    for name, limit in rule.conditions().items():
+        value = _MEASURES[name](measured)
+        if value > limit:
+            out.append(f"{name} {value:g} > {limit:g}")
+    return tuple(out)
+
+
+def _scope(rule: Rule, grp: Group, now: datetime) -> tuple[tuple[Session, ...], Stats] | None:
+    """The sessions of `grp` that `rule` looks at, and their stats; None when the rule does not apply to it."""
+    if not fnmatchcase(grp.parent, rule.match.parent):
+        return None
+    if rule.match.database is None and rule.match.user is None:
+        return grp.sessions, grp.stats
+    db, user = rule.match.database, rule.match.user
+    sessions = tuple(
+        s
+        for s in grp.sessions
+        if (db is None or (s.datname is not None and fnmatchcase(s.datname, db)))
+        and (user is None or (s.usename is not None and fnmatchcase(s.usename, user)))
+    )
+    if not sessions:
+        return None
+    return sessions, stats(sessions, now)
+
+
+def eligible(sessions: tuple[Session, ...], action: Signal, protect: Protect) -> tuple[list[Session], int, int]:
+    """The sessions `action` may signal, and how many were left alone as protected and as unguarded.
+
+    `cancel` only touches sessions running a query. A session whose backend_start is hidden (the monitoring role
+    lacks pg_read_all_stats) cannot be guarded against pid reuse, so it is never signalled.
+    """
+    chosen: list[Session] = []
+    protected = unguarded = 0
+    for s in sessions:
+        if action == "cancel" and s.state not in ACTIVE_STATES:
+            continue
+        if (
+            _matches(protect.users, s.usename)
+            or _matches(protect.databases, s.datname)
+            or _matches(protect.applications, s.application_name)
+        ):
+            protected += 1
+        elif s.backend_start is None:
+            unguarded += 1
+        else:
+            chosen.append(s)
+    return chosen, protected, unguarded
+
+
+def manual(grouped: Grouped, parent: str, action: Signal, protect: Protect, dry_run: bool = False) -> Decision:
+    """What `pgparent terminate PARENT` signals: every eligible session of that one group, under the same protections
+    as the daemon, with no per-cycle cap (an operator asked for this group by name)."""
+    grp = grouped.groups.get(parent)
+    chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
+    targets = tuple(Target(MANUAL_RULE, action, parent, s, ("requested by an operator",), dry_run) for s in chosen)
+    return Decision(targets=targets, deferred=(), firing=(), started=(), resolved=(), violating={}, pending={},
+                    protected=protected, unguarded=unguarded, state=RuleState())
+
+
+def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: bool = False) -> Decision:
+    """Evaluate every rule against every group; return what to signal and the rule state for the next poll."""
+    now = grouped.now
+    since: dict[tuple[str, str], datetime] = {}
+    firing: list[Firing] = []
+    candidates: list[Target] = []
+    violating = {r.name: 0 for r in config.rules}
+    pending = {r.name: 0 for r in config.rules}
+    protected = unguarded = 0
+    protect = config.protect
+
+    for rule in config.rules:
+        dry = force_dry_run or config.dry_run or rule.dry_run
+        for grp in grouped.groups.values():
+            scope = _scope(rule, grp, now)
+            if scope is None:
+                continue
+            sessions, measured = scope
+            reasons = exceeded(rule, measured)
+            if not reasons:
+                continue
+            key = (rule.name, grp.parent)
+            started_at = state.since.get(key, now)
+            since[key] = started_at
+            if (now - started_at).total_seconds() < rule.for_:
+                pending[rule.name] += 1
+                continue
+            violating[rule.name] += 1
+            firing.append(Firing(rule.name, grp.parent, rule.action, reasons, dry))
+            if rule.action == "log":
+                continue
+            chosen, n_protected, n_unguarded = eligible(sessions, rule.action, protect)
+            protected += n_protected
+            unguarded += n_unguarded
+            candidates += [Target(rule.name, rule.action, grp.parent, s, reasons, dry) for s in chosen]
+
+    targets, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
+    firing_keys = frozenset((f.rule, f.parent) for f in firing)
+    return Decision(
+        targets=targets,
+        deferred=deferred,
+        firing=tuple(firing),
+        started=tuple(f for f in firing if (f.rule, f.parent) not in state.firing),
+        resolved=tuple(sorted(state.firing - firing_keys)),
+        violating=violating,
+        pending=pending,
+        protected=protected,
+        unguarded=unguarded,
+        state=RuleState(since=since, firing=firing_keys),
+    )
+
+
+def _plan(candidates: list[Target], cap: int) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
+    """One signal per pid (terminate before cancel, then rule order); real signals capped at `cap` per cycle."""
+    ordered = sorted(candidates, key=lambda t: t.action != "terminate")  # stable: keeps rule order within an action
+    seen: set[int] = set()
+    targets: list[Target] = []
+    deferred: list[Target] = []
+    real = 0
+    for t in ordered:
+        if t.session.pid in seen:
+            continue
+        seen.add(t.session.pid)
+        if t.dry_run:
+            targets.append(t)
+        elif real < cap:
+            targets.append(t)
+            real += 1
+        else:
+            deferred.append(t)
+    return tuple(targets), tuple(deferred)

@@ -1,0 +1,22 @@
+-- Client backends and parallel workers, minus pgparent's own session: one poll of pg_stat_activity.
+-- Columns are in the order of exporter.model.Session's fields, then the server's clock. {leader_pid} and {query_id}
+-- are the column, or NULL on servers that predate it (leader_pid: 13, query_id: 14).
+SELECT pid,
+       {leader_pid},
+       backend_type,
+       datname,
+       usename,
+       application_name,
+       host(client_addr),
+       state,
+       wait_event_type,
+       backend_start,
+       xact_start,
+       query_start,
+       state_change,
+       left(query, %(query_chars)s),
+       {query_id},
+       now()
+  FROM pg_catalog.pg_stat_activity
+ WHERE pid <> pg_catalog.pg_backend_pid()
+   AND backend_type IN ('client backend', 'parallel worker')

@@ -1,0 +1,11 @@
+-- What this server and role allow: version, optional pg_stat_activity columns, visibility of other roles' sessions,
+-- the right to signal them, and whether the server is a standby.
+SELECT current_setting('server_version_num')::int AS server_version_num,
+       current_user AS role,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = 'pg_catalog.pg_stat_activity'::regclass AND attname = 'leader_pid') AS has_leader_pid,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = 'pg_catalog.pg_stat_activity'::regclass AND attname = 'query_id') AS has_query_id,
+       pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') AS can_read_all_stats,
+       pg_catalog.pg_has_role('pg_signal_backend', 'USAGE') AS can_signal,
+       pg_catalog.pg_is_in_recovery() AS in_recovery
