@@ -1,0 +1,308 @@
+"""Test helpers: the PostgreSQL server under test, tagged client sessions on threads, a daemon process, eventually()."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
+
+T = TypeVar("T")
+
+
+def eventually(fn: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Call `fn` until it returns something truthy (and return that); fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s{': ' + what if what else ''}; last value: {last!r}")
+        time.sleep(interval)
+
+
+class Server(Protocol):
+    """The PostgreSQL server under test."""
+
+    dsn: str
+    restartable: bool
+
+    def dsn_for(self, dbname: str, user: str | None = None, password: str | None = None) -> str: ...
+    def stop(self, mode: str = "fast") -> None: ...
+    def start(self) -> None: ...
+    def destroy(self) -> None: ...
+
+
+class ExternalServer:
+    """PGPARENT_TEST_DSN: a server someone else runs; it cannot be stopped or restarted by the tests."""
+
+    restartable = False
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def dsn_for(self, dbname: str, user: str | None = None, password: str | None = None) -> str:
+        params = conninfo_to_dict(self.dsn)
+        params["dbname"] = dbname
+        if user is not None:
+            params["user"] = user
+        if password is not None:
+            params["password"] = password
+        return make_conninfo(**params)
+
+    def stop(self, mode: str = "fast") -> None:
+        raise NotImplementedError("PGPARENT_TEST_DSN servers cannot be stopped by the tests")
+
+    start = stop  # type: ignore[assignment]
+
+    def destroy(self) -> None:
+        pass
+
+
+class ContainerServer(ExternalServer):
+    """testcontainers' PostgreSQL, on a fixed host port so a restart keeps the DSN."""
+
+    restartable = True
+
+    def __init__(self) -> None:
+        from testcontainers.postgres import PostgresContainer  # imported only when a Docker engine answers
+
+        port = free_port()
+        self._container = PostgresContainer(os.environ.get("PGPARENT_TEST_IMAGE", "postgres:16-alpine"))
+        self._container.with_bind_ports(5432, port)
+        self._container.start()
+        c = self._container
+        super().__init__(f"host=127.0.0.1 port={port} dbname={c.dbname} user={c.username} password={c.password}")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._container.get_wrapped_container().stop(timeout=0 if mode == "immediate" else 10)
+
+    def start(self) -> None:
+        self._container.get_wrapped_container().start()
+        eventually(lambda: _accepts(self.dsn), timeout=60, what="container PostgreSQL accepting connections")
+
+    def destroy(self) -> None:
+        self._container.stop()
+
+
+def _accepts(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no usable Docker engine"
+        return False
+
+
+def make_server(settings: dict[str, str] | None = None) -> Server:
+    """PGPARENT_TEST_DSN if set; else testcontainers when a Docker engine answers; else a local throwaway cluster."""
+    if dsn := os.environ.get("PGPARENT_TEST_DSN"):
+        return ExternalServer(dsn)
+    if os.environ.get("PGPARENT_TEST_DOCKER", "auto") != "never" and _docker_answers():
+        return ContainerServer()
+    major = int(os.environ["PGPARENT_TEST_PG_MAJOR"]) if os.environ.get("PGPARENT_TEST_PG_MAJOR") else None
+    try:
+        cluster: Cluster = start_cluster(settings=settings, major=major)
+    except ClusterError as exc:
+        raise RuntimeError(f"no PostgreSQL to test against: {exc}") from exc
+    cluster.restartable = True  # type: ignore[attr-defined]
+    return cluster  # type: ignore[return-value]
+
+
+class Client(threading.Thread):
+    """A client session on its own thread: tags itself, runs `statement`, and records how it ended."""
+
+    def __init__(self, dsn: str, application_name: str, statement: str, *, setup: str | None = None) -> None:
+        super().__init__(daemon=True, name=f"client-{application_name}")
+        self.dsn, self.application_name, self.statement, self.setup = dsn, application_name, statement, setup
+        self.pid: int | None = None
+        self.backend_start: Any = None
+        self.outcome: str | None = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(self.application_name)))
+                if self.setup:
+                    conn.execute(self.setup.encode())
+                row = conn.execute(
+                    "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                ).fetchone()
+                assert row is not None
+                self.pid, self.backend_start = row
+                self.ready.set()
+                conn.execute(self.statement.encode())
+            self.outcome = "completed"
+        except psycopg.errors.QueryCanceled:
+            self.outcome = "cancelled"
+        except (psycopg.errors.AdminShutdown, psycopg.OperationalError) as exc:
+            self.outcome = "terminated"
+            self.error = exc
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test to inspect
+            self.outcome = "error"
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+
+class Clients:
+    """Starts tagged sessions and, at the end, terminates whatever is left of them."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.started: list[Client] = []
+
+    def start(self, application_name: str, statement: str = "SELECT pg_sleep(120)", n: int = 1,
+              dsn: str | None = None, setup: str | None = None) -> list[Client]:
+        clients = [Client(dsn or self.dsn, application_name, statement, setup=setup) for _ in range(n)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            assert c.ready.wait(30), f"session {application_name} did not start"
+            if c.pid is None:
+                raise AssertionError(f"session {application_name} failed: {c.error!r}")
+        self.started += clients
+        return clients
+
+    def cleanup(self) -> None:
+        pids = [c.pid for c in self.started if c.pid is not None and not c.done]
+        if pids:
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+            except psycopg.Error:
+                pass  # the server may be down on purpose
+        for c in self.started:
+            c.join(10)
+
+
+def active_in_state(dsn: str, application_name: str, state: str = "active") -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = %s",
+            [application_name, state],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class DaemonProcess:
+    """`pgparent run` as a real process, with JSON logs to a file and /metrics on a free loopback port."""
+
+    def __init__(self, tmp: Path, config_text: str, dsn: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.config = tmp / "rules.yaml"
+        self.config.write_text(config_text)
+        self.port = free_port()
+        self.log_path = tmp / f"daemon-{self.port}.log"
+        self.out_path = tmp / f"daemon-{self.port}.out"
+        cmd = [sys.executable, "-m", "exporter", "run", "--config.file", str(self.config), "--dsn", dsn,
+               "--web.listen-address", f"127.0.0.1:{self.port}", "--log.format", "json", *extra]
+        self._log = self.log_path.open("wb")
+        self._out = self.out_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._log, env={**os.environ, **(env or {})})
+        eventually(self._serving, timeout=20, what="daemon serving /metrics")
+
+    def _serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log_path.read_text()}")
+        try:
+            self.metrics()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as resp:  # noqa: S310 - loopback
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metrics(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return body
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The value of one sample on /metrics, or None when it is absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.metrics()):
+            for s in family.samples:
+                if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items())):
+                    return float(s.value)
+        return None
+
+    def logs(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                events.append({"event": "non_json_line", "line": line})
+        return events
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.logs() if e.get("event") == name]
+
+    def send(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._out.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def daemon(tmp: Path, config_text: str, dsn: str, *extra: str, env: dict[str, str] | None = None
+           ) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tmp, config_text, dsn, *extra, env=env)
+    try:
+        yield d
+    finally:
+        d.stop()
