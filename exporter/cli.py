@@ -31,27 +31,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", help="libpq DSN or URI; else $PGPARENT_DSN, else $DATA_SOURCE_NAME, else libpq's PG* "
-                                 "variables")
+    p.add_argument(
+        "--dsn", help="libpq DSN or URI; else $PGPARENT_DSN, else $DATA_SOURCE_NAME, else libpq's PG* variables"
+    )
     p.add_argument("--config.file", dest="config_file", metavar="FILE", help="rules file (see rules.yaml)")
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log.format", dest="log_format", choices=["json", "console", "auto"], default="auto",
-                   help="log format (default: console on a terminal, else JSON)")
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=["json", "console", "auto"],
+        default="auto",
+        help="log format (default: console on a terminal, else JSON)",
+    )
     p.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pgparent", description="Per-parent-tag session metrics and a runaway-group watchdog for "
-                                                  "PostgreSQL.")
+    parser = _Parser(
+        prog="pgparent", description="Per-parent-tag session metrics and a runaway-group watchdog for PostgreSQL."
+    )
     parser.add_argument("--version", action="version", version=f"pgparent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the daemon: poll, export /metrics, enforce rules")
     _add_connection(run)
-    run.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                     help=f"where to serve /metrics (default {DEFAULT_LISTEN})")
+    run.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to serve /metrics (default {DEFAULT_LISTEN})",
+    )
     run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
     _add_logging(run)
 
@@ -70,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config.file", dest="config_file", metavar="FILE", default="rules.yaml")
 
     demo = sub.add_parser("demo", help="the seed scenario on a throwaway PostgreSQL")
-    demo.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
-                      help="keep the demo's server and /metrics up this long at the end")
+    demo.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the demo's server and /metrics up this long at the end",
+    )
     return parser
 
 
@@ -105,15 +122,36 @@ def group_row(g: Group) -> dict[str, Any]:
 def groups_table(grouped: Grouped) -> list[str]:
     """The groups as an aligned text table, largest first, and a closing count line."""
     ordered = sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
-    header = ("PARENT", "SESSIONS", "ACTIVE", "IDLE", "IDLE_IN_TX", "WAITING", "WORKERS", "LONGEST_QUERY",
-              "LONGEST_TX", "AGE")
+    header = (
+        "PARENT",
+        "SESSIONS",
+        "ACTIVE",
+        "IDLE",
+        "IDLE_IN_TX",
+        "WAITING",
+        "WORKERS",
+        "LONGEST_QUERY",
+        "LONGEST_TX",
+        "AGE",
+    )
     rows = [header]
     for g in ordered:
         st = g.stats
         idle_tx = st.by_state.get("idle in transaction", 0) + st.by_state.get("idle in transaction (aborted)", 0)
-        rows.append((g.parent, str(st.sessions), str(st.active), str(st.by_state.get("idle", 0)), str(idle_tx),
-                     str(st.waiting), str(g.workers), _fmt_seconds(st.max_query_duration),
-                     _fmt_seconds(st.max_transaction_duration), _fmt_seconds(st.age)))
+        rows.append(
+            (
+                g.parent,
+                str(st.sessions),
+                str(st.active),
+                str(st.by_state.get("idle", 0)),
+                str(idle_tx),
+                str(st.waiting),
+                str(g.workers),
+                _fmt_seconds(st.max_query_duration),
+                _fmt_seconds(st.max_transaction_duration),
+                _fmt_seconds(st.age),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s)")
@@ -145,19 +183,24 @@ def cmd_groups(args: argparse.Namespace) -> int:
 def cmd_terminate(args: argparse.Namespace) -> int:
     from exporter.collector import Counters
     from exporter.enforcer import enforce
-    from exporter.policy import manual
+    from exporter.policy import Signal, manual
 
     config = _config(args.config_file)
-    action = "cancel" if args.cancel else "terminate"
+    action: Signal = "cancel" if args.cancel else "terminate"
     db = Database(resolve_dsn(args.dsn))
     try:
         snapshot = db.snapshot()
         grouped = group(snapshot, config.grouping.pattern)
         decision = manual(grouped, args.parent, action, config.protect, dry_run=args.dry_run)
         if not decision.targets:
-            print(f"no client session of {args.parent} to {action}"
-                  + (f" ({decision.protected} protected, {decision.unguarded} without backend_start)"
-                     if decision.protected or decision.unguarded else ""))
+            print(
+                f"no client session of {args.parent} to {action}"
+                + (
+                    f" ({decision.protected} protected, {decision.unguarded} without backend_start)"
+                    if decision.protected or decision.unguarded
+                    else ""
+                )
+            )
             return EXIT_OK
         results = enforce(decision, db, Counters(), snapshot.now, on_result=_print_result)
     finally:
@@ -166,15 +209,19 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     verb = {"terminate": "terminated", "cancel": "cancelled"}[action]
     failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))
     skipped = decision.protected + decision.unguarded
-    print(f"total: {done} of {len(decision.targets)} session(s) of {args.parent} "
-          f"{'would be ' if args.dry_run else ''}{verb}; {failed} failed; {skipped} left alone (protected or "
-          "unguarded)")
+    print(
+        f"total: {done} of {len(decision.targets)} session(s) of {args.parent} "
+        f"{'would be ' if args.dry_run else ''}{verb}; {failed} failed; {skipped} left alone (protected or "
+        "unguarded)"
+    )
     return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _print_result(fields: dict[str, Any], result: str) -> None:
-    print(f"{fields['action']:9} pid={fields['pid']} user={fields['user']} database={fields['database']} "
-          f"state={fields['state']} result={result}")
+    print(
+        f"{fields['action']:9} pid={fields['pid']} user={fields['user']} database={fields['database']} "
+        f"state={fields['state']} result={result}"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

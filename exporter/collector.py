@@ -91,7 +91,7 @@ class PgparentCollector(Collector):
         p = self.latest
         try:
             families = self._families(p)
-        except Exception:  # noqa: BLE001 - a bad moment must read as up 0, never as an HTTP 500
+        except Exception:
             log.exception("collect_failed")
             self.counters.inc("scrape_errors")
             families = [GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=0)]
@@ -112,7 +112,8 @@ class PgparentCollector(Collector):
             GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=p.interval),
             CounterMetricFamily("pgparent_poll_errors", "Polls that failed.", value=c.get("poll_errors")),
             GaugeMetricFamily(
-                "pgparent_config_last_reload_successful", "1 if the last config (re)load succeeded.",
+                "pgparent_config_last_reload_successful",
+                "1 if the last config (re)load succeeded.",
                 value=int(p.reload_ok),
             ),
             GaugeMetricFamily(
@@ -176,7 +177,8 @@ class PgparentCollector(Collector):
             "pgparent_group_max_query_duration_seconds", "Longest running query of a group.", labels=["parent"]
         )
         max_xact = GaugeMetricFamily(
-            "pgparent_group_max_transaction_duration_seconds", "Longest open transaction of a group.",
+            "pgparent_group_max_transaction_duration_seconds",
+            "Longest open transaction of a group.",
             labels=["parent"],
         )
         age = GaugeMetricFamily(
@@ -193,9 +195,9 @@ class PgparentCollector(Collector):
             age.add_metric([g.parent], g.stats.age)
         if folded:
             other = _fold(folded)
-            for key, n in other.items():
+            for key, total in other.items():
                 if key.startswith("state:"):
-                    sessions.add_metric([OTHER, key.removeprefix("state:")], n)
+                    sessions.add_metric([OTHER, key.removeprefix("state:")], total)
             workers.add_metric([OTHER], other["workers"])
             waiting.add_metric([OTHER], other["waiting"])
             max_query.add_metric([OTHER], other["max_query"])
@@ -216,7 +218,7 @@ class PgparentCollector(Collector):
             untagged,
             GaugeMetricFamily("pgparent_groups", "Tagged groups seen by the last poll.", value=len(grouped.groups)),
             GaugeMetricFamily(
-                "pgparent_groups_dropped", "Groups folded into parent=\"__other__\" by max_groups.", value=len(folded)
+                "pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', value=len(folded)
             ),
         ]
 

@@ -181,15 +181,20 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigInvalid as exc:
             self._reload_ok = False
-            log.error("config_reload_failed", file=str(self.config_path), errors=exc.errors,
-                      kept_rules=[r.name for r in self.config.rules])
+            log.error(
+                "config_reload_failed",
+                file=str(self.config_path),
+                errors=exc.errors,
+                kept_rules=[r.name for r in self.config.rules],
+            )
             self._publish_flags()
             return False
         self.config = new
         self._reload_ok = True
         self._reload_time = time.time()
-        log.info("config_reloaded", file=str(self.config_path), rules=[r.name for r in new.rules],
-                 interval=new.interval)
+        log.info(
+            "config_reloaded", file=str(self.config_path), rules=[r.name for r in new.rules], interval=new.interval
+        )
         self._publish_flags()
         return True
 
@@ -205,8 +210,14 @@ class Daemon:
             decision = evaluate(grouped, self.config, self._rule_state, self.force_dry_run)
             self._rule_state = decision.state
             for f in decision.started:
-                log.warning("rule_firing", rule=f.rule, parent=f.parent, action=f.action, reasons=list(f.reasons),
-                            dry_run=f.dry_run)
+                log.warning(
+                    "rule_firing",
+                    rule=f.rule,
+                    parent=f.parent,
+                    action=f.action,
+                    reasons=list(f.reasons),
+                    dry_run=f.dry_run,
+                )
             for rule, parent in decision.resolved:
                 log.info("rule_resolved", rule=rule, parent=parent)
             if caps.in_recovery and decision.targets:
@@ -228,16 +239,35 @@ class Daemon:
             return
         self._backoff.succeeded()
         if self._was_up is not True:
-            log.info("database_available", server_version=caps.server_version_num, role=caps.role,
-                     can_read_all_stats=caps.can_read_all_stats, can_signal=caps.can_signal,
-                     in_recovery=caps.in_recovery)
+            log.info(
+                "database_available",
+                server_version=caps.server_version_num,
+                role=caps.role,
+                can_read_all_stats=caps.can_read_all_stats,
+                can_signal=caps.can_signal,
+                in_recovery=caps.in_recovery,
+            )
         self._was_up = True
         self._last_success = time.time()
-        self._publish(up=True, duration=time.monotonic() - started, grouped=grouped,
-                      violating=decision.violating, pending=decision.pending, enforcing=not caps.in_recovery)
+        self._publish(
+            up=True,
+            duration=time.monotonic() - started,
+            grouped=grouped,
+            violating=decision.violating,
+            pending=decision.pending,
+            enforcing=not caps.in_recovery,
+        )
 
-    def _publish(self, *, up: bool, duration: float, grouped: Grouped | None = None, violating: dict[str, int] | None = None,
-                 pending: dict[str, int] | None = None, enforcing: bool = True) -> None:
+    def _publish(
+        self,
+        *,
+        up: bool,
+        duration: float,
+        grouped: Grouped | None = None,
+        violating: dict[str, int] | None = None,
+        pending: dict[str, int] | None = None,
+        enforcing: bool = True,
+    ) -> None:
         names = [r.name for r in self.config.rules]
         self.collector.publish(
             Published(

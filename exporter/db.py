@@ -7,6 +7,7 @@ the session never sits "idle in transaction".
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -75,10 +76,8 @@ def mask_dsn(dsn: str) -> str:
 def _scrub(message: str, dsn: str) -> str:
     """Remove the DSN's password, and PGPASSWORD, from a driver message, should libpq ever echo one."""
     secrets = [os.environ.get("PGPASSWORD", "")]
-    try:
+    with contextlib.suppress(psycopg.ProgrammingError):  # an unparseable DSN never reaches a connection attempt
         secrets.append(str(conninfo_to_dict(dsn).get("password", "")))
-    except psycopg.ProgrammingError:
-        pass  # an unparseable DSN never reaches a connection attempt
     for secret in secrets:
         if len(secret) >= 3:
             message = message.replace(secret, "****")
@@ -157,7 +156,7 @@ class Database:
             "leader_pid": sql.Identifier("leader_pid") if caps.has_leader_pid else sql.SQL("NULL::int"),
             "query_id": sql.Identifier("query_id") if caps.has_query_id else sql.SQL("NULL::bigint"),
         }
-        self._poll_sql = sql.SQL(load_query("activity")).format(**optional)  # type: ignore[arg-type]
+        self._poll_sql = sql.SQL(load_query("activity")).format(**optional)
         return caps
 
     def close(self) -> None:
@@ -174,6 +173,7 @@ class Database:
     def snapshot(self) -> Snapshot:
         """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`."""
         conn = self._connection()
+        assert self._poll_sql is not None
         try:
             cur = conn.cursor()
             rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
@@ -218,7 +218,6 @@ class Database:
         if row is None:
             return "gone", "no session with that pid, backend_start and application_name"
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
-
 
 
 def run_script(dsn: str, name: str) -> None:

@@ -58,7 +58,7 @@ class _Client(threading.Thread):
 
 
 def _metric_lines(port: int, prefixes: tuple[str, ...]) -> list[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text: str = resp.read().decode()
     return [line for line in text.splitlines() if line.startswith(prefixes)]
 
@@ -85,16 +85,22 @@ def run_demo(hold: float = 0.0) -> int:
         run_script(dsn, "demo_setup")
         _say("   created demo_db, table sample_data and function simulate_long_query() (pg_sleep 8 s, then insert)")
 
-        clients = [_Client(dsn, tag) for tag in ("FakeParent:1001", "FakeParent:1001",
-                                                 "FakeParent:2002", "FakeParent:2002")]
+        clients = [
+            _Client(dsn, tag) for tag in ("FakeParent:1001", "FakeParent:1001", "FakeParent:2002", "FakeParent:2002")
+        ]
         for c in clients:
             c.start()
         _say("2. Launched 4 sessions: SET application_name = 'FakeParent:<id>'; SELECT simulate_long_query();")
 
         probe = Database(dsn)
         try:
-            _wait(lambda: sum(g.stats.active for g in group(probe.snapshot(), r"^(?P<parent>[^:]+:[^:]+)")
-                              .groups.values()) >= 4, 10)
+            _wait(
+                lambda: (
+                    sum(g.stats.active for g in group(probe.snapshot(), r"^(?P<parent>[^:]+:[^:]+)").groups.values())
+                    >= 4
+                ),
+                10,
+            )
             _say("3. `pgparent groups` now shows:")
             for line in groups_table(group(probe.snapshot(), r"^(?P<parent>[^:]+:[^:]+)")):
                 _say("     " + line)
@@ -105,8 +111,10 @@ def run_demo(hold: float = 0.0) -> int:
         port = free_port()
         daemon = Daemon(config, Database(dsn), listen=("127.0.0.1", port))
         daemon.start()
-        _say(f"4. Started the daemon: interval {INTERVAL:g}s, rule runaway-1001 terminates FakeParent:1001 once a "
-             f"query has run {QUERY_LIMIT:g}s; /metrics on http://127.0.0.1:{port}/metrics")
+        _say(
+            f"4. Started the daemon: interval {INTERVAL:g}s, rule runaway-1001 terminates FakeParent:1001 once a "
+            f"query has run {QUERY_LIMIT:g}s; /metrics on http://127.0.0.1:{port}/metrics"
+        )
         time.sleep(INTERVAL * 1.5)
         _say("   /metrics, per group:")
         for line in _metric_lines(port, ("pgparent_group_sessions", "pgparent_group_max_query")):
@@ -133,11 +141,19 @@ def run_demo(hold: float = 0.0) -> int:
         rows = fetch_rows(dsn, "demo_rows")
         for parent, pid, finished_at in rows:
             _say(f"     parent={parent} pid={pid} finished_at={finished_at:%H:%M:%S}")
-        ok = (all(c.outcome == "terminated" for c in doomed)
-              and all(c.outcome == "completed" for c in survivors)
-              and sorted(r[0] for r in rows) == ["FakeParent:2002", "FakeParent:2002"])
-        _say("7. " + ("Result: FakeParent:1001 was terminated by the rule; FakeParent:2002 completed its work."
-                      if ok else "Result: the scenario did not go as expected (see above)."))
+        ok = (
+            all(c.outcome == "terminated" for c in doomed)
+            and all(c.outcome == "completed" for c in survivors)
+            and sorted(r[0] for r in rows) == ["FakeParent:2002", "FakeParent:2002"]
+        )
+        _say(
+            "7. "
+            + (
+                "Result: FakeParent:1001 was terminated by the rule; FakeParent:2002 completed its work."
+                if ok
+                else "Result: the scenario did not go as expected (see above)."
+            )
+        )
         if hold > 0:
             _say(f"   holding the server and /metrics for {hold:g}s ...")
             time.sleep(hold)

@@ -87,6 +87,10 @@ def enforce(
         for t in decision.deferred:
             by_rule[t.rule] = by_rule.get(t.rule, 0) + 1
             counters.inc("deferred", (t.rule,))
-        log.warning("signals_deferred", count=len(decision.deferred), by_rule=by_rule,
-                    reason="limits.max_terminations_per_cycle reached; the rest wait for the next poll")
+        log.warning(
+            "signals_deferred",
+            count=len(decision.deferred),
+            by_rule=by_rule,
+            reason="limits.max_terminations_per_cycle reached; the rest wait for the next poll",
+        )
     return results

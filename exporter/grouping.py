@@ -36,9 +36,12 @@ def stats(sessions: Iterable[Session], now: datetime) -> Stats:
                 waiting += 1
             if s.query_start is not None and (oldest_query is None or s.query_start < oldest_query):
                 oldest_query = s.query_start
-        elif state.startswith("idle in transaction") and s.state_change is not None:
-            if oldest_idle_xact is None or s.state_change < oldest_idle_xact:
-                oldest_idle_xact = s.state_change
+        elif (
+            state.startswith("idle in transaction")
+            and s.state_change is not None
+            and (oldest_idle_xact is None or s.state_change < oldest_idle_xact)
+        ):
+            oldest_idle_xact = s.state_change
         if s.xact_start is not None and (oldest_xact is None or s.xact_start < oldest_xact):
             oldest_xact = s.xact_start
         if s.backend_start is not None and (oldest_start is None or s.backend_start < oldest_start):

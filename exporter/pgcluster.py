@@ -38,8 +38,9 @@ class Binaries:
 
 def _version(bindir: Path) -> int | None:
     try:
-        out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=20,
-                             check=True).stdout
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found = re.search(r"(\d+)(?:\.\d+)?", out)
@@ -119,18 +120,28 @@ class Cluster:
 
     def dsn_for(self, dbname: str, user: str | None = None, password: str | None = None) -> str:
         password = self.password if password is None else password
-        return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or self.user} "
-                f"password={password} connect_timeout=5")
+        return (
+            f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or self.user} "
+            f"password={password} connect_timeout=5"
+        )
 
     def _cmd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
-        if self._owner is not None:
-            kwargs = {"user": self._owner.pw_uid, "group": self._owner.pw_gid, "extra_groups": []}
+        owner = self._owner
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         try:
-            return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=self.base, env=env,
-                                  check=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+            return subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=self.base,
+                env=env,
+                check=True,
+                user=owner.pw_uid if owner else None,
+                group=owner.pw_gid if owner else None,
+                extra_groups=[] if owner else None,
+            )
         except subprocess.CalledProcessError as exc:
             raise ClusterError(f"{Path(args[0]).name} failed: {(exc.stderr or exc.stdout).strip()[-2000:]}") from None
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -142,9 +153,19 @@ class Cluster:
         if self._owner is not None:
             for path in (self.base, pwfile):
                 os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
-        self._cmd(str(self.binaries.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
-                  f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                  "--no-sync")
+        self._cmd(
+            str(self.binaries.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(f"\nport = {self.port}\nunix_socket_directories = '{self.base}'\n")
@@ -155,8 +176,17 @@ class Cluster:
     def start(self) -> None:
         if not self._initialised:
             self.init()
-        self._cmd(str(self.binaries.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
-                  "-t", "60", "start")
+        self._cmd(
+            str(self.binaries.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: mode fast (clients disconnected cleanly) or immediate (like a crash)."""

@@ -6,7 +6,7 @@ as `RuleState` and goes out as a new one. The enforcer carries out the decision.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -21,7 +21,7 @@ Signal = Literal["terminate", "cancel"]
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
 
-_MEASURES = {
+_MEASURES: dict[str, Callable[[Stats], float]] = {
     "max_sessions": lambda s: float(s.sessions),
     "max_active_sessions": lambda s: float(s.active),
     "max_query_duration": lambda s: s.max_query_duration,
@@ -88,7 +88,7 @@ def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
 
 def exceeded(rule: Rule, measured: Stats) -> tuple[str, ...]:
     """The conditions of `rule` that `measured` exceeds, as `name value > limit` strings."""
-    out = []
+    out: list[str] = []
     for name, limit in rule.conditions().items():
         value = _MEASURES[name](measured)
         if value > limit:
@@ -144,8 +144,18 @@ def manual(grouped: Grouped, parent: str, action: Signal, protect: Protect, dry_
     grp = grouped.groups.get(parent)
     chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
     targets = tuple(Target(MANUAL_RULE, action, parent, s, ("requested by an operator",), dry_run) for s in chosen)
-    return Decision(targets=targets, deferred=(), firing=(), started=(), resolved=(), violating={}, pending={},
-                    protected=protected, unguarded=unguarded, state=RuleState())
+    return Decision(
+        targets=targets,
+        deferred=(),
+        firing=(),
+        started=(),
+        resolved=(),
+        violating={},
+        pending={},
+        protected=protected,
+        unguarded=unguarded,
+        state=RuleState(),
+    )
 
 
 def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: bool = False) -> Decision:
