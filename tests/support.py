@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -114,13 +115,22 @@ def _accepts(dsn: str) -> bool:
 
 
 def _docker_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no usable Docker engine"
+    """True when a Docker engine answers /_ping (on DOCKER_HOST's unix socket, or the default one)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # a remote engine: let testcontainers try it and report its own error
+    path = host.removeprefix("unix://")
+    if not os.path.exists(path):
         return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        try:
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status_line = sock.recv(64).split(b"\r\n", 1)[0]
+            return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
+        except OSError:
+            return False
 
 
 def make_server(settings: dict[str, str] | None = None) -> Server:

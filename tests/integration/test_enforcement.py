@@ -1,0 +1,258 @@
+"""Enforcement safety, each promise against a real server: the guard, isolation of failures, what is never signalled,
+the per-cycle cap, `for:`, dry runs, and the audit event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from exporter.collector import Counters
+from exporter.config import Config, parse_config
+from exporter.daemon import Daemon
+from exporter.db import Database
+from exporter.enforcer import enforce
+from exporter.grouping import group
+from exporter.model import Session
+from exporter.policy import RuleState, evaluate
+from tests.support import Clients, Server, eventually
+
+pytestmark = pytest.mark.integration
+
+APP_PASSWORD = "app-pw-1"
+MONITOR_PASSWORD = "monitor-pw-1"
+
+
+@pytest.fixture(scope="module")
+def roles(pg: Server) -> Iterator[dict[str, str]]:
+    """A plain application role for client sessions, and a least-privilege monitoring role."""
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        for role, password, grants in (
+            ("pgp_app", APP_PASSWORD, ""),
+            ("pgp_monitor", MONITOR_PASSWORD, "GRANT pg_monitor, pg_signal_backend TO pgp_monitor"),
+        ):
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+            if grants:
+                conn.execute(grants)
+    yield {
+        "app": pg.dsn_for("postgres", user="pgp_app", password=APP_PASSWORD),
+        "monitor": pg.dsn_for("postgres", user="pgp_monitor", password=MONITOR_PASSWORD),
+    }
+
+
+def _config(rules: list[dict[str, Any]], **top: Any) -> Config:
+    return parse_config({"interval": "1s", "rules": rules, **top}, "test")
+
+
+def _one_cycle(dsn: str, config: Config, state: RuleState | None = None, force_dry_run: bool = False
+               ) -> tuple[Counters, list[dict[str, Any]], RuleState]:
+    """Poll once, evaluate, enforce; return counters, captured log events and the new rule state."""
+    db = Database(dsn)
+    counters = Counters()
+    try:
+        with capture_logs() as events:
+            snapshot = db.snapshot()
+            decision = evaluate(group(snapshot, config.grouping.pattern), config, state or RuleState(), force_dry_run)
+            enforce(decision, db, counters, snapshot.now)
+    finally:
+        db.close()
+    return counters, events, decision.state
+
+
+def _signals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "session_signal"]
+
+
+def _session_of(dsn: str, pid: int) -> Session:
+    db = Database(dsn)
+    try:
+        return next(s for s in db.snapshot().sessions if s.pid == pid)
+    finally:
+        db.close()
+
+
+def test_guard_skips_a_pid_whose_backend_start_differs(pg: Server, clients: Clients) -> None:
+    """A pid now held by a session that started at another moment (pid reuse) matches no row and is left alone."""
+    (victim,) = clients.start("FakeParent:1")
+    assert victim.pid is not None
+    seen = _session_of(pg.dsn, victim.pid)
+    assert seen.backend_start is not None
+    impostor = replace(seen, backend_start=seen.backend_start - timedelta(microseconds=1))
+    db = Database(pg.dsn)
+    try:
+        assert db.signal("terminate", impostor)[0] == "gone"
+        assert db.signal("terminate", replace(seen, application_name="FakeParent:other"))[0] == "gone"
+        assert not victim.done
+        assert db.signal("terminate", seen)[0] == "ok"
+    finally:
+        db.close()
+    eventually(lambda: victim.outcome == "terminated", what="the real session terminated")
+
+
+def test_guard_never_signals_non_client_backends_or_itself(pg: Server) -> None:
+    """The checkpointer and the daemon's own session cannot be signalled, even when asked for by pid."""
+    db = Database(pg.dsn)
+    try:
+        db.connect()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+                " OR pid = %s ORDER BY backend_type",
+                [db.backend_pid],
+            ).fetchall()
+        assert len(rows) == 2
+        for pid, started in rows:
+            fake = Session(pid, None, "client backend", "postgres", "postgres", "", None, "active", None, started,
+                           None, None, None, None)
+            fake_tagged = replace(fake, application_name="pgparent")
+            assert db.signal("terminate", fake)[0] == "gone"
+            assert db.signal("terminate", fake_tagged)[0] == "gone"
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            alive = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [[pid for pid, _ in rows]]
+            ).fetchone()
+        assert alive == (2,)
+    finally:
+        db.close()
+
+
+def test_a_permission_error_on_one_session_does_not_stop_the_others(
+    pg: Server, clients: Clients, roles: dict[str, str]
+) -> None:
+    """As a least-privilege role, a superuser's session in the group is refused and counted; the rest are ended."""
+    plain = clients.start("FakeParent:2", n=2, dsn=roles["app"])
+    superuser = clients.start("FakeParent:2")
+    config = _config([{"name": "kill2", "match": {"parent": "FakeParent:2"}, "max_sessions": 0,
+                       "action": "terminate"}])
+    counters, events, _ = _one_cycle(roles["monitor"], config)
+    results = sorted(e["result"] for e in _signals(events))
+    assert results == ["ok", "ok", "permission_denied"]
+    assert counters.get("terminated", ("kill2", "terminate")) == 2
+    assert counters.get("failures", ("kill2", "permission_denied")) == 1
+    eventually(lambda: all(c.outcome == "terminated" for c in plain), what="plain sessions terminated")
+    assert not superuser[0].done
+
+
+def test_protected_untagged_and_own_sessions_are_never_signalled(pg: Server, clients: Clients) -> None:
+    """A rule over every group leaves protected users, databases, applications and untagged sessions alone."""
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS azure_sys")
+        conn.execute("CREATE DATABASE azure_sys")
+        conn.execute("DROP ROLE IF EXISTS replication")
+        conn.execute("CREATE ROLE replication LOGIN PASSWORD 'r-pw'")
+    victim = clients.start("Prot:1")
+    by_db = clients.start("Prot:1", dsn=pg.dsn_for("azure_sys"))
+    by_user = clients.start("Prot:1", dsn=pg.dsn_for("postgres", user="replication", password="r-pw"))
+    by_app = clients.start("pg_dump")
+    untagged = clients.start("psql")
+    config = _config(
+        [{"name": "all", "match": {"parent": "*"}, "max_sessions": 0, "action": "terminate"}],
+        protect={"users": ["replication"], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
+    )
+    counters, events, _ = _one_cycle(pg.dsn, config)
+    signalled = {e["pid"] for e in _signals(events)}
+    assert victim[0].pid in signalled
+    for spared in (by_db, by_user, by_app, untagged):
+        assert spared[0].pid not in signalled
+    eventually(lambda: victim[0].done, what="the unprotected session ended")
+    assert not any(c[0].done for c in (by_db, by_user, by_app, untagged))
+
+
+def test_max_terminations_per_cycle_holds(pg: Server, clients: Clients) -> None:
+    """With a cap of 2, a group of 5 loses 2 sessions per poll; the rest are deferred and logged."""
+    group5 = clients.start("Cap:1", n=5)
+    config = _config([{"name": "cap", "match": {"parent": "Cap:1"}, "max_sessions": 0, "action": "terminate"}],
+                     limits={"max_terminations_per_cycle": 2})
+    counters, events, _ = _one_cycle(pg.dsn, config)
+    assert [e["result"] for e in _signals(events)] == ["ok", "ok"]
+    assert counters.get("deferred", ("cap",)) == 3
+    assert any(e["event"] == "signals_deferred" and e["count"] == 3 for e in events)
+    eventually(lambda: sum(c.done for c in group5) == 2, what="two sessions ended")
+    counters, events, _ = _one_cycle(pg.dsn, config)
+    assert len(_signals(events)) == 2
+    eventually(lambda: sum(c.done for c in group5) == 4, what="four sessions ended")
+
+
+def test_for_holds_before_acting(pg: Server, clients: Clients) -> None:
+    """A rule with `for: 1s` signals nothing on the first poll, and acts once the condition held that long."""
+    (victim,) = clients.start("For:1")
+    config = _config([{"name": "wait", "match": {"parent": "For:1"}, "max_sessions": 0, "for": "1s",
+                       "action": "terminate"}])
+    _, events, state = _one_cycle(pg.dsn, config)
+    assert _signals(events) == []
+    assert not victim.done
+    eventually(lambda: _signals(_one_cycle(pg.dsn, config, state)[1]), timeout=5, what="rule acted after for:")
+    eventually(lambda: victim.done, what="session ended")
+
+
+@pytest.mark.parametrize("where", ["global", "rule", "flag"])
+def test_dry_run_signals_nothing_and_audits(pg: Server, clients: Clients, where: str) -> None:
+    """Dry run (global, per rule, or --dry-run) audits each would-be signal with result dry_run and signals nothing."""
+    group2 = clients.start(f"Dry:{where}", n=2)
+    rule: dict[str, Any] = {"name": "dry", "match": {"parent": f"Dry:{where}"}, "max_sessions": 0,
+                            "action": "terminate"}
+    if where == "rule":
+        rule["dry_run"] = True
+    config = _config([rule], dry_run=where == "global")
+    counters, events, _ = _one_cycle(pg.dsn, config, force_dry_run=where == "flag")
+    assert [e["result"] for e in _signals(events)] == ["dry_run", "dry_run"]
+    assert counters.items("terminated") == []
+    db = Database(pg.dsn)
+    try:
+        assert group(db.snapshot(), config.grouping.pattern).groups[f"Dry:{where}"].stats.sessions == 2
+    finally:
+        db.close()
+    assert not any(c.done for c in group2)
+
+
+def test_audit_event_has_every_field(pg: Server, clients: Clients, roles: dict[str, str]) -> None:
+    """One session_signal event per signal, carrying rule, parent, pid, backend_start, user, database, client
+    address, state, durations, truncated query, action and result."""
+    long_query = "SELECT pg_sleep(60) /* " + "x" * 400 + " */"
+    (victim,) = clients.start("Audit:1", long_query, dsn=roles["app"])
+    eventually(lambda: _session_of(pg.dsn, victim.pid or 0).state == "active", what="query running")
+    config = _config([{"name": "audit", "match": {"parent": "Audit:*"}, "max_query_duration": 0,
+                       "action": "terminate"}])
+    _, events, _ = _one_cycle(pg.dsn, config)
+    (event,) = _signals(events)
+    assert event["rule"] == "audit" and event["parent"] == "Audit:1" and event["pid"] == victim.pid
+    assert event["backend_start"] == victim.backend_start.isoformat()
+    assert event["user"] == "pgp_app" and event["database"] == "postgres"
+    assert event["client_addr"] == "127.0.0.1"
+    assert event["state"] == "active" and event["action"] == "terminate" and event["result"] == "ok"
+    assert event["query_seconds"] >= 0 and event["session_seconds"] >= event["query_seconds"]
+    assert event["transaction_seconds"] is not None
+    assert event["query"].startswith("SELECT pg_sleep(60)") and len(event["query"]) <= 201
+    assert event["reasons"] and event["reasons"][0].startswith("max_query_duration")
+
+
+def test_cancel_interrupts_active_queries_and_keeps_sessions(pg: Server, clients: Clients) -> None:
+    """action cancel ends the running queries of a group; its idle sessions are not touched."""
+    busy = clients.start("Cancel:1", "SELECT pg_sleep(60)")
+    idle = clients.start("Cancel:1", "SELECT 1")
+    config = _config([{"name": "c", "match": {"parent": "Cancel:1"}, "max_active_sessions": 0, "action": "cancel"}])
+    eventually(lambda: idle[0].done, what="idle session finished its statement")
+    _, events, _ = _one_cycle(pg.dsn, config)
+    assert [(e["pid"], e["result"]) for e in _signals(events)] == [(busy[0].pid, "ok")]
+    eventually(lambda: busy[0].outcome == "cancelled", what="query cancelled")
+
+
+def test_daemon_cycle_counts_outcomes_on_metrics(pg: Server, clients: Clients) -> None:
+    """A daemon cycle that terminates a group publishes the counter and the violating gauge."""
+    clients.start("Cyc:1", n=3)
+    config = _config([{"name": "cyc", "match": {"parent": "Cyc:1"}, "max_sessions": 2, "action": "terminate"}])
+    daemon = Daemon(config, Database(pg.dsn))
+    try:
+        daemon.cycle()
+    finally:
+        daemon.db.close()
+    reg = daemon.registry
+    assert reg.get_sample_value("pgparent_terminated_sessions_total", {"rule": "cyc", "action": "terminate"}) == 3
+    assert reg.get_sample_value("pgparent_rule_violating_groups", {"rule": "cyc"}) == 1
+    assert reg.get_sample_value("pgparent_up") == 1
