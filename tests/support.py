@@ -28,15 +28,16 @@ T = TypeVar("T")
 def eventually(fn: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
     """Call `fn` until it returns something truthy (and return that); fail with the last value after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while True:
         try:
-            last = fn()
+            value = fn()
         except AssertionError as exc:
             last = exc
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s{': ' + what if what else ''}; last value: {last!r}")
         time.sleep(interval)
@@ -69,12 +70,13 @@ class ExternalServer:
             params["user"] = user
         if password is not None:
             params["password"] = password
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def stop(self, mode: str = "fast") -> None:
         raise NotImplementedError("PGPARENT_TEST_DSN servers cannot be stopped by the tests")
 
-    start = stop  # type: ignore[assignment]
+    def start(self) -> None:
+        raise NotImplementedError("PGPARENT_TEST_DSN servers cannot be started by the tests")
 
     def destroy(self) -> None:
         pass
@@ -151,9 +153,13 @@ def make_server(settings: dict[str, str] | None = None) -> Server:
 class Client(threading.Thread):
     """A client session on its own thread: tags itself, runs `statement`, and records how it ended."""
 
-    def __init__(self, dsn: str, application_name: str, statement: str, *, setup: str | None = None) -> None:
+    def __init__(self, dsn: str, application_name: str, statement: str, *, setup: str | None = None,
+                 hold: bool = False) -> None:
         super().__init__(daemon=True, name=f"client-{application_name}")
         self.dsn, self.application_name, self.statement, self.setup = dsn, application_name, statement, setup
+        self.hold = hold
+        self.release = threading.Event()
+        self.executed = threading.Event()
         self.pid: int | None = None
         self.backend_start: Any = None
         self.outcome: str | None = None
@@ -173,6 +179,10 @@ class Client(threading.Thread):
                 self.pid, self.backend_start = row
                 self.ready.set()
                 conn.execute(self.statement.encode())
+                self.executed.set()
+                if self.hold:  # stay connected (idle) until released, then check the session is still there
+                    self.release.wait(300)
+                    conn.execute("SELECT 1")
             self.outcome = "completed"
         except psycopg.errors.QueryCanceled:
             self.outcome = "cancelled"
@@ -198,8 +208,10 @@ class Clients:
         self.started: list[Client] = []
 
     def start(self, application_name: str, statement: str = "SELECT pg_sleep(120)", n: int = 1,
-              dsn: str | None = None, setup: str | None = None) -> list[Client]:
-        clients = [Client(dsn or self.dsn, application_name, statement, setup=setup) for _ in range(n)]
+              dsn: str | None = None, setup: str | None = None, hold: bool = False) -> list[Client]:
+        """Start `n` sessions tagged `application_name` running `statement`; with `hold`, they stay connected and
+        idle after it until cleanup."""
+        clients = [Client(dsn or self.dsn, application_name, statement, setup=setup, hold=hold) for _ in range(n)]
         for c in clients:
             c.start()
         for c in clients:
@@ -217,6 +229,8 @@ class Clients:
                     conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
             except psycopg.Error:
                 pass  # the server may be down on purpose
+        for c in self.started:
+            c.release.set()
         for c in self.started:
             c.join(10)
 

@@ -62,7 +62,7 @@ def _one_cycle(dsn: str, config: Config, state: RuleState | None = None, force_d
             enforce(decision, db, counters, snapshot.now)
     finally:
         db.close()
-    return counters, events, decision.state
+    return counters, [dict(e) for e in events], decision.state
 
 
 def _signals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +155,7 @@ def test_protected_untagged_and_own_sessions_are_never_signalled(pg: Server, cli
         [{"name": "all", "match": {"parent": "*"}, "max_sessions": 0, "action": "terminate"}],
         protect={"users": ["replication"], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
     )
-    counters, events, _ = _one_cycle(pg.dsn, config)
+    _, events, _ = _one_cycle(pg.dsn, config)
     signalled = {e["pid"] for e in _signals(events)}
     assert victim[0].pid in signalled
     for spared in (by_db, by_user, by_app, untagged):
@@ -235,12 +235,14 @@ def test_audit_event_has_every_field(pg: Server, clients: Clients, roles: dict[s
 def test_cancel_interrupts_active_queries_and_keeps_sessions(pg: Server, clients: Clients) -> None:
     """action cancel ends the running queries of a group; its idle sessions are not touched."""
     busy = clients.start("Cancel:1", "SELECT pg_sleep(60)")
-    idle = clients.start("Cancel:1", "SELECT 1")
+    (idle,) = clients.start("Cancel:1", "SELECT 1", hold=True)
+    assert idle.executed.wait(10)
     config = _config([{"name": "c", "match": {"parent": "Cancel:1"}, "max_active_sessions": 0, "action": "cancel"}])
-    eventually(lambda: idle[0].done, what="idle session finished its statement")
     _, events, _ = _one_cycle(pg.dsn, config)
     assert [(e["pid"], e["result"]) for e in _signals(events)] == [(busy[0].pid, "ok")]
     eventually(lambda: busy[0].outcome == "cancelled", what="query cancelled")
+    idle.release.set()
+    eventually(lambda: idle.outcome == "completed", what="idle session still connected and usable")
 
 
 def test_daemon_cycle_counts_outcomes_on_metrics(pg: Server, clients: Clients) -> None:
