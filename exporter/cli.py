@@ -239,7 +239,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(args.log_format, args.log_level)
     config = _config(args.config_file)
     listen = parse_listen_address(args.listen)
-    db = Database(resolve_dsn(args.dsn), statement_timeout=max(2.0, min(2 * config.interval, 30.0)))
+    # A poll that takes longer than an interval is already late: cut it there (at least 1 s, at most 30 s), so a
+    # stalled network is noticed within two intervals.
+    db = Database(resolve_dsn(args.dsn), statement_timeout=max(1.0, min(config.interval, 30.0)))
     daemon = Daemon(config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen)
     return daemon.run()
 

@@ -58,7 +58,9 @@ class Published:
     reload_ok: bool = True
     reload_time: float = 0.0
     enforcing: bool = True
-    """False while enforcement is off for a reason the logs give (standby, ...)."""
+    """False while enforcement is off for a reason the logs give (not the leader, a standby server)."""
+    leader: bool = False
+    """True while this replica holds the leader lock."""
 
 
 def _fold(groups: list[Group]) -> dict[str, float]:
@@ -124,6 +126,11 @@ class PgparentCollector(Collector):
             GaugeMetricFamily("pgparent_dry_run", "1 if no rule may signal (global dry run).", value=int(p.dry_run)),
             GaugeMetricFamily(
                 "pgparent_enforcing", "1 if this instance may signal sessions now.", value=int(p.enforcing)
+            ),
+            GaugeMetricFamily(
+                "pgparent_leader",
+                "1 if this replica holds the leader lock (the one that enforces).",
+                value=int(p.leader),
             ),
         ]
         info = InfoMetricFamily("pgparent_build", "pgparent build information.")
@@ -217,6 +224,11 @@ class PgparentCollector(Collector):
             age,
             untagged,
             GaugeMetricFamily("pgparent_groups", "Tagged groups seen by the last poll.", value=len(grouped.groups)),
+            GaugeMetricFamily(
+                "pgparent_hidden_sessions",
+                "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
+                value=grouped.hidden,
+            ),
             GaugeMetricFamily(
                 "pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', value=len(folded)
             ),

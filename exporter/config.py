@@ -87,6 +87,17 @@ class Limits(_Strict):
     max_terminations_per_cycle: int = Field(100, ge=1)
 
 
+LOCK_KEY = int.from_bytes(b"pgparent", "big")
+"""The default advisory lock key: the bytes of 'pgparent' as a bigint (8099008829985656436)."""
+
+
+class LeaderElection(_Strict):
+    """Exactly one enforcer among replicas watching one server: the holder of a session-level advisory lock."""
+
+    enabled: bool = True
+    lock_key: int = Field(LOCK_KEY, ge=-(2**63), le=2**63 - 1)
+
+
 class Match(_Strict):
     """Which groups a rule applies to: globs on the parent tag and, optionally, on database and user."""
 
@@ -137,6 +148,7 @@ class Config(_Strict):
     grouping: Grouping = Grouping()
     protect: Protect = Protect()
     limits: Limits = Limits()
+    leader_election: LeaderElection = LeaderElection()
     rules: tuple[Rule, ...] = ()
 
     @field_validator("interval")

@@ -15,7 +15,7 @@ from types import FrameType
 
 from exporter.collector import Counters, PgparentCollector, Published, make_registry
 from exporter.config import Config, load_config
-from exporter.db import Database
+from exporter.db import Capabilities, Database
 from exporter.enforcer import enforce
 from exporter.errors import ConfigInvalid, DatabaseUnavailable
 from exporter.grouping import group
@@ -84,6 +84,9 @@ class Daemon:
         self._reload_time = time.time()
         self._last_success = 0.0
         self._was_up: bool | None = None
+        self._lock_generation: int | None = None
+        self._lock_key: int | None = None
+        self._off_reason: str | None = None
         self._loop_thread: threading.Thread | None = None
         self.http = MetricsServer(listen, self.registry, self.healthy) if listen is not None else None
         self._publish(up=False, duration=0.0)
@@ -205,6 +208,9 @@ class Daemon:
             return
         try:
             caps = self.db.connect()
+            if self._was_up is not True:
+                self._log_connected(caps)
+            leader = self._hold_leadership(caps)
             snapshot = self.db.snapshot()
             grouped = group(snapshot, self.config.grouping.pattern)
             decision = evaluate(grouped, self.config, self._rule_state, self.force_dry_run)
@@ -220,9 +226,8 @@ class Daemon:
                 )
             for rule, parent in decision.resolved:
                 log.info("rule_resolved", rule=rule, parent=parent)
-            if caps.in_recovery and decision.targets:
-                log.warning("enforcement_skipped", reason="server is in recovery (a standby): no session is signalled")
-            elif decision.targets or decision.deferred:
+            reason = self._enforcement_off_reason(caps, leader)
+            if reason is None and (decision.targets or decision.deferred):
                 enforce(decision, self.db, self.counters, snapshot.now)
         except DatabaseUnavailable as exc:
             self.counters.inc("poll_errors")
@@ -238,15 +243,6 @@ class Daemon:
             self._publish(up=False, duration=time.monotonic() - started)
             return
         self._backoff.succeeded()
-        if self._was_up is not True:
-            log.info(
-                "database_available",
-                server_version=caps.server_version_num,
-                role=caps.role,
-                can_read_all_stats=caps.can_read_all_stats,
-                can_signal=caps.can_signal,
-                in_recovery=caps.in_recovery,
-            )
         self._was_up = True
         self._last_success = time.time()
         self._publish(
@@ -255,8 +251,65 @@ class Daemon:
             grouped=grouped,
             violating=decision.violating,
             pending=decision.pending,
-            enforcing=not caps.in_recovery,
+            enforcing=reason is None,
+            leader=leader,
         )
+
+    def _log_connected(self, caps: Capabilities) -> None:
+        log.info(
+            "database_available",
+            server_version=caps.server_version_num,
+            role=caps.role,
+            can_read_all_stats=caps.can_read_all_stats,
+            can_signal=caps.can_signal,
+            in_recovery=caps.in_recovery,
+        )
+        if not caps.can_read_all_stats:
+            log.warning(
+                "limited_visibility",
+                role=caps.role,
+                reason="the role lacks pg_read_all_stats (grant pg_monitor): other roles' sessions show no state or "
+                "backend_start, are counted in pgparent_hidden_sessions and are never signalled",
+            )
+        if not caps.can_signal:
+            log.warning(
+                "limited_signalling",
+                role=caps.role,
+                reason="the role lacks pg_signal_backend: it can signal only its own role's sessions",
+            )
+
+    def _hold_leadership(self, caps: Capabilities) -> bool:
+        """Keep (or try to take) the leader lock on the current connection; False on a standby server."""
+        election = self.config.leader_election
+        if not election.enabled:
+            return True
+        if caps.in_recovery:
+            return False
+        held = self._lock_generation == self.db.generation and self._lock_key == election.lock_key
+        if not held and self._lock_generation is not None:
+            log.warning("leadership_lost", reason="the connection that held the leader lock ended")
+            self._lock_generation = None
+        if not held and self.db.try_lock(election.lock_key):
+            self._lock_generation, self._lock_key = self.db.generation, election.lock_key
+            log.info("leadership_acquired", lock_key=election.lock_key)
+            held = True
+        return held
+
+    def _enforcement_off_reason(self, caps: Capabilities, leader: bool) -> str | None:
+        """Why this instance may not signal now (logged once per change), or None when it may."""
+        if caps.in_recovery:
+            reason: str | None = "the server is in recovery (a standby): nothing is signalled there"
+        elif not leader:
+            reason = "another replica holds the leader lock and enforces; this one only exports metrics"
+        else:
+            reason = None
+        if reason != self._off_reason:
+            if reason is None:
+                log.info("enforcement_on")
+            else:
+                log.warning("enforcement_off", reason=reason)
+            self._off_reason = reason
+        return reason
 
     def _publish(
         self,
@@ -266,7 +319,8 @@ class Daemon:
         grouped: Grouped | None = None,
         violating: dict[str, int] | None = None,
         pending: dict[str, int] | None = None,
-        enforcing: bool = True,
+        enforcing: bool = False,
+        leader: bool = False,
     ) -> None:
         names = [r.name for r in self.config.rules]
         self.collector.publish(
@@ -283,6 +337,7 @@ class Daemon:
                 reload_ok=self._reload_ok,
                 reload_time=self._reload_time,
                 enforcing=enforcing,
+                leader=leader,
             )
         )
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -97,8 +101,69 @@ class Capabilities:
     in_recovery: bool
 
 
+class _Watchdog:
+    """Cuts a connection whose statement outlives its deadline, from a thread of its own.
+
+    statement_timeout only helps while the server can answer; a network that silently drops packets (a black hole)
+    leaves the client waiting on a socket that TCP still considers open. Shutting that socket down wakes the waiting
+    call with an error, so the loop reconnects instead of hanging.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._action: Callable[[], None] | None = None
+        self.fired = False
+        threading.Thread(target=self._run, name="db-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                action, self._deadline, self._action = self._action, None, None
+                if action is not None:
+                    self.fired = True
+                    action()
+
+    @contextlib.contextmanager
+    def guard(self, seconds: float, action: Callable[[], None]) -> Iterator[None]:
+        with self._cond:
+            self.fired = False
+            self._deadline, self._action = time.monotonic() + seconds, action
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._deadline = self._action = None
+
+
+def _shutdown_socket(conn: psycopg.Connection[Any]) -> None:
+    """Shut the connection's socket down (both ways) without closing the descriptor psycopg owns."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
 class Database:
-    """One long-lived autocommit connection for polling and signalling; reconnects when asked after a failure."""
+    """One long-lived autocommit connection for polling and signalling; reconnects when asked after a failure.
+
+    Every statement runs under a client-side deadline (statement_timeout plus a margin) enforced by a watchdog, so a
+    stalled network is noticed within about one statement_timeout. `generation` counts connections made: session
+    state (the leader lock) belongs to one generation.
+    """
+
+    DEADLINE_MARGIN = 0.5
+    """Seconds the client waits past statement_timeout before it gives up on the server."""
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:
         self.dsn = dsn
@@ -107,7 +172,19 @@ class Database:
         self._statement_timeout = statement_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._poll_sql: sql.Composed | None = None
+        self._watchdog: _Watchdog | None = None
         self.capabilities: Capabilities | None = None
+        self.generation = 0
+
+    def _guard(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[None]:
+        if self._watchdog is None:
+            self._watchdog = _Watchdog()
+        return self._watchdog.guard(self._statement_timeout + self.DEADLINE_MARGIN, lambda: _shutdown_socket(conn))
+
+    def _stalled(self) -> str:
+        if self._watchdog is not None and self._watchdog.fired:
+            return f" (no answer within {self._statement_timeout + self.DEADLINE_MARGIN:g}s: network stalled?)"
+        return ""
 
     @property
     def connected(self) -> bool:
@@ -118,8 +195,9 @@ class Database:
         return self._conn.info.backend_pid if self.connected and self._conn is not None else None
 
     def _fail(self, what: str, exc: Exception) -> DatabaseUnavailable:
+        stalled = self._stalled()
         self.close()
-        return DatabaseUnavailable(f"{what} ({self.masked}): {_scrub(str(exc), self.dsn)}")
+        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {_scrub(str(exc), self.dsn)}")
 
     def connect(self) -> Capabilities:
         """Open the connection (if not open) and read the server's capabilities."""
@@ -142,12 +220,16 @@ class Database:
         except psycopg.Error as exc:
             raise self._fail("cannot connect to PostgreSQL", exc) from exc
         self._conn = conn
+        self.generation += 1
         try:
-            conn.execute(
-                sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(self._statement_timeout * 1000)}ms"))
-            )
-            with conn.cursor(row_factory=class_row(Capabilities)) as cur:
-                caps = cur.execute(load_query("capabilities")).fetchone()
+            with self._guard(conn):
+                conn.execute(
+                    sql.SQL("SET statement_timeout = {}").format(
+                        sql.Literal(f"{int(self._statement_timeout * 1000)}ms")
+                    )
+                )
+                with conn.cursor(row_factory=class_row(Capabilities)) as cur:
+                    caps = cur.execute(load_query("capabilities")).fetchone()
         except psycopg.Error as exc:
             raise self._fail("cannot read server capabilities", exc) from exc
         assert caps is not None
@@ -175,9 +257,10 @@ class Database:
         conn = self._connection()
         assert self._poll_sql is not None
         try:
-            cur = conn.cursor()
-            rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
-            now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            with self._guard(conn):
+                cur = conn.cursor()
+                rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
+                now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         except pgerrors.QueryCanceled as exc:
             # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
             raise self._fail("poll timed out", exc) from exc
@@ -189,6 +272,19 @@ class Database:
             session = Session(*row[:-1])
             (workers if session.backend_type == "parallel worker" else sessions).append(session)
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers))
+
+    def try_lock(self, key: int) -> bool:
+        """Take the session-level advisory lock `key` on this connection if free; True when held.
+
+        The server releases it when this connection ends, however it ends: that is what makes one replica the leader.
+        """
+        conn = self._connection()
+        try:
+            with self._guard(conn):
+                row = conn.execute(load_query("leader_lock"), {"key": key}).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("leader lock failed", exc) from exc
+        return bool(row and row[0])
 
     def signal(self, action: SignalAction, session: Session) -> tuple[SignalOutcome, str]:
         """Send one guarded signal in its own autocommit statement; return the outcome and a detail message.
@@ -207,7 +303,8 @@ class Database:
             "application_name": session.application_name,
         }
         try:
-            row = conn.execute(statement, params).fetchone()
+            with self._guard(conn):
+                row = conn.execute(statement, params).fetchone()
         except pgerrors.InsufficientPrivilege as exc:
             # Not a member of pg_signal_backend, or the target is a superuser's session: count it and go on.
             return "permission_denied", _scrub(str(exc), self.dsn)

@@ -72,7 +72,10 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
     members: dict[str, list[Session]] = {}
     untagged: list[Session] = []
     parent_by_pid: dict[int, str | None] = {}
+    hidden = 0
     for s in snapshot.sessions:
+        if s.backend_start is None:
+            hidden += 1
         parent = parent_of(s.application_name, regex)
         parent_by_pid[s.pid] = parent
         if parent is None:
@@ -97,7 +100,9 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
         parent: Group(parent=parent, sessions=tuple(rows), stats=stats(rows, now), workers=workers.get(parent, 0))
         for parent, rows in members.items()
     }
-    return Grouped(now=now, groups=groups, untagged=stats(untagged, now), untagged_workers=untagged_workers)
+    return Grouped(
+        now=now, groups=groups, untagged=stats(untagged, now), untagged_workers=untagged_workers, hidden=hidden
+    )
 
 
 def top_groups(groups: dict[str, Group], max_groups: int) -> tuple[list[Group], list[Group]]:

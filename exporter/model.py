@@ -81,3 +81,5 @@ class Grouped:
     groups: dict[str, Group]
     untagged: Stats
     untagged_workers: int = 0
+    hidden: int = 0
+    """Client sessions whose backend_start the monitoring role cannot see (no pg_read_all_stats)."""
