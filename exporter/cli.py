@@ -32,8 +32,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dsn", help="libpq DSN or URI; else $PGPARENT_DSN, else $DATA_SOURCE_NAME, else libpq's PG* variables"
+        "--dsn",
+        help="libpq DSN or URI; else --dsn.file, $PGPARENT_DSN, $PGPARENT_DSN_FILE, $DATA_SOURCE_NAME, then libpq's "
+        "PG* variables",
     )
+    p.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read the DSN from this file")
     p.add_argument("--config.file", dest="config_file", metavar="FILE", help="rules file (see rules.yaml)")
 
 
@@ -160,7 +163,7 @@ def groups_table(grouped: Grouped) -> list[str]:
 
 def cmd_groups(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
-    db = Database(resolve_dsn(args.dsn))
+    db = Database(resolve_dsn(args.dsn, args.dsn_file))
     try:
         grouped = group(db.snapshot(), config.grouping.pattern)
     finally:
@@ -187,7 +190,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
     config = _config(args.config_file)
     action: Signal = "cancel" if args.cancel else "terminate"
-    db = Database(resolve_dsn(args.dsn))
+    db = Database(resolve_dsn(args.dsn, args.dsn_file))
     try:
         snapshot = db.snapshot()
         grouped = group(snapshot, config.grouping.pattern)
@@ -239,9 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(args.log_format, args.log_level)
     config = _config(args.config_file)
     listen = parse_listen_address(args.listen)
-    # A poll that takes longer than an interval is already late: cut it there (at least 1 s, at most 30 s), so a
-    # stalled network is noticed within two intervals.
-    db = Database(resolve_dsn(args.dsn), statement_timeout=max(1.0, min(config.interval, 30.0)))
+    # A poll that takes longer than an interval is already late: the client cuts it at one interval (statement_timeout
+    # at 0.8 of it, the watchdog at 1.0; within 0.5 s to 37.5 s), so a stalled network is noticed within two intervals.
+    statement_timeout = max(0.4, min(0.8 * config.interval, 30.0))
+    db = Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
     daemon = Daemon(config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen)
     return daemon.run()
 

@@ -167,7 +167,8 @@ class Daemon:
             next_run += self.config.interval
             now = time.monotonic()
             if now > next_run:
-                log.warning("poll_overrun", behind_seconds=round(now - next_run, 3), interval=self.config.interval)
+                if self._was_up:  # while the database is down, slow reconnects are expected, not news
+                    log.warning("poll_overrun", behind_seconds=round(now - next_run, 3), interval=self.config.interval)
                 next_run = now
             while not self.stop_event.is_set() and not self._reload_requested:
                 remaining = next_run - time.monotonic()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -48,12 +49,30 @@ def load_query(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve_dsn(cli_dsn: str | None) -> str:
-    """--dsn, else PGPARENT_DSN, else DATA_SOURCE_NAME, else "" (libpq then reads PGHOST, PGUSER, ...)."""
-    for candidate in (cli_dsn, os.environ.get("PGPARENT_DSN"), os.environ.get("DATA_SOURCE_NAME")):
-        if candidate:
-            return candidate
-    return ""
+def _read_dsn_file(path: str, origin: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{origin} {path}: cannot read: {reason}") from None
+    if not text:
+        raise UsageError(f"{origin} {path}: the file is empty")
+    return text
+
+
+def resolve_dsn(cli_dsn: str | None, cli_dsn_file: str | None = None) -> str:
+    """The DSN, from the first of: --dsn, --dsn.file, $PGPARENT_DSN, $PGPARENT_DSN_FILE, $DATA_SOURCE_NAME; else ""
+    (libpq then reads PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, ...). A file keeps the secret out of `ps` and the
+    environment."""
+    if cli_dsn:
+        return cli_dsn
+    if cli_dsn_file:
+        return _read_dsn_file(cli_dsn_file, "--dsn.file")
+    if env := os.environ.get("PGPARENT_DSN"):
+        return env
+    if env_file := os.environ.get("PGPARENT_DSN_FILE"):
+        return _read_dsn_file(env_file, "PGPARENT_DSN_FILE")
+    return os.environ.get("DATA_SOURCE_NAME", "")
 
 
 def _parse(dsn: str) -> dict[str, Any]:
@@ -162,8 +181,8 @@ class Database:
     state (the leader lock) belongs to one generation.
     """
 
-    DEADLINE_MARGIN = 0.5
-    """Seconds the client waits past statement_timeout before it gives up on the server."""
+    DEADLINE_FACTOR = 1.25
+    """The client gives up on the server at this multiple of statement_timeout."""
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:
         self.dsn = dsn
@@ -176,14 +195,19 @@ class Database:
         self.capabilities: Capabilities | None = None
         self.generation = 0
 
+    @property
+    def deadline(self) -> float:
+        """Seconds a statement may take, as the client sees it, before the connection is cut."""
+        return self._statement_timeout * self.DEADLINE_FACTOR
+
     def _guard(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[None]:
         if self._watchdog is None:
             self._watchdog = _Watchdog()
-        return self._watchdog.guard(self._statement_timeout + self.DEADLINE_MARGIN, lambda: _shutdown_socket(conn))
+        return self._watchdog.guard(self.deadline, lambda: _shutdown_socket(conn))
 
     def _stalled(self) -> str:
         if self._watchdog is not None and self._watchdog.fired:
-            return f" (no answer within {self._statement_timeout + self.DEADLINE_MARGIN:g}s: network stalled?)"
+            return f" (no answer within {self.deadline:g}s: network stalled?)"
         return ""
 
     @property

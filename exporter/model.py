@@ -17,11 +17,15 @@ UNKNOWN_STATE = "unknown"
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """One row of pg_stat_activity: a client backend, or a parallel worker (then `leader_pid` is set)."""
+    """One row of pg_stat_activity: a client backend, or a parallel worker (then `leader_pid` is set).
+
+    A row the monitoring role may not see in full (no pg_read_all_stats) has backend_type, state and backend_start
+    None: it is counted, and never signalled.
+    """
 
     pid: int
     leader_pid: int | None
-    backend_type: str
+    backend_type: str | None
     datname: str | None
     usename: str | None
     application_name: str

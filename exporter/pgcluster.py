@@ -125,10 +125,13 @@ class Cluster:
             f"password={password} connect_timeout=5"
         )
 
-    def _cmd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _cmd(
+        self, *args: str, timeout: float = 120, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         owner = self._owner
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
+        env.update(env_extra or {})
         try:
             return subprocess.run(
                 args,
@@ -147,12 +150,22 @@ class Cluster:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ClusterError(f"{Path(args[0]).name} failed: {exc}") from None
 
+    def _own(self, *paths: Path) -> None:
+        if self._owner is not None:
+            for path in paths:
+                os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+
+    def _configure(self) -> None:
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"\nport = {self.port}\nunix_socket_directories = '{self.base}'\n")
+            for key, value in self.settings.items():
+                conf.write(f"{key} = {value}\n")
+        self._initialised = True
+
     def init(self) -> None:
         pwfile = self.base / "pwfile"
         pwfile.write_text(self.password + "\n")
-        if self._owner is not None:
-            for path in (self.base, pwfile):
-                os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+        self._own(self.base, pwfile)
         self._cmd(
             str(self.binaries.bindir / "initdb"),
             "-D",
@@ -167,11 +180,33 @@ class Cluster:
             "--no-sync",
         )
         pwfile.unlink()
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"\nport = {self.port}\nunix_socket_directories = '{self.base}'\n")
-            for key, value in self.settings.items():
-                conf.write(f"{key} = {value}\n")
-        self._initialised = True
+        self._configure()
+
+    @classmethod
+    def standby_of(cls, primary: Cluster) -> Cluster:
+        """A hot standby streaming from `primary` (pg_basebackup -R), not yet started."""
+        standby = cls(primary.binaries, settings=primary.settings)
+        standby.password = primary.password
+        standby._own(standby.base)
+        standby._cmd(
+            str(primary.binaries.bindir / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            primary.user,
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            env_extra={"PGPASSWORD": primary.password},
+        )
+        standby._configure()  # the copied postgresql.conf names the primary's port; later lines win
+        return standby
 
     def start(self) -> None:
         if not self._initialised:

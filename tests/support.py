@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -330,3 +331,105 @@ def daemon(tmp: Path, config_text: str, dsn: str, *extra: str, env: dict[str, st
         yield d
     finally:
         d.stop()
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1 that can stop forwarding without closing anything: a network black hole.
+
+    While stalled, bytes already sent sit in socket buffers and new connections are accepted but never answered, so
+    the client sees neither an error nor a reply, as with a dead link or a firewall dropping packets.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True, name="proxy-conn").start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self._flowing.wait()
+        if self._closed.is_set():
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        self._sockets += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True, name="proxy-pump").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.1)
+        while not self._closed.is_set():
+            if not self._flowing.wait(0.1):
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                self._flowing.wait()
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        self._listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def figures_path() -> Path:
+    """Where tests record measured figures (for docs/RELIABILITY.md): $PGPARENT_FIGURES or .pytest_cache/."""
+    default = Path(__file__).resolve().parent.parent / ".pytest_cache" / "pgparent-figures.json"
+    return Path(os.environ.get("PGPARENT_FIGURES", str(default)))
+
+
+_figures_lock = threading.Lock()
+
+
+def record_figure(section: str, **values: float | int | str) -> None:
+    """Merge measured values into the figures file under `section`, and print them for the test log."""
+    path = figures_path()
+    with _figures_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        data.setdefault(section, {}).update(values)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    print(f"figure {section}: {values}")

@@ -1,0 +1,294 @@
+"""Faults survived, as real processes against real servers: replicas and the leader lock, a network black hole, full
+connection slots, a monitoring role missing privileges, a standby server, secrets kept out of every output."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from exporter.pgcluster import Cluster
+from tests.support import (
+    Clients,
+    DaemonProcess,
+    Server,
+    StallingProxy,
+    daemon,
+    eventually,
+    make_server,
+    record_figure,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MONITOR_PW = "monitor-Secret-77"
+APP_PW = "app-Secret-78"
+
+
+def setup_roles(dsn: str) -> None:
+    """The documented least-privilege role (docs/least-privilege.sql), a plain application role, and two roles that
+    each lack one of the monitoring privileges."""
+    script = (REPO / "docs" / "least-privilege.sql").read_text().replace("change-me", MONITOR_PW)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for role in ("pgparent", "pgp_app", "pgp_nostats", "pgp_nosignal"):
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(script.encode())
+        conn.execute(f"CREATE ROLE pgp_app LOGIN PASSWORD '{APP_PW}'")
+        conn.execute(f"CREATE ROLE pgp_nostats LOGIN PASSWORD '{MONITOR_PW}' IN ROLE pg_signal_backend")
+        conn.execute(f"CREATE ROLE pgp_nosignal LOGIN PASSWORD '{MONITOR_PW}' IN ROLE pg_monitor")
+
+
+@pytest.fixture(scope="module")
+def roles(pg: Server) -> dict[str, str]:
+    setup_roles(pg.dsn)
+    return {
+        "monitor": pg.dsn_for("postgres", user="pgparent", password=MONITOR_PW),
+        "app": pg.dsn_for("postgres", user="pgp_app", password=APP_PW),
+        "nostats": pg.dsn_for("postgres", user="pgp_nostats", password=MONITOR_PW),
+        "nosignal": pg.dsn_for("postgres", user="pgp_nosignal", password=MONITOR_PW),
+    }
+
+
+def rules(parent: str, interval: float = 0.5, extra: str = "") -> str:
+    return (
+        f"interval: {interval}s\n{extra}rules:\n  - name: kill\n    match: {{parent: \"{parent}\"}}\n"
+        "    max_sessions: 0\n    action: terminate\n"
+    )
+
+
+def signalled_pids(*daemons: DaemonProcess) -> list[int]:
+    return [e["pid"] for d in daemons for e in d.events("session_signal") if e["result"] == "ok"]
+
+
+def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: dict[str, str], tmp_path: Path,
+                                                      clients: Clients) -> None:
+    """Three replicas: only the leader signals; kill -9 the leader and another takes over within two intervals; no
+    session is signalled twice."""
+    interval = 1.0
+    replicas = []
+    for n in range(3):
+        (tmp_path / str(n)).mkdir()
+        replicas.append(DaemonProcess(tmp_path / str(n), rules("HA:*", interval), roles["monitor"]))
+    try:
+        def one_leader() -> DaemonProcess | None:
+            leaders = [d for d in replicas if d.sample("pgparent_leader") == 1]
+            others = [d for d in replicas if d.sample("pgparent_leader") == 0]
+            return leaders[0] if len(leaders) == 1 and len(others) == 2 else None
+
+        leader = eventually(one_leader, what="exactly one leader")
+        assert leader.sample("pgparent_enforcing") == 1
+        first = clients.start("HA:1", n=3, dsn=roles["app"])
+        eventually(lambda: all(c.outcome == "terminated" for c in first), what="leader terminated HA:1")
+        assert all(d.events("session_signal") == [] for d in replicas if d is not leader)
+        assert all(d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) is not None for d in replicas)
+
+        leader.proc.kill()
+        killed = time.monotonic()
+        leader.proc.wait(5)
+        survivors = [d for d in replicas if d is not leader]
+        new_leader = eventually(
+            lambda: next((d for d in survivors if d.sample("pgparent_leader") == 1), None), timeout=10,
+            interval=0.02, what="a new leader",
+        )
+        takeover = time.monotonic() - killed
+        record_figure("ha", takeover_seconds=round(takeover, 2), interval_seconds=interval)
+        assert takeover <= 2 * interval, f"takeover took {takeover:.2f}s"
+        assert sum(d.sample("pgparent_leader") == 1 for d in survivors) == 1
+
+        second = clients.start("HA:2", n=3, dsn=roles["app"])
+        eventually(lambda: all(c.outcome == "terminated" for c in second), what="new leader terminated HA:2")
+        pids = signalled_pids(*replicas)
+        assert sorted(pids) == sorted(c.pid or 0 for c in first + second)
+        assert len(pids) == len(set(pids))
+        assert all(e["event"] != "session_signal" for d in survivors if d is not new_leader for e in d.logs())
+    finally:
+        for d in replicas:
+            d.stop()
+
+
+@pytest.fixture
+def proxied(pg: Server) -> Iterator[tuple[StallingProxy, str]]:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(pg.dsn)
+    proxy = StallingProxy(int(params["port"]))
+    params["port"] = str(proxy.port)
+    try:
+        yield proxy, make_conninfo("", **params)
+    finally:
+        proxy.close()
+
+
+def test_network_black_hole_is_detected_and_survived(proxied: tuple[StallingProxy, str], tmp_path: Path) -> None:
+    """A link that stops forwarding without closing: the hung poll is cut within two intervals (up 0), and the daemon
+    recovers once packets flow again."""
+    proxy, dsn = proxied
+    interval = 1.0
+    with daemon(tmp_path, rules("Nobody:*", interval), dsn) as d:
+        eventually(lambda: d.sample("pgparent_up") == 1, what="up through the proxy")
+        time.sleep(interval)  # a few good polls first
+        proxy.stall()
+        stalled = time.monotonic()
+        eventually(lambda: d.sample("pgparent_up") == 0, timeout=10, interval=0.05, what="stall detected")
+        detection = time.monotonic() - stalled
+        assert detection <= 2 * interval + 0.3, f"detected after {detection:.2f}s"
+        (event,) = d.events("database_unavailable")
+        assert "network stalled" in event["error"]
+        status, _ = d.get("/healthz")
+        assert status == 200
+        time.sleep(3)
+        proxy.resume()
+        resumed = time.monotonic()
+        eventually(lambda: d.sample("pgparent_up") == 1, timeout=30, interval=0.05, what="recovered")
+        recovery = time.monotonic() - resumed
+        record_figure("black_hole", detection_seconds=round(detection, 2), recovery_seconds=round(recovery, 2),
+                      interval_seconds=interval)
+        sent = time.monotonic()
+        proxy.stall()  # and SIGTERM still ends it promptly while a poll hangs
+        time.sleep(interval * 1.5)
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(5) == 0
+        record_figure("black_hole", sigterm_while_hung_seconds=round(time.monotonic() - sent - interval * 1.5, 2))
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restart_recovery_time(private_pg: Server, tmp_path: Path, mode: str) -> None:
+    """Stopped (fast or immediate) and restarted: measured seconds from the server accepting again to up 1."""
+    with daemon(tmp_path, rules("Nobody:*", 1.0), private_pg.dsn) as d:
+        eventually(lambda: d.sample("pgparent_up") == 1, what="up")
+        private_pg.stop(mode)
+        eventually(lambda: d.sample("pgparent_up") == 0, what="down")
+        time.sleep(3)  # an outage of a few seconds, with reconnect backoff growing
+        private_pg.start()
+        back = time.monotonic()
+        eventually(lambda: d.sample("pgparent_up") == 1, timeout=30, interval=0.05, what="recovered")
+        record_figure("restart", **{f"{mode}_recovery_seconds": round(time.monotonic() - back, 2)})
+        assert d.proc.poll() is None
+
+
+def test_full_connection_slots_report_down_and_recover(tmp_path: Path) -> None:
+    """With max_connections reached, the daemon reports up 0 with a clear event, and recovers when a slot frees."""
+    server = make_server(settings={"max_connections": "8", "superuser_reserved_connections": "3"})
+    try:
+        if not isinstance(server, Cluster):
+            pytest.skip("needs a local cluster to set max_connections")
+        setup_roles(server.dsn)
+        app_dsn = server.dsn_for("postgres", user="pgp_app", password=APP_PW)
+        held = []
+        while True:
+            try:
+                held.append(psycopg.connect(app_dsn, autocommit=True))
+            except psycopg.OperationalError:
+                break
+        assert len(held) == 5
+        monitor = server.dsn_for("postgres", user="pgparent", password=MONITOR_PW)
+        with daemon(tmp_path, rules("Nobody:*", 0.5), monitor) as d:
+            eventually(lambda: d.events("database_unavailable"), what="unavailable event")
+            assert d.sample("pgparent_up") == 0
+            error = d.events("database_unavailable")[0]["error"]
+            assert "slots" in error or "too many clients" in error, error
+            held.pop().close()
+            freed = time.monotonic()
+            eventually(lambda: d.sample("pgparent_up") == 1, timeout=30, what="recovered")
+            record_figure("max_connections", recovery_seconds=round(time.monotonic() - freed, 2))
+        for conn in held:
+            conn.close()
+    finally:
+        server.destroy()
+
+
+def test_role_without_read_all_stats_never_signals_hidden_sessions(
+    pg: Server, roles: dict[str, str], tmp_path: Path, clients: Clients
+) -> None:
+    """Without pg_read_all_stats other roles' sessions lack backend_start: pgparent says so (metric and one event)
+    and never signals them, even when a rule fires on their group."""
+    hidden = clients.start("Hide:1", n=2, dsn=roles["app"])
+    with daemon(tmp_path, rules("Hide:*"), roles["nostats"]) as d:
+        eventually(lambda: (d.sample("pgparent_hidden_sessions") or 0) >= 2, what="hidden sessions counted")
+        eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1, what="rule fires")
+        time.sleep(1.5)
+        assert len(d.events("limited_visibility")) == 1
+        assert d.events("session_signal") == []
+        assert d.sample("pgparent_group_sessions", {"parent": "Hide:1", "state": "unknown"}) == 2
+    assert not any(c.done for c in hidden)
+
+
+def test_role_without_signal_backend_counts_failures_and_keeps_going(
+    pg: Server, roles: dict[str, str], tmp_path: Path, clients: Clients
+) -> None:
+    """Without pg_signal_backend each refused signal is counted by reason, and the daemon keeps polling."""
+    victims = clients.start("NoSig:1", n=2, dsn=roles["app"])
+    with daemon(tmp_path, rules("NoSig:*"), roles["nosignal"]) as d:
+        eventually(
+            lambda: (d.sample("pgparent_termination_failures_total", {"rule": "kill", "reason": "permission_denied"})
+                     or 0) >= 4,
+            what="failures counted over two polls",
+        )
+        assert d.events("limited_signalling")
+        assert d.sample("pgparent_up") == 1 and d.proc.poll() is None
+    assert not any(c.done for c in victims)
+
+
+def test_standby_is_monitored_but_never_enforced(private_pg: Server, tmp_path: Path) -> None:
+    """On a hot standby the metrics work, pgparent_enforcing is 0 with a logged reason, and nothing is signalled."""
+    if not isinstance(private_pg, Cluster):
+        pytest.skip("needs a local cluster to build a standby with pg_basebackup")
+    standby = Cluster.standby_of(private_pg)
+    try:
+        standby.start()
+        clients = Clients(standby.dsn)
+        try:
+            sessions = clients.start("Replica:1", n=2)
+            with daemon(tmp_path, rules("Replica:*"), standby.dsn) as d:
+                eventually(lambda: d.sample("pgparent_group_sessions", {"parent": "Replica:1", "state": "active"}) == 2,
+                           what="standby sessions on /metrics")
+                eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1, what="fires")
+                time.sleep(1.0)
+                assert d.sample("pgparent_enforcing") == 0 and d.sample("pgparent_leader") == 0
+                (off,) = d.events("enforcement_off")
+                assert "recovery" in off["reason"]
+                assert d.events("session_signal") == []
+            assert not any(c.done for c in sessions)
+        finally:
+            clients.cleanup()
+    finally:
+        standby.destroy()
+
+
+def test_secrets_never_appear_in_logs_errors_or_metrics(pg: Server, tmp_path: Path) -> None:
+    """With the DSN from --dsn.file, PGPARENT_DSN_FILE or PGPASSFILE, no password reaches logs, output or /metrics,
+    including when authentication fails."""
+    setup_roles(pg.dsn)
+    good = pg.dsn_for("postgres", user="pgparent", password=MONITOR_PW)
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(good + "\n")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:*:*:pgparent:{MONITOR_PW}\n")
+    passfile.chmod(0o600)
+    no_password = good.replace(f"password={MONITOR_PW}", "")
+    runs = [
+        (("--dsn.file", str(dsn_file)), {}),
+        ((), {"PGPARENT_DSN_FILE": str(dsn_file)}),
+        (("--dsn", no_password), {"PGPASSFILE": str(passfile)}),
+    ]
+    for n, (args, env) in enumerate(runs):
+        (tmp_path / f"run{n}").mkdir()
+        d = DaemonProcess(tmp_path / f"run{n}", rules("Nobody:*"), "", *args, env=env)
+        try:
+            eventually(lambda d=d: d.sample("pgparent_up") == 1, what=f"up via {args or env}")  # type: ignore[misc]
+            exposition = d.metrics()
+        finally:
+            d.stop()
+        assert MONITOR_PW not in exposition
+        assert MONITOR_PW not in d.log_path.read_text() + d.out_path.read_text()
+    wrong = pg.dsn_for("postgres", user="pgparent", password="Wrong-Secret-99")
+    (tmp_path / "wrong").mkdir()
+    with daemon(tmp_path / "wrong", rules("Nobody:*"), wrong) as d:
+        eventually(lambda: d.events("database_unavailable"), what="auth failure logged")
+        assert "Wrong-Secret-99" not in d.log_path.read_text() + d.metrics()
+        assert "password=****" in d.log_path.read_text()
