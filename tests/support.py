@@ -26,7 +26,7 @@ from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
 T = TypeVar("T")
 
 
-def eventually(fn: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+def eventually(fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
     """Call `fn` until it returns something truthy (and return that); fail with the last value after `timeout`."""
     deadline = time.monotonic() + timeout
     last: object = None

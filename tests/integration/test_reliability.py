@@ -116,7 +116,7 @@ def proxied(pg: Server) -> Iterator[tuple[StallingProxy, str]]:
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = conninfo_to_dict(pg.dsn)
-    proxy = StallingProxy(int(params["port"]))
+    proxy = StallingProxy(int(str(params["port"])))
     params["port"] = str(proxy.port)
     try:
         yield proxy, make_conninfo("", **params)
