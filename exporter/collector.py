@@ -57,7 +57,7 @@ class Published:
     dry_run: bool = False
     reload_ok: bool = True
     reload_time: float = 0.0
-    enforcing: bool = True
+    enforcing: bool = False
     """False while enforcement is off for a reason the logs give (not the leader, a standby server)."""
     leader: bool = False
     """True while this replica holds the leader lock."""

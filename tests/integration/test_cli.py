@@ -112,3 +112,14 @@ def test_bad_listen_address_and_bad_config_exit_2(pg: Server, tmp_path: Path) ->
         "(e.g. 500ms, 1h30m)",
         f"{config}: rules.0.action: Input should be 'terminate', 'cancel' or 'log'",
     ]
+
+
+def test_listen_address_in_use_is_one_clear_line(pg: Server) -> None:
+    """`run` on a port another process holds exits 2 naming the address, with no traceback."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = pgparent("run", "--dsn", pg.dsn, "--web.listen-address", f"127.0.0.1:{port}")
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
