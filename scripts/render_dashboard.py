@@ -1,0 +1,481 @@
+"""Draw docs/dashboard.png: the Grafana dashboard rendered from live data, without Grafana.
+
+Starts the live stack of tests/deliverables/stack.py (a throwaway PostgreSQL with tagged sessions, `pgparent run`,
+Prometheus scraping it every second), adds some churn for a while so the graphs have shape, queries every panel
+target over the run, draws an HTML page of inline SVG charts laid out on the dashboard's 24-column grid (titles,
+axes, legends; no JavaScript, nothing fetched), and screenshots it with headless Chromium.
+
+Usage: .venv/bin/python scripts/render_dashboard.py [--seconds 75] [--output docs/dashboard.png]
+(--help for the rest).
+Needs `prometheus` and `chromium` (Debian packages). Everything temporary lives in a fresh directory under $TMPDIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.deliverables.grafana import load_dashboard, panels, substitute  # noqa: E402 - needs ROOT on sys.path
+from tests.deliverables.stack import JOB, LOCK_KEY, LONG_QUERY, LiveStack, live_stack  # noqa: E402
+from tests.support import make_server  # noqa: E402
+
+WIDTH = 1600
+PAD = 12
+HEADER = 86
+ROW = 34
+GAP = 8
+STEP = 1.0
+RATE_INTERVAL = "15s"
+
+BG, PANEL_BG, BORDER, TEXT, MUTED, GRID = "#111217", "#181b1f", "#2c3235", "#ccccdc", "#8e8e9a", "#25282d"
+PALETTE = ["#73BF69", "#F2CC0C", "#8AB8FF", "#FF780A", "#F2495C", "#5794F2", "#B877D9", "#705DA0", "#37872D",
+           "#FADE2A", "#447EBC", "#C15C17", "#FF9830", "#96D98D", "#CA95E5", "#FFB357"]
+NAMED_COLORS = {"green": "#73BF69", "red": "#F2495C", "orange": "#FF9830", "yellow": "#FADE2A", "blue": "#5794F2"}
+
+
+@dataclass
+class Series:
+    name: str
+    ref: str
+    points: dict[float, float]
+    color: str = ""
+    dash: bool = False
+    fill: float = 0.0
+
+
+@dataclass
+class PanelData:
+    panel: dict[str, Any]
+    series: list[Series] = field(default_factory=list)
+
+
+# -- scenario --------------------------------------------------------------------------------------------------------
+
+def churn(stack: LiveStack, seconds: float) -> None:
+    """Give the graphs shape: groups come and go, runaway-1001 kills in bursts, the etl group grows and queues."""
+    clients, app = stack.clients, stack.app_dsn
+    lock = "SELECT pg_advisory_xact_lock({}, {})".format(*LOCK_KEY)
+    events: list[tuple[float, str, int]] = [
+        (5, "report", 4), (8, "kill", 2), (18, "etl", 1), (21, "kill", 4), (27, "kill", 1), (28, "batch", 3),
+        (34, "waiter", 1), (40, "etl", 1), (46, "kill", 3), (48, "untagged", 1), (55, "web", 1), (63, "kill", 2),
+    ]
+    t0 = time.monotonic()
+    for at, what, n in events:
+        if at >= seconds:
+            continue
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        if what == "kill":
+            clients.start("FakeParent:1001", LONG_QUERY, n=n, dsn=app)
+        elif what == "report":
+            clients.start("report:9", "SELECT pg_sleep(36)", n=n, dsn=app)  # a group that finishes on its own
+        elif what == "etl":
+            clients.start("etl:42:worker", LONG_QUERY, n=n, dsn=app)
+        elif what == "waiter":
+            clients.start("etl:42:waiter", lock, n=n, dsn=app)
+        elif what == "batch":
+            clients.start("batch:7", LONG_QUERY, n=n, dsn=app)
+        elif what == "untagged":
+            stack.held.open(app, "psql")
+        elif what == "web":
+            stack.held.open(app, "app:web")
+    time.sleep(max(0.0, t0 + seconds - time.monotonic()))
+
+
+def fetch(stack: LiveStack, start: float, end: float) -> list[PanelData]:
+    out: list[PanelData] = []
+    for panel in panels(load_dashboard()):
+        data = PanelData(panel)
+        for target in panel.get("targets", []):
+            expr = substitute(target["expr"], job=JOB, instance=stack.instance, rate_interval=RATE_INTERVAL,
+                              literal=True)
+            result = stack.prometheus.query_range(expr, start, end, STEP)
+            for r in result:
+                data.series.append(Series(
+                    _legend(target.get("legendFormat", ""), r["metric"], expr), target["refId"],
+                    {float(ts): float(v) for ts, v in r["values"] if v not in ("NaN", "+Inf", "-Inf")},
+                ))
+            print(f"panel {panel['id']:2} {target['refId']} {len(result):2} series  {panel['title']}")
+        out.append(data)
+    return out
+
+
+def _legend(fmt: str, labels: dict[str, str], expr: str) -> str:
+    if not fmt:
+        return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else expr
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip()
+
+
+# -- formatting ------------------------------------------------------------------------------------------------------
+
+def fmt_value(v: float, unit: str, decimals: int | None = None) -> str:
+    if unit in ("bool_yes_no", "bool"):
+        return "yes" if v else "no"
+    if unit == "s":
+        if v == 0:
+            return "0 s"
+        for limit, div, suffix in ((1e-3, 1e-6, "µs"), (1, 1e-3, "ms"), (60, 1, "s"), (3600, 60, "min"),
+                                   (86400, 3600, "hour")):
+            if abs(v) < limit:
+                return f"{_num(v / div, decimals)} {suffix}"
+        return f"{_num(v / 86400, decimals)} day"
+    text = _num(v, decimals)
+    return f"{text} ops/s" if unit == "ops" else text
+
+
+def _num(v: float, decimals: int | None) -> str:
+    if decimals is not None:
+        return f"{v:.{decimals}f}"
+    if v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    if abs(v) >= 1000:
+        return f"{v / 1000:.3g}K"
+    return f"{v:.3g}"
+
+
+def nice_ticks(top: float, unit: str, count: int = 4) -> list[float]:
+    """0 and round steps up to at least `top`; durations above a minute step in whole quarter minutes and up."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / count
+    if unit == "s" and raw >= 10:
+        step = next((s for s in (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200) if s >= raw), 3600 * 6)
+    else:
+        mag = 10 ** math.floor(math.log10(raw))
+        step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    n = math.ceil(top / step - 1e-9)
+    return [i * step for i in range(n + 1)]
+
+
+# -- drawing ---------------------------------------------------------------------------------------------------------
+
+def _esc(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def _override(panel: dict[str, Any], ref: str, prop: str) -> Any:
+    for o in panel.get("fieldConfig", {}).get("overrides", []):
+        if o["matcher"]["id"] == "byFrameRefID" and o["matcher"]["options"] == ref:
+            for p in o["properties"]:
+                if p["id"] == prop:
+                    return p["value"]
+    return None
+
+
+def _style(data: PanelData) -> None:
+    defaults = data.panel["fieldConfig"]["defaults"]
+    fill = defaults.get("custom", {}).get("fillOpacity", 0)
+    data.series.sort(key=lambda s: (s.ref, s.name))
+    for i, s in enumerate(data.series):
+        s.color = PALETTE[i % len(PALETTE)]
+        color = _override(data.panel, s.ref, "color")
+        if color and color.get("mode") == "fixed":
+            s.color = NAMED_COLORS.get(color["fixedColor"], color["fixedColor"])
+        s.dash = bool(_override(data.panel, s.ref, "custom.lineStyle"))
+        own_fill = _override(data.panel, s.ref, "custom.fillOpacity")
+        s.fill = (own_fill if own_fill is not None else fill) / 100
+
+
+def draw_timeseries(data: PanelData, x: float, y: float, w: float, h: float, t0: float, t1: float) -> str:
+    panel = data.panel
+    defaults = panel["fieldConfig"]["defaults"]
+    unit, decimals = defaults.get("unit", "short"), defaults.get("decimals")
+    stacked = defaults.get("custom", {}).get("stacking", {}).get("mode") == "normal"
+    legend = panel.get("options", {}).get("legend", {})
+    _style(data)
+    out: list[str] = []
+    if not data.series:
+        out.append(f'<text x="{x + w / 2}" y="{y + h / 2}" fill="{MUTED}" font-size="14" '
+                   f'text-anchor="middle">No data</text>')
+        return "".join(out)
+
+    times = sorted({t for s in data.series for t in s.points})
+    lower: dict[int, dict[float, float]] = {}
+    upper: dict[int, dict[float, float]] = {}
+    base = dict.fromkeys(times, 0.0)
+    for i, s in enumerate(data.series):
+        lower[i], upper[i] = {}, {}
+        # Stacked, a missing point counts as 0 (as Grafana stacks nulls), so the areas above stay closed.
+        for t in times if stacked else sorted(s.points):
+            v = s.points.get(t, 0.0)
+            lo = base[t] if stacked else 0.0
+            lower[i][t], upper[i][t] = lo, lo + v
+            if stacked:
+                base[t] = lo + v
+    top = max((v for u in upper.values() for v in u.values()), default=1.0)
+    ticks = nice_ticks(top * 1.05 if top > 0 else 1.0, unit)
+
+    # Legend: a table at the bottom, or on the right.
+    right = legend.get("placement") == "right"
+    line_h = 16
+    calcs = legend.get("calcs", [])
+    if right:
+        lw = min(340.0, w * 0.36)
+        plot_x, plot_y, plot_w, plot_h = x + 58, y + 6, w - lw - 70, h - 30
+        lx, ly, max_rows = x + w - lw, y + 4, int((h - 24) // line_h)
+    else:
+        max_rows = max(1, min(len(data.series), int((h * 0.42) // line_h) - 1))
+        legend_h = (max_rows + 1) * line_h + 6
+        plot_x, plot_y, plot_w, plot_h = x + 58, y + 6, w - 70, h - legend_h - 26
+        lx, ly, lw = x + 8, y + h - legend_h + 4, w - 16
+
+    def px(t: float) -> float:
+        return plot_x + (t - t0) / (t1 - t0) * plot_w
+
+    def py(v: float) -> float:
+        return plot_y + plot_h - v / ticks[-1] * plot_h
+
+    for tick in ticks:
+        yy = py(tick)
+        out.append(f'<line x1="{plot_x}" x2="{plot_x + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="{GRID}"/>')
+        out.append(f'<text x="{plot_x - 6}" y="{yy + 4:.1f}" fill="{MUTED}" font-size="11" text-anchor="end">'
+                   f"{_esc(fmt_value(tick, unit, decimals if decimals is not None and tick == int(tick) else None))}"
+                   "</text>")
+    first = math.ceil(t0 / 15) * 15
+    for tt in range(int(first), int(t1) + 1, 15):
+        xx = px(tt)
+        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{plot_y}" y2="{plot_y + plot_h}" stroke="{GRID}"/>')
+        label = datetime.fromtimestamp(tt).strftime("%H:%M:%S")
+        out.append(f'<text x="{xx:.1f}" y="{plot_y + plot_h + 15}" fill="{MUTED}" font-size="11" '
+                   f'text-anchor="middle">{label}</text>')
+
+    for i, s in enumerate(data.series):
+        if s.fill > 0:
+            for seg in _segments(sorted(upper[i]), STEP):
+                edge = [(px(t), py(upper[i][t])) for t in seg] + [(px(t), py(lower[i][t])) for t in reversed(seg)]
+                poly = " ".join(f"{a:.1f},{b:.1f}" for a, b in edge)
+                out.append(f'<polygon points="{poly}" fill="{s.color}" fill-opacity="{s.fill:.2f}" stroke="none"/>')
+        for seg in _segments(sorted(s.points), STEP):
+            top_pts = [(px(t), py(upper[i][t])) for t in seg]
+            line = " ".join(f"{a:.1f},{b:.1f}" for a, b in top_pts)
+            dash = ' stroke-dasharray="7,5"' if s.dash else ""
+            if len(seg) == 1:
+                a, b = top_pts[0]
+                out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="1.5" fill="{s.color}"/>')
+            else:
+                out.append(f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.5"{dash}/>')
+
+    # The legend table: name, then Last * and Max as Grafana's table legend shows them, sorted as configured.
+    cols = [("Last *" if c == "lastNotNull" else c.title()) for c in calcs]
+    legend_rows = list(data.series)
+    if legend.get("sortBy") in cols:
+        calc = calcs[cols.index(legend["sortBy"])]
+        legend_rows.sort(key=lambda s: _calc(s, calc), reverse=bool(legend.get("sortDesc")))
+    col_w = 78.0
+    name_w = lw - col_w * len(cols) - 20
+    for j, c in enumerate(cols):
+        out.append(f'<text x="{lx + 20 + name_w + col_w * (j + 1) - 4:.1f}" y="{ly + 11}" fill="{MUTED}" '
+                   f'font-size="11" text-anchor="end">{c}</text>')
+    shown = legend_rows if len(legend_rows) <= max_rows else legend_rows[: max_rows - 1]
+    for k, s in enumerate(shown):
+        yy = ly + (k + 1) * line_h + 11
+        out.append(f'<rect x="{lx}" y="{yy - 7}" width="14" height="4" rx="1" fill="{s.color}"/>')
+        out.append(f'<text x="{lx + 20}" y="{yy}" fill="{TEXT}" font-size="12">{_esc(_clip(s.name, name_w))}</text>')
+        for j, c in enumerate(calcs):
+            v = _calc(s, c)
+            out.append(f'<text x="{lx + 20 + name_w + col_w * (j + 1) - 4:.1f}" y="{yy}" fill="{TEXT}" '
+                       f'font-size="12" text-anchor="end">{_esc(fmt_value(v, unit, decimals))}</text>')
+    if len(shown) < len(data.series):
+        yy = ly + (len(shown) + 1) * line_h + 11
+        out.append(f'<text x="{lx + 20}" y="{yy}" fill="{MUTED}" font-size="12">'
+                   f"… and {len(data.series) - len(shown)} more</text>")
+    return "".join(out)
+
+
+def _calc(s: Series, calc: str) -> float:
+    values = [v for _, v in sorted(s.points.items())]
+    return values[-1] if calc == "lastNotNull" else max(values)
+
+
+def _clip(text: str, width: float, char_w: float = 6.6) -> str:
+    n = max(4, int(width // char_w))
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _segments(ts: list[float], step: float) -> list[list[float]]:
+    """Runs of consecutive steps: a missing point breaks the line, as Grafana draws nulls."""
+    segs: list[list[float]] = []
+    for t in ts:
+        if segs and t - segs[-1][-1] <= step * 1.5:
+            segs[-1].append(t)
+        else:
+            segs.append([t])
+    return segs
+
+
+def draw_stat(data: PanelData, x: float, y: float, w: float, h: float) -> str:
+    panel = data.panel
+    defaults = panel["fieldConfig"]["defaults"]
+    data.series.sort(key=lambda s: (s.ref, s.name))
+    if not data.series:
+        return (f'<text x="{x + w / 2}" y="{y + h / 2}" fill="{MUTED}" font-size="14" text-anchor="middle">'
+                "No data</text>")
+    out: list[str] = []
+    n = len(data.series)
+    horizontal = panel.get("options", {}).get("orientation") == "horizontal"
+    for i, s in enumerate(data.series):
+        value = list(s.points.values())[-1] if s.points else float("nan")
+        mappings = _override(panel, s.ref, "mappings") or defaults.get("mappings", [])
+        thresholds = _override(panel, s.ref, "thresholds") or defaults.get("thresholds", {})
+        text, color = fmt_value(value, defaults.get("unit", "none")), None
+        for m in mappings:
+            hit = m.get("options", {}).get(str(int(value))) if value == value else None
+            if m.get("type") == "value" and hit:
+                text, color = hit.get("text", text), hit.get("color")
+        if color is None:
+            for st in thresholds.get("steps", []):
+                if st["value"] is None or value >= st["value"]:
+                    color = st["color"]
+        fill = NAMED_COLORS.get(color or "green", color or "#73BF69")
+        if horizontal:  # one row per value: the name on the left, the value on the right
+            row_h = (h - 8 - 6 * (n - 1)) / n
+            ty = y + 2 + i * (row_h + 6)
+            out.append(f'<rect x="{x + 8}" y="{ty:.1f}" width="{w - 16:.1f}" height="{row_h:.1f}" rx="3" '
+                       f'fill="{fill}"/>')
+            size = min(30.0, row_h * 0.62)
+            out.append(f'<text x="{x + 20}" y="{ty + row_h / 2 + 5:.1f}" fill="#ffffff" font-size="14">'
+                       f"{_esc(_clip(s.name, w - 120, 7.8))}</text>")
+            out.append(f'<text x="{x + w - 22:.1f}" y="{ty + row_h / 2 + size * 0.36:.1f}" fill="#ffffff" '
+                       f'font-size="{size:.0f}" font-weight="600" text-anchor="end">{_esc(text)}</text>')
+            continue
+        tile_w = (w - 8 * (n + 1)) / n
+        tx = x + 8 + i * (tile_w + 8)
+        out.append(f'<rect x="{tx:.1f}" y="{y + 4}" width="{tile_w:.1f}" height="{h - 12}" rx="3" fill="{fill}"/>')
+        out.append(f'<text x="{tx + tile_w / 2:.1f}" y="{y + 4 + (h - 12) * 0.36:.1f}" fill="#ffffff" '
+                   f'font-size="12" text-anchor="middle">{_esc(_clip(s.name, tile_w - 8, 6.8))}</text>')
+        out.append(f'<text x="{tx + tile_w / 2:.1f}" y="{y + 4 + (h - 12) * 0.72:.1f}" fill="#ffffff" '
+                   f'font-size="{min(40, tile_w / 3.2):.0f}" font-weight="600" text-anchor="middle">'
+                   f"{_esc(text)}</text>")
+    return "".join(out)
+
+
+def render_html(datas: list[PanelData], t0: float, t1: float, instance: str) -> tuple[str, int]:
+    col = (WIDTH - 2 * PAD) / 24
+    bottom = max(d.panel["gridPos"]["y"] + d.panel["gridPos"]["h"] for d in datas)
+    height = int(HEADER + bottom * ROW + PAD)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+             f'font-family="Inter, \'DejaVu Sans\', \'Liberation Sans\', sans-serif">',
+             f'<rect width="{WIDTH}" height="{height}" fill="{BG}"/>']
+    span = round(t1 - t0)
+    parts.append(f'<text x="{PAD + 4}" y="30" fill="{TEXT}" font-size="20" font-weight="600">pgparent</text>')
+    parts.append(f'<text x="{WIDTH - PAD - 4}" y="30" fill="{MUTED}" font-size="13" text-anchor="end">'
+                 f"Last {span} s · refresh 30s · UTC{datetime.now().astimezone().strftime('%z')}</text>")
+    chips = [("Data source", "Prometheus"), ("Job", JOB), ("Instance", instance)]
+    cx = PAD + 4.0
+    for label, value in chips:
+        wl, wv = 8 + 7.2 * len(label), 14 + 7.2 * len(value)
+        parts.append(f'<rect x="{cx}" y="46" width="{wl + wv}" height="26" rx="2" fill="{PANEL_BG}" '
+                     f'stroke="{BORDER}"/>')
+        parts.append(f'<rect x="{cx}" y="46" width="{wl}" height="26" rx="2" fill="#22252b"/>')
+        parts.append(f'<text x="{cx + 6}" y="63" fill="{TEXT}" font-size="12">{_esc(label)}</text>')
+        parts.append(f'<text x="{cx + wl + 7}" y="63" fill="{TEXT}" font-size="12">{_esc(value)}</text>')
+        cx += wl + wv + 10
+    parts.append(f'<text x="{WIDTH - PAD - 4}" y="63" fill="{MUTED}" font-size="12" text-anchor="end">'
+                 "drawn from live Prometheus data by scripts/render_dashboard.py</text>")
+    for d in datas:
+        g = d.panel["gridPos"]
+        x, y = PAD + g["x"] * col + GAP / 2, HEADER + g["y"] * ROW + GAP / 2
+        w, h = g["w"] * col - GAP, g["h"] * ROW - GAP
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="3" fill="{PANEL_BG}" '
+                     f'stroke="{BORDER}"/>')
+        parts.append(f'<text x="{x + 10:.1f}" y="{y + 20:.1f}" fill="{TEXT}" font-size="14" font-weight="600">'
+                     f"{_esc(d.panel['title'])}</text>")
+        body_y, body_h = y + 28, h - 32
+        if d.panel["type"] == "stat":
+            parts.append(draw_stat(d, x, body_y, w, body_h))
+        else:
+            parts.append(draw_timeseries(d, x, body_y, w, body_h, t0, t1))
+    parts.append("</svg>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>pgparent dashboard</title>"
+            f"<style>html,body{{margin:0;padding:0;background:{BG}}}</style></head><body>"
+            + "".join(parts) + "</body></html>")
+    return page, height
+
+
+def screenshot(page: Path, png: Path, height: int, tmp: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("chromium is missing: apt-get install -y chromium")
+    profile = tmp / "chromium-profile"
+    profile.mkdir()
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",
+           f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={WIDTH},{height}", page.as_uri()]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0 or not png.exists():
+        raise SystemExit(f"chromium failed ({result.returncode}): {result.stderr[-2000:]}")
+
+
+def _save(path: Path, datas: list[PanelData], start: float, end: float, instance: str) -> None:
+    series = {d.panel["id"]: [{"name": s.name, "ref": s.ref, "points": sorted(s.points.items())} for s in d.series]
+              for d in datas}
+    doc = {"start": start, "end": end, "instance": instance,
+           "panels": [{"id": pid, "series": s} for pid, s in series.items()]}
+    path.write_text(json.dumps(doc))
+
+
+def _load(path: Path) -> tuple[list[PanelData], float, float, str]:
+    """Data saved by --save-data, drawn on the current dashboard JSON (panels matched by id)."""
+    doc = json.loads(path.read_text())
+    saved = {p["id"]: p["series"] for p in doc["panels"]}
+    datas = [PanelData(panel, [Series(s["name"], s["ref"], dict(s["points"])) for s in saved.get(panel["id"], [])])
+             for panel in panels(load_dashboard())]
+    return datas, doc["start"], doc["end"], doc["instance"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=75.0, help="how long the stack runs before the picture")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "dashboard.png")
+    parser.add_argument("--keep-html", type=Path, metavar="FILE", help="also write the HTML page here")
+    parser.add_argument("--save-data", type=Path, metavar="FILE", help="also write the queried data here (JSON)")
+    parser.add_argument("--from-data", type=Path, metavar="FILE",
+                        help="draw data saved by --save-data instead of running the stack (to work on the drawing)")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pgparent-render-"))
+    try:
+        if args.from_data:
+            datas, start, end, instance = _load(args.from_data)
+        else:
+            server = make_server()
+            try:
+                with live_stack(server, tmp) as stack:
+                    start = time.time()
+                    churn(stack, args.seconds)
+                    end = time.time()
+                    datas, instance = fetch(stack, start, end), stack.instance
+            finally:
+                server.destroy()
+            if args.save_data:
+                _save(args.save_data, datas, start, end, instance)
+        page, height = render_html(datas, start, end, instance)
+        html_path = tmp / "dashboard.html"
+        html_path.write_text(page, encoding="utf-8")
+        if args.keep_html:
+            shutil.copyfile(html_path, args.keep_html)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        screenshot(html_path, args.output.resolve(), height, tmp)
+        print(f"wrote {args.output} ({WIDTH}x{height})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

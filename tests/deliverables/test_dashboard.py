@@ -1,0 +1,189 @@
+"""The Grafana dashboard, statically: grafana/dashboard-linter's rules re-implemented; promtool parses every query."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deliverables.grafana import (
+    DASHBOARD,
+    lint_target,
+    load_dashboard,
+    panels,
+    promtool_check_rules,
+    selectors,
+    substitute,
+    targets,
+)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+# grafana/dashboard-linter's panel-units-rule accepts Grafana's unit ids; these are the ones a pgparent panel could
+# sensibly use (time, counts, rates, booleans).
+VALID_UNITS = frozenset(
+    {"none", "short", "percent", "percentunit", "ns", "µs", "ms", "s", "m", "h", "d", "dtdurations", "dtdurationms",
+     "cps", "ops", "reqps", "rps", "wps", "iops", "cpm", "opm", "rpm", "wpm", "bool", "bool_yes_no", "bool_on_off",
+     "bytes", "decbytes", "dateTimeAsIso", "dateTimeFromNow"}
+)
+PANEL_TYPES_WITH_UNITS = frozenset({"stat", "singlestat", "graph", "table", "timeseries", "gauge", "bargauge"})
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return load_dashboard()
+
+
+def _variable(dashboard: dict[str, Any], name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [v for v in dashboard["templating"]["list"] if v.get("name") == name]
+    assert len(found) == 1, f"expected one templating variable {name!r}, found {len(found)}"
+    return found[0]
+
+
+def test_plain_json_for_provisioning(dashboard: dict[str, Any]) -> None:
+    """The dashboard is provisioning-ready: schema 39, stable uid, null id, no import-time __inputs placeholders."""
+    assert dashboard["schemaVersion"] == 39
+    assert dashboard["uid"] == "pgparent"
+    assert dashboard["id"] is None
+    assert dashboard["title"]
+    assert "__inputs" not in dashboard and "__requires" not in dashboard
+    assert "DS_PROMETHEUS" not in DASHBOARD.read_text(encoding="utf-8")
+
+
+def test_datasource_variable(dashboard: dict[str, Any]) -> None:
+    """template-datasource-rule: a `datasource` variable of type datasource on prometheus, labelled 'Data source'."""
+    ds = _variable(dashboard, "datasource")
+    assert ds["type"] == "datasource"
+    assert ds["query"] == "prometheus"
+    assert ds["label"] == "Data source"
+
+
+@pytest.mark.parametrize("name", ["job", "instance"])
+def test_job_and_instance_variables(dashboard: dict[str, Any], name: str) -> None:
+    """template-job/instance-rule: multi-select label_values() on pgparent_up via $datasource, .+, refresh 2."""
+    var = _variable(dashboard, name)
+    assert var["type"] == "query"
+    assert var["datasource"] == DATASOURCE
+    assert var["label"] == name.title()
+    assert var["multi"] is True and var["includeAll"] is True
+    assert var["allValue"] == ".+"
+    assert var["refresh"] == 2, "template-on-time-change-reload: refresh must be 2 (on time range change)"
+    query = var["query"] if isinstance(var["query"], str) else var["query"]["query"]
+    m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+    assert m is not None, query
+    assert m.group(2) == name
+    (selector,) = selectors(m.group(1))
+    assert selector.metric == "pgparent_up"
+    if name == "instance":
+        assert selector.matcher("job") == ("=~", "$job"), "instance choices must follow the chosen job"
+
+
+def test_every_panel_and_target_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    """panel-datasource-rule: each panel and each of its targets query ${datasource}, never a fixed data source."""
+    wrong = [
+        f"panel {p['id']} {p.get('title')!r}"
+        for p in panels(dashboard)
+        if p.get("type") != "row"
+        and (p.get("datasource") != DATASOURCE or any(t.get("datasource") != DATASOURCE for t in p.get("targets", [])))
+    ]
+    assert not wrong, f"not on ${{datasource}}: {wrong}"
+
+
+def test_panels_have_titles_descriptions_targets_and_units(dashboard: dict[str, Any]) -> None:
+    """panel title/description, no-targets and units rules: each panel has all four, the unit a valid Grafana one."""
+    problems: list[str] = []
+    for p in panels(dashboard):
+        if p.get("type") == "row":
+            continue
+        name = f"panel {p.get('id')}"
+        if not str(p.get("title", "")).strip():
+            problems.append(f"{name}: no title")
+        if not str(p.get("description", "")).strip():
+            problems.append(f"{name}: no description")
+        if not p.get("targets") or any(not str(t.get("expr", "")).strip() for t in p["targets"]):
+            problems.append(f"{name}: no query, or an empty one")
+        unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        if p.get("type") in PANEL_TYPES_WITH_UNITS and unit not in VALID_UNITS:
+            problems.append(f"{name}: unit {unit!r} is not a valid Grafana unit")
+    assert not problems, problems
+
+
+def test_panel_ids_are_unique(dashboard: dict[str, Any]) -> None:
+    """Every panel has an integer id, and no two panels share one."""
+    ids = [p.get("id") for p in panels(dashboard)]
+    assert all(isinstance(i, int) for i in ids), ids
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {[i for i in ids if ids.count(i) > 1]}"
+
+
+def test_grid_positions_fit_24_columns_without_overlap(dashboard: dict[str, Any]) -> None:
+    """Each gridPos lies within Grafana's 24 columns, and no two panels cover the same cell."""
+    taken: dict[tuple[int, int], int] = {}
+    for p in panels(dashboard):
+        g = p["gridPos"]
+        x, y, w, h = g["x"], g["y"], g["w"], g["h"]
+        assert x >= 0 and y >= 0 and w >= 1 and h >= 1, f"panel {p['id']}: {g}"
+        assert x + w <= 24, f"panel {p['id']} ends at column {x + w}: {g}"
+        for cx in range(x, x + w):
+            for cy in range(y, y + h):
+                assert (cx, cy) not in taken, f"panels {taken[(cx, cy)]} and {p['id']} overlap at ({cx}, {cy})"
+                taken[(cx, cy)] = p["id"]
+
+
+def test_targets_pass_the_linter_selector_rules(dashboard: dict[str, Any]) -> None:
+    """target-job/instance, target-rate-interval and target-counter-agg rules hold for every query."""
+    problems = {t.name: found for t in targets(dashboard) if (found := lint_target(t.expr))}
+    assert not problems, problems
+
+
+def test_up_and_leader_panel_queries_both(dashboard: dict[str, Any]) -> None:
+    """The first panel shows pgparent_up and pgparent_leader, and no other panel depends on pgparent_leader."""
+    by_metric: dict[str, set[str]] = {}
+    for t in targets(dashboard):
+        for s in selectors(t.expr):
+            by_metric.setdefault(s.metric, set()).add(t.panel_title)
+    assert by_metric["pgparent_up"] == {"pgparent up and leader"}
+    assert by_metric["pgparent_leader"] == {"pgparent up and leader"}
+
+
+def test_ref_ids_are_unique_within_each_panel(dashboard: dict[str, Any]) -> None:
+    """Grafana keys a panel's queries by refId: each is set and unique within its panel."""
+    for p in panels(dashboard):
+        refs = [t.get("refId") for t in p.get("targets", [])]
+        assert all(refs) and len(refs) == len(set(refs)), f"panel {p['id']}: {refs}"
+
+
+@pytest.mark.parametrize(
+    ("expr", "complaint"),
+    [
+        ('sum(pgparent_poll_errors_total{job=~"$job",instance=~"$instance"})', "counter must sit directly"),
+        ('rate(pgparent_poll_errors_total{job=~"$job",instance=~"$instance"}[5m])', "must use $__rate_interval"),
+        ('pgparent_up{instance=~"$instance"}', 'needs job=~"$job"'),
+        ('pgparent_up{job=~"$job",instance="x"}', 'needs instance=~"$instance"'),
+        ('max_over_time(pgparent_up{job=~"$job",instance=~"$instance"}[5m])', "a range outside"),
+        ('rate(pgparent_poll_errors_total{job=~"$job",instance=~"$instance"}[$__rate_interval]) '
+         '+ pgparent_poll_errors_total{job=~"$job",instance=~"$instance"}', "counter must sit directly"),
+        ("vector(1)", "no series selector"),
+        ('{__name__="pgparent_up"}', "without a metric name"),
+    ],
+)
+def test_lint_rules_catch_bad_queries(expr: str, complaint: str) -> None:
+    """The re-implemented linter rules reject each kind of bad query (so the dashboard test above can fail)."""
+    assert any(complaint in p for p in lint_target(expr)), lint_target(expr)
+
+
+def test_every_panel_query_parses_with_promtool(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """Each target, with $__rate_interval, $job and $instance substituted, is a valid recording rule to promtool."""
+    exprs = {f"panel{t.panel_id}_{t.ref_id}": substitute(t.expr, job="pgparent", instance="127.0.0.1:10187",
+                                                          literal=True) for t in targets(dashboard)}
+    assert len(exprs) == len(targets(dashboard))
+    result = promtool_check_rules(exprs, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
+
+
+def test_promtool_check_rejects_a_broken_query(tmp_path: Path) -> None:
+    """The promtool harness is not vacuous: an unbalanced query fails `promtool check rules`."""
+    result = promtool_check_rules({"broken": 'sum(rate(pgparent_up{job=~".+"}[15s])'}, tmp_path)
+    assert result.returncode != 0

@@ -1,0 +1,120 @@
+"""The dashboard against live data: a real `pgparent run` scraped by a real Prometheus, every panel query answered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deliverables.grafana import Target, load_dashboard, targets
+from tests.deliverables.stack import JOB, LiveStack, live_stack, wait_for_data
+from tests.support import Server, eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+LEADER = "pgparent_leader"
+"""Added by a change in progress: until the daemon exports it, only the targets that query it may come back empty."""
+
+
+@pytest.fixture(scope="module")
+def stack(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    tmp: Path = tmp_path_factory.mktemp("dashboard-live")
+    with live_stack(pg, tmp) as s:
+        wait_for_data(s)
+        yield s
+
+
+def _by_panel(title: str) -> list[Target]:
+    found = [t for t in targets(load_dashboard()) if t.panel_title == title]
+    assert found, f"no panel titled {title!r}"
+    return found
+
+
+def _instant(stack: LiveStack, title: str, ref: str = "A") -> list[dict[str, str]]:
+    """The label sets and values (as "value") of one panel target, queried now."""
+    (target,) = [t for t in _by_panel(title) if t.ref_id == ref]
+    return [{**r["metric"], "value": r["value"][1]} for r in stack.prometheus.query(stack.expr(target))]
+
+
+def test_every_panel_target_returns_series(stack: LiveStack) -> None:
+    """Every panel query, as Grafana sends it for this job and instance, returns series over the last minute."""
+    end = time.time()
+    leader_exported = stack.exports(LEADER)
+    empty: list[str] = []
+    allowed_empty: list[str] = []
+    for target in targets(load_dashboard()):
+        series = stack.prometheus.query_range(stack.expr(target), start=end - 60, end=end, step=2)
+        if series and all(s["values"] for s in series):
+            continue
+        # pgparent_leader is being added to the daemon by another change. Until /metrics has it, its target (in the
+        # "pgparent up and leader" panel) cannot have data; once the daemon exports it, it must, like every other.
+        if LEADER in target.expr and not leader_exported:
+            allowed_empty.append(target.name)
+        else:
+            empty.append(f"{target.name}: {stack.expr(target)}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+    assert len(allowed_empty) == (0 if leader_exported else 1), allowed_empty
+
+
+def test_panels_show_the_scenario(stack: LiveStack) -> None:
+    """The panels show the scenario: kills, permission_denied and deferrals, violations, a lock wait, a pending rule."""
+    assert {s["value"] for s in _instant(stack, "pgparent up and leader")} == {"1"}
+
+    def parents() -> set[str]:
+        return {s["parent"] for s in _instant(stack, "Sessions per group by state")}
+
+    # The poll right after a kill may still see the exiting backend: allow the group a few seconds to go.
+    eventually(lambda: "FakeParent:1001" not in parents(), timeout=10, what="terminated group gone from the panel")
+    assert {"etl:42", "admin:ops", "app:web"} <= parents()
+    sessions = _instant(stack, "Sessions per group by state")
+    assert _has(sessions, parent="etl:42", state="idle in transaction", value="1")
+    assert _has(sessions, parent="app:web", state="idle", value="3")
+
+    terminations = _range_labels(stack, "Terminations per rule", "A")
+    assert _has(terminations, rule="runaway-1001", action="terminate")
+    failures = _range_labels(stack, "Termination failures and deferred signals", "A")
+    assert _has(failures, rule="admin-runaway", reason="permission_denied")
+    assert _has(_range_labels(stack, "Termination failures and deferred signals", "B"), rule="admin-runaway")
+
+    violating = {s["rule"]: s["value"] for s in _instant(stack, "Rule violations and pending groups", "A")}
+    pending = {s["rule"]: s["value"] for s in _instant(stack, "Rule violations and pending groups", "B")}
+    assert violating["etl-long-transactions"] == "1"
+    assert violating["admin-runaway"] == "1"
+    assert pending["web-pool"] == "1"
+
+    waiting = {s["parent"]: s["value"] for s in _instant(stack, "Lock waits and parallel workers", "A")}
+    assert waiting["etl:42"] == "1"
+    untagged = _instant(stack, "Groups and untagged sessions", "C")
+    assert [s["value"] for s in untagged] == ["1"]
+    assert {s["value"] for s in _instant(stack, "Poll duration against the interval", "B")} == {"1"}
+
+
+def _has(rows: list[dict[str, str]], **labels: str) -> bool:
+    """True if some row carries all of `labels` (and maybe more)."""
+    return any(all(row.get(k) == v for k, v in labels.items()) for row in rows)
+
+
+def _range_labels(stack: LiveStack, title: str, ref: str) -> list[dict[str, str]]:
+    (target,) = [t for t in _by_panel(title) if t.ref_id == ref]
+    end = time.time()
+    series = stack.prometheus.query_range(stack.expr(target), start=end - 60, end=end, step=2)
+    return [s["metric"] for s in series if any(float(v) > 0 for _, v in s["values"])]  # only series that rose
+
+
+def test_alert_rules_load_and_evaluate_without_errors(stack: LiveStack) -> None:
+    """The same Prometheus loaded deploy/prometheus/alerts.yml and evaluates every alert on live data without error."""
+    groups = stack.prometheus.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
+    assert len(rules) == 7
+    assert all(r["lastEvaluation"] != "0001-01-01T00:00:00Z" for r in rules), "some rule never evaluated"
+    bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
+    assert not bad, bad
+
+
+def test_scrapes_come_from_the_daemon(stack: LiveStack) -> None:
+    """Prometheus scraped this daemon (job pgparent, its port) once a second for the last 20 seconds or more."""
+    (up,) = stack.prometheus.query(f'count_over_time(up{{job="{JOB}"}}[1m])')
+    assert up["metric"]["instance"] == stack.instance
+    assert float(up["value"][1]) >= 20
