@@ -66,7 +66,8 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
     """Group client sessions by parent tag; attribute parallel workers to their leader's group.
 
     Workers are never sessions: they are counted per group and never offered to rules. A worker whose leader is not in
-    the snapshot (it ended between the rows) is attributed by its own application_name, which it inherits.
+    the snapshot is attributed by its own application_name, which it inherits; if that group has no client session
+    in the snapshot (the leader ended between the rows), the worker is not reported.
     """
     regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     members: dict[str, list[Session]] = {}

@@ -1,0 +1,74 @@
+"""The collector renders the latest poll: series per group, folding, vanishing groups, and a valid exposition."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from prometheus_client.exposition import generate_latest
+
+from exporter.collector import Counters, PgparentCollector, Published, make_registry
+from exporter.grouping import group
+from exporter.model import Grouped
+from tests.unit.factory import session, snapshot
+
+PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
+
+
+def grouped(*apps: str) -> Grouped:
+    return group(snapshot(*(session(a) for a in apps)), PATTERN)
+
+
+def test_group_series_and_vanishing_groups() -> None:
+    """Each group has its series; a group missing from the next poll has none."""
+    collector = PgparentCollector(Counters())
+    registry = make_registry(collector)
+    collector.publish(Published(up=True, grouped=grouped("A:1", "A:1", "B:2", "psql")))
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) == 2
+    assert registry.get_sample_value("pgparent_untagged_sessions", {"state": "active"}) == 1
+    assert registry.get_sample_value("pgparent_groups") == 2
+    collector.publish(Published(up=True, grouped=grouped("A:1")))
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "B:2", "state": "active"}) is None
+    assert registry.get_sample_value("pgparent_group_age_seconds", {"parent": "B:2"}) is None
+
+
+def test_down_hides_groups_and_counters_persist() -> None:
+    """When the last poll failed, up is 0 and no group series are shown; counters keep their totals."""
+    counters = Counters()
+    counters.inc("terminated", ("r", "terminate"), 3)
+    counters.inc("failures", ("r", "gone"))
+    collector = PgparentCollector(counters)
+    registry = make_registry(collector)
+    collector.publish(Published(up=False, grouped=grouped("A:1")))
+    assert registry.get_sample_value("pgparent_up") == 0
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
+    assert registry.get_sample_value("pgparent_terminated_sessions_total", {"rule": "r", "action": "terminate"}) == 3
+    assert registry.get_sample_value("pgparent_termination_failures_total", {"rule": "r", "reason": "gone"}) == 1
+    assert registry.get_sample_value("pgparent_build_info", {"version": __import__("exporter").__version__}) == 1
+
+
+def test_max_groups_folds_into_other() -> None:
+    """Beyond max_groups the smallest groups fold into parent="__other__" and are counted as dropped."""
+    collector = PgparentCollector(Counters())
+    registry = make_registry(collector)
+    apps = ["Big:1"] * 3 + ["Mid:1"] * 2 + ["S:1", "S:2", "S:3"]
+    collector.publish(Published(up=True, grouped=grouped(*apps), max_groups=2))
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "Big:1", "state": "active"}) == 3
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "__other__", "state": "active"}) == 3
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "S:1", "state": "active"}) is None
+    assert registry.get_sample_value("pgparent_groups") == 5
+    assert registry.get_sample_value("pgparent_groups_dropped") == 3
+
+
+def test_hostile_names_pass_promtool() -> None:
+    """Quotes, backslashes, newlines, tabs and non-ASCII in tags still make an exposition promtool accepts."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package prometheus; scripts/setup --test-tools installs it)"
+    collector = PgparentCollector(Counters())
+    registry = make_registry(collector)
+    hostile = ['a"b:1', "c\\d:2", "e\nf:3", "g\th:4", "ünï:çødé", "🙂:🙃", "x{y}=z,w:5"]
+    collector.publish(Published(up=True, grouped=grouped(*hostile), violating={'r"1\n': 1}))
+    text = generate_latest(registry)
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "e\nf:3", "state": "active"}) == 1

@@ -1,0 +1,148 @@
+"""Policy is pure: which rules fire on which groups, what gets signalled, and what is always left alone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from exporter.config import Config, parse_config
+from exporter.grouping import group
+from exporter.model import Session
+from exporter.policy import RuleState, evaluate, manual
+from tests.unit.factory import NOW, session, snapshot
+
+
+def cfg(*rules: dict[str, Any], **top: Any) -> Config:
+    return parse_config({"rules": list(rules), **top}, "test")
+
+
+def rule(**fields: Any) -> dict[str, Any]:
+    return {"name": "r", "match": {"parent": "*"}, "action": "terminate", **fields}
+
+
+def run(config: Config, *sessions: Session, state: RuleState | None = None, dry: bool = False, now: Any = NOW
+        ) -> Any:
+    return evaluate(group(snapshot(*sessions, now=now), config.grouping.pattern), config, state or RuleState(), dry)
+
+
+@pytest.mark.parametrize(
+    ("condition", "limit", "over", "at_limit"),
+    [
+        ("max_sessions", 2, [session("g:1") for _ in range(3)], [session("g:1") for _ in range(2)]),
+        ("max_active_sessions", 1, [session("g:1"), session("g:1")], [session("g:1"), session("g:1", state="idle")]),
+        ("max_query_duration", "10s", [session("g:1", query_age=11)], [session("g:1", query_age=10)]),
+        ("max_transaction_duration", "1m", [session("g:1", xact_age=61)], [session("g:1", xact_age=60)]),
+        ("max_idle_in_transaction", "5s",
+         [session("g:1", state="idle in transaction", idle_since=6)],
+         [session("g:1", state="idle in transaction", idle_since=5)]),
+        ("max_group_age", "1h", [session("g:1", age=3601)], [session("g:1", age=3600)]),
+    ],
+)
+def test_each_condition_fires_only_when_exceeded(condition: str, limit: Any, over: list[Session],
+                                                 at_limit: list[Session]) -> None:
+    """Every condition fires strictly above its limit, never at it."""
+    config = cfg(rule(**{condition: limit}))
+    fired = run(config, *over)
+    assert fired.violating == {"r": 1}
+    assert {t.session.pid for t in fired.targets} == {s.pid for s in over}
+    assert fired.targets[0].reasons[0].startswith(condition)
+    calm = run(config, *at_limit)
+    assert calm.violating == {"r": 0} and calm.targets == ()
+
+
+def test_parent_glob_selects_groups() -> None:
+    """match.parent is a glob on the tag: etl:* matches etl:1, not report:1."""
+    decision = run(cfg(rule(match={"parent": "etl:*"}, max_sessions=0)), session("etl:1"), session("report:1"))
+    assert {t.parent for t in decision.targets} == {"etl:1"}
+
+
+def test_database_and_user_narrow_the_sessions_and_the_stats() -> None:
+    """match.database/user make the rule see only those sessions: counted, measured and signalled."""
+    rows = [session("g:1", db="prod"), session("g:1", db="prod", user="bob"), session("g:1", db="dev")]
+    config = cfg(rule(match={"parent": "g:*", "database": "prod"}, max_sessions=1))
+    assert {t.session.datname for t in run(config, *rows).targets} == {"prod"}
+    config = cfg(rule(match={"parent": "g:*", "database": "prod", "user": "bob"}, max_sessions=1))
+    assert run(config, *rows).violating == {"r": 0}  # only one session of bob in prod: not more than 1
+
+
+def test_for_waits_then_fires_and_resets() -> None:
+    """With for: 30s the rule is pending until the condition held 30 s, and starts over when it stops holding."""
+    config = cfg(rule(max_sessions=0, **{"for": "30s"}))
+    s = session("g:1")
+    first = run(config, s)
+    assert first.pending == {"r": 1} and first.targets == () and first.violating == {"r": 0}
+    later = run(config, s, state=first.state, now=NOW + timedelta(seconds=29))
+    assert later.pending == {"r": 1} and later.targets == ()
+    due = run(config, s, state=later.state, now=NOW + timedelta(seconds=30))
+    assert due.violating == {"r": 1} and len(due.targets) == 1
+    assert [f.parent for f in due.started] == ["g:1"]
+    gone = run(config, session("other:1", state="idle"), state=due.state, now=NOW + timedelta(seconds=31))
+    assert gone.resolved == (("r", "g:1"),)
+    again = run(config, s, state=gone.state, now=NOW + timedelta(seconds=32))
+    assert again.pending == {"r": 1}  # the clock restarted
+
+
+def test_cancel_targets_only_active_sessions_and_log_targets_none() -> None:
+    """cancel signals running queries only; log reports the violation and signals nothing."""
+    rows = [session("g:1"), session("g:1", state="idle"), session("g:1", state="idle in transaction")]
+    cancel = run(cfg(rule(max_sessions=0, action="cancel")), *rows)
+    assert [t.session.state for t in cancel.targets] == ["active"]
+    log = run(cfg(rule(max_sessions=0, action="log")), *rows)
+    assert log.targets == () and log.violating == {"r": 1} and log.firing[0].action == "log"
+
+
+def test_protected_unguarded_and_untagged_sessions_are_never_targets() -> None:
+    """Protected users, databases and applications, hidden backend_start and untagged sessions are left alone."""
+    rows = [
+        session("g:1", user="azuresu"),
+        session("g:1", db="azure_sys"),
+        session("g:1", age=None),
+        session("g:1"),
+        session("psql"),
+    ]
+    config = cfg(rule(max_sessions=0), protect={"users": ["azure*"], "databases": ["azure_sys"]})
+    decision = run(config, *rows)
+    assert [t.session.pid for t in decision.targets] == [rows[3].pid]
+    assert decision.protected == 2 and decision.unguarded == 1
+    by_app = run(cfg(rule(max_sessions=0), protect={"applications": ["g:1*"]}), session("g:1"))
+    assert by_app.targets == () and by_app.protected == 1
+
+
+def test_one_signal_per_pid_terminate_first() -> None:
+    """A session claimed by a cancel rule and a terminate rule gets one signal: terminate."""
+    config = cfg(
+        {"name": "c", "match": {"parent": "*"}, "max_sessions": 0, "action": "cancel"},
+        {"name": "t", "match": {"parent": "g:*"}, "max_sessions": 0, "action": "terminate"},
+    )
+    decision = run(config, session("g:1"), session("h:1"))
+    assert sorted((t.rule, t.parent) for t in decision.targets) == [("c", "h:1"), ("t", "g:1")]
+
+
+def test_cap_defers_the_rest_and_dry_run_is_not_capped() -> None:
+    """max_terminations_per_cycle caps real signals; the rest are deferred; dry-run targets are neither."""
+    rows = [session("g:1") for _ in range(5)]
+    decision = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows)
+    assert len(decision.targets) == 2 and len(decision.deferred) == 3
+    dry = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows, dry=True)
+    assert len(dry.targets) == 5 and dry.deferred == () and all(t.dry_run for t in dry.targets)
+
+
+@pytest.mark.parametrize("where", ["global", "rule", "force"])
+def test_dry_run_flags_every_target(where: str) -> None:
+    """Global dry_run, a rule's dry_run and --dry-run each mark the targets dry-run."""
+    config = cfg(rule(max_sessions=0, dry_run=where == "rule"), dry_run=where == "global")
+    decision = run(config, session("g:1"), dry=where == "force")
+    assert [t.dry_run for t in decision.targets] == [True]
+
+
+def test_manual_targets_one_group_with_the_same_protections() -> None:
+    """`terminate PARENT` picks that group's sessions only, minus protected and unguarded ones, uncapped."""
+    rows = [session("g:1") for _ in range(150)] + [session("g:1", user="replication"), session("g:2")]
+    config = cfg()
+    decision = manual(group(snapshot(*rows), config.grouping.pattern), "g:1", "terminate", config.protect)
+    assert len(decision.targets) == 150 and decision.protected == 1
+    assert {t.rule for t in decision.targets} == {"manual"}
+    empty = manual(group(snapshot(*rows), config.grouping.pattern), "nope:0", "terminate", config.protect)
+    assert empty.targets == ()
