@@ -6,6 +6,7 @@ loaded `Config` can be handed to other threads and swapped whole on reload.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,15 +187,25 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(root)"
+    """`rules.0.match.parent`; a key that is not a plain word (a user's typo may hold anything) is JSON-quoted, so
+    every error stays one parseable line."""
+    parts = [str(p) if _PLAIN_KEY.fullmatch(str(p)) else json.dumps(str(p)) for p in loc]
+    return ".".join(parts) or "(root)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _message(error: Any) -> str:
     msg = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
-    return msg
+    return _one_line(msg)
 
 
 def parse_config(data: object, source: str) -> Config:
@@ -224,8 +235,8 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigInvalid([f"{source}: (yaml): {problem}{where}"]) from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+        raise ConfigInvalid([f"{source}: (yaml): {_one_line(str(problem))}{where}"]) from None
     return parse_config(data, source)
 
 
