@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
@@ -85,9 +86,30 @@ class PgparentCollector(Collector):
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
         self.latest = Published()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+        self._rendered: tuple[Published, bytes] | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """A private registry holding only this collector (no process or platform collectors)."""
+        return self._registry
 
     def publish(self, published: Published) -> None:
         self.latest = published
+
+    def render(self) -> bytes:
+        """The text exposition of the latest publish, rendered once and shared by every scrape until the next.
+
+        Counters only move inside a poll cycle, which ends with a publish, so the cache is never staler than the
+        snapshot it describes; scrapes then cost a memory copy however many scrapers there are.
+        """
+        latest, cached = self.latest, self._rendered
+        if cached is not None and cached[0] is latest:
+            return cached[1]
+        body = generate_latest(self._registry)
+        self._rendered = (latest, body)
+        return body
 
     def collect(self) -> Iterator[Metric]:
         p = self.latest
@@ -233,10 +255,3 @@ class PgparentCollector(Collector):
                 "pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', value=len(folded)
             ),
         ]
-
-
-def make_registry(collector: PgparentCollector) -> CollectorRegistry:
-    """A private registry holding only pgparent's collector (no process or platform collectors)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from exporter.collector import Counters, PgparentCollector, Published, make_registry
+from exporter.collector import Counters, PgparentCollector, Published
 from exporter.config import Config, load_config
 from exporter.db import Capabilities, Database
 from exporter.enforcer import enforce
@@ -73,7 +73,7 @@ class Daemon:
         self.force_dry_run = force_dry_run
         self.counters = Counters()
         self.collector = PgparentCollector(self.counters)
-        self.registry = make_registry(self.collector)
+        self.registry = self.collector.registry
         self.stop_event = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
@@ -88,7 +88,7 @@ class Daemon:
         self._lock_key: int | None = None
         self._off_reason: str | None = None
         self._loop_thread: threading.Thread | None = None
-        self.http = MetricsServer(listen, self.registry, self.healthy) if listen is not None else None
+        self.http = MetricsServer(listen, self.collector.render, self.healthy) if listen is not None else None
         self._publish(up=False, duration=0.0)
 
     # -- signals: flags only -------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.errors import UsageError
@@ -33,7 +32,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    registry: CollectorRegistry
+    render: Callable[[], bytes]
     healthy: Callable[[], bool]
 
 
@@ -52,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
+            self._send(200, CONTENT_TYPE_LATEST, self.server.render())
         elif path == "/healthz":
             ok = self.server.healthy()
             self._send(200 if ok else 503, "text/plain; charset=utf-8", b"ok\n" if ok else b"poll loop stalled\n")
@@ -70,12 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """A threaded HTTP server on its own daemon thread."""
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, healthy: Callable[[], bool]) -> None:
+    def __init__(self, address: tuple[str, int], render: Callable[[], bytes], healthy: Callable[[], bool]) -> None:
         try:
             self._server = _Server(address, _Handler)
         except OSError as exc:
             raise UsageError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-        self._server.registry = registry
+        self._server.render = render
         self._server.healthy = healthy
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

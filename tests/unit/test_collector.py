@@ -7,7 +7,7 @@ import subprocess
 
 from prometheus_client.exposition import generate_latest
 
-from exporter.collector import Counters, PgparentCollector, Published, make_registry
+from exporter.collector import Counters, PgparentCollector, Published
 from exporter.grouping import group
 from exporter.model import Grouped
 from tests.unit.factory import session, snapshot
@@ -22,7 +22,7 @@ def grouped(*apps: str) -> Grouped:
 def test_group_series_and_vanishing_groups() -> None:
     """Each group has its series; a group missing from the next poll has none."""
     collector = PgparentCollector(Counters())
-    registry = make_registry(collector)
+    registry = collector.registry
     collector.publish(Published(up=True, grouped=grouped("A:1", "A:1", "B:2", "psql")))
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) == 2
     assert registry.get_sample_value("pgparent_untagged_sessions", {"state": "active"}) == 1
@@ -38,7 +38,7 @@ def test_down_hides_groups_and_counters_persist() -> None:
     counters.inc("terminated", ("r", "terminate"), 3)
     counters.inc("failures", ("r", "gone"))
     collector = PgparentCollector(counters)
-    registry = make_registry(collector)
+    registry = collector.registry
     collector.publish(Published(up=False, grouped=grouped("A:1")))
     assert registry.get_sample_value("pgparent_up") == 0
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
@@ -50,7 +50,7 @@ def test_down_hides_groups_and_counters_persist() -> None:
 def test_max_groups_folds_into_other() -> None:
     """Beyond max_groups the smallest groups fold into parent="__other__" and are counted as dropped."""
     collector = PgparentCollector(Counters())
-    registry = make_registry(collector)
+    registry = collector.registry
     apps = ["Big:1"] * 3 + ["Mid:1"] * 2 + ["S:1", "S:2", "S:3"]
     collector.publish(Published(up=True, grouped=grouped(*apps), max_groups=2))
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "Big:1", "state": "active"}) == 3
@@ -65,10 +65,21 @@ def test_hostile_names_pass_promtool() -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (Debian package prometheus; scripts/setup --test-tools installs it)"
     collector = PgparentCollector(Counters())
-    registry = make_registry(collector)
+    registry = collector.registry
     hostile = ['a"b:1', "c\\d:2", "e\nf:3", "g\th:4", "ünï:çødé", "🙂:🙃", "x{y}=z,w:5"]
     collector.publish(Published(up=True, grouped=grouped(*hostile), violating={'r"1\n': 1}))
     text = generate_latest(registry)
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "e\nf:3", "state": "active"}) == 1
+
+
+def test_render_is_cached_per_publish() -> None:
+    """Scrapes between two polls share one rendering; the next publish renders anew."""
+    collector = PgparentCollector(Counters())
+    collector.publish(Published(up=True, grouped=grouped("A:1")))
+    first = collector.render()
+    assert collector.render() is first
+    collector.publish(Published(up=True, grouped=grouped("A:1", "B:2")))
+    second = collector.render()
+    assert second is not first and b'parent="B:2"' in second and b'parent="B:2"' not in first
