@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"where to serve /metrics (default {DEFAULT_LISTEN})",
     )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit format",
+    )
     run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
     _add_logging(run)
 
@@ -238,15 +244,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from exporter.daemon import Daemon
     from exporter.http import parse_listen_address
+    from exporter.webconfig import load_web_config
 
     configure(args.log_format, args.log_level)
     config = _config(args.config_file)
     listen = parse_listen_address(args.listen)
+    web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
     # A poll that takes longer than an interval is already late: the client cuts it at one interval (statement_timeout
     # at 0.8 of it, the watchdog at 1.0; within 0.5 s to 37.5 s), so a stalled network is noticed within two intervals.
     statement_timeout = max(0.4, min(0.8 * config.interval, 30.0))
     db = Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
-    daemon = Daemon(config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen)
+    daemon = Daemon(
+        config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen, web=web, tls=tls
+    )
     return daemon.run()
 
 

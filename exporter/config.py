@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,14 +51,17 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+M = TypeVar("M", bound=BaseModel)
 Action = Literal["terminate", "cancel", "log"]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Unknown keys are errors; loaded values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class Grouping(_Strict):
+class Grouping(StrictModel):
     """How a session's parent tag is read from its application_name."""
 
     pattern: str = DEFAULT_PATTERN
@@ -76,7 +79,7 @@ class Grouping(_Strict):
         return value
 
 
-class Protect(_Strict):
+class Protect(StrictModel):
     """Sessions never signalled, whatever a rule says. Entries are globs; a list given replaces its default."""
 
     users: tuple[str, ...] = ("azuresu", "replication")
@@ -84,7 +87,7 @@ class Protect(_Strict):
     applications: tuple[str, ...] = ("pg_dump", "pg_basebackup", "pg_restore", "pgparent")
 
 
-class Limits(_Strict):
+class Limits(StrictModel):
     max_terminations_per_cycle: int = Field(100, ge=1)
 
 
@@ -92,14 +95,14 @@ LOCK_KEY = int.from_bytes(b"pgparent", "big")
 """The default advisory lock key: the bytes of 'pgparent' as a bigint (8099008829985656436)."""
 
 
-class LeaderElection(_Strict):
+class LeaderElection(StrictModel):
     """Exactly one enforcer among replicas watching one server: the holder of a session-level advisory lock."""
 
     enabled: bool = True
     lock_key: int = Field(LOCK_KEY, ge=-(2**63), le=2**63 - 1)
 
 
-class Match(_Strict):
+class Match(StrictModel):
     """Which groups a rule applies to: globs on the parent tag and, optionally, on database and user."""
 
     parent: str = "*"
@@ -117,7 +120,7 @@ CONDITIONS = (
 )
 
 
-class Rule(_Strict):
+class Rule(StrictModel):
     """A group limit. It fires when any condition it sets is exceeded, for `for` seconds at every poll."""
 
     name: str = Field(min_length=1, max_length=100)
@@ -143,7 +146,7 @@ class Rule(_Strict):
         return {name: float(value) for name in CONDITIONS if (value := getattr(self, name)) is not None}
 
 
-class Config(_Strict):
+class Config(StrictModel):
     interval: Duration = 5.0
     dry_run: bool = False
     grouping: Grouping = Grouping()
@@ -208,22 +211,32 @@ def _message(error: Any) -> str:
     return _one_line(msg)
 
 
-def parse_config(data: object, source: str) -> Config:
-    """Validate already-parsed YAML; raise ConfigInvalid listing every problem."""
+def parse_model(model: type[M], data: object, source: str) -> M:
+    """Validate already-parsed YAML against `model`; raise ConfigInvalid listing every problem."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigInvalid([f"{source}: (root): must be a mapping of settings, got {type(data).__name__}"])
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigInvalid(
             [f"{source}: {_dotted(err['loc'])}: {_message(err)}" for err in exc.errors(include_url=False)]
         ) from None
 
 
+def parse_config(data: object, source: str) -> Config:
+    """Validate already-parsed YAML as a pgparent config; raise ConfigInvalid listing every problem."""
+    return parse_model(Config, data, source)
+
+
 def load_config(path: str | Path) -> Config:
     """Read, parse and validate a config file; raise ConfigInvalid with every problem found."""
+    return parse_config(load_yaml(path), str(path))
+
+
+def load_yaml(path: str | Path) -> object:
+    """Read and parse a YAML file (safe loader, duplicate keys rejected); raise ConfigInvalid on failure."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -237,7 +250,7 @@ def load_config(path: str | Path) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
         raise ConfigInvalid([f"{source}: (yaml): {_one_line(str(problem))}{where}"]) from None
-    return parse_config(data, source)
+    return data
 
 
 def describe(config: Config) -> list[str]:

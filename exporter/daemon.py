@@ -7,6 +7,7 @@ two seconds even while a poll is stuck on the network; the main thread waits for
 from __future__ import annotations
 
 import signal
+import ssl
 import threading
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from exporter.http import MetricsServer
 from exporter.logs import get_logger
 from exporter.model import Grouped
 from exporter.policy import RuleState, evaluate
+from exporter.webconfig import WebConfig
 
 log = get_logger("pgparent")
 
@@ -66,6 +68,8 @@ class Daemon:
         config_path: str | Path | None = None,
         force_dry_run: bool = False,
         listen: tuple[str, int] | None = None,
+        web: WebConfig | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -88,7 +92,9 @@ class Daemon:
         self._lock_key: int | None = None
         self._off_reason: str | None = None
         self._loop_thread: threading.Thread | None = None
-        self.http = MetricsServer(listen, self.collector.render, self.healthy) if listen is not None else None
+        self.http = (
+            MetricsServer(listen, self.collector.render, self.healthy, web=web, tls=tls) if listen is not None else None
+        )
         self._publish(up=False, duration=0.0)
 
     # -- signals: flags only -------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ class Daemon:
         """Start serving and polling on background threads (for embedding, e.g. the demo)."""
         if self.http is not None:
             self.http.start()
-            log.info("listening", port=self.http.port)
+            log.info("listening", port=self.http.port, tls=self.http.tls, basic_auth=self.http.basic_auth)
         log.info(
             "started",
             dsn=self.db.masked,

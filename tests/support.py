@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -248,7 +250,9 @@ def active_in_state(dsn: str, application_name: str, state: str = "active") -> i
 class DaemonProcess:
     """`pgparent run` as a real process, with JSON logs to a file and /metrics on a free loopback port."""
 
-    def __init__(self, tmp: Path, config_text: str, dsn: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, config_text: str, dsn: str, *extra: str, env: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None) -> None:
+        self.tls, self.auth = tls, auth
         self.config = tmp / "rules.yaml"
         self.config.write_text(config_text)
         self.port = free_port()
@@ -271,11 +275,15 @@ class DaemonProcess:
             return False
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(self.url(path))  # noqa: S310 - loopback
+        if self.auth is not None:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=5, context=self.tls) as resp:  # noqa: S310 - loopback
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

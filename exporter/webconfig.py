@@ -1,0 +1,136 @@
+"""`--web.config.file`: TLS and basic auth for the HTTP face, in the Prometheus exporter-toolkit format.
+
+```yaml
+tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+  client_ca_file: ca.crt              # optional: verify client certificates against it
+  client_auth_type: RequireAndVerifyClientCert
+  min_version: TLS12
+basic_auth_users:
+  prometheus: $2b$12$...              # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\n')
+http_server_config:
+  headers: {X-Frame-Options: deny}
+```
+Relative file names are taken from the config file's folder, as exporter-toolkit does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import threading
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+from pydantic import Field, field_validator, model_validator
+
+from exporter.config import StrictModel, load_yaml, parse_model
+
+ClientAuth = Literal[
+    "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
+]
+TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class TLSServerConfig(StrictModel):
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    client_auth_type: ClientAuth = "NoClientCert"
+    min_version: TLSVersion = "TLS12"
+    max_version: TLSVersion = "TLS13"
+
+    @model_validator(mode="after")
+    def _ca_for_client_certs(self) -> TLSServerConfig:
+        if self.client_auth_type != "NoClientCert" and not self.client_ca_file:
+            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file to verify against")
+        return self
+
+
+class HTTPServerConfig(StrictModel):
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class WebConfig(StrictModel):
+    tls_server_config: TLSServerConfig | None = None
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    http_server_config: HTTPServerConfig = HTTPServerConfig()
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
+        for user, hashed in users.items():
+            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+                raise ValueError(f"user {user!r}: expected a bcrypt hash ($2y$..., 60 characters)")
+        return users
+
+
+def load_web_config(path: str | Path) -> tuple[WebConfig, ssl.SSLContext | None]:
+    """Parse and validate the file, and build its TLS context (so unreadable keys are config errors, exit 2)."""
+    source = str(path)
+    web = parse_model(WebConfig, load_yaml(path), source)
+    tls = web.tls_server_config
+    if tls is None:
+        return web, None
+    base = Path(path).parent
+
+    def resolve(name: str) -> str:
+        return str(base / name) if not Path(name).is_absolute() else name
+
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = _VERSIONS[tls.min_version]
+        context.maximum_version = _VERSIONS[tls.max_version]
+        context.load_cert_chain(resolve(tls.cert_file), resolve(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        from exporter.errors import ConfigInvalid
+
+        raise ConfigInvalid([f"{source}: tls_server_config: cannot load cert_file/key_file: {exc}"]) from None
+    if tls.client_ca_file:
+        try:
+            context.load_verify_locations(resolve(tls.client_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            from exporter.errors import ConfigInvalid
+
+            raise ConfigInvalid([f"{source}: tls_server_config.client_ca_file: cannot load: {exc}"]) from None
+        # Python's ssl verifies whatever client certificate it accepts: "Request"/"Any" behave as "VerifyIfGiven"/
+        # "RequireAndVerify" against client_ca_file.
+        optional = tls.client_auth_type in ("RequestClientCert", "VerifyClientCertIfGiven")
+        context.verify_mode = ssl.CERT_OPTIONAL if optional else ssl.CERT_REQUIRED
+    return web, context
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` credentials against bcrypt hashes, remembering the ones that passed so each
+    scrape does not pay bcrypt's deliberate cost (exporter-toolkit caches the same way)."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = {u: h.encode() for u, h in users.items()}
+        self._passed: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._users)
+
+    def check(self, user: str, password: str) -> bool:
+        hashed = self._users.get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+        with self._lock:
+            if key in self._passed:
+                return True
+        if not bcrypt.checkpw(password.encode(), hashed):
+            return False
+        with self._lock:
+            self._passed.add(key)
+        return True
