@@ -66,7 +66,7 @@ def test_tls_scrape_and_plain_http_refused(pg: Server, pki: Path, tmp_path: Path
     try:
         assert "pgparent_up" in d.metrics()
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
-            urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5)  # noqa: S310 - loopback
+            urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5)
         with socket.create_connection(("127.0.0.1", d.port), timeout=5) as junk:  # garbage instead of a handshake
             junk.sendall(b"\x00\xff garbage \r\n\r\n")
         wrong_ca = ssl.create_default_context(cafile=str(pki / "stranger.crt"))
