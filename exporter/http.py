@@ -145,7 +145,9 @@ class MetricsServer:
         self._server.tls = tls
         self._server.auth = BasicAuth(web.basic_auth_users) if web is not None else None
         self._server.extra_headers = dict(web.http_server_config.headers) if web is not None else {}
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+        )
 
     @property
     def tls(self) -> bool:

@@ -158,7 +158,8 @@ def test_network_black_hole_is_detected_and_survived(proxied: tuple[StallingProx
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_server_restart_recovery_time(private_pg: Server, tmp_path: Path, mode: str) -> None:
-    """Stopped (fast or immediate) and restarted: measured seconds from the server accepting again to up 1."""
+    """Stopped (fast or immediate) and restarted under a running daemon: no crash, up 1 then 0 then 1, one event
+    each way; measured seconds from the server accepting again to up 1."""
     with daemon(tmp_path, rules("Nobody:*", 1.0), private_pg.dsn) as d:
         eventually(lambda: d.sample("pgparent_up") == 1, what="up")
         private_pg.stop(mode)
@@ -169,6 +170,11 @@ def test_server_restart_recovery_time(private_pg: Server, tmp_path: Path, mode: 
         eventually(lambda: d.sample("pgparent_up") == 1, timeout=30, interval=0.05, what="recovered")
         record_figure("restart", **{f"{mode}_recovery_seconds": round(time.monotonic() - back, 2)})
         assert d.proc.poll() is None
+        assert [e["event"] for e in d.logs() if e["event"].startswith("database_")] == [
+            "database_available",
+            "database_unavailable",
+            "database_available",
+        ]
 
 
 def test_full_connection_slots_report_down_and_recover(tmp_path: Path) -> None:
