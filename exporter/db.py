@@ -185,6 +185,7 @@ class Database:
     """The client gives up on the server at this multiple of statement_timeout."""
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:
+        _parse(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
         self.masked = mask_dsn(dsn)
         self._connect_timeout = connect_timeout

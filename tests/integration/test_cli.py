@@ -81,9 +81,11 @@ def test_terminate_unknown_group_is_a_no_op(pg: Server) -> None:
     assert out.returncode == 0 and "no client session of Nobody:0" in out.stdout
 
 
-def test_bad_dsn_is_one_clear_line(pg: Server) -> None:
-    """An unparseable DSN exits 2 with one line and no traceback, never echoing the password."""
-    out = pgparent("groups", "--dsn", "host=x password=hunter2-pw port")
+@pytest.mark.parametrize("command", ["groups", "run", "terminate"])
+def test_bad_dsn_is_one_clear_line(pg: Server, command: str) -> None:
+    """An unparseable DSN exits 2 with one line and no traceback, never echoing the password, for every command."""
+    args = [command, "--dsn", "host=x password=hunter2-pw port"] + (["Some:1"] if command == "terminate" else [])
+    out = pgparent(*args)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "invalid DSN" in out.stderr
     assert "hunter2-pw" not in out.stderr + out.stdout and "Traceback" not in out.stderr
