@@ -1,114 +1,380 @@
-"""The Kubernetes base: it builds, every object validates, and its copies match their sources."""
+"""The Kubernetes base: it builds, every object validates, and its copies match their sources.
+
+The prometheus-operator objects are checked twice, with schemas from the npm package
+@kubernetes-models/prometheus-operator, installed on demand into a cache outside the repository ($PGPARENT_NPM_CACHE,
+default /var/tmp/pgparent-npm):
+
+- with `jsonschema`, strictly (an unknown field is an error), against the JSON schemas of version 4.0.0: the last
+  release that ships its CRD schemas as JSON (prometheus-operator v0.57 CRDs); from 4.4.0 on they are compiled to code;
+- with node, against the compiled validators of version 6.0.0 (current CRDs), which catch newer constraints (patterns,
+  enums) but let unknown fields through.
+"""
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "kubernetes"
 CORE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment"}
-NPM_DIR = Path(os.environ.get("PGPARENT_NPM_DIR", str(REPO / ".venv" / "npm")))
+OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+NPM_CACHE = Path(os.environ.get("PGPARENT_NPM_CACHE", "/var/tmp/pgparent-npm"))  # noqa: S108 - a cache kept across runs
+PACKAGE = "@kubernetes-models/prometheus-operator"
+JSON_SCHEMA_VERSION = "4.0.0"
+"""The newest release of the package whose CRD schemas are JSON (4.4.0 pre-compiled them into JavaScript)."""
+CURRENT_VERSION = "6.0.0"
+
+Obj = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def objects() -> list[dict[str, Any]]:
+# -- the build -------------------------------------------------------------------------------------------------------
+def kustomize(path: Path) -> list[Obj]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is required to build the kustomize base"
-    out = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def objects() -> list[Obj]:
+    """`kubectl kustomize deploy/kubernetes`."""
+    return kustomize(BASE)
+
+
+@pytest.fixture(scope="module")
+def pod_monitor_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the podmonitor component, as a user's overlay would build it (kustomize wants relative paths)."""
+    overlay = tmp_path_factory.mktemp("overlay")
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(BASE, overlay)],
+        "components": [os.path.relpath(BASE / "podmonitor", overlay)],
+    }))
+    return kustomize(overlay)
+
+
+def by_kind(objects: list[Obj], kind: str) -> Obj:
     (found,) = [o for o in objects if o["kind"] == kind]
     return found
 
 
-def test_kustomize_builds_every_object(objects: list[dict[str, Any]]) -> None:
-    """`kubectl kustomize` builds the base with every object the deployment needs."""
-    assert sorted(o["kind"] for o in objects) == sorted(
-        ["ServiceAccount", "ConfigMap", "ConfigMap", "Secret", "Service", "Deployment", "ServiceMonitor", "PodMonitor",
-         "PrometheusRule"]
+def configmap_with(objects: list[Obj], key: str) -> Obj:
+    (found,) = [o for o in objects if o["kind"] == "ConfigMap" and key in o.get("data", {})]
+    return found
+
+
+# -- the npm package, outside the repository --------------------------------------------------------------------------
+def npm_package(version: str) -> Path:
+    """node_modules of a private npm prefix holding PACKAGE@version, installed once per machine."""
+    prefix = NPM_CACHE / f"prometheus-operator-{version}"
+    modules = prefix / "node_modules"
+    installed = modules / PACKAGE / "package.json"
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    with (NPM_CACHE / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs must not install into one prefix at once
+        if not installed.exists() or json.loads(installed.read_text())["version"] != version:
+            npm = shutil.which("npm")
+            assert npm, f"npm is required to install {PACKAGE}@{version} into {prefix} (Debian package npm)"
+            prefix.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(
+                [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"{PACKAGE}@{version}"],
+                capture_output=True, text=True, timeout=300,
+            )
+            assert result.returncode == 0, f"npm install {PACKAGE}@{version} failed:\n{result.stderr[-3000:]}"
+    return modules
+
+
+_SCHEMA = re.compile(r"^const schema = (\{.*?^\});$", re.M | re.S)
+_REGISTERED = re.compile(r'register\("([^"]+)", schema\)')
+_SCHEMA_ID = re.compile(r'^const schemaId = "([^"]+)";$', re.M)
+
+
+def _schema_of(module: Path) -> tuple[str, Obj] | None:
+    """(id, JSON schema) from one generated module of the 4.x packages, or None if it holds no schema."""
+    text = module.read_text()
+    body, named = _SCHEMA.search(text), _SCHEMA_ID.search(text) or _REGISTERED.search(text)
+    if body is None or named is None:
+        return None
+    return named.group(1), json.loads(body.group(1))
+
+
+def strict(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` wherever it lists properties, as kubectl's strict field
+    validation does: a misspelt field becomes an error instead of being pruned silently by the API server."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and not out.get(
+        "x-kubernetes-preserve-unknown-fields"
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def operator_validators() -> dict[str, jsonschema.Draft7Validator]:
+    """A strict Draft 7 validator per prometheus-operator kind, from the package's JSON schemas."""
+    modules = npm_package(JSON_SCHEMA_VERSION)
+    schemas: dict[str, Obj] = {}
+    meta = modules / "@kubernetes-models" / "apimachinery" / "_schemas"  # ObjectMeta and what it refers to
+    for folder in (meta, modules / PACKAGE / "monitoring.coreos.com" / "v1"):
+        assert folder.is_dir(), f"{folder} is missing: is {PACKAGE}@{JSON_SCHEMA_VERSION} installed whole?"
+        for module in sorted(folder.glob("*.mjs")):
+            found = _schema_of(module)
+            if found is not None:
+                schemas[found[0]] = strict(found[1])
+    registry: Registry[Any] = Registry().with_resources(
+        (uri, Resource.from_contents(schema, default_specification=DRAFT7)) for uri, schema in schemas.items()
+    )
+    validators = {}
+    for kind in OPERATOR_KINDS:
+        schema = schemas[f"monitoring.coreos.com.v1.{kind}"]
+        jsonschema.Draft7Validator.check_schema(schema)
+        validators[kind] = jsonschema.Draft7Validator(schema, registry=registry)
+    return validators
+
+
+def schema_errors(validators: dict[str, jsonschema.Draft7Validator], obj: Obj) -> list[str]:
+    return [
+        f"{obj['kind']}/{obj['metadata']['name']}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validators[obj["kind"]].iter_errors(obj)
+    ]
+
+
+# The compiled validators of the current package, run by node on a List read from stdin: one line per object.
+_NODE_VALIDATE = """
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const base = process.env.PGPARENT_OPERATOR_MODELS;
+const items = JSON.parse(readFileSync(0, "utf8")).items;
+let bad = 0;
+for (const item of items) {
+  const url = pathToFileURL(`${base}/monitoring.coreos.com/v1/${item.kind}.js`).href;
+  const Model = (await import(url))[item.kind];
+  try {
+    new Model(item).validate();
+    console.log(`valid ${item.kind}/${item.metadata.name}`);
+  } catch (err) {
+    bad += 1;
+    console.log(`INVALID ${item.kind}/${item.metadata.name}: ${err.message}`);
+  }
+}
+process.exit(bad ? 1 : 0);
+"""
+
+
+def node_validate(objects: list[Obj]) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    assert node, "node is required to run the package's compiled validators (Debian package nodejs)"
+    models = npm_package(CURRENT_VERSION) / PACKAGE
+    return subprocess.run(
+        [node, "--input-type=module", "-e", _NODE_VALIDATE],
+        input=json.dumps({"kind": "List", "items": objects}), capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PGPARENT_OPERATOR_MODELS": str(models)},
     )
 
 
-def test_core_objects_pass_kubernetes_validate_strict(objects: list[dict[str, Any]], tmp_path: Path) -> None:
+@pytest.fixture
+def operator_objects(objects: list[Obj], pod_monitor_objects: list[Obj]) -> Iterator[list[Obj]]:
+    """The ServiceMonitor and PrometheusRule of the base, and the PodMonitor of the podmonitor component."""
+    found = [o for o in objects if o["kind"] in OPERATOR_KINDS] + [by_kind(pod_monitor_objects, "PodMonitor")]
+    assert sorted(o["kind"] for o in found) == sorted(OPERATOR_KINDS)
+    yield found
+
+
+# -- the tests -------------------------------------------------------------------------------------------------------
+CORE = ["ServiceAccount", "ConfigMap", "ConfigMap", "Secret", "Service", "Deployment", "PrometheusRule"]
+
+
+def test_kustomize_builds_every_object(objects: list[Obj]) -> None:
+    """`kubectl kustomize deploy/kubernetes` builds the base with every object the deployment needs."""
+    assert sorted(o["kind"] for o in objects) == sorted([*CORE, "ServiceMonitor"])
+
+
+def test_podmonitor_component_replaces_the_servicemonitor(objects: list[Obj], pod_monitor_objects: list[Obj]) -> None:
+    """With the podmonitor component the pods are scraped by a PodMonitor instead of the ServiceMonitor, never by
+    both (which would double every series); everything else is unchanged."""
+    assert sorted(o["kind"] for o in pod_monitor_objects) == sorted([*CORE, "PodMonitor"])
+    assert [o for o in pod_monitor_objects if o["kind"] != "PodMonitor"] == [
+        o for o in objects if o["kind"] != "ServiceMonitor"
+    ]
+
+
+def test_core_objects_pass_kubernetes_validate_strict(objects: list[Obj], tmp_path: Path) -> None:
     """kubernetes-validate --strict accepts every core object (no unknown fields, right types)."""
     files = []
     for n, obj in enumerate(o for o in objects if o["kind"] in CORE_KINDS):
-        path = tmp_path / f"{n}.yaml"
+        path = tmp_path / f"{n}-{obj['kind']}.yaml"
         path.write_text(yaml.safe_dump(obj))
         files.append(str(path))
     tool = Path(sys.executable).parent / "kubernetes-validate"
+    assert tool.exists(), "kubernetes-validate is in the test extra: run scripts/setup"
     result = subprocess.run([str(tool), "--strict", *files], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files) == 6
+    assert result.stdout.count("passed") == len(files) == 6, result.stdout
 
 
-def test_operator_objects_match_the_prometheus_operator_schemas(objects: list[dict[str, Any]]) -> None:
-    """ServiceMonitor, PodMonitor and PrometheusRule validate against @kubernetes-models/prometheus-operator."""
-    node = shutil.which("node")
-    assert node, "node is required"
-    modules = NPM_DIR / "node_modules"
-    assert (modules / "@kubernetes-models" / "prometheus-operator").is_dir(), (
-        f"npm package missing under {modules}: run scripts/setup --test-tools"
-    )
-    env = {**os.environ, "NODE_PATH": str(modules)}
-    script = str(BASE / "validate-crds.mjs")
-    build = json.dumps({"kind": "List", "items": objects})
-    result = subprocess.run([node, script], input=build, capture_output=True, text=True, timeout=60, env=env)
+def test_kubernetes_validate_strict_rejects_an_unknown_field(objects: list[Obj], tmp_path: Path) -> None:
+    """The strict check above can fail: a misspelt Deployment field is rejected."""
+    deployment = copy.deepcopy(by_kind(objects, "Deployment"))
+    deployment["spec"]["replica"] = 2
+    path = tmp_path / "deployment.yaml"
+    path.write_text(yaml.safe_dump(deployment))
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run([str(tool), "--strict", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "replica" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_operator_objects_match_the_prometheus_operator_json_schemas(
+    operator_objects: list[Obj], operator_validators: dict[str, jsonschema.Draft7Validator]
+) -> None:
+    """ServiceMonitor, PodMonitor and PrometheusRule validate, strictly, against the package's JSON schemas."""
+    errors = [e for obj in operator_objects for e in schema_errors(operator_validators, obj)]
+    assert errors == []
+
+
+def test_the_json_schemas_reject_broken_operator_objects(
+    operator_objects: list[Obj], operator_validators: dict[str, jsonschema.Draft7Validator]
+) -> None:
+    """The schema check can fail: a misspelt field, a wrong type and a missing required field are each reported."""
+    monitor = copy.deepcopy(next(o for o in operator_objects if o["kind"] == "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    pod_monitor = copy.deepcopy(next(o for o in operator_objects if o["kind"] == "PodMonitor"))
+    pod_monitor["spec"]["podMetricsEndpoints"] = "metrics"
+    rule = copy.deepcopy(next(o for o in operator_objects if o["kind"] == "PrometheusRule"))
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    assert any("intervall" in e for e in schema_errors(operator_validators, monitor))
+    assert any("podMetricsEndpoints" in e for e in schema_errors(operator_validators, pod_monitor))
+    assert any("'expr' is a required property" in e for e in schema_errors(operator_validators, rule))
+
+
+def test_operator_objects_pass_the_current_crd_validators(operator_objects: list[Obj]) -> None:
+    """The same objects pass the compiled validators of the current package (current CRDs), and a bad one fails."""
+    result = node_validate(operator_objects)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(result.stdout.split()) == sorted(
         ["valid", "PodMonitor/pgparent", "valid", "PrometheusRule/pgparent", "valid", "ServiceMonitor/pgparent"]
     )
-    broken = [dict(o, spec={**o["spec"], "endpoints": [{"port": 10187}]}) if o["kind"] == "ServiceMonitor" else o
-              for o in objects]
-    result = subprocess.run([node, script], input=json.dumps({"kind": "List", "items": broken}), capture_output=True,
-                            text=True, timeout=60, env=env)
-    assert result.returncode == 1 and "INVALID ServiceMonitor/pgparent" in result.stdout
+    broken = copy.deepcopy(operator_objects)
+    for obj in broken:
+        if obj["kind"] == "ServiceMonitor":
+            obj["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    result = node_validate(broken)
+    assert result.returncode == 1 and "INVALID ServiceMonitor/pgparent" in result.stdout, result.stdout
 
 
-def test_copies_are_in_step_with_their_sources(objects: list[dict[str, Any]]) -> None:
-    """The PrometheusRule groups equal deploy/prometheus/alerts.yml; rules and dashboard equal their sources."""
-    check = subprocess.run([sys.executable, str(REPO / "scripts" / "sync_k8s.py"), "--check"], capture_output=True,
-                           text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+def test_prometheus_rule_groups_equal_the_alerts_file(objects: list[Obj]) -> None:
+    """The PrometheusRule's spec.groups are exactly deploy/prometheus/alerts.yml's groups."""
+    alerts_file = REPO / "deploy" / "prometheus" / "alerts.yml"
+    assert alerts_file.is_file(), "deploy/prometheus/alerts.yml is missing"
+    alerts = yaml.safe_load(alerts_file.read_text())
     assert by_kind(objects, "PrometheusRule")["spec"]["groups"] == alerts["groups"]
-    dashboards = [o for o in objects if o["kind"] == "ConfigMap" and "pgparent-dashboard.json" in o.get("data", {})]
-    (dashboard,) = dashboards
+
+
+def test_rules_copy_equals_the_top_level_rules_file(objects: list[Obj]) -> None:
+    """deploy/kubernetes/rules.yaml, and the generated ConfigMap, hold exactly the top-level rules.yaml."""
+    source = (REPO / "rules.yaml").read_text()
+    assert (BASE / "rules.yaml").read_text() == source
+    assert configmap_with(objects, "rules.yaml")["data"]["rules.yaml"] == source
+
+
+def test_dashboard_configmap_is_the_grafana_dashboard(objects: list[Obj]) -> None:
+    """The dashboard ConfigMap carries grafana_dashboard: "1" and exactly grafana/dashboards/pgparent.json."""
+    dashboard = configmap_with(objects, "pgparent-dashboard.json")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["pgparent-dashboard.json"]) == json.loads(
         (REPO / "grafana" / "dashboards" / "pgparent.json").read_text()
     )
-    rules = [o for o in objects if o["kind"] == "ConfigMap" and "rules.yaml" in o.get("data", {})]
-    assert rules[0]["data"]["rules.yaml"] == (REPO / "rules.yaml").read_text()
 
 
-def test_deployment_is_hardened_and_probed(objects: list[dict[str, Any]]) -> None:
-    """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, probes on /healthz, resources, 2 replicas."""
+def test_sync_script_reports_no_stale_copy() -> None:
+    """scripts/sync_k8s.py --check finds every copy in step with its source (run it without --check to fix)."""
+    check = subprocess.run([sys.executable, str(REPO / "scripts" / "sync_k8s.py"), "--check"], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_sync_script_check_fails_on_a_stale_copy(tmp_path: Path) -> None:
+    """The drift check can fail: a copy that differs from its source makes `--check` exit 1 and name it."""
+    tree = tmp_path / "repo"
+    for rel in ("scripts/sync_k8s.py", "rules.yaml", "deploy/prometheus/alerts.yml", "grafana/dashboards/pgparent.json",
+                "deploy/kubernetes/rules.yaml", "deploy/kubernetes/prometheusrule.yaml",
+                "deploy/kubernetes/pgparent-dashboard.json"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tree / rel)
+    (tree / "rules.yaml").write_text((REPO / "rules.yaml").read_text() + "\n# changed\n")
+    check = subprocess.run([sys.executable, str(tree / "scripts" / "sync_k8s.py"), "--check"], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 1 and "deploy/kubernetes/rules.yaml" in check.stderr, check.stderr
+
+
+def test_deployment_is_hardened_and_probed(objects: list[Obj]) -> None:
+    """2 replicas; non-root, read-only root, no capabilities, RuntimeDefault seccomp; probes on /healthz; resources."""
     deployment = by_kind(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    sc = container["securityContext"]
     assert deployment["spec"]["replicas"] == 2
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}
+    }
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert set(container["resources"]) == {"requests", "limits"}
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_deployment_runs_the_cli_with_the_rules_and_the_dsn_secret(objects: list[Obj]) -> None:
+    """The container's args parse with pgparent's own CLI; the rules come from the generated ConfigMap and the DSN
+    from the Secret's key, as $PGPARENT_DSN."""
+    from exporter.cli import build_parser
+
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.config_file, args.listen) == ("run", "/etc/pgparent/rules.yaml", ":10187")
     assert container["ports"] == [{"name": "metrics", "containerPort": 10187, "protocol": "TCP"}]
-    assert by_kind(objects, "Service")["spec"]["ports"][0]["name"] == "metrics"
-    rules_cm = next(o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap" and "rules.yaml" in o["data"])
+    rules_cm = configmap_with(objects, "rules.yaml")["metadata"]["name"]
     assert {"name": "rules", "configMap": {"name": rules_cm}} in pod["volumes"]
-    args = container["args"]
-    assert args[0] == "run" and "--config.file=/etc/pgparent/rules.yaml" in args
+    assert {"name": "rules", "mountPath": "/etc/pgparent", "readOnly": True} in container["volumeMounts"]
+    secret = by_kind(objects, "Secret")
+    (env,) = container["env"]
+    assert env == {
+        "name": "PGPARENT_DSN", "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "dsn"}}
+    }
+    assert "sslmode=require" in secret["stringData"]["dsn"]
+
+
+def test_service_and_monitors_point_at_the_named_metrics_port(objects: list[Obj], pod_monitor_objects: list[Obj]
+                                                               ) -> None:
+    """The Service exposes the named port `metrics`; both monitors scrape it and select the pods' labels."""
+    labels = by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = by_kind(objects, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 10187, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [e["port"] for e in by_kind(objects, "ServiceMonitor")["spec"]["endpoints"]] == ["metrics"]
+    pod_monitor = by_kind(pod_monitor_objects, "PodMonitor")
+    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert by_kind(objects, "ServiceMonitor")["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"
+    ].items()
