@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from exporter.model import ACTIVE_STATES, KNOWN_STATES, UNKNOWN_STATE, Group, Grouped, Session, Snapshot, Stats
+from exporter.model import Group, Grouped, Session, Snapshot, Stats
 
 OTHER = "__other__"
 """The parent label that groups beyond `max_groups` fold into on /metrics."""
@@ -23,43 +23,7 @@ def parent_of(application_name: str, pattern: re.Pattern[str]) -> str | None:
 
 def stats(sessions: Iterable[Session], now: datetime) -> Stats:
     """Counts by state and the longest query, transaction, idle-in-transaction spell and session age."""
-    by_state = dict.fromkeys(KNOWN_STATES, 0)
-    count = active = waiting = 0
-    oldest_query = oldest_xact = oldest_idle_xact = oldest_start = None
-    for s in sessions:
-        count += 1
-        state = s.state if s.state is not None else UNKNOWN_STATE
-        by_state[state] = by_state.get(state, 0) + 1
-        if state in ACTIVE_STATES:
-            active += 1
-            if s.wait_event_type == "Lock":
-                waiting += 1
-            if s.query_start is not None and (oldest_query is None or s.query_start < oldest_query):
-                oldest_query = s.query_start
-        elif (
-            state.startswith("idle in transaction")
-            and s.state_change is not None
-            and (oldest_idle_xact is None or s.state_change < oldest_idle_xact)
-        ):
-            oldest_idle_xact = s.state_change
-        if s.xact_start is not None and (oldest_xact is None or s.xact_start < oldest_xact):
-            oldest_xact = s.xact_start
-        if s.backend_start is not None and (oldest_start is None or s.backend_start < oldest_start):
-            oldest_start = s.backend_start
-
-    def since(moment: datetime | None) -> float:
-        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
-
-    return Stats(
-        sessions=count,
-        by_state=by_state,
-        active=active,
-        waiting=waiting,
-        max_query_duration=since(oldest_query),
-        max_transaction_duration=since(oldest_xact),
-        max_idle_in_transaction=since(oldest_idle_xact),
-        age=since(oldest_start),
-    )
+    return Stats.of(sessions, now)
 
 
 def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
@@ -73,11 +37,13 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
     members: dict[str, list[Session]] = {}
     untagged: list[Session] = []
     parent_by_pid: dict[int, str | None] = {}
+    tags: dict[str, str | None] = {}  # sessions of one job often share a name: parse each name once per poll
     hidden = 0
     for s in snapshot.sessions:
         if s.backend_start is None:
             hidden += 1
-        parent = parent_of(s.application_name, regex)
+        name = s.application_name
+        parent = tags[name] if name in tags else tags.setdefault(name, parent_of(name, regex))
         parent_by_pid[s.pid] = parent
         if parent is None:
             untagged.append(s)
@@ -98,21 +64,21 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
 
     now = snapshot.now
     groups = {
-        parent: Group(parent=parent, sessions=tuple(rows), stats=stats(rows, now), workers=workers.get(parent, 0))
+        parent: Group(parent=parent, sessions=tuple(rows), now=now, workers=workers.get(parent, 0))
         for parent, rows in members.items()
     }
     return Grouped(
-        now=now, groups=groups, untagged=stats(untagged, now), untagged_workers=untagged_workers, hidden=hidden
+        now=now, groups=groups, untagged=Stats.of(untagged, now), untagged_workers=untagged_workers, hidden=hidden
     )
 
 
 def top_groups(groups: dict[str, Group], max_groups: int) -> tuple[list[Group], list[Group]]:
     """Split groups into those exported by name and those folded into `__other__`.
 
-    The largest groups (by sessions, then age) keep their own series: those are the ones an operator is looking for.
-    Ties break on the tag so the choice is stable from one poll to the next.
+    The largest groups keep their own series: those are the ones an operator is looking for. Ties break on the tag,
+    so the choice is stable from one poll to the next (and costs no statistics of the groups that fold).
     """
     if len(groups) <= max_groups:
         return list(groups.values()), []
-    ranked = sorted(groups.values(), key=lambda g: (-g.stats.sessions, -g.stats.age, g.parent))
+    ranked = sorted(groups.values(), key=lambda g: (-len(g.sessions), g.parent))
     return ranked[:max_groups], ranked[max_groups:]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 ACTIVE_STATES = frozenset({"active", "fastpath function call"})
 """States in which a session is running a query (what `cancel` interrupts and `max_query_duration` measures)."""
@@ -66,15 +68,64 @@ class Stats:
     max_idle_in_transaction: float
     age: float
 
+    @classmethod
+    def of(cls, sessions: Iterable[Session], now: datetime) -> Stats:
+        """Counts by state, lock waits, and the longest query, transaction, idle-in-transaction spell and age."""
+        by_state = dict.fromkeys(KNOWN_STATES, 0)
+        count = active = waiting = 0
+        oldest_query = oldest_xact = oldest_idle_xact = oldest_start = None
+        for s in sessions:
+            count += 1
+            state = s.state if s.state is not None else UNKNOWN_STATE
+            by_state[state] = by_state.get(state, 0) + 1
+            if state in ACTIVE_STATES:
+                active += 1
+                if s.wait_event_type == "Lock":
+                    waiting += 1
+                if s.query_start is not None and (oldest_query is None or s.query_start < oldest_query):
+                    oldest_query = s.query_start
+            elif (
+                state.startswith("idle in transaction")
+                and s.state_change is not None
+                and (oldest_idle_xact is None or s.state_change < oldest_idle_xact)
+            ):
+                oldest_idle_xact = s.state_change
+            if s.xact_start is not None and (oldest_xact is None or s.xact_start < oldest_xact):
+                oldest_xact = s.xact_start
+            if s.backend_start is not None and (oldest_start is None or s.backend_start < oldest_start):
+                oldest_start = s.backend_start
 
-@dataclass(frozen=True, slots=True)
+        def since(moment: datetime | None) -> float:
+            return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
+
+        return cls(
+            sessions=count,
+            by_state=by_state,
+            active=active,
+            waiting=waiting,
+            max_query_duration=since(oldest_query),
+            max_transaction_duration=since(oldest_xact),
+            max_idle_in_transaction=since(oldest_idle_xact),
+            age=since(oldest_start),
+        )
+
+
+@dataclass(frozen=True)
 class Group:
-    """The client sessions that share a parent tag, the parallel workers serving them, and their statistics."""
+    """The client sessions that share a parent tag, and the parallel workers serving them.
+
+    `stats` is computed on first use and kept: a poll of thousands of groups pays only for the groups that a rule
+    measures or /metrics exports.
+    """
 
     parent: str
     sessions: tuple[Session, ...]
-    stats: Stats
+    now: datetime
     workers: int = 0
+
+    @cached_property
+    def stats(self) -> Stats:
+        return Stats.of(self.sessions, self.now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ as `RuleState` and goes out as a new one. The enforcer carries out the decision.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +15,6 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.config import Config, Protect, Rule
-from exporter.grouping import stats
 from exporter.model import ACTIVE_STATES, Group, Grouped, Session, Stats
 
 Signal = Literal["terminate", "cancel"]
@@ -86,32 +87,53 @@ def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
     return value is not None and any(fnmatchcase(value, p) for p in patterns)
 
 
-def exceeded(rule: Rule, measured: Stats) -> tuple[str, ...]:
-    """The conditions of `rule` that `measured` exceeds, as `name value > limit` strings."""
+def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats]) -> tuple[str, ...]:
+    """The conditions exceeded, as `name value > limit` strings. max_sessions needs only the count, so a rule on
+    group size never pays for a group's full statistics."""
     out: list[str] = []
-    for name, limit in rule.conditions().items():
-        value = _MEASURES[name](measured)
+    for name, limit in conditions.items():
+        value = float(count) if name == "max_sessions" else _MEASURES[name](measured())
         if value > limit:
             out.append(f"{name} {value:g} > {limit:g}")
     return tuple(out)
 
 
-def _scope(rule: Rule, grp: Group, now: datetime) -> tuple[tuple[Session, ...], Stats] | None:
-    """The sessions of `grp` that `rule` looks at, and their stats; None when the rule does not apply to it."""
-    if not fnmatchcase(grp.parent, rule.match.parent):
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A rule prepared once per evaluation: its conditions and its globs as compiled matchers (None: match all)."""
+
+    rule: Rule
+    conditions: dict[str, float]
+    parent: Callable[[str], object] | None
+    database: Callable[[str], object] | None
+    user: Callable[[str], object] | None
+
+    @classmethod
+    def of(cls, rule: Rule) -> _Compiled:
+        def matcher(glob: str | None) -> Callable[[str], object] | None:
+            return None if glob is None or glob == "*" else re.compile(fnmatch.translate(glob)).match
+
+        m = rule.match
+        return cls(rule, rule.conditions(), matcher(m.parent), matcher(m.database), matcher(m.user))
+
+
+def _scope(rule: _Compiled, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
+    """The sessions of `grp` that `rule` looks at, and how to get their stats; None when the rule does not apply."""
+    if rule.parent is not None and not rule.parent(grp.parent):
         return None
-    if rule.match.database is None and rule.match.user is None:
-        return grp.sessions, grp.stats
-    db, user = rule.match.database, rule.match.user
+    if rule.database is None and rule.user is None:
+        return grp.sessions, lambda: grp.stats
+    db, user = rule.database, rule.user
     sessions = tuple(
         s
         for s in grp.sessions
-        if (db is None or (s.datname is not None and fnmatchcase(s.datname, db)))
-        and (user is None or (s.usename is not None and fnmatchcase(s.usename, user)))
+        if (db is None or (s.datname is not None and db(s.datname)))
+        and (user is None or (s.usename is not None and user(s.usename)))
     )
     if not sessions:
         return None
-    return sessions, stats(sessions, now)
+    subset = Stats.of(sessions, grp.now)
+    return sessions, lambda: subset
 
 
 def eligible(sessions: tuple[Session, ...], action: Signal, protect: Protect) -> tuple[list[Session], int, int]:
@@ -169,14 +191,15 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
     protected = unguarded = 0
     protect = config.protect
 
-    for rule in config.rules:
+    for compiled in map(_Compiled.of, config.rules):
+        rule = compiled.rule
         dry = force_dry_run or config.dry_run or rule.dry_run
         for grp in grouped.groups.values():
-            scope = _scope(rule, grp, now)
+            scope = _scope(compiled, grp)
             if scope is None:
                 continue
             sessions, measured = scope
-            reasons = exceeded(rule, measured)
+            reasons = _exceeded(compiled.conditions, len(sessions), measured)
             if not reasons:
                 continue
             key = (rule.name, grp.parent)
