@@ -6,10 +6,13 @@ two seconds even while a poll is stuck on the network; the main thread waits for
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import signal
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -30,6 +33,23 @@ log = get_logger("pgparent")
 
 SHUTDOWN_GRACE = 1.5
 """Seconds the main thread waits for the loop to finish its cycle after SIGTERM before exiting anyway."""
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a burst of allocation that creates no cycles.
+
+    Grouping a large snapshot allocates a few objects per session; every gen-0 threshold crossed would make the
+    collector walk the young objects again, a third of the cost at 100k sessions. Reference counting still frees
+    everything, and the collector runs as usual between polls.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Backoff:
@@ -219,8 +239,9 @@ class Daemon:
                 self._log_connected(caps)
             leader = self._hold_leadership(caps)
             snapshot = self.db.snapshot()
-            grouped = group(snapshot, self.config.grouping.pattern)
-            decision = evaluate(grouped, self.config, self._rule_state, self.force_dry_run)
+            with gc_paused():
+                grouped = group(snapshot, self.config.grouping.pattern)
+                decision = evaluate(grouped, self.config, self._rule_state, self.force_dry_run)
             self._rule_state = decision.state
             for f in decision.started:
                 log.warning(

@@ -36,7 +36,8 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
     regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     members: dict[str, list[Session]] = {}
     untagged: list[Session] = []
-    parent_by_pid: dict[int, str | None] = {}
+    leaders = {w.leader_pid for w in snapshot.workers if w.leader_pid is not None}
+    parent_by_pid: dict[int, str | None] = {}  # only for sessions that lead parallel workers
     tags: dict[str, str | None] = {}  # sessions of one job often share a name: parse each name once per poll
     hidden = 0
     for s in snapshot.sessions:
@@ -44,7 +45,8 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
             hidden += 1
         name = s.application_name
         parent = tags[name] if name in tags else tags.setdefault(name, parent_of(name, regex))
-        parent_by_pid[s.pid] = parent
+        if leaders and s.pid in leaders:
+            parent_by_pid[s.pid] = parent
         if parent is None:
             untagged.append(s)
         else:
