@@ -250,8 +250,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
     listen = parse_listen_address(args.listen)
     web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
-    # A poll that takes longer than an interval is already late: the client cuts it at one interval (statement_timeout
-    # at 0.8 of it, the watchdog at 1.0; within 0.5 s to 37.5 s), so a stalled network is noticed within two intervals.
+    # A poll that takes longer than an interval is already late: the client cuts it within one interval
+    # (statement_timeout at 0.8 of it, the watchdog at 0.9; within 0.45 s to 33.75 s), so a stalled network is noticed
+    # within two intervals with a tenth of one to spare.
     statement_timeout = max(0.4, min(0.8 * config.interval, 30.0))
     db = Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
     daemon = Daemon(

@@ -89,6 +89,7 @@ class PgparentCollector(Collector):
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
         self._rendered: tuple[Published, bytes] | None = None
+        self._render_lock = threading.Lock()
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -102,14 +103,19 @@ class PgparentCollector(Collector):
         """The text exposition of the latest publish, rendered once and shared by every scrape until the next.
 
         Counters only move inside a poll cycle, which ends with a publish, so the cache is never staler than the
-        snapshot it describes; scrapes then cost a memory copy however many scrapers there are.
+        snapshot it describes; scrapes then cost a memory copy however many scrapers there are. One scraper renders
+        while the others wait for its result: concurrent scrapes after a publish never render the same text twice.
         """
-        latest, cached = self.latest, self._rendered
-        if cached is not None and cached[0] is latest:
+        cached = self._rendered
+        if cached is not None and cached[0] is self.latest:
             return cached[1]
-        body = generate_latest(self._registry)
-        self._rendered = (latest, body)
-        return body
+        with self._render_lock:
+            latest, cached = self.latest, self._rendered
+            if cached is not None and cached[0] is latest:
+                return cached[1]
+            body = generate_latest(self._registry)
+            self._rendered = (latest, body)
+            return body
 
     def collect(self) -> Iterator[Metric]:
         p = self.latest

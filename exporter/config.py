@@ -17,6 +17,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from exporter.errors import ConfigInvalid
 
 DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
+MAX_COUNT = 2**31 - 1
+"""Upper bound of counts (sessions, groups, signals): far above any max_connections, and exact as a float."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -27,7 +29,12 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 10m or 1h30m, got a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"duration must be a finite number of seconds >= 0, got a {len(str(value))}-digit number"
+            ) from None
     elif isinstance(value, str):
         text = value.strip()
         try:
@@ -58,14 +65,14 @@ Action = Literal["terminate", "cancel", "log"]
 class StrictModel(BaseModel):
     """Unknown keys are errors; loaded values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Grouping(StrictModel):
     """How a session's parent tag is read from its application_name."""
 
     pattern: str = DEFAULT_PATTERN
-    max_groups: int = Field(500, ge=1)
+    max_groups: int = Field(500, ge=1, le=MAX_COUNT)
 
     @field_validator("pattern")
     @classmethod
@@ -88,7 +95,7 @@ class Protect(StrictModel):
 
 
 class Limits(StrictModel):
-    max_terminations_per_cycle: int = Field(100, ge=1)
+    max_terminations_per_cycle: int = Field(100, ge=1, le=MAX_COUNT)
 
 
 LOCK_KEY = int.from_bytes(b"pgparent", "big")
@@ -125,8 +132,8 @@ class Rule(StrictModel):
 
     name: str = Field(min_length=1, max_length=100)
     match: Match = Match()
-    max_sessions: int | None = Field(None, ge=0)
-    max_active_sessions: int | None = Field(None, ge=0)
+    max_sessions: int | None = Field(None, ge=0, le=MAX_COUNT)
+    max_active_sessions: int | None = Field(None, ge=0, le=MAX_COUNT)
     max_query_duration: Duration | None = None
     max_transaction_duration: Duration | None = None
     max_idle_in_transaction: Duration | None = None
@@ -181,6 +188,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)

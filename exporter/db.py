@@ -181,7 +181,7 @@ class Database:
     state (the leader lock) belongs to one generation.
     """
 
-    DEADLINE_FACTOR = 1.25
+    DEADLINE_FACTOR = 1.125
     """The client gives up on the server at this multiple of statement_timeout."""
 
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:

@@ -43,6 +43,7 @@ REQUEST_TIMEOUT = 10.0
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of scrapers queues instead of being dropped (default 5)
     render: Callable[[], bytes]
     healthy: Callable[[], bool]
     tls: ssl.SSLContext | None = None

@@ -26,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
 
 T = TypeVar("T")
+HTTP_TIMEOUT = 30.0
+"""Seconds a test waits for the daemon to answer: generous, since CI machines are shared; a hang still fails."""
 
 
 def eventually(fn: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
@@ -283,7 +285,7 @@ class DaemonProcess:
             token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(request, timeout=5, context=self.tls) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT, context=self.tls) as resp:  # noqa: S310 - loopback
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

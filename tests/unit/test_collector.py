@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
 from exporter.collector import Counters, PgparentCollector, Published
@@ -83,3 +86,32 @@ def test_render_is_cached_per_publish() -> None:
     collector.publish(Published(up=True, grouped=grouped("A:1", "B:2")))
     second = collector.render()
     assert second is not first and b'parent="B:2"' in second and b'parent="B:2"' not in first
+
+
+def test_concurrent_scrapes_after_a_publish_render_once() -> None:
+    """Scrapers arriving together after a publish wait for one rendering instead of each rendering the same text."""
+    collector = PgparentCollector(Counters())
+    collector.publish(Published(up=True, grouped=grouped(*(f"G:{n}" for n in range(300)))))
+    renders: list[int] = []
+    real = collector._families
+
+    def counted(p: Published) -> list[Metric]:
+        renders.append(1)
+        time.sleep(0.05)  # a slow rendering: every other scraper arrives while it runs
+        return real(p)
+
+    collector._families = counted  # type: ignore[method-assign]
+    start = threading.Barrier(20)
+    bodies: list[bytes] = []
+
+    def scrape() -> None:
+        start.wait()
+        bodies.append(collector.render())
+
+    threads = [threading.Thread(target=scrape) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(renders) == 1
+    assert len(bodies) == 20 and all(b is bodies[0] for b in bodies)

@@ -2,45 +2,126 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from exporter.cli import main
-from exporter.config import Config, load_config, parse_duration
+from exporter.config import DEFAULT_PATTERN, Config, describe, load_config, parse_config, parse_duration
 from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]
+HUGE = "9" * 400
+"""An integer YAML reads exactly and float() cannot hold."""
+
+
+# --- durations ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30), ("10m", 600), ("1h30m", 5400), ("2d", 172800), ("1.5s", 1.5), ("7", 7), (3, 3),
-     (0.25, 0.25), ("0s", 0)],
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("10m", 600),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1.5s", 1.5),
+        ("1.5h", 5400),
+        ("1m30s500ms", 90.5),
+        ("1d2h3m4s", 93784),
+        ("7", 7),
+        ("2.5", 2.5),
+        (" 30s ", 30),
+        (3, 3),
+        (0.25, 0.25),
+        (0, 0),
+        ("0s", 0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     """Durations accept units ms, s, m, h, d in sequence, or a number of seconds."""
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "10x", "1h 30m", "-5s", "-1", True, None, [1], "s10", "nan", "inf"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "   ",
+        "abc",
+        "10x",
+        "5S",
+        "1h 30m",
+        "1 h",
+        "30s ago",
+        "s10",
+        ".5s",
+        "-5s",
+        "-1",
+        -1,
+        -0.5,
+        "nan",
+        "inf",
+        "-inf",
+        float("nan"),
+        float("inf"),
+        True,
+        False,
+        None,
+        [1],
+        {"s": 1},
+        b"30s",
+    ],
+)
 def test_bad_durations(bad: object) -> None:
-    """Garbage, negatives, booleans and non-finite values are rejected."""
-    with pytest.raises(ValueError):
+    """Garbage, spaces between parts, negatives, booleans, non-finite values and non-scalars are rejected."""
+    with pytest.raises(ValueError, match=r"duration"):
         parse_duration(bad)
+
+
+def test_bad_duration_message_shows_the_syntax() -> None:
+    """A rejected duration string names the value and the accepted units."""
+    with pytest.raises(ValueError) as caught:
+        parse_duration("1h 30m")
+    assert "'1h 30m'" in str(caught.value) and "ms, s, m, h, d" in str(caught.value)
+
+
+def test_huge_integer_duration_is_a_value_error() -> None:
+    """An integer too large for a float is a ValueError like any other bad duration."""
+    with pytest.raises(ValueError, match=r"duration"):
+        parse_duration(int(HUGE))
+
+
+# --- the example file --------------------------------------------------------------------------------------------
 
 
 def test_example_rules_yaml_loads() -> None:
     """The documented rules.yaml is valid and has the rules it documents."""
     config = load_config(REPO / "rules.yaml")
     assert [r.name for r in config.rules] == ["runaway-1001", "oversized", "stuck-transactions"]
-    assert config.interval == 5 and config.rules[0].max_query_duration == 600
-    assert config.rules[2].for_ == 60 and config.rules[2].action == "log"
+    assert config.interval == 5 and config.dry_run is False
+    assert config.grouping.pattern == DEFAULT_PATTERN and config.grouping.max_groups == 500
+    assert config.protect.users == ("azuresu", "replication")
+    assert config.protect.databases == ("azure_maintenance", "azure_sys")
+    assert config.protect.applications == ("pg_dump", "pg_basebackup", "pg_restore", "pgparent")
+    assert config.limits.max_terminations_per_cycle == 100
+    runaway, oversized, stuck = config.rules
+    assert runaway.match.parent == "FakeParent:1001" and runaway.conditions() == {"max_query_duration": 600}
+    assert runaway.for_ == 0 and runaway.action == "terminate"
+    assert oversized.match.parent == "*" and oversized.conditions() == {"max_sessions": 20}
+    assert oversized.action == "terminate"
+    assert stuck.match.parent == "etl:*" and stuck.conditions() == {"max_idle_in_transaction": 900}
+    assert stuck.for_ == 60 and stuck.action == "log"
+
+
+# --- error reports -----------------------------------------------------------------------------------------------
 
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "rules.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -50,9 +131,32 @@ def errors_of(path: Path) -> list[str]:
     return caught.value.errors
 
 
+def test_two_bad_fields_in_two_rules_give_two_lines(tmp_path: Path) -> None:
+    """A bad duration in one rule and a bad action in another are both reported, one exact line each."""
+    path = write(
+        tmp_path,
+        """
+rules:
+  - name: a
+    max_query_duration: 10 minutes
+    action: terminate
+  - name: b
+    max_sessions: 1
+    action: explode
+""",
+    )
+    assert errors_of(path) == [
+        f"{path}: rules.0.max_query_duration: invalid duration '10 minutes': use a number of seconds or units "
+        "ms, s, m, h, d (e.g. 500ms, 1h30m)",
+        f"{path}: rules.1.action: Input should be 'terminate', 'cancel' or 'log'",
+    ]
+
+
 def test_every_error_at_once_with_dotted_paths(tmp_path: Path) -> None:
     """Several problems in several places are all reported, each as FILE: dotted.path: message."""
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 interval: fast
 grouping: {pattern: '^(?P<tag>.*)', colour: red}
 rules:
@@ -64,45 +168,180 @@ rules:
     action: explode
   - name: c
     action: log
-""")
+""",
+    )
     errors = errors_of(path)
     paths = [e.split(": ")[1] for e in errors]
     assert all(e.startswith(f"{path}: ") for e in errors)
-    assert paths == ["interval", "grouping.pattern", "grouping.colour", "rules.0.max_query_duration",
-                     "rules.1.action", "rules.2"]
+    assert paths == [
+        "interval",
+        "grouping.pattern",
+        "grouping.colour",
+        "rules.0.max_query_duration",
+        "rules.1.action",
+        "rules.2",
+    ]
     assert "named group 'parent'" in errors[1]
     assert "at least one condition" in errors[5]
 
 
 @pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("bogus: 1\n", "bogus"),
+        ("grouping: {bogus: 1}\n", "grouping.bogus"),
+        ("protect: {bogus: [x]}\n", "protect.bogus"),
+        ("limits: {bogus: 1}\n", "limits.bogus"),
+        ("leader_election: {bogus: 1}\n", "leader_election.bogus"),
+        ("rules: [{name: a, max_sessions: 1, bogus: 1}]\n", "rules.0.bogus"),
+        ("rules: [{name: a, max_sessions: 1, match: {parent: x, host: y}}]\n", "rules.0.match.host"),
+    ],
+)
+def test_unknown_keys_rejected_at_every_level(tmp_path: Path, text: str, where: str) -> None:
+    """An unknown key is an error wherever it appears, named by its full dotted path."""
+    path = write(tmp_path, text)
+    assert errors_of(path) == [f"{path}: {where}: Extra inputs are not permitted"]
+
+
+def test_key_that_is_not_a_word_is_quoted_on_one_line(tmp_path: Path) -> None:
+    """A typo'd key holding spaces or a newline is JSON-quoted, so the error stays one parseable line."""
+    path = write(tmp_path, '"bad key\\nx": 1\n')  # a double-quoted YAML key: a real newline
+    (error,) = errors_of(path)
+    assert error == f'{path}: "bad key\\nx": Extra inputs are not permitted'
+    assert "\n" not in error
+
+
+def test_for_is_the_yaml_name_of_the_delay(tmp_path: Path) -> None:
+    """`for:` sets a rule's delay, its errors are reported under `for`, and it defaults to 0."""
+    config = load_config(
+        write(tmp_path, "rules: [{name: a, max_sessions: 1, for: 1m30s}, {name: b, max_sessions: 1}]\n")
+    )
+    assert [r.for_ for r in config.rules] == [90, 0]
+    path = write(tmp_path, "rules: [{name: a, max_sessions: 1, for: soon}]\n")
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: rules.0.for: invalid duration 'soon'")
+
+
+def test_python_field_name_for_underscore_is_an_unknown_key(tmp_path: Path) -> None:
+    """`for_` is not a key of the file format (README: `rules[].for`), so it is rejected like any unknown key."""
+    path = write(tmp_path, "rules: [{name: a, max_sessions: 1, for_: 5}]\n")
+    assert errors_of(path) == [f"{path}: rules.0.for_: Extra inputs are not permitted"]
+
+
+@pytest.mark.parametrize(
     ("text", "where", "says"),
     [
-        ("bogus: 1\n", "bogus", "Extra inputs"),
         ("limits: {max_terminations_per_cycle: 0}\n", "limits.max_terminations_per_cycle", "greater than or equal"),
-        ("rules: [{name: a, max_sessions: 1}, {name: a, max_sessions: 2}]\n", "rules", "used twice"),
-        ("rules: [{name: a, max_sessions: 1, match: {parent: x, host: y}}]\n", "rules.0.match.host", "Extra"),
+        ("grouping: {max_groups: 0}\n", "grouping.max_groups", "greater than or equal to 1"),
+        ("rules: [{name: a, max_sessions: 1}, {name: a, max_sessions: 2}]\n", "rules", "'a' is used twice"),
+        ("rules: [{name: a, max_sessions: -1}]\n", "rules.0.max_sessions", "greater than or equal to 0"),
+        ("rules: [{name: a, max_query_duration: yes}]\n", "rules.0.max_query_duration", "boolean"),
+        ("rules: [{name: '', max_sessions: 1}]\n", "rules.0.name", "at least 1 character"),
+        ("rules: [{max_sessions: 1}]\n", "rules.0.name", "Field required"),
+        ("rules: [{name: a}]\n", "rules.0", "at least one condition"),
+        ("grouping: {pattern: '^(?P<tag>[^:]+)'}\n", "grouping.pattern", "named group 'parent'"),
         ("grouping: {pattern: '(?P<parent>'}\n", "grouping.pattern", "not a valid regular expression"),
         ("interval: 10ms\n", "interval", "at least 100ms"),
-        ("- a\n- b\n", "(root)", "must be a mapping"),
-        ("interval: 1s\ninterval: 2s\n", "(yaml)", "duplicate key 'interval'"),
-        ("rules: [\n", "(yaml)", "line"),
+        ("protect: {users: azuresu}\n", "protect.users", "valid tuple"),
+        ("- a\n- b\n", "(root)", "must be a mapping of settings, got list"),
+        ("just words\n", "(root)", "must be a mapping of settings, got str"),
+        ("42\n", "(root)", "must be a mapping of settings, got int"),
+        ("interval: 1s\ninterval: 2s\n", "(yaml)", "duplicate key 'interval' at line 2, column 1"),
+        (
+            "rules:\n  - name: a\n    max_sessions: 1\n    action: log\n    action: terminate\n",
+            "(yaml)",
+            "duplicate key 'action' at line 5, column 5",
+        ),
+        ("interval: 5s\nrules:\n  - name: a\n    max_sessions: [1\n", "(yaml)", "at line 5, column 1"),
+        ("interval: 5s\n  bad: 1\n", "(yaml)", "mapping values are not allowed here at line 2, column 6"),
+        ("!!python/object/apply:os.system ['true']\n", "(yaml)", "could not determine a constructor"),
     ],
 )
 def test_specific_errors(tmp_path: Path, text: str, where: str, says: str) -> None:
-    """Unknown keys, bad values, duplicates and YAML errors each name their place and reason."""
-    (error,) = errors_of(write(tmp_path, text))
-    assert error.split(": ")[1] == where and says in error
+    """Bad values, duplicates, bad regexes, non-mapping roots and YAML errors each name their place and reason."""
+    path = write(tmp_path, text)
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: {where}: ") and says in error, error
 
 
-def test_empty_file_means_defaults(tmp_path: Path) -> None:
-    """An empty file is the defaults: 5 s interval, no rules."""
-    assert load_config(write(tmp_path, "")) == Config()
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "~\n", "---\n"])
+def test_empty_file_means_defaults(tmp_path: Path, text: str) -> None:
+    """An empty (or comment-only, or null) file is the defaults: 5 s interval, default pattern, no rules."""
+    config = load_config(write(tmp_path, text))
+    assert config == Config()
+    assert config.interval == 5 and config.rules == () and config.grouping.pattern == DEFAULT_PATTERN
 
 
 def test_missing_file(tmp_path: Path) -> None:
     """A missing file is one clear error, not a traceback."""
-    assert errors_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: (file): cannot read: No such file or "
-                                                  "directory"]
+    missing = tmp_path / "nope.yaml"
+    assert errors_of(missing) == [f"{missing}: (file): cannot read: No such file or directory"]
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    """A path that is a directory is reported as unreadable."""
+    assert errors_of(tmp_path) == [f"{tmp_path}: (file): cannot read: Is a directory"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_without_read_permission(tmp_path: Path) -> None:
+    """A file the process may not read is reported as unreadable."""
+    path = write(tmp_path, "interval: 5s\n")
+    path.chmod(0)
+    assert errors_of(path) == [f"{path}: (file): cannot read: Permission denied"]
+
+
+def test_non_utf8_file_is_unreadable(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are one (file) error."""
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"interval: \xff\xfe5s\n")
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: (file): cannot read: ") and "utf-8" in error
+
+
+def test_unhashable_yaml_key_is_reported(tmp_path: Path) -> None:
+    """A complex (list) mapping key is a (yaml) error, as PyYAML's own safe loader reports it, not a TypeError."""
+    path = write(tmp_path, "? [a, b]\n: 1\n")
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: (yaml): ")
+
+
+def test_huge_integer_interval_is_reported(tmp_path: Path) -> None:
+    """`interval: <400 digits>` is a validation error of `interval`, not an OverflowError."""
+    path = write(tmp_path, f"interval: {HUGE}\n")
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: interval: ")
+
+
+def test_huge_max_sessions_is_reported_or_usable(tmp_path: Path) -> None:
+    """A max_sessions too large for a float is rejected at load, or else the loaded rule can be described."""
+    path = write(tmp_path, f"rules: [{{name: a, max_sessions: {HUGE}}}]\n")
+    try:
+        config = load_config(path)
+    except ConfigInvalid as exc:
+        assert exc.errors[0].startswith(f"{path}: rules.0.max_sessions: ")
+    else:
+        assert "a: parent=*" in "\n".join(describe(config))
+
+
+def test_parse_config_labels_errors_with_its_source() -> None:
+    """parse_config reports under the source name it is given, and rejects a non-mapping root."""
+    with pytest.raises(ConfigInvalid) as caught:
+        parse_config({"interval": "x", "dry_run": "maybe"}, "inline")
+    assert [e.split(": ")[:2] for e in caught.value.errors] == [["inline", "interval"], ["inline", "dry_run"]]
+    with pytest.raises(ConfigInvalid) as caught:
+        parse_config([1, 2], "inline")
+    assert caught.value.errors == ["inline: (root): must be a mapping of settings, got list"]
+
+
+def test_loaded_config_is_frozen(tmp_path: Path) -> None:
+    """A loaded config cannot be changed in place (it is shared across threads and swapped whole)."""
+    config = load_config(REPO / "rules.yaml")
+    with pytest.raises(ValueError, match="frozen"):
+        config.interval = 1.0  # type: ignore[misc]
+
+
+# --- pgparent check ----------------------------------------------------------------------------------------------
 
 
 def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,3 +353,62 @@ def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["check", "--config.file", str(bad)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith(f"{bad}: ") for line in err)
+
+
+def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pgparent check` on rules.yaml prints ok and one line per setting and per rule, on stdout only."""
+    path = str(REPO / "rules.yaml")
+    assert main(["check", "--config.file", path]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{path}: ok",
+        "interval 5s, dry_run false, max_groups 500, max_terminations_per_cycle 100",
+        f"grouping pattern {DEFAULT_PATTERN}",
+        "3 rule(s):",
+        "  - runaway-1001: parent=FakeParent:1001: max_query_duration > 600 -> terminate",
+        "  - oversized: parent=*: max_sessions > 20 -> terminate",
+        "  - stuck-transactions: parent=etl:*: max_idle_in_transaction > 900 for 60s -> log",
+    ]
+    assert err == ""
+
+
+def test_check_marks_dry_run_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary marks a rule that only audits, and lists match.database/user."""
+    path = write(tmp_path, "rules: [{name: a, match: {parent: 'x:*', user: bob}, max_sessions: 1, dry_run: true}]\n")
+    assert main(["check", "--config.file", str(path)]) == 0
+    assert "  - a: parent=x:*, user=bob: max_sessions > 1 -> log (dry run)" in capsys.readouterr().out
+
+
+def test_check_reports_every_error_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid file exits 2 with exactly its error lines on stderr, nothing on stdout, and no traceback."""
+    path = write(
+        tmp_path,
+        "interval: fast\nbogus: 1\nrules:\n  - {name: a, max_query_duration: 10 minutes}\n"
+        "  - {name: b, max_sessions: 1, action: explode}\n",
+    )
+    expected = errors_of(path)
+    assert main(["check", "--config.file", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == expected
+    assert [line.split(": ")[1] for line in expected] == [
+        "interval",
+        "rules.0.max_query_duration",
+        "rules.1.action",
+        "bogus",
+    ]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", [None, "rules: [\n", "- a\n"])
+def test_check_unreadable_or_broken_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None
+) -> None:
+    """A missing file, a YAML syntax error and a non-mapping root each exit 2 with one line on stderr."""
+    path = tmp_path / "rules.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert main(["check", "--config.file", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith(f"{path}: (")
+    assert "Traceback" not in err
