@@ -16,7 +16,6 @@ The scenario gives every dashboard panel something to show:
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import time
@@ -182,10 +181,6 @@ class LiveStack:
     def expr(self, target: Target, rate_interval: str = "15s") -> str:
         """The target's query as Grafana would send it with this job and instance selected."""
         return substitute(target.expr, job=JOB, instance=self.instance, rate_interval=rate_interval, literal=True)
-
-    def exports(self, metric: str) -> bool:
-        """True if the daemon's /metrics has a sample of `metric` right now."""
-        return re.search(rf"^{re.escape(metric)}[ {{]", self.daemon.metrics(), re.MULTILINE) is not None
 
 
 def _roles(server: Server) -> tuple[str, str]:

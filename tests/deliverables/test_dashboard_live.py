@@ -14,9 +14,6 @@ from tests.support import Server, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-LEADER = "pgparent_leader"
-"""Added by a change in progress: until the daemon exports it, only the targets that query it may come back empty."""
-
 
 @pytest.fixture(scope="module")
 def stack(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
@@ -41,21 +38,12 @@ def _instant(stack: LiveStack, title: str, ref: str = "A") -> list[dict[str, str
 def test_every_panel_target_returns_series(stack: LiveStack) -> None:
     """Every panel query, as Grafana sends it for this job and instance, returns series over the last minute."""
     end = time.time()
-    leader_exported = stack.exports(LEADER)
     empty: list[str] = []
-    allowed_empty: list[str] = []
     for target in targets(load_dashboard()):
         series = stack.prometheus.query_range(stack.expr(target), start=end - 60, end=end, step=2)
-        if series and all(s["values"] for s in series):
-            continue
-        # pgparent_leader is being added to the daemon by another change. Until /metrics has it, its target (in the
-        # "pgparent up and leader" panel) cannot have data; once the daemon exports it, it must, like every other.
-        if LEADER in target.expr and not leader_exported:
-            allowed_empty.append(target.name)
-        else:
+        if not series or not all(s["values"] for s in series):
             empty.append(f"{target.name}: {stack.expr(target)}")
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
-    assert len(allowed_empty) == (0 if leader_exported else 1), allowed_empty
 
 
 def test_panels_show_the_scenario(stack: LiveStack) -> None:
