@@ -106,16 +106,11 @@ class PgparentCollector(Collector):
         snapshot it describes; scrapes then cost a memory copy however many scrapers there are. One scraper renders
         while the others wait for its result: concurrent scrapes after a publish never render the same text twice.
         """
-        cached = self._rendered
-        if cached is not None and cached[0] is self.latest:
-            return cached[1]
         with self._render_lock:
             latest, cached = self.latest, self._rendered
-            if cached is not None and cached[0] is latest:
-                return cached[1]
-            body = generate_latest(self._registry)
-            self._rendered = (latest, body)
-            return body
+            if cached is None or cached[0] is not latest:
+                cached = self._rendered = (latest, generate_latest(self._registry))
+            return cached[1]
 
     def collect(self) -> Iterator[Metric]:
         p = self.latest

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from datetime import datetime
 
 from exporter.model import Group, Grouped, Session, Snapshot, Stats
 
@@ -19,11 +17,6 @@ def parent_of(application_name: str, pattern: re.Pattern[str]) -> str | None:
         return None
     parent = found.group("parent")
     return parent or None
-
-
-def stats(sessions: Iterable[Session], now: datetime) -> Stats:
-    """Counts by state and the longest query, transaction, idle-in-transaction spell and session age."""
-    return Stats.of(sessions, now)
 
 
 def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:

@@ -92,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         auth = self.server.auth
-        if auth is None or not auth.enabled:
+        if auth is None:
             return True
         scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "basic":
@@ -144,7 +144,7 @@ class MetricsServer:
         self._server.render = render
         self._server.healthy = healthy
         self._server.tls = tls
-        self._server.auth = BasicAuth(web.basic_auth_users) if web is not None else None
+        self._server.auth = BasicAuth(web.basic_auth_users) if web is not None and web.basic_auth_users else None
         self._server.extra_headers = dict(web.http_server_config.headers) if web is not None else {}
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
@@ -156,7 +156,7 @@ class MetricsServer:
 
     @property
     def basic_auth(self) -> bool:
-        return self._server.auth is not None and self._server.auth.enabled
+        return self._server.auth is not None
 
     @property
     def port(self) -> int:

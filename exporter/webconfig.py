@@ -27,6 +27,7 @@ import bcrypt
 from pydantic import Field, field_validator, model_validator
 
 from exporter.config import StrictModel, load_yaml, parse_model
+from exporter.errors import ConfigInvalid
 
 ClientAuth = Literal[
     "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
@@ -91,15 +92,11 @@ def load_web_config(path: str | Path) -> tuple[WebConfig, ssl.SSLContext | None]
         context.maximum_version = _VERSIONS[tls.max_version]
         context.load_cert_chain(resolve(tls.cert_file), resolve(tls.key_file))
     except (OSError, ssl.SSLError) as exc:
-        from exporter.errors import ConfigInvalid
-
         raise ConfigInvalid([f"{source}: tls_server_config: cannot load cert_file/key_file: {exc}"]) from None
     if tls.client_ca_file:
         try:
             context.load_verify_locations(resolve(tls.client_ca_file))
         except (OSError, ssl.SSLError) as exc:
-            from exporter.errors import ConfigInvalid
-
             raise ConfigInvalid([f"{source}: tls_server_config.client_ca_file: cannot load: {exc}"]) from None
         # Python's ssl verifies whatever client certificate it accepts: "Request"/"Any" behave as "VerifyIfGiven"/
         # "RequireAndVerify" against client_ca_file.
@@ -116,10 +113,6 @@ class BasicAuth:
         self._users = {u: h.encode() for u, h in users.items()}
         self._passed: set[bytes] = set()
         self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._users)
 
     def check(self, user: str, password: str) -> bool:
         hashed = self._users.get(user)

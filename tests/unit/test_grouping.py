@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from exporter.config import DEFAULT_PATTERN
-from exporter.grouping import group, parent_of, stats, top_groups
-from exporter.model import KNOWN_STATES
+from exporter.grouping import group, parent_of, top_groups
+from exporter.model import KNOWN_STATES, Stats
 from tests.unit.factory import NOW, session, snapshot
 
 DEFAULT = re.compile(DEFAULT_PATTERN)
@@ -80,7 +80,7 @@ def test_stats_by_state_and_durations() -> None:
         session("g:1", state="idle in transaction", query_age=70, xact_age=80, idle_since=60, age=90),
         session("g:1", state=None, query_age=None, age=None),
     ]
-    st = stats(rows, NOW)
+    st = Stats.of(rows, NOW)
     assert st.sessions == 5
     assert st.by_state == {
         "active": 2,
@@ -105,13 +105,13 @@ def test_waiting_counts_only_active_sessions_on_a_lock() -> None:
         session("g:1", state="idle in transaction", wait="Lock", idle_since=1),
         session("g:1", state="idle", wait="Client"),
     ]
-    st = stats(rows, NOW)
+    st = Stats.of(rows, NOW)
     assert st.active == 3 and st.waiting == 1
 
 
 def test_fastpath_function_call_is_active() -> None:
     """A 'fastpath function call' runs a query: it counts as active and its query is measured."""
-    st = stats([session("g:1", state="fastpath function call", query_age=42)], NOW)
+    st = Stats.of([session("g:1", state="fastpath function call", query_age=42)], NOW)
     assert st.active == 1 and st.max_query_duration == 42
     assert st.by_state["fastpath function call"] == 1
 
@@ -125,8 +125,8 @@ def test_longest_query_is_over_active_sessions_only() -> None:
         session("g:1", state="active", query_age=12.5),
         session("g:1", state="active", query_age=None),
     ]
-    assert stats(rows, NOW).max_query_duration == 12.5
-    assert stats(rows[:3], NOW).max_query_duration == 0
+    assert Stats.of(rows, NOW).max_query_duration == 12.5
+    assert Stats.of(rows[:3], NOW).max_query_duration == 0
 
 
 def test_longest_transaction_is_over_every_session() -> None:
@@ -136,7 +136,7 @@ def test_longest_transaction_is_over_every_session() -> None:
         session("g:1", state="idle in transaction", xact_age=120, idle_since=100),
         session("g:1", state="idle", xact_age=None),
     ]
-    assert stats(rows, NOW).max_transaction_duration == 120
+    assert Stats.of(rows, NOW).max_transaction_duration == 120
 
 
 def test_idle_in_transaction_is_measured_from_state_change() -> None:
@@ -147,7 +147,7 @@ def test_idle_in_transaction_is_measured_from_state_change() -> None:
         session("g:1", state="idle", idle_since=999),
         session("g:1", state="active", idle_since=888),
     ]
-    st = stats(rows, NOW)
+    st = Stats.of(rows, NOW)
     assert st.max_idle_in_transaction == 45
     assert st.by_state["idle in transaction"] == 1 and st.by_state["idle in transaction (aborted)"] == 1
 
@@ -155,19 +155,19 @@ def test_idle_in_transaction_is_measured_from_state_change() -> None:
 def test_age_is_from_the_oldest_backend_start() -> None:
     """The group's age is the time since its oldest session started; a hidden backend_start is skipped."""
     rows = [session("g:1", age=5), session("g:1", age=3600), session("g:1", age=None, state=None)]
-    assert stats(rows, NOW).age == 3600
+    assert Stats.of(rows, NOW).age == 3600
 
 
 def test_times_after_now_count_as_zero() -> None:
     """A timestamp after the snapshot's now (clock skew) gives a duration of 0, never a negative one."""
     rows = [session("g:1", query_age=-5, xact_age=-5, age=-5)]
-    st = stats(rows, NOW)
+    st = Stats.of(rows, NOW)
     assert (st.max_query_duration, st.max_transaction_duration, st.age) == (0, 0, 0)
 
 
 def test_empty_stats_are_zero() -> None:
     """No sessions: zero counts and zero durations, every known state present."""
-    st = stats([], NOW)
+    st = Stats.of([], NOW)
     assert st.sessions == 0 and st.active == 0 and st.waiting == 0
     assert st.max_query_duration == 0 and st.max_transaction_duration == 0
     assert st.max_idle_in_transaction == 0 and st.age == 0
