@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -283,12 +287,41 @@ def test_directory_is_unreadable(tmp_path: Path) -> None:
     assert errors_of(tmp_path) == [f"{tmp_path}: (file): cannot read: Is a directory"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_file_without_read_permission(tmp_path: Path) -> None:
+def _errors_as(user: str, path: Path) -> list[str]:
+    """errors_of(path) in a forked child running as `user` (root reads any file whatever its mode)."""
+    account = pwd.getpwnam(user)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, load, report, and leave without running pytest's teardown
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            os.write(write_fd, json.dumps(errors_of(path)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        out = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed before reporting"
+    result: list[str] = json.loads(out)
+    return result
+
+
+def test_file_without_read_permission() -> None:
     """A file the process may not read is reported as unreadable."""
-    path = write(tmp_path, "interval: 5s\n")
-    path.chmod(0)
-    assert errors_of(path) == [f"{path}: (file): cannot read: Permission denied"]
+    folder = Path(tempfile.mkdtemp(prefix="pgparent-perm-"))  # world-searchable, unlike pytest's tmp_path
+    try:
+        folder.chmod(0o755)
+        path = write(folder, "interval: 5s\n")
+        path.chmod(0)
+        errors = _errors_as("nobody", path) if os.geteuid() == 0 else errors_of(path)
+        assert errors == [f"{path}: (file): cannot read: Permission denied"]
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_non_utf8_file_is_unreadable(tmp_path: Path) -> None:
