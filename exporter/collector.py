@@ -135,6 +135,7 @@ class PgparentCollector(Collector):
                 "pgparent_poll_duration_seconds", "Duration of the last poll cycle.", value=p.poll_duration
             ),
             GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=p.interval),
+            CounterMetricFamily("pgparent_polls", "Poll cycles completed, successful or not.", value=c.get("polls")),
             CounterMetricFamily("pgparent_poll_errors", "Polls that failed.", value=c.get("poll_errors")),
             GaugeMetricFamily(
                 "pgparent_config_last_reload_successful",

@@ -189,6 +189,7 @@ class Daemon:
                 self._reload_requested = False
                 self.reload()
             self.cycle()
+            self.counters.inc("polls")
             self._last_tick = time.monotonic()
             next_run += self.config.interval
             now = time.monotonic()
