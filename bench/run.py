@@ -31,7 +31,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from exporter.collector import Counters, PgparentCollector, Published  # noqa: E402
+from exporter.collector import PgparentCollector, Published  # noqa: E402
 from exporter.config import load_config  # noqa: E402
 from exporter.daemon import gc_paused  # noqa: E402
 from exporter.db import Database  # noqa: E402
@@ -141,7 +141,7 @@ def measure_size(n: int, dsn: str, rounds: int, pgp: tuple[subprocess.Popen[byte
     """One N: floor, poll cycle, /metrics of both exporters, postgres_exporter CPU per scrape, both RSS."""
     config = load_config(REPO / "rules.yaml")
     db = Database(dsn)
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     floor: list[float] = []
     poll: list[float] = []
     ours: list[float] = []

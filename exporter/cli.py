@@ -192,10 +192,11 @@ def cmd_groups(args: argparse.Namespace) -> int:
 def cmd_terminate(args: argparse.Namespace) -> int:
     from exporter.collector import Counters
     from exporter.enforcer import enforce
-    from exporter.policy import Signal, manual
+    from exporter.model import SignalAction
+    from exporter.policy import manual
 
     config = _config(args.config_file)
-    action: Signal = "cancel" if args.cancel else "terminate"
+    action: SignalAction = "cancel" if args.cancel else "terminate"
     db = Database(resolve_dsn(args.dsn, args.dsn_file))
     try:
         snapshot = db.snapshot()

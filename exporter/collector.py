@@ -10,7 +10,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client import Counter, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -21,25 +22,36 @@ from exporter.model import KNOWN_STATES, Group, Grouped
 
 log = get_logger(__name__)
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters here start with the process, which `up` already says
+
 
 class Counters:
-    """Monotonic counters shared by the loop (writer) and scrapes (readers)."""
+    """The daemon's counters: prometheus_client metrics on a private registry, written by the loop, read by scrapes.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, tuple[str, ...]], float] = {}
+    Every counter incremented anywhere is one of these, so every one is exported.
+    """
 
-    def inc(self, name: str, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[(name, labels)] = self._values.get((name, labels), 0.0) + amount
-
-    def get(self, name: str, labels: tuple[str, ...] = ()) -> float:
-        with self._lock:
-            return self._values.get((name, labels), 0.0)
-
-    def items(self, name: str) -> list[tuple[tuple[str, ...], float]]:
-        with self._lock:
-            return sorted((labels, v) for (n, labels), v in self._values.items() if n == name)
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.polls = Counter("pgparent_polls", "Poll cycles completed, successful or not.", registry=r)
+        self.poll_errors = Counter("pgparent_poll_errors", "Polls that failed.", registry=r)
+        self.signalled = Counter(
+            "pgparent_signalled_sessions",
+            "Sessions signalled successfully, by rule and action (terminate or cancel).",
+            ["rule", "action"],
+            registry=r,
+        )
+        self.signal_failures = Counter(
+            "pgparent_signal_failures", "Signals not delivered, by rule and reason.", ["rule", "reason"], registry=r
+        )
+        self.deferred = Counter(
+            "pgparent_signals_deferred", "Signals postponed by max_terminations_per_cycle.", ["rule"], registry=r
+        )
+        self.scrape_errors = Counter(
+            "pgparent_scrape_errors", "Scrapes whose metrics could not be built (they reported pgparent_up 0).",
+            registry=r,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +95,17 @@ def _fold(groups: list[Group]) -> dict[str, float]:
 class PgparentCollector(Collector):
     """Yields pgparent's metrics from the latest published poll and the counters."""
 
-    def __init__(self, counters: Counters) -> None:
-        self.counters = counters
+    def __init__(self) -> None:
         self.latest = Published()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
+        self.counters = Counters(self._registry)
         self._rendered: tuple[Published, bytes] | None = None
         self._render_lock = threading.Lock()
 
     @property
     def registry(self) -> CollectorRegistry:
-        """A private registry holding only this collector (no process or platform collectors)."""
+        """A private registry holding only this collector and its counters (no process or platform collectors)."""
         return self._registry
 
     def publish(self, published: Published) -> None:
@@ -118,12 +130,11 @@ class PgparentCollector(Collector):
             families = self._families(p)
         except Exception:
             log.exception("collect_failed")
-            self.counters.inc("scrape_errors")
+            self.counters.scrape_errors.inc()
             families = [GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=0)]
         yield from families
 
     def _families(self, p: Published) -> list[Metric]:
-        c = self.counters
         fams: list[Metric] = [
             GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=int(p.up)),
             GaugeMetricFamily(
@@ -135,8 +146,6 @@ class PgparentCollector(Collector):
                 "pgparent_poll_duration_seconds", "Duration of the last poll cycle.", value=p.poll_duration
             ),
             GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=p.interval),
-            CounterMetricFamily("pgparent_polls", "Poll cycles completed, successful or not.", value=c.get("polls")),
-            CounterMetricFamily("pgparent_poll_errors", "Polls that failed.", value=c.get("poll_errors")),
             GaugeMetricFamily(
                 "pgparent_config_last_reload_successful",
                 "1 if the last config (re)load succeeded.",
@@ -172,23 +181,6 @@ class PgparentCollector(Collector):
         for rule, n in p.pending.items():
             pending.add_metric([rule], n)
         fams += [violating, pending]
-
-        terminated = CounterMetricFamily(
-            "pgparent_terminated_sessions", "Sessions signalled successfully.", labels=["rule", "action"]
-        )
-        for labels, v in c.items("terminated"):
-            terminated.add_metric(list(labels), v)
-        failures = CounterMetricFamily(
-            "pgparent_termination_failures", "Signals not delivered, by reason.", labels=["rule", "reason"]
-        )
-        for labels, v in c.items("failures"):
-            failures.add_metric(list(labels), v)
-        deferred = CounterMetricFamily(
-            "pgparent_signals_deferred", "Signals postponed by max_terminations_per_cycle.", labels=["rule"]
-        )
-        for labels, v in c.items("deferred"):
-            deferred.add_metric(list(labels), v)
-        fams += [terminated, failures, deferred]
 
         if p.up and p.grouped is not None:
             fams += self._group_families(p.grouped, p.max_groups)

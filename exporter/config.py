@@ -12,20 +12,48 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from exporter.conditions import CONDITIONS, NAMES
 from exporter.errors import ConfigInvalid
+from exporter.model import SignalAction
 
 DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
 MAX_COUNT = 2**31 - 1
 """Upper bound of counts (sessions, groups, signals): far above any max_connections, and exact as a float."""
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
+"""Units in the only order Prometheus accepts them: largest first, each at most once."""
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+
+
+def _parse_units(text: str) -> float | None:
+    """Seconds from `1h30m`-style text, units in descending order each at most once; None if it is not that."""
+    pos, seconds, last = 0, 0.0, -1
+    for part in _DURATION_PART.finditer(text):
+        rank = _UNITS.index(part.group(2))
+        if part.start() != pos or rank <= last:
+            return None
+        seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        pos, last = part.end(), rank
+    return seconds if text and pos == len(text) else None
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `30s`, `10m`, `1h30m`, `2d`, or a plain non-negative number of seconds."""
+    """Seconds from `500ms`, `30s`, `10m`, `1h30m`, `2d`, `1w`, or a plain non-negative number of seconds.
+
+    As in Prometheus, units go largest first and each at most once: `30s10m` and `1s1s` are errors.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 10m or 1h30m, got a boolean")
     if isinstance(value, int | float):
@@ -40,16 +68,13 @@ def parse_duration(value: object) -> float:
         try:
             seconds = float(text)
         except ValueError:
-            pos, seconds = 0, 0.0
-            for part in _DURATION_PART.finditer(text):
-                if part.start() != pos:
-                    break
-                seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
-                pos = part.end()
-            if pos != len(text) or not text:
+            parsed = _parse_units(text)
+            if parsed is None:
                 raise ValueError(
-                    f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d (e.g. 500ms, 1h30m)"
+                    f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d, w, y, largest "
+                    "first, each at most once (e.g. 500ms, 1h30m)"
                 ) from None
+            seconds = parsed
     else:
         raise ValueError(f"expected a duration such as 30s, 10m or 1h30m, got {type(value).__name__}")
     if seconds != seconds or seconds < 0 or seconds == float("inf"):
@@ -59,7 +84,8 @@ def parse_duration(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 M = TypeVar("M", bound=BaseModel)
-Action = Literal["terminate", "cancel", "log"]
+RuleAction = Literal[SignalAction, "log"]
+"""A rule signals its group's sessions, or only logs that it fires."""
 
 
 class StrictModel(BaseModel):
@@ -117,40 +143,34 @@ class Match(StrictModel):
     user: str | None = None
 
 
-CONDITIONS = (
-    "max_sessions",
-    "max_active_sessions",
-    "max_query_duration",
-    "max_transaction_duration",
-    "max_idle_in_transaction",
-    "max_group_age",
-)
+class _RuleBase(StrictModel):
+    """A group limit. It fires when any condition it sets is exceeded, for `for` seconds at every poll.
 
-
-class Rule(StrictModel):
-    """A group limit. It fires when any condition it sets is exceeded, for `for` seconds at every poll."""
+    The condition fields are added from `conditions.CONDITIONS` (see `Rule` below); read them with `conditions()`.
+    """
 
     name: str = Field(min_length=1, max_length=100)
     match: Match = Match()
-    max_sessions: int | None = Field(None, ge=0, le=MAX_COUNT)
-    max_active_sessions: int | None = Field(None, ge=0, le=MAX_COUNT)
-    max_query_duration: Duration | None = None
-    max_transaction_duration: Duration | None = None
-    max_idle_in_transaction: Duration | None = None
-    max_group_age: Duration | None = None
     for_: Duration = Field(0.0, alias="for")
-    action: Action = "log"
+    action: RuleAction = "log"
     dry_run: bool = False
 
     @model_validator(mode="after")
-    def _needs_a_condition(self) -> Rule:
-        if all(getattr(self, name) is None for name in CONDITIONS):
-            raise ValueError(f"a rule needs at least one condition: {', '.join(CONDITIONS)}")
+    def _needs_a_condition(self) -> _RuleBase:
+        if not self.conditions():
+            raise ValueError(f"a rule needs at least one condition: {', '.join(NAMES)}")
         return self
 
     def conditions(self) -> dict[str, float]:
-        """The conditions this rule sets, by name."""
-        return {name: float(value) for name in CONDITIONS if (value := getattr(self, name)) is not None}
+        """The conditions this rule sets, by name, in declaration order."""
+        return {name: float(value) for name in NAMES if (value := getattr(self, name)) is not None}
+
+
+_CONDITION_FIELDS: dict[str, Any] = {
+    c.name: (Duration | None, None) if c.kind == "duration" else (int | None, Field(None, ge=0, le=MAX_COUNT))
+    for c in CONDITIONS
+}
+Rule: type[_RuleBase] = create_model("Rule", __base__=_RuleBase, __module__=__name__, **_CONDITION_FIELDS)
 
 
 class Config(StrictModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import random
 import signal
 import ssl
 import threading
@@ -17,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from exporter.collector import Counters, PgparentCollector, Published
+from exporter.collector import PgparentCollector, Published
 from exporter.config import Config, load_config
 from exporter.db import Capabilities, Database
 from exporter.enforcer import enforce
@@ -53,18 +54,25 @@ def gc_paused() -> Iterator[None]:
 
 
 class Backoff:
-    """Exponential reconnect delay; constants on the class so tests can shrink them."""
+    """Exponential reconnect delay with jitter; constants on the class so tests can shrink them.
+
+    Each delay is drawn from [(1 - JITTER) * d, d] for the exponential step d, so replicas that lost the same server
+    at the same moment spread their reconnects instead of arriving in lockstep.
+    """
 
     BASE = 0.5
     FACTOR = 2.0
     MAX = 10.0
+    JITTER = 0.5
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None) -> None:
         self.failures = 0
         self.not_before = 0.0
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - spreading retries, not a secret
 
     def failed(self, now: float) -> float:
-        delay = min(self.BASE * self.FACTOR**self.failures, self.MAX)
+        step = min(self.BASE * self.FACTOR**self.failures, self.MAX)
+        delay = step * (1.0 - self.JITTER * self._rng.random())
         self.failures += 1
         self.not_before = now + delay
         return delay
@@ -95,8 +103,8 @@ class Daemon:
         self.db = db
         self.config_path = config_path
         self.force_dry_run = force_dry_run
-        self.counters = Counters()
-        self.collector = PgparentCollector(self.counters)
+        self.collector = PgparentCollector()
+        self.counters = self.collector.counters
         self.registry = self.collector.registry
         self.stop_event = threading.Event()
         self._wake = threading.Event()
@@ -189,7 +197,6 @@ class Daemon:
                 self._reload_requested = False
                 self.reload()
             self.cycle()
-            self.counters.inc("polls")
             self._last_tick = time.monotonic()
             next_run += self.config.interval
             now = time.monotonic()
@@ -259,18 +266,17 @@ class Daemon:
             if reason is None and (decision.targets or decision.deferred):
                 enforce(decision, self.db, self.counters, snapshot.now)
         except DatabaseUnavailable as exc:
-            self.counters.inc("poll_errors")
             delay = self._backoff.failed(time.monotonic())
             if self._was_up is not False:
                 log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2))
             self._was_up = False
-            self._publish(up=False, duration=time.monotonic() - started)
+            self._failed(started)
             return
         except Exception:  # the loop's edge: log with traceback, count, keep running
-            self.counters.inc("poll_errors")
             log.exception("poll_crashed")
-            self._publish(up=False, duration=time.monotonic() - started)
+            self._failed(started)
             return
+        self.counters.polls.inc()  # before the publish, so the exposition rendered from it counts this poll
         self._backoff.succeeded()
         self._was_up = True
         self._last_success = time.time()
@@ -283,6 +289,11 @@ class Daemon:
             enforcing=reason is None,
             leader=leader,
         )
+
+    def _failed(self, started: float) -> None:
+        self.counters.poll_errors.inc()
+        self.counters.polls.inc()
+        self._publish(up=False, duration=time.monotonic() - started)
 
     def _log_connected(self, caps: Capabilities) -> None:
         log.info(

@@ -27,12 +27,11 @@ from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.model import Session, Snapshot
+from exporter.model import Session, SignalAction, Snapshot
 
 QUERY_CHARS = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
 
-SignalAction = Literal["terminate", "cancel"]
 SignalOutcome = Literal["ok", "gone", "not_signalled", "permission_denied", "error"]
 
 _SIGNAL_FUNCTIONS = {"terminate": "pg_terminate_backend", "cancel": "pg_cancel_backend"}
@@ -342,22 +341,28 @@ class Database:
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
 
 
-def run_script(dsn: str, name: str) -> None:
-    """Run `queries/<name>.sql` (several statements, no parameters) in one autocommit session."""
+def run_script(dsn: str, name: str, **values: object) -> None:
+    """Run `queries/<name>.sql` (one or more statements) in one autocommit session; each `{key}` in the file is
+    replaced by `values[key]` as an SQL literal."""
+    statement = sql.SQL(load_query(name)).format(**{k: sql.Literal(v) for k, v in values.items()})
     try:
         with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            conn.execute(load_query(name).encode())
+            conn.execute(statement)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(f"{name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc
 
 
 def run_tagged(dsn: str, application_name: str, query_name: str) -> Literal["completed", "terminated", "cancelled"]:
-    """A client workload: tag a new session with `SET application_name`, run `queries/<query_name>.sql`, and say
-    how it ended. Used by the demo to play the part of an application's sessions."""
+    """A client workload: run `queries/<query_name>.sql`, whose `{application_name}` is replaced by the tag (the
+    file tags its own session with `SET application_name = ...`), in a new session, and say how it ended. Used by
+    the demo to play the part of an application's sessions."""
+    statement = sql.SQL(load_query(query_name).strip()).format(
+        application_name=sql.Literal(application_name)
+    )
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(application_name)))
-            conn.execute(load_query(query_name).encode())
+            # No parameters: sent as one simple query, as `psql -c` sends it, so pg_stat_activity shows it whole.
+            conn.execute(statement)
     except pgerrors.QueryCanceled:
         return "cancelled"
     except (pgerrors.AdminShutdown, psycopg.OperationalError):
@@ -366,10 +371,12 @@ def run_tagged(dsn: str, application_name: str, query_name: str) -> Literal["com
     return "completed"
 
 
-def fetch_rows(dsn: str, query_name: str) -> list[tuple[Any, ...]]:
-    """Every row of `queries/<query_name>.sql`, read in one short autocommit session."""
+def fetch_table(dsn: str, query_name: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names and every row of `queries/<query_name>.sql`, read in one short autocommit session."""
     try:
         with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            return conn.execute(load_query(query_name).encode()).fetchall()
+            cur = conn.execute(load_query(query_name).encode())
+            columns = [c.name for c in cur.description or ()]
+            return columns, cur.fetchall()
     except psycopg.Error as exc:
         raise DatabaseUnavailable(f"{query_name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc

@@ -129,7 +129,7 @@ def run_demo(hold: float = 0.0) -> int:
                 _say(f"   {c.tag} session {c.outcome}, {late:.2f}s after crossing its {QUERY_LIMIT:g}s limit")
             else:
                 _say(f"   {c.tag} session still running: the rule did not act (see the logs above)")
-        for line in _metric_lines(port, ("pgparent_terminated_sessions_total", "pgparent_rule_violating_groups")):
+        for line in _metric_lines(port, ("pgparent_signalled_sessions_total", "pgparent_rule_violating_groups")):
             _say("     " + line)
 
         survivors = [c for c in clients if c.tag == "FakeParent:2002"]

@@ -68,14 +68,14 @@ def enforce(
             try:
                 result, detail = db.signal(target.action, target.session)
             except DatabaseUnavailable as exc:
-                counters.inc("failures", (target.rule, "error"))
+                counters.signal_failures.labels(target.rule, "error").inc()
                 log.error("session_signal", **fields, result="error", dry_run=False, detail=str(exc))
                 results["error"] = results.get("error", 0) + 1
                 break
             if result == "ok":
-                counters.inc("terminated", (target.rule, target.action))
+                counters.signalled.labels(target.rule, target.action).inc()
             else:
-                counters.inc("failures", (target.rule, result))
+                counters.signal_failures.labels(target.rule, result).inc()
         results[result] = results.get(result, 0) + 1
         if on_result is not None:
             on_result(fields, result)
@@ -86,7 +86,7 @@ def enforce(
         by_rule: dict[str, int] = {}
         for t in decision.deferred:
             by_rule[t.rule] = by_rule.get(t.rule, 0) + 1
-            counters.inc("deferred", (t.rule,))
+            counters.deferred.labels(t.rule).inc()
         log.warning(
             "signals_deferred",
             count=len(decision.deferred),

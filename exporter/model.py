@@ -6,6 +6,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
+from typing import Literal
+
+SignalAction = Literal["terminate", "cancel"]
+"""What pgparent can do to a session: end it (pg_terminate_backend) or interrupt its query (pg_cancel_backend)."""
 
 ACTIVE_STATES = frozenset({"active", "fastpath function call"})
 """States in which a session is running a query (what `cancel` interrupts and `max_query_duration` measures)."""

@@ -12,32 +12,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Literal
 
+from exporter.conditions import BY_NAME
 from exporter.config import Config, Protect, Rule
-from exporter.model import ACTIVE_STATES, Group, Grouped, Session, Stats
-
-Signal = Literal["terminate", "cancel"]
+from exporter.model import ACTIVE_STATES, Group, Grouped, Session, SignalAction, Stats
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
-
-_MEASURES: dict[str, Callable[[Stats], float]] = {
-    "max_sessions": lambda s: float(s.sessions),
-    "max_active_sessions": lambda s: float(s.active),
-    "max_query_duration": lambda s: s.max_query_duration,
-    "max_transaction_duration": lambda s: s.max_transaction_duration,
-    "max_idle_in_transaction": lambda s: s.max_idle_in_transaction,
-    "max_group_age": lambda s: s.age,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """One session to signal for one rule, with why; `dry_run` targets are reported and never signalled."""
 
     rule: str
-    action: Signal
+    action: SignalAction
     parent: str
     session: Session
     reasons: tuple[str, ...]
@@ -92,7 +80,7 @@ def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], S
     group size never pays for a group's full statistics."""
     out: list[str] = []
     for name, limit in conditions.items():
-        value = float(count) if name == "max_sessions" else _MEASURES[name](measured())
+        value = float(count) if name == "max_sessions" else BY_NAME[name].measure(measured())
         if value > limit:
             out.append(f"{name} {value:g} > {limit:g}")
     return tuple(out)
@@ -136,7 +124,7 @@ def _scope(rule: _Compiled, grp: Group) -> tuple[tuple[Session, ...], Callable[[
     return sessions, lambda: subset
 
 
-def eligible(sessions: tuple[Session, ...], action: Signal, protect: Protect) -> tuple[list[Session], int, int]:
+def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
     """The sessions `action` may signal, and how many were left alone as protected and as unguarded.
 
     `cancel` only touches sessions running a query. A session whose backend_start is hidden (the monitoring role
@@ -160,7 +148,7 @@ def eligible(sessions: tuple[Session, ...], action: Signal, protect: Protect) ->
     return chosen, protected, unguarded
 
 
-def manual(grouped: Grouped, parent: str, action: Signal, protect: Protect, dry_run: bool = False) -> Decision:
+def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect, dry_run: bool = False) -> Decision:
     """What `pgparent terminate PARENT` signals: every eligible session of that one group, under the same protections
     as the daemon, with no per-cycle cap (an operator asked for this group by name)."""
     grp = grouped.groups.get(parent)

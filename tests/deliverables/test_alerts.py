@@ -13,8 +13,8 @@ EXPECTED_ALERTS = {
     "PgparentDown",
     "PgparentPollsFailing",
     "PgparentGroupViolatingTooLong",
-    "PgparentTerminationsFailing",
-    "PgparentTerminationSpike",
+    "PgparentSignalsFailing",
+    "PgparentSignalSpike",
     "PgparentConfigReloadFailed",
     "PgparentNoLeader",
 }

@@ -60,11 +60,11 @@ def test_panels_show_the_scenario(stack: LiveStack) -> None:
     assert _has(sessions, parent="etl:42", state="idle in transaction", value="1")
     assert _has(sessions, parent="app:web", state="idle", value="3")
 
-    terminations = _range_labels(stack, "Terminations per rule", "A")
+    terminations = _range_labels(stack, "Signals per rule", "A")
     assert _has(terminations, rule="runaway-1001", action="terminate")
-    failures = _range_labels(stack, "Termination failures and deferred signals", "A")
+    failures = _range_labels(stack, "Signal failures and deferred signals", "A")
     assert _has(failures, rule="admin-runaway", reason="permission_denied")
-    assert _has(_range_labels(stack, "Termination failures and deferred signals", "B"), rule="admin-runaway")
+    assert _has(_range_labels(stack, "Signal failures and deferred signals", "B"), rule="admin-runaway")
 
     violating = {s["rule"]: s["value"] for s in _instant(stack, "Rule violations and pending groups", "A")}
     pending = {s["rule"]: s["value"] for s in _instant(stack, "Rule violations and pending groups", "B")}

@@ -261,7 +261,7 @@ def test_container_polls_serves_enforces_and_stops_within_2s(container: str, cli
     eventually(polled, timeout=90, what="the container serving pgparent_up 1 and the docker:watched group")
     eventually(lambda: runaway.done, timeout=30, what="the runaway session terminated by the container")
     assert runaway.outcome == "terminated"
-    key = ("pgparent_terminated_sessions_total", frozenset({("rule", "docker-runaway"), ("action", "terminate")}))
+    key = ("pgparent_signalled_sessions_total", frozenset({("rule", "docker-runaway"), ("action", "terminate")}))
     assert _scrape().get(key) == 1
 
     assert run(*PODMAN, "exec", container, "id", "-u").stdout.strip() == UID

@@ -51,7 +51,7 @@ def test_sighup_good_reload_swaps_rules(pg: Server, tmp_path: Path, clients: Cli
         assert d.sample("pgparent_config_last_reload_successful") == 1
         (victim,) = clients.start("Kill:1")
         eventually(lambda: victim.outcome == "terminated", what="new rule enforces")
-        assert d.sample("pgparent_terminated_sessions_total", {"rule": "new", "action": "terminate"}) == 1
+        assert d.sample("pgparent_signalled_sessions_total", {"rule": "new", "action": "terminate"}) == 1
 
 
 def test_sighup_bad_reload_keeps_old_rules(pg: Server, tmp_path: Path, clients: Clients) -> None:

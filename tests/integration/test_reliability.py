@@ -231,7 +231,7 @@ def test_role_without_signal_backend_counts_failures_and_keeps_going(
     victims = clients.start("NoSig:1", n=2, dsn=roles["app"])
     with daemon(tmp_path, rules("NoSig:*"), roles["nosignal"]) as d:
         eventually(
-            lambda: (d.sample("pgparent_termination_failures_total", {"rule": "kill", "reason": "permission_denied"})
+            lambda: (d.sample("pgparent_signal_failures_total", {"rule": "kill", "reason": "permission_denied"})
                      or 0) >= 4,
             what="failures counted over two polls",
         )

@@ -71,7 +71,7 @@ def test_seed_scenario_through_cli_and_http(pg: Server, seed_db: str, tmp_path: 
             assert not any(c.done for c in survivors)
             eventually(lambda: all(c.done for c in survivors), timeout=SLEEP + 5, what="2002 completed")
             assert all(c.outcome == "completed" for c in survivors)
-            assert d.sample("pgparent_terminated_sessions_total", {"rule": "runaway-1001", "action": "terminate"}) == 2
+            assert d.sample("pgparent_signalled_sessions_total", {"rule": "runaway-1001", "action": "terminate"}) == 2
             audits = d.events("session_signal")
             assert sorted(e["pid"] for e in audits) == sorted(c.pid or 0 for c in doomed)
             assert all(e["result"] == "ok" and e["parent"] == "FakeParent:1001" for e in audits)

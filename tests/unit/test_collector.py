@@ -10,7 +10,7 @@ import time
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
-from exporter.collector import Counters, PgparentCollector, Published
+from exporter.collector import PgparentCollector, Published
 from exporter.grouping import group
 from exporter.model import Grouped
 from tests.unit.factory import session, snapshot
@@ -24,7 +24,7 @@ def grouped(*apps: str) -> Grouped:
 
 def test_group_series_and_vanishing_groups() -> None:
     """Each group has its series; a group missing from the next poll has none."""
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     registry = collector.registry
     collector.publish(Published(up=True, grouped=grouped("A:1", "A:1", "B:2", "psql")))
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) == 2
@@ -37,22 +37,21 @@ def test_group_series_and_vanishing_groups() -> None:
 
 def test_down_hides_groups_and_counters_persist() -> None:
     """When the last poll failed, up is 0 and no group series are shown; counters keep their totals."""
-    counters = Counters()
-    counters.inc("terminated", ("r", "terminate"), 3)
-    counters.inc("failures", ("r", "gone"))
-    collector = PgparentCollector(counters)
+    collector = PgparentCollector()
+    collector.counters.signalled.labels("r", "terminate").inc(3)
+    collector.counters.signal_failures.labels("r", "gone").inc()
     registry = collector.registry
     collector.publish(Published(up=False, grouped=grouped("A:1")))
     assert registry.get_sample_value("pgparent_up") == 0
     assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
-    assert registry.get_sample_value("pgparent_terminated_sessions_total", {"rule": "r", "action": "terminate"}) == 3
-    assert registry.get_sample_value("pgparent_termination_failures_total", {"rule": "r", "reason": "gone"}) == 1
+    assert registry.get_sample_value("pgparent_signalled_sessions_total", {"rule": "r", "action": "terminate"}) == 3
+    assert registry.get_sample_value("pgparent_signal_failures_total", {"rule": "r", "reason": "gone"}) == 1
     assert registry.get_sample_value("pgparent_build_info", {"version": __import__("exporter").__version__}) == 1
 
 
 def test_max_groups_folds_into_other() -> None:
     """Beyond max_groups the smallest groups fold into parent="__other__" and are counted as dropped."""
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     registry = collector.registry
     apps = ["Big:1"] * 3 + ["Mid:1"] * 2 + ["S:1", "S:2", "S:3"]
     collector.publish(Published(up=True, grouped=grouped(*apps), max_groups=2))
@@ -67,7 +66,7 @@ def test_hostile_names_pass_promtool() -> None:
     """Quotes, backslashes, newlines, tabs and non-ASCII in tags still make an exposition promtool accepts."""
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (Debian package prometheus; scripts/setup --test-tools installs it)"
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     registry = collector.registry
     hostile = ['a"b:1', "c\\d:2", "e\nf:3", "g\th:4", "ünï:çødé", "🙂:🙃", "x{y}=z,w:5"]
     collector.publish(Published(up=True, grouped=grouped(*hostile), violating={'r"1\n': 1}))
@@ -79,7 +78,7 @@ def test_hostile_names_pass_promtool() -> None:
 
 def test_render_is_cached_per_publish() -> None:
     """Scrapes between two polls share one rendering; the next publish renders anew."""
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     collector.publish(Published(up=True, grouped=grouped("A:1")))
     first = collector.render()
     assert collector.render() is first
@@ -90,7 +89,7 @@ def test_render_is_cached_per_publish() -> None:
 
 def test_concurrent_scrapes_after_a_publish_render_once() -> None:
     """Scrapers arriving together after a publish wait for one rendering instead of each rendering the same text."""
-    collector = PgparentCollector(Counters())
+    collector = PgparentCollector()
     collector.publish(Published(up=True, grouped=grouped(*(f"G:{n}" for n in range(300)))))
     renders: list[int] = []
     real = collector._families
@@ -115,3 +114,22 @@ def test_concurrent_scrapes_after_a_publish_render_once() -> None:
         t.join()
     assert len(renders) == 1
     assert len(bodies) == 20 and all(b is bodies[0] for b in bodies)
+
+
+def test_a_failing_collect_reports_down_and_counts_the_scrape_error() -> None:
+    """A scrape whose metrics cannot be built shows pgparent_up 0 and is counted in pgparent_scrape_errors_total."""
+    collector = PgparentCollector()
+    collector.publish(Published(up=True, grouped=grouped("A:1"), violating=None))  # type: ignore[arg-type]
+    lines = collector.render().decode().splitlines()
+    assert "pgparent_up 0.0" in lines and "pgparent_scrape_errors_total 1.0" in lines
+    assert not [line for line in lines if line.startswith("pgparent_group_")]
+
+
+def test_every_counter_is_on_the_registry() -> None:
+    """Each counter the daemon increments is a metric of the collector's own registry, exported from zero."""
+    collector = PgparentCollector()
+    names = {m.name for m in collector.registry.collect()}
+    assert {"pgparent_polls", "pgparent_poll_errors", "pgparent_scrape_errors", "pgparent_signalled_sessions",
+            "pgparent_signal_failures", "pgparent_signals_deferred"} <= names
+    collector.counters.polls.inc()
+    assert collector.registry.get_sample_value("pgparent_polls_total") == 1

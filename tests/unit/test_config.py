@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
+from exporter.conditions import BY_NAME, NAMES, markdown_table
 from exporter.config import DEFAULT_PATTERN, Config, describe, load_config, parse_config, parse_duration
 from exporter.errors import ConfigInvalid
 
@@ -42,10 +43,13 @@ HUGE = "9" * 400
         (0.25, 0.25),
         (0, 0),
         ("0s", 0),
+        ("1w", 604800),
+        ("1y2w", 31536000 + 1209600),
+        ("1h500ms", 3600.5),
     ],
 )
 def test_durations(text: object, seconds: float) -> None:
-    """Durations accept units ms, s, m, h, d in sequence, or a number of seconds."""
+    """Durations accept units ms, s, m, h, d, w, y, largest first, or a number of seconds."""
     assert parse_duration(text) == seconds
 
 
@@ -77,10 +81,16 @@ def test_durations(text: object, seconds: float) -> None:
         [1],
         {"s": 1},
         b"30s",
+        "30s10m",
+        "1s1s",
+        "1m1h",
+        "500ms1s",
+        "1h1h",
     ],
 )
 def test_bad_durations(bad: object) -> None:
-    """Garbage, spaces between parts, negatives, booleans, non-finite values and non-scalars are rejected."""
+    """Garbage, spaces between parts, units out of order or repeated (as Prometheus rejects them), negatives,
+    booleans, non-finite values and non-scalars are rejected."""
     with pytest.raises(ValueError, match=r"duration"):
         parse_duration(bad)
 
@@ -151,7 +161,7 @@ rules:
     )
     assert errors_of(path) == [
         f"{path}: rules.0.max_query_duration: invalid duration '10 minutes': use a number of seconds or units "
-        "ms, s, m, h, d (e.g. 500ms, 1h30m)",
+        "ms, s, m, h, d, w, y, largest first, each at most once (e.g. 500ms, 1h30m)",
         f"{path}: rules.1.action: Input should be 'terminate', 'cancel' or 'log'",
     ]
 
@@ -445,3 +455,23 @@ def test_check_unreadable_or_broken_file_exits_2(
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith(f"{path}: (")
     assert "Traceback" not in err
+
+
+# --- conditions, declared once --------------------------------------------------------------------------------------
+
+
+def test_readme_conditions_table_is_generated_from_the_declaration() -> None:
+    """The README's table of rule conditions is exactly what exporter/conditions.py declares."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    between = readme.split("<!-- conditions:begin -->\n", 1)[1].split("\n<!-- conditions:end -->", 1)[0]
+    assert between == markdown_table()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_declared_condition_is_a_rule_key(name: str) -> None:
+    """Each declared condition is accepted as a rule key, typed by its kind, and reported by conditions()."""
+    value = "90s" if BY_NAME[name].kind == "duration" else 7
+    rule = parse_config({"rules": [{"name": "r", name: value}]}, "f").rules[0]
+    assert rule.conditions() == {name: 90.0 if BY_NAME[name].kind == "duration" else 7.0}
+    with pytest.raises(ConfigInvalid, match=rf"f: rules\.0\.{name}: "):
+        parse_config({"rules": [{"name": "r", name: "soon" if BY_NAME[name].kind == "duration" else -1}]}, "f")
