@@ -6,7 +6,6 @@ User errors (a bad flag, config, DSN or listen address) are one clear line each 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from exporter.db import Database, resolve_dsn
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.grouping import group
 from exporter.logs import LEVELS, configure
-from exporter.model import Group, Grouped
+from exporter.render import groups_json, groups_table
 
 DEFAULT_LISTEN = ":10187"
 """9100-9999 is fully allocated to other exporters; 10187 echoes postgres_exporter's 9187 without clashing."""
@@ -105,68 +104,6 @@ def _config(path: str | None) -> Config:
     return load_config(path) if path else Config()
 
 
-def _fmt_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def group_row(g: Group) -> dict[str, Any]:
-    st = g.stats
-    return {
-        "parent": g.parent,
-        "sessions": st.sessions,
-        "states": {k: v for k, v in st.by_state.items() if v},
-        "active": st.active,
-        "waiting": st.waiting,
-        "parallel_workers": g.workers,
-        "max_query_seconds": round(st.max_query_duration, 3),
-        "max_transaction_seconds": round(st.max_transaction_duration, 3),
-        "age_seconds": round(st.age, 3),
-    }
-
-
-def groups_table(grouped: Grouped) -> list[str]:
-    """The groups as an aligned text table, largest first, and a closing count line."""
-    ordered = sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
-    header = (
-        "PARENT",
-        "SESSIONS",
-        "ACTIVE",
-        "IDLE",
-        "IDLE_IN_TX",
-        "WAITING",
-        "WORKERS",
-        "LONGEST_QUERY",
-        "LONGEST_TX",
-        "AGE",
-    )
-    rows = [header]
-    for g in ordered:
-        st = g.stats
-        idle_tx = st.by_state.get("idle in transaction", 0) + st.by_state.get("idle in transaction (aborted)", 0)
-        rows.append(
-            (
-                g.parent,
-                str(st.sessions),
-                str(st.active),
-                str(st.by_state.get("idle", 0)),
-                str(idle_tx),
-                str(st.waiting),
-                str(g.workers),
-                _fmt_seconds(st.max_query_duration),
-                _fmt_seconds(st.max_transaction_duration),
-                _fmt_seconds(st.age),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s)")
-    return lines
-
-
 def cmd_groups(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
     db = Database(resolve_dsn(args.dsn, args.dsn_file))
@@ -174,15 +111,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
         grouped = group(db.snapshot(), config.grouping.pattern)
     finally:
         db.close()
-    ordered = sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
-    untagged = grouped.untagged
     if args.output == "json":
-        doc = {
-            "taken_at": grouped.now.isoformat(),
-            "groups": [group_row(g) for g in ordered],
-            "untagged": {"sessions": untagged.sessions, "states": {k: v for k, v in untagged.by_state.items() if v}},
-        }
-        print(json.dumps(doc, indent=2))
+        print(groups_json(grouped))
         return EXIT_OK
     for line in groups_table(grouped):
         print(line)
@@ -190,48 +120,17 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
-    from exporter.collector import Counters
-    from exporter.enforcer import enforce
+    from exporter.manual import signal_group
     from exporter.model import SignalAction
-    from exporter.policy import manual
 
     config = _config(args.config_file)
     action: SignalAction = "cancel" if args.cancel else "terminate"
     db = Database(resolve_dsn(args.dsn, args.dsn_file))
     try:
-        snapshot = db.snapshot()
-        grouped = group(snapshot, config.grouping.pattern)
-        decision = manual(grouped, args.parent, action, config.protect, dry_run=args.dry_run)
-        if not decision.targets:
-            print(
-                f"no client session of {args.parent} to {action}"
-                + (
-                    f" ({decision.protected} protected, {decision.unguarded} without backend_start)"
-                    if decision.protected or decision.unguarded
-                    else ""
-                )
-            )
-            return EXIT_OK
-        results = enforce(decision, db, Counters(), snapshot.now, on_result=_print_result)
+        result = signal_group(db, config, args.parent, action, dry_run=args.dry_run)
     finally:
         db.close()
-    done = results.get("ok", 0) + results.get("dry_run", 0)
-    verb = {"terminate": "terminated", "cancel": "cancelled"}[action]
-    failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))
-    skipped = decision.protected + decision.unguarded
-    print(
-        f"total: {done} of {len(decision.targets)} session(s) of {args.parent} "
-        f"{'would be ' if args.dry_run else ''}{verb}; {failed} failed; {skipped} left alone (protected or "
-        "unguarded)"
-    )
-    return EXIT_FAILURE if failed else EXIT_OK
-
-
-def _print_result(fields: dict[str, Any], result: str) -> None:
-    print(
-        f"{fields['action']:9} pid={fields['pid']} user={fields['user']} database={fields['database']} "
-        f"state={fields['state']} result={result}"
-    )
+    return EXIT_FAILURE if result.failed else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -356,9 +356,7 @@ def run_tagged(dsn: str, application_name: str, query_name: str) -> Literal["com
     """A client workload: run `queries/<query_name>.sql`, whose `{application_name}` is replaced by the tag (the
     file tags its own session with `SET application_name = ...`), in a new session, and say how it ended. Used by
     the demo to play the part of an application's sessions."""
-    statement = sql.SQL(load_query(query_name).strip()).format(
-        application_name=sql.Literal(application_name)
-    )
+    statement = sql.SQL(load_query(query_name).strip()).format(application_name=sql.Literal(application_name))
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             # No parameters: sent as one simple query, as `psql -c` sends it, so pg_stat_activity shows it whole.

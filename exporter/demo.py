@@ -1,8 +1,15 @@
-"""`pgparent demo`: the seed scenario, end to end, on a throwaway PostgreSQL it starts and stops itself.
+"""`pgparent demo`: the seed scenario in the seed's own terms, on a throwaway PostgreSQL it starts and removes itself.
 
-Two `FakeParent:1001` and two `FakeParent:2002` sessions each run `simulate_long_query()` (8 s of pg_sleep, then an
-insert into `sample_data`). The daemon runs with one rule: terminate FakeParent:1001 once a query of it has run for 3 s.
-The demo narrates what an operator would see: the groups, the metrics, the audit events, 2002 completing.
+It builds what the seed builds (database `demo_db`, table `sample_data` with its three rows, `simulate_long_query()`),
+then plays the scenario twice, each time with two `FakeParent:1001` and two `FakeParent:2002` sessions running the
+seed's `SET application_name = '...'; SELECT simulate_long_query();`:
+
+- round 1, by hand: the seed's manual steps done with pgparent: list the sessions and the groups (`pgparent groups`),
+  then terminate FakeParent:1001 through the code path of `pgparent terminate`;
+- round 2, by rule: the daemon, with one rule, terminates FakeParent:1001 once a query of it has run too long.
+
+It ends as the seed does, with `SELECT * FROM sample_data`: the three demo rows and one "Long query complete" row per
+FakeParent:2002 session, none for FakeParent:1001. The exit status is 0 only if all of that happened.
 """
 
 from __future__ import annotations
@@ -11,26 +18,36 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Any
+from collections.abc import Callable
 
-from exporter.cli import groups_table
-from exporter.config import parse_config
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import render
+from exporter.config import Config, parse_config
 from exporter.daemon import Daemon
-from exporter.db import Database, fetch_rows, run_script, run_tagged
+from exporter.db import Database, fetch_table, run_script, run_tagged
 from exporter.grouping import group
 from exporter.logs import configure
-from exporter.pgcluster import Cluster, free_port, start_cluster
+from exporter.manual import signal_group
+from exporter.model import Grouped
+from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
 
-QUERY_LIMIT = 3.0
+SEED_SECONDS = 30.0
+"""How long the seed's simulate_long_query() sleeps."""
+SESSION_SECONDS = 6.0
+"""How long the demo's sleeps: long enough to watch, short enough to wait for twice."""
+QUERY_LIMIT = 2.0
 INTERVAL = 1.0
-SESSION_SECONDS = 8.0
+DOOMED, SURVIVOR = "FakeParent:1001", "FakeParent:2002"
+TAGS = (DOOMED, DOOMED, SURVIVOR, SURVIVOR)
+RULE = "runaway-1001"
 
 DEMO_RULES = {
     "interval": f"{INTERVAL:g}s",
     "rules": [
         {
-            "name": "runaway-1001",
-            "match": {"parent": "FakeParent:1001"},
+            "name": RULE,
+            "match": {"parent": DOOMED},
             "max_query_duration": f"{QUERY_LIMIT:g}s",
             "action": "terminate",
         }
@@ -40,6 +57,11 @@ DEMO_RULES = {
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _show(lines: list[str], indent: str = "     ") -> None:
+    for line in lines:
+        _say(indent + line)
 
 
 class _Client(threading.Thread):
@@ -57,13 +79,17 @@ class _Client(threading.Thread):
         self.ended = time.monotonic()
 
 
-def _metric_lines(port: int, prefixes: tuple[str, ...]) -> list[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text: str = resp.read().decode()
-    return [line for line in text.splitlines() if line.startswith(prefixes)]
+def _launch(dsn: str) -> list[_Client]:
+    clients = [_Client(dsn, tag) for tag in TAGS]
+    for c in clients:
+        c.start()
+    _say("   launched 4 sessions, as the seed's background jobs, each running one of:")
+    for tag in (DOOMED, SURVIVOR):
+        _say(f"     SET application_name = '{tag}'; SELECT simulate_long_query();   (x2)")
+    return clients
 
 
-def _wait(predicate: Any, timeout: float, step: float = 0.2) -> bool:
+def _wait(predicate: Callable[[], object], timeout: float, step: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -72,56 +98,96 @@ def _wait(predicate: Any, timeout: float, step: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def run_demo(hold: float = 0.0) -> int:
-    configure("console", "info", stream=sys.stdout)  # one stream, so narration and events interleave in order
-    _say("== pgparent demo: the seed scenario on a throwaway PostgreSQL ==")
-    cluster: Cluster | None = None
-    daemon: Daemon | None = None
+def _all_running(grouped: Grouped) -> bool:
+    return all(
+        tag in grouped.groups and grouped.groups[tag].stats.active >= TAGS.count(tag) for tag in (DOOMED, SURVIVOR)
+    )
+
+
+def _ended(clients: list[_Client], tag: str, outcome: str, timeout: float) -> bool:
+    """Wait for the `tag` sessions to end; report each; True if each ended with `outcome`."""
+    mine = [c for c in clients if c.tag == tag]
+    _wait(lambda: all(c.ended is not None for c in mine), timeout)
+    for c in mine:
+        _say(f"   {tag} session {c.outcome or 'still running'}")
+    return all(c.outcome == outcome for c in mine)
+
+
+class _Metrics:
+    """The daemon's /metrics, as a user would read it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            body: str = resp.read().decode()
+        return body
+
+    def sample(self, name: str, labels: dict[str, str]) -> float | None:
+        for family in text_string_to_metric_families(self.text()):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return None
+
+    def lines(self, keep: Callable[[str], bool]) -> list[str]:
+        return [line for line in self.text().splitlines() if not line.startswith("#") and keep(line)]
+
+
+def _round_by_hand(dsn: str, config: Config) -> bool:
+    _say()
+    _say("Round 1, by hand: the seed's manual steps, done with pgparent")
+    clients = _launch(dsn)
+    db = Database(dsn)
     try:
-        cluster = start_cluster()
-        _say(f"1. Started PostgreSQL {cluster.binaries.major} ({cluster.binaries.source}) on 127.0.0.1:{cluster.port}")
-        run_script(cluster.dsn, "demo_create_db")
-        dsn = cluster.dsn_for("demo_db")
-        run_script(dsn, "demo_setup")
-        _say("   created demo_db, table sample_data and function simulate_long_query() (pg_sleep 8 s, then insert)")
+        snapshot = db.snapshot()
+        deadline = time.monotonic() + 10
+        while not _all_running(grouped := group(snapshot, config.grouping.pattern)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            snapshot = db.snapshot()
+        _say("   validate the active sessions: the seed's listing (pg_stat_activity, application_name LIKE")
+        _say("   'FakeParent:%'), from pgparent's poll:")
+        _show(render.sessions_table(s for s in snapshot.sessions if s.application_name.startswith("FakeParent:")))
+        _say("   and grouped by parent tag, as `pgparent groups` prints them:")
+        _show(render.groups_table(grouped))
+        _say(f"   terminate the {DOOMED} group, as `pgparent terminate {DOOMED}` does (the seed's")
+        _say(f"   pg_terminate_backend(pid) ... WHERE application_name = '{DOOMED}', with pgparent's guards):")
+        result = signal_group(db, config, DOOMED, "terminate", out=lambda line: _say("     " + line))
+    finally:
+        db.close()
+    terminated = _ended(clients, DOOMED, "terminated", 5)
+    _say(f"   waiting for {SURVIVOR} to finish its work ...")
+    completed = _ended(clients, SURVIVOR, "completed", SESSION_SECONDS + 10)
+    return result.done == 2 and result.failed == 0 and terminated and completed
 
-        clients = [
-            _Client(dsn, tag) for tag in ("FakeParent:1001", "FakeParent:1001", "FakeParent:2002", "FakeParent:2002")
-        ]
-        for c in clients:
-            c.start()
-        _say("2. Launched 4 sessions: SET application_name = 'FakeParent:<id>'; SELECT simulate_long_query();")
 
-        probe = Database(dsn)
-        try:
-            _wait(
-                lambda: (
-                    sum(g.stats.active for g in group(probe.snapshot(), r"^(?P<parent>[^:]+:[^:]+)").groups.values())
-                    >= 4
-                ),
-                10,
-            )
-            _say("3. `pgparent groups` now shows:")
-            for line in groups_table(group(probe.snapshot(), r"^(?P<parent>[^:]+:[^:]+)")):
-                _say("     " + line)
-        finally:
-            probe.close()
-
-        config = parse_config(DEMO_RULES, "demo rules")
-        port = free_port()
-        daemon = Daemon(config, Database(dsn), listen=("127.0.0.1", port))
-        daemon.start()
+def _round_by_rule(dsn: str, config: Config, hold: float) -> bool:
+    _say()
+    _say("Round 2, by rule: the daemon does the same unattended")
+    port = free_port()
+    daemon = Daemon(config, Database(dsn), listen=("127.0.0.1", port))
+    daemon.start()
+    try:
+        metrics = _Metrics(port)
         _say(
-            f"4. Started the daemon: interval {INTERVAL:g}s, rule runaway-1001 terminates FakeParent:1001 once a "
-            f"query has run {QUERY_LIMIT:g}s; /metrics on http://127.0.0.1:{port}/metrics"
+            f"   started the daemon: interval {INTERVAL:g}s; rule {RULE} terminates {DOOMED} once a query of it has "
+            f"run {QUERY_LIMIT:g}s; /metrics on {metrics.url}"
         )
-        time.sleep(INTERVAL * 1.5)
+        clients = _launch(dsn)
+        _wait(lambda: metrics.sample("pgparent_group_sessions", {"parent": SURVIVOR, "state": "active"}) == 2, 10)
         _say("   /metrics, per group:")
-        for line in _metric_lines(port, ("pgparent_group_sessions", "pgparent_group_max_query")):
-            _say("     " + line)
-
-        _say("5. Waiting for the rule; each signal is audited as a session_signal event ...")
-        doomed = [c for c in clients if c.tag == "FakeParent:1001"]
+        _show(
+            metrics.lines(
+                lambda line: (
+                    line.startswith("pgparent_group_max_query")
+                    or (line.startswith("pgparent_group_sessions") and 'state="active"' in line)
+                )
+            )
+        )
+        _say("   waiting for the rule; each signal is audited as a session_signal event ...")
+        doomed = [c for c in clients if c.tag == DOOMED]
         _wait(lambda: all(c.ended is not None for c in doomed), QUERY_LIMIT + 4 * INTERVAL + 5)
         for c in doomed:
             if c.ended is not None:
@@ -129,38 +195,67 @@ def run_demo(hold: float = 0.0) -> int:
                 _say(f"   {c.tag} session {c.outcome}, {late:.2f}s after crossing its {QUERY_LIMIT:g}s limit")
             else:
                 _say(f"   {c.tag} session still running: the rule did not act (see the logs above)")
-        for line in _metric_lines(port, ("pgparent_signalled_sessions_total", "pgparent_rule_violating_groups")):
-            _say("     " + line)
-
-        survivors = [c for c in clients if c.tag == "FakeParent:2002"]
-        _say("6. FakeParent:2002 is under no rule; waiting for its sessions to complete ...")
-        _wait(lambda: all(c.ended is not None for c in survivors), SESSION_SECONDS + 10)
-        for c in survivors:
-            _say(f"   {c.tag} session {c.outcome or 'still running'}")
-        _say("   rows in sample_data (written by sessions that completed):")
-        rows = fetch_rows(dsn, "demo_rows")
-        for parent, pid, finished_at in rows:
-            _say(f"     parent={parent} pid={pid} finished_at={finished_at:%H:%M:%S}")
-        ok = (
-            all(c.outcome == "terminated" for c in doomed)
-            and all(c.outcome == "completed" for c in survivors)
-            and sorted(r[0] for r in rows) == ["FakeParent:2002", "FakeParent:2002"]
-        )
-        _say(
-            "7. "
-            + (
-                "Result: FakeParent:1001 was terminated by the rule; FakeParent:2002 completed its work."
-                if ok
-                else "Result: the scenario did not go as expected (see above)."
-            )
-        )
+        signalled = {"rule": RULE, "action": "terminate"}
+        by_rule = _wait(lambda: metrics.sample("pgparent_signalled_sessions_total", signalled) == 2, 5)
+        _show(metrics.lines(lambda line: f'rule="{RULE}"' in line))
+        _say(f"   waiting for {SURVIVOR}, under no rule, to finish its work ...")
+        completed = _ended(clients, SURVIVOR, "completed", SESSION_SECONDS + 10)
+        ok = by_rule and all(c.outcome == "terminated" for c in doomed) and completed
         if hold > 0:
             _say(f"   holding the server and /metrics for {hold:g}s ...")
             time.sleep(hold)
+        return ok
+    finally:
+        daemon.stop()
+
+
+def _final_table(dsn: str) -> bool:
+    _say()
+    _say("SELECT * FROM sample_data;  (as the seed ends: one 'Long query complete' row per session that finished)")
+    columns, rows = fetch_table(dsn, "demo_rows")
+    _show(render.psql_table(columns, rows), indent="  ")
+    _say("  (NOW() is the start of each session's transaction: a row's time is when its query began, as in the seed)")
+    descriptions = [str(r[1]) for r in sorted(rows)]
+    expected_long = 2 * TAGS.count(SURVIVOR)  # one per FakeParent:2002 session, two rounds; none for 1001
+    return descriptions[:3] == ["Demo entry 1", "Demo entry 2", "Demo entry 3"] and (
+        len(descriptions) == 3 + expected_long
+        and all(d.startswith("Long query complete at ") for d in descriptions[3:])
+    )
+
+
+def run_demo(hold: float = 0.0, seconds: float = SESSION_SECONDS) -> int:
+    """Play the seed scenario; 0 if FakeParent:1001 was terminated both times and only FakeParent:2002 wrote rows."""
+    configure("console", "info", stream=sys.stdout)  # one stream, so narration and events interleave in order
+    _say("== pgparent demo: the seed scenario on a throwaway PostgreSQL ==")
+    cluster: Cluster | None = None
+    try:
+        try:
+            cluster = start_cluster()
+        except ClusterError as exc:
+            _say(f"cannot start a throwaway PostgreSQL: {exc}")
+            return 1
+        _say(f"Started PostgreSQL {cluster.binaries.major} ({cluster.binaries.source}) on 127.0.0.1:{cluster.port}")
+        run_script(cluster.dsn, "demo_create_db")
+        dsn = cluster.dsn_for("demo_db")
+        run_script(dsn, "demo_setup", seconds=seconds)
+        _say("Created, as the seed does: database demo_db; table sample_data (id, description, created_at) with rows")
+        _say("'Demo entry 1' to 'Demo entry 3'; function simulate_long_query(), which sleeps and then inserts")
+        _say(
+            f"'Long query complete at ' || NOW(). It sleeps {seconds:g} s here, not the seed's {SEED_SECONDS:g} s, "
+            "to keep the demo short."
+        )
+        config = parse_config(DEMO_RULES, "demo rules")
+        by_hand = _round_by_hand(dsn, config)
+        by_rule = _round_by_rule(dsn, config, hold)
+        rows_ok = _final_table(dsn)
+        ok = by_hand and by_rule and rows_ok
+        _say(
+            f"Result: {DOOMED} was terminated by hand, then by rule; {SURVIVOR} completed its work both times."
+            if ok
+            else "Result: the scenario did not go as expected (see above)."
+        )
         return 0 if ok else 1
     finally:
-        if daemon is not None:
-            daemon.stop()
         if cluster is not None:
             cluster.destroy()
-            _say("   stopped the daemon and removed the throwaway server")
+            _say("Removed the throwaway server.")

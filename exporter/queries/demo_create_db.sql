@@ -1,2 +1,2 @@
--- The demo's database (run while connected to "postgres").
+-- The seed's database for the demo (run while connected to "postgres").
 CREATE DATABASE demo_db;

@@ -1,0 +1,58 @@
+"""An operator's request to signal one group (`pgparent terminate PARENT`), shared by cli and demo.
+
+Poll once, let `policy.manual` choose the group's eligible sessions under the same protections as the daemon, signal
+them through the enforcer (audited and counted like the daemon's), and print one line per session and a total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter import render
+from exporter.collector import Counters
+from exporter.config import Config
+from exporter.db import Database
+from exporter.enforcer import enforce
+from exporter.grouping import group
+from exporter.model import SignalAction
+from exporter.policy import manual
+
+
+@dataclass(frozen=True, slots=True)
+class ManualResult:
+    """How a request to signal one group went."""
+
+    targets: int
+    """Sessions chosen for the signal."""
+    done: int
+    """Sessions signalled (or, in a dry run, that would have been)."""
+    failed: int
+    skipped: int
+    """Sessions of the group left alone: protected, or without backend_start to guard the signal."""
+
+
+def signal_group(
+    db: Database,
+    config: Config,
+    parent: str,
+    action: SignalAction,
+    *,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+) -> ManualResult:
+    """Signal every eligible client session of the group `parent`, writing each result and a total to `out`."""
+    snapshot = db.snapshot()
+    grouped = group(snapshot, config.grouping.pattern)
+    decision = manual(grouped, parent, action, config.protect, dry_run=dry_run)
+    skipped = decision.protected + decision.unguarded
+    if not decision.targets:
+        out(render.nothing_to_signal(parent, action, decision.protected, decision.unguarded))
+        return ManualResult(targets=0, done=0, failed=0, skipped=skipped)
+    results = enforce(
+        decision, db, Counters(), snapshot.now, on_result=lambda fields, result: out(render.signal_line(fields, result))
+    )
+    done = results.get("ok", 0) + results.get("dry_run", 0)
+    failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))
+    out(render.signal_total(parent, action, len(decision.targets), done, failed, skipped, dry_run))
+    return ManualResult(targets=len(decision.targets), done=done, failed=failed, skipped=skipped)
