@@ -13,6 +13,7 @@ EXPECTED_ALERTS = {
     "PgparentDown",
     "PgparentPollsFailing",
     "PgparentGroupViolatingTooLong",
+    "PgparentGroupBlocking",
     "PgparentSignalsFailing",
     "PgparentSignalSpike",
     "PgparentConfigReloadFailed",

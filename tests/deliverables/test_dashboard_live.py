@@ -95,7 +95,7 @@ def test_alert_rules_load_and_evaluate_without_errors(stack: LiveStack) -> None:
     """The same Prometheus loaded deploy/prometheus/alerts.yml and evaluates every alert on live data without error."""
     groups = stack.prometheus.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
-    assert len(rules) == 7
+    assert len(rules) == 8
     assert all(r["lastEvaluation"] != "0001-01-01T00:00:00Z" for r in rules), "some rule never evaluated"
     bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not bad, bad
