@@ -6,6 +6,8 @@ import base64
 import contextlib
 import json
 import os
+import select
+import shutil
 import signal
 import socket
 import ssl
@@ -14,12 +16,14 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -46,6 +50,38 @@ def eventually(fn: Callable[[], T | None], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s{': ' + what if what else ''}; last value: {last!r}")
         time.sleep(interval)
+
+
+TOOLS = {
+    "promtool": "Debian package prometheus",
+    "prometheus": "Debian package prometheus",
+    "kubectl": "kubectl, from the Kubernetes packages",
+    "node": "Debian package nodejs",
+    "npm": "Debian package npm",
+    "podman": "Debian package podman",
+    "runc": "Debian package runc",
+    "debootstrap": "Debian package debootstrap",
+}
+"""The programs outside the virtualenv that the `deliverables` tests drive, and where each comes from."""
+
+
+def require_tool(name: str) -> str:
+    """The path of program `name`. When it is missing the test is skipped, saying why, on a developer's machine, and
+    fails when CI=true: CI installs every tool (scripts/setup --test-tools), so there a missing one is a broken setup,
+    never a reason to prove less."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is missing ({TOOLS[name]}; `scripts/setup --test-tools` installs it as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def unique_name(prefix: str) -> str:
+    """A name for a server-wide object (role, database) of this test's own: `prefix` and 8 hex digits. Such objects
+    are shared by every test and every run against the server, so a fixed name collides and outlives the test."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 class Server(Protocol):
@@ -305,6 +341,26 @@ class DaemonProcess:
                     return float(s.value)
         return None
 
+    def polls(self, *, failed: bool = False) -> int:
+        """pgparent_polls_total (with `failed`, pgparent_poll_errors_total) as /metrics shows it now."""
+        return int(self.sample("pgparent_poll_errors_total" if failed else "pgparent_polls_total") or 0)
+
+    def wait_polls(self, n: int, *, failed: bool = False, timeout: float = 60.0) -> int:
+        """Wait until the daemon has completed `n` more poll cycles than when called (with `failed`: `n` more failed
+        ones) and return the new count; fail after `timeout` seconds, generous since CI machines are shared.
+
+        The first of them may be a poll already under way at the call: "nothing happened during N whole polls after
+        X" is `wait_polls(N + 1)` after X.
+        """
+        target = self.polls(failed=failed) + n
+
+        def reached() -> int | None:
+            count = self.polls(failed=failed)
+            return count if count >= target else None
+
+        what = f"{n} more {'failed ' if failed else ''}poll(s), to {target}"
+        return eventually(reached, timeout=timeout, interval=0.1, what=what)
+
     def logs(self) -> list[dict[str, Any]]:
         events = []
         for line in self.log_path.read_text(errors="replace").splitlines():
@@ -347,7 +403,9 @@ class StallingProxy:
     """A TCP proxy on 127.0.0.1 that can stop forwarding without closing anything: a network black hole.
 
     While stalled, bytes already sent sit in socket buffers and new connections are accepted but never answered, so
-    the client sees neither an error nor a reply, as with a dead link or a firewall dropping packets.
+    the client sees neither an error nor a reply, as with a dead link or a firewall dropping packets. `held` is set
+    once, since the last stall(), something of the client's is held back (a query or a connection attempt): the
+    client is now hanging on the black hole.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -357,6 +415,7 @@ class StallingProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = threading.Event()
+        self.held = threading.Event()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -372,6 +431,8 @@ class StallingProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True, name="proxy-conn").start()
 
     def _serve(self, client: socket.socket) -> None:
+        if not self._flowing.is_set():
+            self.held.set()  # a connection attempt into the black hole
         self._flowing.wait()
         if self._closed.is_set():
             client.close()
@@ -383,12 +444,14 @@ class StallingProxy:
             return
         self._sockets += [client, upstream]
         for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True, name="proxy-pump").start()
+            threading.Thread(target=self._pump, args=(src, dst, src is client), daemon=True, name="proxy-pump").start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         src.settimeout(0.1)
         while not self._closed.is_set():
             if not self._flowing.wait(0.1):
+                if from_client and _readable(src):
+                    self.held.set()  # the client's bytes wait unread
                 continue
             try:
                 data = src.recv(65536)
@@ -399,6 +462,8 @@ class StallingProxy:
             if not data:
                 break
             try:
+                if from_client and not self._flowing.is_set():
+                    self.held.set()  # read just before the stall, and now held back
                 self._flowing.wait()
                 dst.sendall(data)
             except OSError:
@@ -408,6 +473,7 @@ class StallingProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def stall(self) -> None:
+        self.held.clear()
         self._flowing.clear()
 
     def resume(self) -> None:
@@ -420,6 +486,13 @@ class StallingProxy:
         for s in self._sockets:
             with contextlib.suppress(OSError):
                 s.close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 def figures_path() -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "pgparent.json"
@@ -31,13 +32,6 @@ the live checks' 1 s scrapes it spans about 15 samples, plenty for rate()."""
 
 RANGE_FUNCTIONS = frozenset({"rate", "irate", "increase"})
 """The functions a counter may sit in directly (dashboard-linter's target-counter-agg-rule)."""
-
-
-def require(tool: str) -> str:
-    """The path of a tool the tests need; a missing one fails the test (CI installs it), it never skips it."""
-    path = shutil.which(tool)
-    assert path, f"{tool} is missing: install Debian's prometheus package (scripts/setup --test-tools)"
-    return path
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -103,7 +97,7 @@ def promtool_check_rules(exprs: dict[str, str], workdir: Path) -> subprocess.Com
     rules = [{"record": f"pgparent_dashboard:{name}", "expr": expr} for name, expr in exprs.items()]
     path = workdir / "dashboard-exprs.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, sort_keys=False))
-    cmd = [require("promtool"), "check", "rules", str(path)]
+    cmd = [require_tool("promtool"), "check", "rules", str(path)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

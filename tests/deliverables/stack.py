@@ -34,13 +34,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.pgcluster import free_port
-from tests.deliverables.grafana import ALERTS, Target, require, substitute
-from tests.support import Clients, DaemonProcess, Server, daemon, eventually
+from tests.deliverables.grafana import ALERTS, Target, substitute
+from tests.support import Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name
 
 JOB = "pgparent"
 SCRAPE_INTERVAL = "1s"
-APP_ROLE, APP_PASSWORD = "pgp_dash_app", "dash-app-pw"
-MONITOR_ROLE, MONITOR_PASSWORD = "pgp_dash_monitor", "dash-monitor-pw"
+APP_PASSWORD, MONITOR_PASSWORD = "dash-app-pw", "dash-monitor-pw"
 LOCK_KEY = (7001, 42)
 """The etl:42 advisory lock, in the two-int4 key space so it cannot meet a single-bigint key another tool uses."""
 
@@ -89,7 +88,7 @@ class Prometheus:
         self.log_path = self.dir / "prometheus.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [require("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
+            [require_tool("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -183,25 +182,24 @@ class LiveStack:
         return substitute(target.expr, job=JOB, instance=self.instance, rate_interval=rate_interval, literal=True)
 
 
-def _roles(server: Server) -> tuple[str, str]:
+def _roles(server: Server, app: str, monitor: str) -> tuple[str, str]:
     """(application DSN, monitoring DSN): a plain role, and the least-privilege role of docs/least-privilege.sql."""
     dbname = conninfo_to_dict(server.dsn).get("dbname") or "postgres"
     with psycopg.connect(server.dsn, autocommit=True) as conn:
-        for role, password in ((APP_ROLE, APP_PASSWORD), (MONITOR_ROLE, MONITOR_PASSWORD)):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        for role, password in ((app, APP_PASSWORD), (monitor, MONITOR_PASSWORD)):
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
             )
-        conn.execute(sql.SQL("GRANT pg_monitor, pg_signal_backend TO {}").format(sql.Identifier(MONITOR_ROLE)))
+        conn.execute(sql.SQL("GRANT pg_monitor, pg_signal_backend TO {}").format(sql.Identifier(monitor)))
     return (
-        server.dsn_for(str(dbname), user=APP_ROLE, password=APP_PASSWORD),
-        server.dsn_for(str(dbname), user=MONITOR_ROLE, password=MONITOR_PASSWORD),
+        server.dsn_for(str(dbname), user=app, password=APP_PASSWORD),
+        server.dsn_for(str(dbname), user=monitor, password=MONITOR_PASSWORD),
     )
 
 
-def _drop_roles(server: Server) -> None:
+def _drop_roles(server: Server, *roles: str) -> None:
     with psycopg.connect(server.dsn, autocommit=True) as conn:
-        for role in (APP_ROLE, MONITOR_ROLE):
+        for role in roles:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
@@ -221,10 +219,11 @@ def start_scenario(clients: Clients, held: HeldSessions, app_dsn: str) -> None:
 @contextmanager
 def live_stack(server: Server, tmp: Path) -> Iterator[LiveStack]:
     """The scenario's sessions, `pgparent run` as the least-privilege role, and Prometheus scraping it; all stopped,
-    closed and dropped on exit."""
+    closed and dropped on exit. The roles have names of their own: roles are server-wide."""
     with ExitStack() as stack:
-        app_dsn, monitor_dsn = _roles(server)
-        stack.callback(_drop_roles, server)
+        app, monitor = unique_name("pgp_dash_app"), unique_name("pgp_dash_monitor")
+        stack.callback(_drop_roles, server, app, monitor)
+        app_dsn, monitor_dsn = _roles(server, app, monitor)
         clients = Clients(server.dsn)
         stack.callback(clients.cleanup)
         held = HeldSessions()

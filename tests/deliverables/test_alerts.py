@@ -7,7 +7,10 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deliverables.grafana import ALERT_TESTS, ALERTS, RUNBOOK, iter_alerts, markdown_anchors, require
+from tests.deliverables.grafana import ALERT_TESTS, ALERTS, RUNBOOK, iter_alerts, markdown_anchors
+from tests.support import require_tool
+
+pytestmark = pytest.mark.deliverables
 
 EXPECTED_ALERTS = {
     "PgparentDown",
@@ -22,7 +25,7 @@ EXPECTED_ALERTS = {
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require("promtool"), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([require_tool("promtool"), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_promtool_check_rules_accepts_the_alerts() -> None:

@@ -3,7 +3,6 @@ CLI and promtool instead."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from exporter.cli import DEFAULT_LISTEN, build_parser
 from exporter.db import resolve_dsn
+from tests.support import require_tool
+
+pytestmark = pytest.mark.deliverables
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "compose"
@@ -92,8 +94,7 @@ def test_pgparent_command_and_environment_match_the_cli(stack: dict[str, Any], m
 def test_prometheus_config_is_valid_and_scrapes_pgparent(stack: dict[str, Any], tmp_path: Path) -> None:
     """promtool accepts the stack's Prometheus config with the real alerts file, mounted where the config loads it;
     the job is called pgparent (the alerts select on it) and scrapes the pgparent service's port."""
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (Debian package prometheus)"
+    promtool = require_tool("promtool")
     config = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "pgparent"

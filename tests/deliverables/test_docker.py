@@ -14,11 +14,13 @@ higher than its own hard limits (it refuses to raise them inside a container).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import resource
+import select
 import shutil
 import socket
 import subprocess
@@ -34,9 +36,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Clients, Server, eventually, record_figure
+from tests.support import Clients, Server, eventually, record_figure, require_tool
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.deliverables]
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_CACHE = Path(os.environ.get("PGPARENT_BASE_CACHE", "/var/tmp/pgparent-base"))  # noqa: S108 - kept across runs
@@ -67,12 +69,6 @@ def run(*args: str, timeout: float = 900, check: bool = True) -> subprocess.Comp
     return result
 
 
-def require(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    assert path, f"{tool} is required (Debian package {package}; `scripts/setup --test-tools` installs it as root)"
-    return path
-
-
 def test_hadolint_is_clean() -> None:
     """hadolint finds nothing to say about the Dockerfile."""
     hadolint = Path(sys.executable).parent / "hadolint"
@@ -91,7 +87,7 @@ def _base_key() -> str:
 def _make_rootfs_tarball(tarball: Path) -> None:
     """debootstrap a minimal bookworm with python3 and this machine's CA bundle, as a tarball at `tarball`."""
     assert os.geteuid() == 0, "debootstrap must run as root to make the base image"
-    require("debootstrap", "debootstrap")
+    require_tool("debootstrap")
     work = tarball.with_suffix(".tmp")
     shutil.rmtree(work, ignore_errors=True)
     rootfs = work / "rootfs"
@@ -114,8 +110,8 @@ def _make_rootfs_tarball(tarball: Path) -> None:
 @pytest.fixture(scope="module")
 def base_image() -> str:
     """A local Debian bookworm + python3 image: from podman's store, else from the cached tarball, else made anew."""
-    require("podman", "podman")
-    require("runc", "runc")
+    require_tool("podman")
+    require_tool("runc")
     key = _base_key()
     name = f"localhost/pgparent-test-base:{key}"
     BASE_CACHE.mkdir(parents=True, exist_ok=True)
@@ -211,15 +207,15 @@ def _port_lock(timeout: float = 900) -> Iterator[None]:
     """Hold the machine-wide lock on PORT, so that concurrent runs of this test take turns instead of colliding."""
     BASE_CACHE.mkdir(parents=True, exist_ok=True)
     with (BASE_CACHE / f".port-{PORT}.lock").open("w") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def locked() -> bool:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another run of this test held port {PORT} for more than {timeout:.0f}s")
-                time.sleep(1)
+                return False
+            return True
+
+        eventually(locked, timeout=timeout, interval=1.0, what=f"another run of this test to free port {PORT}")
         yield
 
 
@@ -278,18 +274,22 @@ def test_container_polls_serves_enforces_and_stops_within_2s(container: str, cli
     assert pid > 0 and not _exited(pid)
     gone = threading.Event()
     exited_at: list[float] = []
+    pidfd = os.pidfd_open(pid)  # readable once the process has exited: the kernel tells, nothing polls
 
     def watch() -> None:
-        while not _exited(pid):
-            time.sleep(0.005)
-        exited_at.append(time.monotonic())
-        gone.set()
+        with contextlib.suppress(OSError, ValueError):  # closed under it, when the test has failed already
+            if select.select([pidfd], [], [], 60)[0]:
+                exited_at.append(time.monotonic())
+                gone.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    t0 = time.monotonic()
-    run(*PODMAN, "stop", "--time", "10", container, timeout=60)
-    stop_call = time.monotonic() - t0
-    assert gone.wait(15), "PID 1 still running after podman stop returned"
+    try:
+        t0 = time.monotonic()
+        run(*PODMAN, "stop", "--time", "10", container, timeout=60)
+        stop_call = time.monotonic() - t0
+        assert gone.wait(15), "PID 1 still running after podman stop returned"
+    finally:
+        os.close(pidfd)
     stopped_in = exited_at[0] - t0
     (state,) = json.loads(run(*PODMAN, "inspect", container).stdout)
     record_figure("docker", sigterm_to_exit_seconds=round(stopped_in, 3), podman_stop_seconds=round(stop_call, 3))

@@ -30,6 +30,10 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from tests.support import require_tool
+
+pytestmark = pytest.mark.deliverables
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "kubernetes"
 CORE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment"}
@@ -45,8 +49,7 @@ Obj = dict[str, Any]
 
 # -- the build -------------------------------------------------------------------------------------------------------
 def kustomize(path: Path) -> list[Obj]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is required to build the kustomize base"
+    kubectl = require_tool("kubectl")
     out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -89,8 +92,7 @@ def npm_package(version: str) -> Path:
     with (NPM_CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs must not install into one prefix at once
         if not installed.exists() or json.loads(installed.read_text())["version"] != version:
-            npm = shutil.which("npm")
-            assert npm, f"npm is required to install {PACKAGE}@{version} into {prefix} (Debian package npm)"
+            npm = require_tool("npm")
             prefix.mkdir(parents=True, exist_ok=True)
             result = subprocess.run(
                 [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"{PACKAGE}@{version}"],
@@ -182,8 +184,7 @@ process.exit(bad ? 1 : 0);
 
 
 def node_validate(objects: list[Obj]) -> subprocess.CompletedProcess[str]:
-    node = shutil.which("node")
-    assert node, "node is required to run the package's compiled validators (Debian package nodejs)"
+    node = require_tool("node")
     models = npm_package(CURRENT_VERSION) / PACKAGE
     return subprocess.run(
         [node, "--input-type=module", "-e", _NODE_VALIDATE],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from psycopg import sql
 from exporter.config import Config
 from exporter.daemon import Daemon
 from exporter.db import Database
-from tests.support import Server
+from tests.support import Server, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +38,22 @@ def _server_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     return int(str(row[0]))
 
 
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return require_tool("promtool")
+
+
 names = st.text(min_size=0, max_size=90).map(lambda s: s.replace("\x00", ""))
 tagged = st.builds(lambda prefix, rest: f"{prefix}:{rest}", st.sampled_from(["X", 'Q"', "\\", "ü"]), names)
 
 
+@pytest.mark.deliverables
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(apps=st.lists(st.one_of(names, tagged), min_size=1, max_size=POOL))
 def test_fuzzed_application_names_keep_the_exposition_valid(
-    pg: Server, pool: list[psycopg.Connection[tuple[object, ...]]], apps: list[str]
+    pg: Server, pool: list[psycopg.Connection[tuple[object, ...]]], promtool: str, apps: list[str]
 ) -> None:
     """Whatever the clients call themselves, a poll succeeds and promtool accepts the exposition."""
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (Debian package prometheus; scripts/setup --test-tools installs it)"
     for conn, app in zip(pool, apps, strict=False):
         conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(app)))
     daemon = Daemon(Config(), Database(pg.dsn))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from exporter.db import Database, mask_dsn, resolve_dsn
 from exporter.errors import DatabaseUnavailable, UsageError
 from exporter.grouping import group
-from tests.support import Clients, Server, eventually
+from exporter.model import Grouped
+from tests.support import Clients, Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +52,12 @@ def test_poll_connection_is_autocommit_so_now_moves(pg: Server) -> None:
     db = Database(pg.dsn)
     try:
         first = db.snapshot().now
-        time.sleep(0.05)
-        second = db.snapshot().now
+
+        def moved() -> datetime | None:  # inside one transaction now() would hold still, and this time out
+            now = db.snapshot().now
+            return now if now > first else None
+
+        second = eventually(moved, timeout=10, what="the server clock moved between polls")
         own = db.backend_pid
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             row = conn.execute("SELECT state, xact_start FROM pg_stat_activity WHERE pid = %s", [own]).fetchone()
@@ -78,27 +84,31 @@ def test_parallel_workers_are_attributed_to_the_leader_and_not_counted(
     pg: Server, clients: Clients, admin: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     """A forced parallel plan: its workers count under the leader's group, and never as sessions."""
-    admin.execute("DROP TABLE IF EXISTS par_t")
-    admin.execute("CREATE TABLE par_t AS SELECT g AS x FROM generate_series(1, 60) g")
-    admin.execute("ALTER TABLE par_t SET (parallel_workers = 2)")  # a tiny table gets no workers otherwise
-    admin.execute("ANALYZE par_t")
-    setup = (
-        "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;"
-        " SET max_parallel_workers_per_gather = 2; SET parallel_leader_participation = off"
-    )
-    clients.start("etl:7:leader", "SELECT count(*) FROM par_t WHERE pg_sleep(0.2) IS NOT NULL", setup=setup)
-    db = Database(pg.dsn)
+    table = sql.Identifier(unique_name("par_t"))
+    admin.execute(sql.SQL("CREATE TABLE {} AS SELECT g AS x FROM generate_series(1, 60) g").format(table))
     try:
+        admin.execute(sql.SQL("ALTER TABLE {} SET (parallel_workers = 2)").format(table))  # else a tiny table gets none
+        admin.execute(sql.SQL("ANALYZE {}").format(table))
+        setup = (
+            "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;"
+            " SET max_parallel_workers_per_gather = 2; SET parallel_leader_participation = off"
+        )
+        query = sql.SQL("SELECT count(*) FROM {} WHERE pg_sleep(0.2) IS NOT NULL").format(table).as_string(admin)
+        clients.start("etl:7:leader", query, setup=setup)
+        db = Database(pg.dsn)
+        try:
 
-        def grouped_with_workers() -> object:
-            g = group(db.snapshot(), PATTERN)
-            etl = g.groups.get("etl:7")
-            return g if etl is not None and etl.workers >= 1 else None
+            def grouped_with_workers() -> Grouped | None:
+                g = group(db.snapshot(), PATTERN)
+                etl = g.groups.get("etl:7")
+                return g if etl is not None and etl.workers >= 1 else None
 
-        grouped = eventually(grouped_with_workers, timeout=10, what="parallel workers visible")
+            grouped = eventually(grouped_with_workers, timeout=10, what="parallel workers visible")
+        finally:
+            db.close()
     finally:
-        db.close()
-    assert hasattr(grouped, "groups")
+        clients.cleanup()
+        admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     etl = grouped.groups["etl:7"]
     assert etl.stats.sessions == 1
     assert etl.workers >= 1
@@ -139,9 +149,12 @@ def test_dsn_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_mask_dsn_hides_passwords_in_both_syntaxes() -> None:
-    """key=value and URI DSNs are shown with the password masked; an invalid DSN is a UsageError."""
+    """key=value and URI DSNs are shown with the password masked; an invalid DSN is shown as such, and is a
+    UsageError as soon as a Database is made of it, its message without the password."""
     assert "s3cret" not in mask_dsn("host=h user=u password=s3cret")
     assert "s3cret" not in mask_dsn("postgresql://u:s3cret@h:5432/db")
     assert "password=****" in mask_dsn("postgresql://u:s3cret@h:5432/db")
-    with pytest.raises(UsageError):
-        Database("postgresql://u:s3cret@h:notaport/db?x").connect()
+    assert mask_dsn("postgresql://u:s3cret@h:notaport/db?x") == "(unparseable DSN)"
+    with pytest.raises(UsageError, match="invalid DSN") as caught:
+        Database("postgresql://u:s3cret@h:notaport/db?x")
+    assert "s3cret" not in str(caught.value)

@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from structlog.testing import capture_logs
 
 from exporter.collector import Counters
@@ -20,7 +22,7 @@ from exporter.enforcer import enforce
 from exporter.grouping import group
 from exporter.model import Session
 from exporter.policy import RuleState, evaluate
-from tests.support import Clients, Server, eventually
+from tests.support import Clients, Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +32,38 @@ MONITOR_PASSWORD = "monitor-pw-1"
 
 @pytest.fixture(scope="module")
 def roles(pg: Server) -> Iterator[dict[str, str]]:
-    """A plain application role for client sessions, and a least-privilege monitoring role."""
+    """A plain application role for client sessions, and a least-privilege monitoring role, of this module's own."""
+    app, monitor = unique_name("pgp_app"), unique_name("pgp_monitor")
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        for role, password, grants in (
-            ("pgp_app", APP_PASSWORD, ""),
-            ("pgp_monitor", MONITOR_PASSWORD, "GRANT pg_monitor, pg_signal_backend TO pgp_monitor"),
-        ):
-            conn.execute(f"DROP ROLE IF EXISTS {role}")
-            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-            if grants:
-                conn.execute(grants)
-    yield {
-        "app": pg.dsn_for("postgres", user="pgp_app", password=APP_PASSWORD),
-        "monitor": pg.dsn_for("postgres", user="pgp_monitor", password=MONITOR_PASSWORD),
-    }
+        for role, password in ((app, APP_PASSWORD), (monitor, MONITOR_PASSWORD)):
+            create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+            conn.execute(create.format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT pg_monitor, pg_signal_backend TO {}").format(sql.Identifier(monitor)))
+    try:
+        yield {
+            "app": pg.dsn_for("postgres", user=app, password=APP_PASSWORD),
+            "monitor": pg.dsn_for("postgres", user=monitor, password=MONITOR_PASSWORD),
+        }
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for role in (app, monitor):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def protectable(pg: Server, clients: Clients) -> Iterator[tuple[str, str]]:
+    """(database, role) of this test's own, for the protect lists; dropped once the test's sessions have ended."""
+    database, role = unique_name("azure_sys"), unique_name("replication")
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'r-pw'").format(sql.Identifier(role)))
+    try:
+        yield database, role
+    finally:
+        clients.cleanup()  # a database cannot be dropped while sessions use it
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def _config(rules: list[dict[str, Any]], **top: Any) -> Config:
@@ -143,21 +163,19 @@ def test_a_permission_error_on_one_session_does_not_stop_the_others(
     assert not superuser[0].done
 
 
-def test_protected_untagged_and_own_sessions_are_never_signalled(pg: Server, clients: Clients) -> None:
+def test_protected_untagged_and_own_sessions_are_never_signalled(
+    pg: Server, clients: Clients, protectable: tuple[str, str]
+) -> None:
     """A rule over every group leaves protected users, databases, applications and untagged sessions alone."""
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS azure_sys")
-        conn.execute("CREATE DATABASE azure_sys")
-        conn.execute("DROP ROLE IF EXISTS replication")
-        conn.execute("CREATE ROLE replication LOGIN PASSWORD 'r-pw'")
+    database, user = protectable
     victim = clients.start("Prot:1")
-    by_db = clients.start("Prot:1", dsn=pg.dsn_for("azure_sys"))
-    by_user = clients.start("Prot:1", dsn=pg.dsn_for("postgres", user="replication", password="r-pw"))
+    by_db = clients.start("Prot:1", dsn=pg.dsn_for(database))
+    by_user = clients.start("Prot:1", dsn=pg.dsn_for("postgres", user=user, password="r-pw"))
     by_app = clients.start("pg_dump")
     untagged = clients.start("psql")
     config = _config(
         [{"name": "all", "match": {"parent": "*"}, "max_sessions": 0, "action": "terminate"}],
-        protect={"users": ["replication"], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
+        protect={"users": [user], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
     )
     _, events, _ = _one_cycle(pg.dsn, config)
     signalled = {e["pid"] for e in _signals(events)}
@@ -227,7 +245,7 @@ def test_audit_event_has_every_field(pg: Server, clients: Clients, roles: dict[s
     (event,) = _signals(events)
     assert event["rule"] == "audit" and event["parent"] == "Audit:1" and event["pid"] == victim.pid
     assert event["backend_start"] == victim.backend_start.isoformat()
-    assert event["user"] == "pgp_app" and event["database"] == "postgres"
+    assert event["user"] == conninfo_to_dict(roles["app"])["user"] and event["database"] == "postgres"
     assert event["client_addr"] == "127.0.0.1"
     assert event["state"] == "active" and event["action"] == "terminate" and event["result"] == "ok"
     assert event["query_seconds"] >= 0 and event["session_seconds"] >= event["query_seconds"]

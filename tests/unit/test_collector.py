@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
 
+import pytest
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 
 from exporter.collector import PgparentCollector, Published
 from exporter.grouping import group
 from exporter.model import Grouped
+from tests.support import require_tool
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
@@ -62,10 +63,10 @@ def test_max_groups_folds_into_other() -> None:
     assert registry.get_sample_value("pgparent_groups_dropped") == 3
 
 
+@pytest.mark.deliverables
 def test_hostile_names_pass_promtool() -> None:
     """Quotes, backslashes, newlines, tabs and non-ASCII in tags still make an exposition promtool accepts."""
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (Debian package prometheus; scripts/setup --test-tools installs it)"
+    promtool = require_tool("promtool")
     collector = PgparentCollector()
     registry = collector.registry
     hostile = ['a"b:1', "c\\d:2", "e\nf:3", "g\th:4", "ünï:çødé", "🙂:🙃", "x{y}=z,w:5"]
@@ -96,7 +97,7 @@ def test_concurrent_scrapes_after_a_publish_render_once() -> None:
 
     def counted(p: Published) -> list[Metric]:
         renders.append(1)
-        time.sleep(0.05)  # a slow rendering: every other scraper arrives while it runs
+        time.sleep(0.05)  # a deliberately slow rendering, not a wait for an event: the others arrive meanwhile
         return real(p)
 
     collector._families = counted  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ from exporter.cli import main
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.db import Database
+from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE: dict[str, Any] = yaml.safe_load((REPO / "rules.yaml").read_text())
@@ -118,7 +119,7 @@ def test_reload_with_an_invalid_file_keeps_the_old_rules(doc: Any) -> None:
         path.write_text(yaml.safe_dump(doc, allow_unicode=True))
         try:
             new = load_config(path)
-        except Exception:  # noqa: BLE001 - whether the mutation is valid is what we ask the loader
+        except ConfigInvalid:  # whether the mutation is valid is what we ask the loader; anything else is a bug
             new = None
         ok = daemon.reload()
         assert ok == (new is not None)
