@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter import __version__
-from exporter.config import Config, describe, load_config
+from exporter.config import Config, describe, load_config, warnings
 from exporter.db import Database, resolve_dsn
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.grouping import group
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(groups)
     groups.add_argument("--output", choices=["table", "json"], default="table")
 
+    locks = sub.add_parser("locks", help="show the blocking forest now: root blockers and who waits on them")
+    _add_connection(locks)
+    locks.add_argument("--output", choices=["table", "json"], default="table")
+
     term = sub.add_parser("terminate", help="signal every client session of one group")
     term.add_argument("parent", metavar="PARENT", help="the parent tag, e.g. FakeParent:1001")
     _add_connection(term)
@@ -119,6 +123,24 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_locks(args: argparse.Namespace) -> int:
+    from exporter.render import locks_json, locks_table
+
+    config = _config(args.config_file)
+    db = Database(resolve_dsn(args.dsn, args.dsn_file))
+    try:
+        snapshot = db.snapshot()
+    finally:
+        db.close()
+    grouped = group(snapshot, config.grouping.pattern)
+    if args.output == "json":
+        print(locks_json(grouped, snapshot))
+        return EXIT_OK
+    for line in locks_table(grouped, snapshot):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_terminate(args: argparse.Namespace) -> int:
     from exporter.manual import signal_group
     from exporter.model import SignalAction
@@ -138,6 +160,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config_file}: ok")
     for line in describe(config):
         print(line)
+    for line in warnings(config):
+        print(f"warning: {args.config_file}: {line}")
     return EXIT_OK
 
 
@@ -167,12 +191,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(hold=args.hold)
 
 
-COMMANDS = {"run": cmd_run, "groups": cmd_groups, "terminate": cmd_terminate, "check": cmd_check, "demo": cmd_demo}
+COMMANDS = {
+    "run": cmd_run,
+    "groups": cmd_groups,
+    "locks": cmd_locks,
+    "terminate": cmd_terminate,
+    "check": cmd_check,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("groups", "check"):
+    if args.command in ("groups", "locks", "check"):
         configure("console" if sys.stderr.isatty() else "json", "warning")
     elif args.command == "terminate":
         configure(args.log_format, args.log_level)

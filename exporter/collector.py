@@ -79,13 +79,16 @@ class Published:
 def _fold(groups: list[Group]) -> dict[str, float]:
     """The __other__ series: sums of counts and the worst of each duration over the folded groups."""
     out: dict[str, float] = {f"state:{s}": 0.0 for s in KNOWN_STATES}
-    for key in ("workers", "waiting", "max_query", "max_xact", "age"):
+    for key in ("workers", "waiting", "blocked", "blocking", "max_blocking", "max_query", "max_xact", "age"):
         out[key] = 0.0
     for g in groups:
         for state, n in g.stats.by_state.items():
             out[f"state:{state}"] = out.get(f"state:{state}", 0.0) + n
         out["workers"] += g.workers
         out["waiting"] += g.stats.waiting
+        out["blocked"] += g.stats.blocked
+        out["blocking"] += g.stats.blocking  # a waiter held up by two folded groups counts twice: an upper bound
+        out["max_blocking"] = max(out["max_blocking"], g.stats.max_blocking)
         out["max_query"] = max(out["max_query"], g.stats.max_query_duration)
         out["max_xact"] = max(out["max_xact"], g.stats.max_transaction_duration)
         out["age"] = max(out["age"], g.stats.age)
@@ -196,6 +199,22 @@ class PgparentCollector(Collector):
         waiting = GaugeMetricFamily(
             "pgparent_group_waiting_sessions", "Active sessions of a group waiting on a lock.", labels=["parent"]
         )
+        blocked = GaugeMetricFamily(
+            "pgparent_group_blocked_sessions",
+            "Sessions of a group waiting on a lock held by another session.",
+            labels=["parent"],
+        )
+        blocking = GaugeMetricFamily(
+            "pgparent_group_blocking_sessions",
+            "Sessions of other groups, untagged ones included, waiting on a group's sessions, directly or through a "
+            "chain.",
+            labels=["parent"],
+        )
+        max_blocking = GaugeMetricFamily(
+            "pgparent_group_max_blocking_seconds",
+            "The longest any session has been waiting on a group's sessions (through a chain included).",
+            labels=["parent"],
+        )
         max_query = GaugeMetricFamily(
             "pgparent_group_max_query_duration_seconds", "Longest running query of a group.", labels=["parent"]
         )
@@ -213,6 +232,9 @@ class PgparentCollector(Collector):
                 sessions.add_metric([g.parent, state], n)
             workers.add_metric([g.parent], g.workers)
             waiting.add_metric([g.parent], g.stats.waiting)
+            blocked.add_metric([g.parent], g.stats.blocked)
+            blocking.add_metric([g.parent], g.stats.blocking)
+            max_blocking.add_metric([g.parent], g.stats.max_blocking)
             max_query.add_metric([g.parent], g.stats.max_query_duration)
             max_xact.add_metric([g.parent], g.stats.max_transaction_duration)
             age.add_metric([g.parent], g.stats.age)
@@ -223,6 +245,9 @@ class PgparentCollector(Collector):
                     sessions.add_metric([OTHER, key.removeprefix("state:")], total)
             workers.add_metric([OTHER], other["workers"])
             waiting.add_metric([OTHER], other["waiting"])
+            blocked.add_metric([OTHER], other["blocked"])
+            blocking.add_metric([OTHER], other["blocking"])
+            max_blocking.add_metric([OTHER], other["max_blocking"])
             max_query.add_metric([OTHER], other["max_query"])
             max_xact.add_metric([OTHER], other["max_xact"])
             age.add_metric([OTHER], other["age"])
@@ -235,6 +260,19 @@ class PgparentCollector(Collector):
             sessions,
             workers,
             waiting,
+            blocked,
+            blocking,
+            max_blocking,
+            GaugeMetricFamily(
+                "pgparent_untagged_blocking_sessions",
+                "Sessions waiting on untagged sessions, directly or through a chain.",
+                value=grouped.untagged.blocking,
+            ),
+            GaugeMetricFamily(
+                "pgparent_prepared_transactions_blocking_sessions",
+                "Sessions waiting on prepared transactions, directly or through a chain.",
+                value=grouped.prepared_blocking,
+            ),
             max_query,
             max_xact,
             age,

@@ -23,6 +23,8 @@ class Condition:
     kind: Kind
     measure: Callable[[Stats], float]
     doc: str
+    blocking: bool = False
+    """A lock condition: when only such conditions fire, a rule signals the group's root blockers, not all of it."""
 
     @property
     def time_based(self) -> bool:
@@ -51,6 +53,20 @@ CONDITIONS: tuple[Condition, ...] = (
         "the longest spell `idle in transaction` (since `state_change`)",
     ),
     Condition("max_group_age", "duration", lambda s: s.age, "since the group's oldest session connected"),
+    Condition(
+        "max_blocking_sessions",
+        "count",
+        lambda s: float(s.blocking),
+        "sessions of other groups (or untagged) waiting on the group's sessions, directly or through a chain",
+        blocking=True,
+    ),
+    Condition(
+        "max_blocking_duration",
+        "duration",
+        lambda s: s.max_blocking,
+        "the longest any session has waited on the group's sessions (through a chain included)",
+        blocking=True,
+    ),
 )
 
 BY_NAME: dict[str, Condition] = {c.name: c for c in CONDITIONS}

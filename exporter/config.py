@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.conditions import CONDITIONS, NAMES
+from exporter.conditions import BY_NAME, CONDITIONS, NAMES
 from exporter.errors import ConfigInvalid
 from exporter.model import SignalAction
 
@@ -153,6 +153,8 @@ class _RuleBase(StrictModel):
     match: Match = Match()
     for_: Duration = Field(0.0, alias="for")
     action: RuleAction = "log"
+    scope: Literal["root_blockers", "group"] = "root_blockers"
+    """When a rule fires on lock conditions only: signal the group's root blockers, or the whole group."""
     dry_run: bool = False
 
     @model_validator(mode="after")
@@ -286,6 +288,19 @@ def load_yaml(path: str | Path) -> object:
     return data
 
 
+def warnings(config: Config) -> list[str]:
+    """Valid settings that will not do what they seem to, one line each, for `pgparent check`."""
+    out: list[str] = []
+    for i, rule in enumerate(config.rules):
+        lock = [n for n in rule.conditions() if BY_NAME[n].blocking]
+        if lock and rule.action == "cancel":
+            out.append(
+                f"rules.{i}.action: rule {rule.name!r} cancels on {', '.join(lock)}: a blocker idle in a transaction "
+                "runs no query, so a cancel cannot release its locks; use terminate"
+            )
+    return out
+
+
 def describe(config: Config) -> list[str]:
     """A human summary of a valid config, one line per item, for `pgparent check`."""
     lines = [
@@ -300,5 +315,7 @@ def describe(config: Config) -> list[str]:
         conds = ", ".join(f"{k} > {v:g}" for k, v in rule.conditions().items())
         extra = f" for {rule.for_:g}s" if rule.for_ else ""
         dry = " (dry run)" if rule.dry_run or config.dry_run else ""
-        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{dry}")
+        lock = any(BY_NAME[n].blocking for n in rule.conditions()) and rule.action != "log"
+        scope = f" ({rule.scope.replace('_', ' ')} on lock conditions)" if lock else ""
+        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{scope}{dry}")
     return lines

@@ -263,7 +263,7 @@ class Daemon:
             for rule, parent in decision.resolved:
                 log.info("rule_resolved", rule=rule, parent=parent)
             reason = self._enforcement_off_reason(caps, leader)
-            if reason is None and (decision.targets or decision.deferred):
+            if reason is None and (decision.targets or decision.deferred or decision.unreleased):
                 enforce(decision, self.db, self.counters, snapshot.now)
         except DatabaseUnavailable as exc:
             delay = self._backoff.failed(time.monotonic())

@@ -27,7 +27,7 @@ from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.model import Session, SignalAction, Snapshot
+from exporter.model import Blocker, Session, SignalAction, Snapshot
 
 QUERY_CHARS = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
@@ -191,6 +191,7 @@ class Database:
         self._statement_timeout = statement_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._poll_sql: sql.Composed | None = None
+        self._blocking_sql: sql.Composed | None = None
         self._watchdog: _Watchdog | None = None
         self.capabilities: Capabilities | None = None
         self.generation = 0
@@ -263,6 +264,8 @@ class Database:
             "query_id": sql.Identifier("query_id") if caps.has_query_id else sql.SQL("NULL::bigint"),
         }
         self._poll_sql = sql.SQL(load_query("activity")).format(**optional)
+        waitstart = sql.Identifier("waitstart") if caps.server_version_num >= 140000 else sql.SQL("NULL::timestamptz")
+        self._blocking_sql = sql.SQL(load_query("blocking")).format(waitstart=waitstart)
         return caps
 
     def close(self) -> None:
@@ -277,25 +280,31 @@ class Database:
         return self._conn
 
     def snapshot(self) -> Snapshot:
-        """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`."""
+        """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`; then, only if
+        some client session waits on a heavyweight lock, who blocks those sessions (one more statement)."""
         conn = self._connection()
-        assert self._poll_sql is not None
+        assert self._poll_sql is not None and self._blocking_sql is not None
         try:
             with self._guard(conn):
                 cur = conn.cursor()
                 rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
                 now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            sessions: list[Session] = []
+            workers: list[Session] = []
+            for row in rows:
+                session = Session(*row[:-1])
+                (workers if session.backend_type == "parallel worker" else sessions).append(session)
+            waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"]
+            blockers: list[Blocker] = []
+            if waiting:
+                with self._guard(conn), conn.cursor(row_factory=class_row(Blocker)) as bcur:
+                    blockers = bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=True).fetchall()
         except pgerrors.QueryCanceled as exc:
             # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
             raise self._fail("poll timed out", exc) from exc
         except psycopg.Error as exc:
             raise self._fail("poll failed", exc) from exc
-        sessions: list[Session] = []
-        workers: list[Session] = []
-        for row in rows:
-            session = Session(*row[:-1])
-            (workers if session.backend_type == "parallel worker" else sessions).append(session)
-        return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers))
+        return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers))
 
     def try_lock(self, key: int) -> bool:
         """Take the session-level advisory lock `key` on this connection if free; True when held.

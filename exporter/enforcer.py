@@ -43,6 +43,8 @@ def audit_fields(target: Target, now: datetime) -> dict[str, Any]:
         "query_seconds": _seconds(now, s.query_start),
         "query_id": s.query_id,
         "query": query,
+        "blocking_sessions": target.blocking_sessions,
+        "max_blocking_seconds": round(target.max_blocking_seconds, 3),
     }
 
 
@@ -82,6 +84,13 @@ def enforce(
         level = log.warning if result in ("ok", "dry_run") else log.error
         level("session_signal", **fields, result=result, dry_run=target.dry_run, detail=detail or None)
 
+    for target in decision.unreleased:
+        log.warning(
+            "blocker_not_released",
+            **audit_fields(target, now),
+            reason="a cancel interrupts a running query; this blocker runs none (idle in a transaction), so its locks "
+            "stay: a rule that must release it needs action terminate",
+        )
     if decision.deferred:
         by_rule: dict[str, int] = {}
         for t in decision.deferred:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from exporter.locks import build
 from exporter.model import Group, Grouped, Session, Snapshot, Stats
 
 OTHER = "__other__"
@@ -58,12 +59,19 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
             workers[parent] = workers.get(parent, 0) + 1
 
     now = snapshot.now
+    locks = build(snapshot)
     groups = {
-        parent: Group(parent=parent, sessions=tuple(rows), now=now, workers=workers.get(parent, 0))
+        parent: Group(parent=parent, sessions=tuple(rows), now=now, workers=workers.get(parent, 0), locks=locks)
         for parent, rows in members.items()
     }
     return Grouped(
-        now=now, groups=groups, untagged=Stats.of(untagged, now), untagged_workers=untagged_workers, hidden=hidden
+        now=now,
+        groups=groups,
+        # Untagged sessions are no group: every session waiting on one of them counts, untagged ones too.
+        untagged=Stats.of(untagged, now, locks, exclude_own=False),
+        untagged_workers=untagged_workers,
+        hidden=hidden,
+        locks=locks,
     )
 
 

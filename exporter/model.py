@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Literal
@@ -16,6 +16,9 @@ ACTIVE_STATES = frozenset({"active", "fastpath function call"})
 
 KNOWN_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 """States always exported per group (as 0 when empty) so stacked graphs keep their series."""
+
+PREPARED_XACT = 0
+"""The blocker pid pg_blocking_pids() reports for a prepared transaction: locks held by no backend."""
 
 UNKNOWN_STATE = "unknown"
 """The state label of a row whose state the monitoring role may not see (no pg_read_all_stats)."""
@@ -51,12 +54,83 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class Blocker:
+    """One row of pg_blocking_pids() for a waiting session: who holds (or is queued ahead for) the lock it wants."""
+
+    pid: int
+    """A backend's pid, or 0 for a prepared transaction (which holds locks with no backend)."""
+    blocker: int
+    blocker_type: str | None
+    """The blocker's backend_type ("client backend", "autovacuum worker", "walsender", ...), None when unknown."""
+    waitstart: datetime | None
+    """When the waiter began waiting (pg_locks.waitstart, PostgreSQL 14+); None on older servers."""
+    locktype: str | None
+    relation: str | None
+    mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """One waiting session: since when, on what lock, and the pids directly ahead of it."""
+
+    pid: int
+    since: datetime | None
+    """pg_locks.waitstart (PostgreSQL 14+), else the waiting query's query_start: an upper bound on the wait."""
+    blockers: tuple[int, ...]
+    locktype: str | None = None
+    relation: str | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockGraph:
+    """The blocking forest of one poll."""
+
+    now: datetime
+    waits: dict[int, Wait]
+    """Waiter pid -> its wait; only sessions with at least one blocker."""
+    downstream: dict[int, frozenset[int]]
+    """Blocker pid (a session, PREPARED, or another process) -> every waiter held up by it, directly or through a
+    chain."""
+    roots: dict[int, frozenset[int]]
+    """Waiter pid -> the root blockers its chains lead to (empty for a waiter caught in a cycle)."""
+    blocker_types: dict[int, str | None] = field(default_factory=dict)
+    """backend_type of each blocker as the server reported it ("client backend", "autovacuum worker", ...)."""
+
+    def waited(self, pid: int) -> float:
+        """Seconds the waiter `pid` has waited (0 when unknown)."""
+        wait = self.waits.get(pid)
+        if wait is None or wait.since is None:
+            return 0.0
+        return max((self.now - wait.since).total_seconds(), 0.0)
+
+    def is_root(self, pid: int) -> bool:
+        """A blocker that waits on nothing itself."""
+        return pid in self.downstream and pid not in self.waits
+
+    def victims(self, pids: Iterable[int], exclude_own: bool = True) -> set[int]:
+        """Waiters held up by any of `pids`; with `exclude_own`, not counting `pids` themselves (a group's sessions
+        queueing behind each other are not blocking others)."""
+        own = set(pids)
+        out: set[int] = set()
+        for pid in own:
+            out |= self.downstream.get(pid, frozenset())
+        return out - own if exclude_own else out
+
+    def longest(self, waiters: Iterable[int]) -> float:
+        """The longest wait among `waiters`, in seconds (0 for none)."""
+        return max((self.waited(w) for w in waiters), default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one poll read: client sessions and parallel workers, with the server's clock at that moment."""
+    """What one poll read: client sessions and parallel workers, with the server's clock at that moment, and for the
+    sessions that waited on a heavyweight lock, their blockers (read only when some session waited)."""
 
     now: datetime
     sessions: tuple[Session, ...]
     workers: tuple[Session, ...] = ()
+    blockers: tuple[Blocker, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +145,30 @@ class Stats:
     max_transaction_duration: float
     max_idle_in_transaction: float
     age: float
+    blocked: int = 0
+    """Sessions of the set waiting on a lock another session holds (or is queued ahead for)."""
+    blocking: int = 0
+    """Sessions outside the set waiting on sessions of the set, directly or through a chain."""
+    max_blocking: float = 0.0
+    """The longest any of those `blocking` sessions has waited, in seconds."""
 
     @classmethod
-    def of(cls, sessions: Iterable[Session], now: datetime) -> Stats:
-        """Counts by state, lock waits, and the longest query, transaction, idle-in-transaction spell and age."""
+    def of(
+        cls, sessions: Iterable[Session], now: datetime, locks: LockGraph | None = None, exclude_own: bool = True
+    ) -> Stats:
+        """Counts by state, lock waits, the longest query, transaction, idle-in-transaction spell and age, and, when
+        the poll saw lock waits, how many sessions the set blocks and for how long."""
+        if locks is not None:
+            members = tuple(sessions)
+            base = cls.of(members, now)
+            pids = [s.pid for s in members]
+            victims = locks.victims(pids, exclude_own)
+            return replace(
+                base,
+                blocked=sum(1 for p in pids if p in locks.waits),
+                blocking=len(victims),
+                max_blocking=locks.longest(victims),
+            )
         by_state = dict.fromkeys(KNOWN_STATES, 0)
         count = active = waiting = 0
         oldest_query = oldest_xact = oldest_idle_xact = oldest_start = None
@@ -126,10 +220,12 @@ class Group:
     sessions: tuple[Session, ...]
     now: datetime
     workers: int = 0
+    locks: LockGraph | None = None
+    """The poll's blocking forest, when some session waited on a lock."""
 
     @cached_property
     def stats(self) -> Stats:
-        return Stats.of(self.sessions, self.now)
+        return Stats.of(self.sessions, self.now, self.locks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +238,10 @@ class Grouped:
     untagged_workers: int = 0
     hidden: int = 0
     """Client sessions whose backend_start the monitoring role cannot see (no pg_read_all_stats)."""
+    locks: LockGraph | None = None
+    """The poll's blocking forest; None when no session waited on a lock."""
+
+    @property
+    def prepared_blocking(self) -> int:
+        """Sessions waiting, directly or through a chain, on prepared transactions."""
+        return len(self.locks.downstream.get(PREPARED_XACT, ())) if self.locks is not None else 0

@@ -109,6 +109,7 @@ class Cluster:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "log_min_messages": "warning",
+            "max_prepared_transactions": "10",  # so tests can make a prepared transaction hold locks
             **(settings or {}),
         }
         self.base = Path(tempfile.mkdtemp(prefix="pgparent-pg-"))

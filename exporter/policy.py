@@ -30,6 +30,10 @@ class Target:
     session: Session
     reasons: tuple[str, ...]
     dry_run: bool
+    blocking_sessions: int = 0
+    """Sessions of other groups (or untagged) this session held up, directly or through a chain, at the poll."""
+    max_blocking_seconds: float = 0.0
+    """The longest of those waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +73,42 @@ class Decision:
     unguarded: int
     """Sessions of firing groups left alone because their backend_start is hidden (no pg_read_all_stats)."""
     state: RuleState
+    unreleased: tuple[Target, ...] = ()
+    """Root blockers a `cancel` rule cannot release: they run no query (idle in a transaction), so a cancel would do
+    nothing; audited, never signalled."""
 
 
 def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
     return value is not None and any(fnmatchcase(value, p) for p in patterns)
 
 
-def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats]) -> tuple[str, ...]:
-    """The conditions exceeded, as `name value > limit` strings. max_sessions needs only the count, so a rule on
-    group size never pays for a group's full statistics."""
-    out: list[str] = []
+def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats]) -> dict[str, str]:
+    """The conditions exceeded, by name, as `name value > limit` strings. max_sessions needs only the count, so a
+    rule on group size never pays for a group's full statistics."""
+    out: dict[str, str] = {}
     for name, limit in conditions.items():
         value = float(count) if name == "max_sessions" else BY_NAME[name].measure(measured())
         if value > limit:
-            out.append(f"{name} {value:g} > {limit:g}")
-    return tuple(out)
+            out[name] = f"{name} {value:g} > {limit:g}"
+    return out
+
+
+def _root_blockers(sessions: tuple[Session, ...], grp: Group) -> tuple[Session, ...]:
+    """The sessions of `sessions` that are root blockers of sessions outside the group: what ending releases."""
+    locks = grp.locks
+    if locks is None:
+        return ()
+    own = {s.pid for s in grp.sessions}
+    return tuple(s for s in sessions if locks.is_root(s.pid) and locks.downstream[s.pid] - own)
+
+
+def _blocking_of(session: Session, grp: Group) -> tuple[int, float]:
+    """How many sessions outside the group `session` held up, and the longest of those waits."""
+    locks = grp.locks
+    if locks is None or session.pid not in locks.downstream:
+        return 0, 0.0
+    victims = locks.downstream[session.pid] - {s.pid for s in grp.sessions}
+    return len(victims), locks.longest(victims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +145,7 @@ def _scope(rule: _Compiled, grp: Group) -> tuple[tuple[Session, ...], Callable[[
     )
     if not sessions:
         return None
-    subset = Stats.of(sessions, grp.now)
+    subset = Stats.of(sessions, grp.now, grp.locks)
     return sessions, lambda: subset
 
 
@@ -174,6 +199,7 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
     since: dict[tuple[str, str], datetime] = {}
     firing: list[Firing] = []
     candidates: list[Target] = []
+    unreleased: list[Target] = []
     violating = {r.name: 0 for r in config.rules}
     pending = {r.name: 0 for r in config.rules}
     protected = unguarded = 0
@@ -187,9 +213,10 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
             if scope is None:
                 continue
             sessions, measured = scope
-            reasons = _exceeded(compiled.conditions, len(sessions), measured)
-            if not reasons:
+            exceeded = _exceeded(compiled.conditions, len(sessions), measured)
+            if not exceeded:
                 continue
+            reasons = tuple(exceeded.values())
             key = (rule.name, grp.parent)
             started_at = state.since.get(key, now)
             since[key] = started_at
@@ -200,10 +227,21 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
             firing.append(Firing(rule.name, grp.parent, rule.action, reasons, dry))
             if rule.action == "log":
                 continue
-            chosen, n_protected, n_unguarded = eligible(sessions, rule.action, protect)
+            pool = sessions
+            if rule.scope == "root_blockers" and all(BY_NAME[n].blocking for n in exceeded):
+                pool = _root_blockers(sessions, grp)  # end what blocks, not the group's innocent members
+                if rule.action == "cancel":
+                    unreleased += [
+                        Target(rule.name, rule.action, grp.parent, s, reasons, dry, *_blocking_of(s, grp))
+                        for s in pool
+                        if s.state not in ACTIVE_STATES
+                    ]
+            chosen, n_protected, n_unguarded = eligible(pool, rule.action, protect)
             protected += n_protected
             unguarded += n_unguarded
-            candidates += [Target(rule.name, rule.action, grp.parent, s, reasons, dry) for s in chosen]
+            candidates += [
+                Target(rule.name, rule.action, grp.parent, s, reasons, dry, *_blocking_of(s, grp)) for s in chosen
+            ]
 
     targets, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
     firing_keys = frozenset((f.rule, f.parent) for f in firing)
@@ -218,6 +256,7 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
         protected=protected,
         unguarded=unguarded,
         state=RuleState(since=since, firing=firing_keys),
+        unreleased=tuple(unreleased),
     )
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from exporter.model import Group, Grouped, Session
+from exporter.model import PREPARED_XACT, Group, Grouped, LockGraph, Session, Snapshot
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -36,6 +36,9 @@ def group_row(g: Group) -> dict[str, Any]:
         "states": {k: v for k, v in st.by_state.items() if v},
         "active": st.active,
         "waiting": st.waiting,
+        "blocking": st.blocking,
+        "blocked": st.blocked,
+        "max_blocking_seconds": round(st.max_blocking, 3),
         "parallel_workers": g.workers,
         "max_query_seconds": round(st.max_query_duration, 3),
         "max_transaction_seconds": round(st.max_transaction_duration, 3),
@@ -64,6 +67,8 @@ def groups_table(grouped: Grouped) -> list[str]:
         "IDLE",
         "IDLE_IN_TX",
         "WAITING",
+        "BLOCKING",
+        "BLOCKED",
         "WORKERS",
         "LONGEST_QUERY",
         "LONGEST_TX",
@@ -81,6 +86,8 @@ def groups_table(grouped: Grouped) -> list[str]:
                 str(st.by_state.get("idle", 0)),
                 str(idle_tx),
                 str(st.waiting),
+                str(st.blocking),
+                str(st.blocked),
                 str(g.workers),
                 _fmt_seconds(st.max_query_duration),
                 _fmt_seconds(st.max_transaction_duration),
@@ -174,3 +181,114 @@ def signal_total(parent: str, action: str, targets: int, done: int, failed: int,
         f"total: {done} of {targets} session(s) of {parent} {'would be ' if dry_run else ''}{verb}; {failed} failed; "
         f"{skipped} left alone (protected or unguarded)"
     )
+
+
+# -- locks: the blocking forest ------------------------------------------------------------------------------------
+
+QUERY_EXCERPT = 60
+"""Characters of a root blocker's query shown by `pgparent locks`."""
+
+
+def _lock_of(locks: LockGraph, pid: int) -> str:
+    wait = locks.waits.get(pid)
+    if wait is None:
+        return ""
+    what = wait.relation or wait.locktype or "lock"
+    return f"{what} {wait.mode}" if wait.mode else what
+
+
+def _waiters_of(locks: LockGraph, pid: int) -> list[int]:
+    """The sessions waiting directly on `pid`, longest wait first."""
+    direct = [w for w, wait in locks.waits.items() if pid in wait.blockers]
+    return sorted(direct, key=lambda w: (-locks.waited(w), w))
+
+
+def locks_forest(grouped: Grouped, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Each root blocker with the tree of sessions waiting on it, biggest tree first (`pgparent locks`).
+
+    A node is listed once per root, at its first place in a depth-first walk, so a cycle or a second path ends there.
+    """
+    locks = grouped.locks
+    if locks is None:
+        return []
+    sessions = {s.pid: s for s in snapshot.sessions}
+    parent_of = {s.pid: g.parent for g in grouped.groups.values() for s in g.sessions}
+    roots = sorted({r for rs in locks.roots.values() for r in rs}, key=lambda r: (-len(locks.downstream[r]), r))
+
+    def node(pid: int, seen: set[int]) -> dict[str, Any]:
+        seen.add(pid)
+        s = sessions.get(pid)
+        children = [node(w, seen) for w in _waiters_of(locks, pid) if w not in seen]
+        return {
+            "pid": pid,
+            "group": parent_of.get(pid),
+            "user": s.usename if s else None,
+            "state": s.state if s else None,
+            "waiting_seconds": round(locks.waited(pid), 3),
+            "lock": _lock_of(locks, pid),
+            "waiters": children,
+        }
+
+    out: list[dict[str, Any]] = []
+    for root in roots:
+        s = sessions.get(root)
+        kind = (
+            "prepared transaction"
+            if root == PREPARED_XACT
+            else "client session"
+            if s is not None
+            else locks.blocker_types.get(root) or "unknown process"
+        )
+        tree = node(root, set())
+        query = s.query if s is not None else None
+        tree.update(
+            kind=kind,
+            blocking=len(locks.downstream[root]),
+            transaction_seconds=round((grouped.now - s.xact_start).total_seconds(), 3) if s and s.xact_start else None,
+            query=query[:QUERY_EXCERPT] if query else None,
+        )
+        del tree["waiting_seconds"], tree["lock"]
+        out.append(tree)
+    return out
+
+
+def locks_json(grouped: Grouped, snapshot: Snapshot) -> str:
+    """The blocking forest as one indented JSON document (`pgparent locks --output json`)."""
+    forest = locks_forest(grouped, snapshot)
+    doc = {
+        "taken_at": grouped.now.isoformat(),
+        "roots": forest,
+        "deadlocked": sorted(w for w, rs in (grouped.locks.roots.items() if grouped.locks else ()) if not rs),
+    }
+    return json.dumps(doc, indent=2)
+
+
+def locks_table(grouped: Grouped, snapshot: Snapshot) -> list[str]:
+    """The blocking forest as an indented tree: each root blocker, then who waits on it, how long, on what."""
+    forest = locks_forest(grouped, snapshot)
+    if not forest:
+        return ["no session waits on a lock"]
+    lines: list[str] = []
+
+    def walk(children: list[dict[str, Any]], depth: int) -> None:
+        for c in children:
+            lines.append(
+                f"{'  ' * depth}└─ pid {c['pid']}  {c['group'] or 'untagged'}  user={c['user']}  "
+                f"waiting {_fmt_seconds(c['waiting_seconds'])}  on {c['lock']}"
+            )
+            walk(c["waiters"], depth + 1)
+
+    for root in forest:
+        if root["kind"] == "client session":
+            xact = _fmt_seconds(root["transaction_seconds"]) if root["transaction_seconds"] is not None else "-"
+            lines.append(
+                f"pid {root['pid']}  {root['group'] or 'untagged'}  user={root['user']}  state={root['state']}  "
+                f"transaction {xact}  blocks {root['blocking']}  query: {root['query'] or ''}"
+            )
+        else:
+            label = f"pid {root['pid']}" if root["pid"] != PREPARED_XACT else "pid 0"
+            lines.append(f"{label}  ({root['kind']}, never signalled)  blocks {root['blocking']}")
+        walk(root["waiters"], 1)
+    waits = len(grouped.locks.waits) if grouped.locks else 0
+    lines.append(f"{len(forest)} root blocker(s); {waits} session(s) waiting")
+    return lines
