@@ -475,3 +475,32 @@ def test_every_declared_condition_is_a_rule_key(name: str) -> None:
     assert rule.conditions() == {name: 90.0 if BY_NAME[name].kind == "duration" else 7.0}
     with pytest.raises(ConfigInvalid, match=rf"f: rules\.0\.{name}: "):
         parse_config({"rules": [{"name": "r", name: "soon" if BY_NAME[name].kind == "duration" else -1}]}, "f")
+
+
+def test_check_lock_conditions_good_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock rule keys: good values pass (a cancel on them draws a warning, exit 0); bad values, a bad scope and a
+    bad duration are FILE: path: message lines, exit 2."""
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "rules:\n"
+        "  - {name: blockers, max_blocking_sessions: 5, max_blocking_duration: 1m30s, action: terminate}\n"
+        "  - {name: soft, max_blocking_duration: 10s, action: cancel, scope: group}\n"
+    )
+    assert main(["check", "--config.file", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "max_blocking_sessions > 5, max_blocking_duration > 90 -> terminate (root blockers on lock conditions)" \
+        in out
+    assert f"warning: {good}: rules.1.action: rule 'soft' cancels on max_blocking_duration" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "rules:\n"
+        "  - {name: a, max_blocking_sessions: -1}\n"
+        "  - {name: b, max_blocking_duration: 10s1m}\n"
+        "  - {name: c, max_blocking_sessions: 1, scope: everyone}\n"
+    )
+    assert main(["check", "--config.file", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{bad}: rules.0.max_blocking_sessions: Input should be greater than or equal to 0"
+    assert err[1].startswith(f"{bad}: rules.1.max_blocking_duration: invalid duration '10s1m'")
+    assert err[2] == f"{bad}: rules.2.scope: Input should be 'root_blockers' or 'group'"
+    assert len(err) == 3
