@@ -15,6 +15,7 @@ from exporter.config import Config, describe, load_config, warnings
 from exporter.db import Database, resolve_dsn
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.grouping import group
+from exporter.http import Limits
 from exporter.logs import LEVELS, configure
 from exporter.render import groups_json, groups_table
 
@@ -71,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         metavar="FILE",
         help="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit format",
+    )
+    default_limits = Limits()
+    run.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=int,
+        default=default_limits.max_connections,
+        metavar="N",
+        help="open HTTP connections at most; at the cap, the one waiting longest for a request is closed "
+        f"(default {default_limits.max_connections})",
+    )
+    run.add_argument(
+        "--web.workers",
+        dest="web_workers",
+        type=int,
+        default=default_limits.workers,
+        metavar="N",
+        help=f"threads that render /metrics and check passwords (one check at a time); at least 2 (default "
+        f"{default_limits.workers})",
     )
     run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
     _add_logging(run)
@@ -173,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(args.log_format, args.log_level)
     config = _config(args.config_file)
     listen = parse_listen_address(args.listen)
+    limits = Limits(workers=args.web_workers, max_connections=args.web_max_connections)
     web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
     # A poll that takes longer than an interval is already late: the client cuts it within one interval
     # (statement_timeout at 0.8 of it, the watchdog at 0.9; within 0.45 s to 33.75 s), so a stalled network is noticed
@@ -180,7 +201,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     statement_timeout = max(0.4, min(0.8 * config.interval, 30.0))
     db = Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
     daemon = Daemon(
-        config, db, config_path=args.config_file, force_dry_run=args.dry_run, listen=listen, web=web, tls=tls
+        config,
+        db,
+        config_path=args.config_file,
+        force_dry_run=args.dry_run,
+        listen=listen,
+        web=web,
+        tls=tls,
+        limits=limits,
     )
     return daemon.run()
 

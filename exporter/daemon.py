@@ -24,7 +24,7 @@ from exporter.db import Capabilities, Database
 from exporter.enforcer import enforce
 from exporter.errors import ConfigInvalid, DatabaseUnavailable
 from exporter.grouping import group
-from exporter.http import MetricsServer
+from exporter.http import Limits, MetricsServer
 from exporter.logs import get_logger
 from exporter.model import Grouped
 from exporter.policy import RuleState, evaluate
@@ -98,6 +98,7 @@ class Daemon:
         listen: tuple[str, int] | None = None,
         web: WebConfig | None = None,
         tls: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -121,7 +122,11 @@ class Daemon:
         self._off_reason: str | None = None
         self._loop_thread: threading.Thread | None = None
         self.http = (
-            MetricsServer(listen, self.collector.render, self.healthy, web=web, tls=tls) if listen is not None else None
+            MetricsServer(
+                listen, self.collector.render, self.healthy, web=web, tls=tls, limits=limits, registry=self.registry
+            )
+            if listen is not None
+            else None
         )
         self._publish(up=False, duration=0.0)
 

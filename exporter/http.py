@@ -1,16 +1,39 @@
-"""The HTTP face: `/metrics` (from the private registry, never from PostgreSQL), `/healthz`, and a landing page."""
+"""The HTTP face: `/metrics` (from the private registry, never from PostgreSQL), `/healthz`, and a landing page.
+
+One thread runs an asyncio loop that accepts connections, does TLS handshakes and reads request heads, so a slow or
+silent client costs a socket and a few KiB, never a thread. What takes time runs on a fixed pool of `Limits.workers`
+threads: renders, and bcrypt checks. Everything a client can make the server hold is bounded:
+
+- open connections: `Limits.max_connections`. At the cap, the connection that has waited longest for a request (a
+  silent or trickling client, or an idle keep-alive one) is closed to make room; when every connection is in the middle
+  of a request, new ones wait in the kernel's listen backlog (BACKLOG).
+- time: REQUEST_TIMEOUT for the TLS handshake and the whole request head (on a keep-alive connection, from the end of
+  the previous response), and again for writing a response.
+- request heads: MAX_LINE bytes a line, MAX_HEAD bytes and MAX_HEADERS headers in all (431 past them).
+- password checks: one at a time (`Gatekeeper`). Credentials that passed before skip the queue.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
+import concurrent.futures
+import contextlib
+import errno
+import re
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
+from prometheus_client import Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.errors import UsageError
@@ -26,6 +49,22 @@ LANDING = f"""<!doctype html>
 <ul><li><a href="metrics">metrics</a></li><li><a href="healthz">healthz</a></li></ul>
 </body></html>
 """.encode()
+TEXT = "text/plain; charset=utf-8"
+
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client may take to handshake and send a request head, or to read a response."""
+MAX_LINE = 8192
+MAX_HEAD = 32768
+MAX_HEADERS = 100
+BACKLOG = 128
+"""The listen backlog: a burst of scrapers queues in the kernel instead of being dropped (the default is 5)."""
+_CHUNK = 65536
+"""Responses are written in pieces of this size, so a client that reads slowly holds one piece, not a copy of all."""
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_ACCEPT_RETRY = 0.1
+"""Seconds to wait before accepting again when the process is out of file descriptors."""
+WARN_EVERY = 10.0
+"""At most one warning of a kind (failed password checks, failed accepts) in this many seconds."""
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -37,96 +76,218 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_text)  # noqa: S104 - ':PORT' means all interfaces, as in every exporter
 
 
-REQUEST_TIMEOUT = 10.0
-"""Seconds a client may take to handshake and send its request: a stalled client cannot hold a thread forever."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much the HTTP face holds at once (`pgparent run --web.workers`, `--web.max-connections`)."""
+
+    workers: int = 2
+    """Threads for renders and password checks. One check runs at a time, and renders share one text per poll (a
+    second render worker would only wait for the first), so two keep a check from ever delaying a scrape."""
+    max_connections: int = 512
+    """Open connections: each costs a socket and a few KiB (up to ~50 KiB while a request head or TLS is buffered)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 2:
+            raise UsageError(f"--web.workers {self.workers}: at least 2 (one may be busy with a password check)")
+        if self.max_connections < 1:
+            raise UsageError(f"--web.max-connections {self.max_connections}: at least 1")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the listen backlog: a burst of scrapers queues instead of being dropped (default 5)
-    render: Callable[[], bytes]
-    healthy: Callable[[], bool]
-    tls: ssl.SSLContext | None = None
-    auth: BasicAuth | None = None
-    extra_headers: dict[str, str]
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        sock.settimeout(REQUEST_TIMEOUT)
-        if self.tls is not None:
-            # The handshake happens on the request's own thread (finish_request), never in the accept loop.
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("tls_handshake_failed", client=client_address[0], error=str(exc))
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that vanished mid-request is not worth a traceback.
-        log.debug("http_request_failed", client=client_address[0])
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+UNAUTHORIZED = Response(401, TEXT, b"unauthorized\n", {"WWW-Authenticate": 'Basic realm="pgparent"'})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+    """Lower-cased names; the first of repeated headers."""
 
-    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**self.server.extra_headers, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
 
-    def _authorized(self) -> bool:
-        auth = self.server.auth
-        if auth is None:
-            return True
-        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
+    @property
+    def keep_alive(self) -> bool:
+        """HTTP/1.1 without `Connection: close`, and no request body (bodies are never read, so the connection ends)."""
+        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
+        has_body = self.headers.get("content-length", "0") != "0" or "transfer-encoding" in self.headers
+        return self.version == "HTTP/1.1" and "close" not in tokens and not has_body
+
+
+class BadRequest(Exception):
+    """A request head the server refuses to read on: answered with `status`, then the connection is closed."""
+
+    def __init__(self, status: HTTPStatus) -> None:
+        super().__init__(status.phrase)
+        self.status = status
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """The next request head; None when the client closed the connection (between requests or in the middle of one)."""
+    size = 0
+
+    async def line() -> bytes:
+        nonlocal size
         try:
-            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return bool(sep) and auth.check(user, password)
+            data = await reader.readline()
+        except ValueError:  # longer than the reader's limit, MAX_LINE
+            raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
+        size += len(data)
+        if size > MAX_HEAD:
+            raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        return data if data.endswith(b"\n") else b""  # b"": end of stream, perhaps halfway through a line
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":  # liveness probes carry no credentials; it reveals only "ok"
-            ok = self.server.healthy()
-            self._send(200 if ok else 503, "text/plain; charset=utf-8", b"ok\n" if ok else b"poll loop stalled\n")
-        elif not self._authorized():
-            self._send(
-                401, "text/plain; charset=utf-8", b"unauthorized\n", {"WWW-Authenticate": 'Basic realm="pgparent"'}
-            )
-        elif path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, self.server.render())
-        elif path == "/":
-            self._send(200, "text/html; charset=utf-8", LANDING)
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+    first = await line()
+    while first in (b"\r\n", b"\n"):  # RFC 9112 section 2.2: empty lines before a request line are ignored
+        first = await line()
+    if not first:
+        return None
+    parts = first.decode("latin-1").rstrip("\r\n").split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+        raise BadRequest(HTTPStatus.BAD_REQUEST)
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        newer = re.fullmatch(r"HTTP/[2-9](\.\d)?", version)
+        raise BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED if newer else HTTPStatus.BAD_REQUEST)
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        raw = await line()
+        if raw in (b"\r\n", b"\n"):
+            return Request(method, target, version, headers)
+        if not raw:
+            return None
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if not sep or not _TOKEN.fullmatch(name):  # also refuses folded lines and a space before the colon
+            raise BadRequest(HTTPStatus.BAD_REQUEST)
+        headers.setdefault(name.lower(), value.strip())
+    raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
 
-    do_HEAD = do_GET
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic` value, or None if it is not one."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+class Gatekeeper:
+    """Basic auth on the loop: bcrypt checks one at a time on the worker pool, counted and logged sparingly.
+
+    A bcrypt check takes a core for ~0.3 s at cost 12. One at a time bounds what unauthenticated clients can take to
+    one core whatever their number, leaving the others to the poll loop and scrapes; that is still three checks a
+    second, plenty for scrapers, whose credentials pass once and are then answered from BasicAuth's cache without
+    queueing. A check waits at most CHECK_WAIT for its turn, then gets 503 with Retry-After. Failures are counted in
+    `pgparent_http_auth_failures_total{reason}` and logged as one `http_auth_failed` line at most every LOG_EVERY
+    seconds, with the failures since the previous line.
+    """
+
+    CHECKS_AT_ONCE = 1
+    CHECK_WAIT = 5.0
+    LOG_EVERY = WARN_EVERY
+    REASONS = ("wrong_password", "unknown_user", "malformed", "busy")
+
+    def __init__(
+        self, auth: BasicAuth, pool: concurrent.futures.Executor, registry: CollectorRegistry | None = None
+    ) -> None:
+        self._auth = auth
+        self._pool = pool
+        self._turns = asyncio.Semaphore(self.CHECKS_AT_ONCE)
+        self.failures = Counter(
+            "pgparent_http_auth_failures",
+            "Requests to the HTTP face refused for their credentials, by reason (busy: 503, too many checks at once).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in self.REASONS:
+            self.failures.labels(reason)
+        self._unlogged: dict[str, int] = {}
+        self._clients: set[str] = set()
+        self._last_log: float | None = None
+        self._flush: asyncio.TimerHandle | None = None
+
+    async def refusal(self, header: str | None, client: str) -> Response | None:
+        """None if the request may proceed, else the answer refusing it."""
+        credentials = basic_credentials(header) if header is not None else None
+        if credentials is None:
+            if header is not None:
+                self._failed("malformed", client)
+            return UNAUTHORIZED
+        user, password = credentials
+        if self._auth.passed(user, password):
+            return None
+        try:
+            async with asyncio.timeout(self.CHECK_WAIT):
+                await self._turns.acquire()
+        except TimeoutError:
+            self._failed("busy", client)
+            return Response(503, TEXT, b"too many password checks at once\n", {"Retry-After": f"{self.CHECK_WAIT:.0f}"})
+        loop = asyncio.get_running_loop()
+        check = self._pool.submit(self._auth.check, user, password)
+        # The turn ends when the check does, even if this request is cancelled meanwhile: never two at once.
+        check.add_done_callback(lambda _: _call_soon(loop, self._turns.release))
+        if await asyncio.wrap_future(check):
+            return None
+        self._failed("wrong_password" if self._auth.knows(user) else "unknown_user", client)
+        return UNAUTHORIZED
+
+    def _failed(self, reason: str, client: str) -> None:
+        self.failures.labels(reason).inc()
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        if len(self._clients) < 5:
+            self._clients.add(client)
+        loop = asyncio.get_running_loop()
+        wait = 0.0 if self._last_log is None else self._last_log + self.LOG_EVERY - loop.time()
+        if wait <= 0:
+            self._log()
+        elif self._flush is None:
+            self._flush = loop.call_later(wait, self._log)
+
+    def _log(self) -> None:
+        self._flush = None
+        if not self._unlogged:
+            return
+        log.warning(
+            "http_auth_failed",
+            failures=sum(self._unlogged.values()),
+            reasons=dict(sorted(self._unlogged.items())),
+            clients=sorted(self._clients),
+            since_seconds=None if self._last_log is None else round(asyncio.get_running_loop().time() - self._last_log),
+        )
+        self._unlogged.clear()
+        self._clients.clear()
+        self._last_log = asyncio.get_running_loop().time()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop already closed: the server stopped
+        loop.call_soon_threadsafe(fn)
+
+
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, OSError):  # a client's connection failing (TLS alerts, resets) is not news
+        log.debug("http_connection_error", message=context.get("message"), error=str(exc))
+    else:
+        log.warning("http_loop_error", message=context.get("message"), error=repr(exc))
 
 
 class MetricsServer:
-    """A threaded HTTP server on its own daemon thread."""
+    """The HTTP face on its own daemon thread (an asyncio loop) with a fixed pool of worker threads."""
 
     def __init__(
         self,
@@ -135,36 +296,204 @@ class MetricsServer:
         healthy: Callable[[], bool],
         web: WebConfig | None = None,
         tls: ssl.SSLContext | None = None,
+        *,
+        limits: Limits | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
-        server_class = _Server6 if ":" in address[0] else _Server
+        self.limits = limits if limits is not None else Limits()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         try:
-            self._server = server_class(address, _Handler)
+            self._listener = socket.create_server(
+                address, family=family, backlog=BACKLOG, dualstack_ipv6=family == socket.AF_INET6
+            )
         except OSError as exc:
             raise UsageError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-        self._server.render = render
-        self._server.healthy = healthy
-        self._server.tls = tls
-        self._server.auth = BasicAuth(web.basic_auth_users) if web is not None and web.basic_auth_users else None
-        self._server.extra_headers = dict(web.http_server_config.headers) if web is not None else {}
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+        self._listener.setblocking(False)
+        self._render = render
+        self._healthy = healthy
+        self._tls = tls
+        self._extra_headers = dict(web.http_server_config.headers) if web is not None else {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="http-worker")
+        users = web.basic_auth_users if web is not None else {}
+        self._gate = Gatekeeper(BasicAuth(users), self._pool, registry) if users else None
+        self._errors = Counter(
+            "pgparent_http_errors",
+            "Requests answered 500 because handling them failed (each logged with its traceback).",
+            registry=registry,
         )
+        self._open = 0
+        self._waiting: dict[asyncio.Task[None], None] = {}
+        """Connections waiting for a request head, oldest first: the ones closed to make room at the cap."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="http", daemon=True)
 
     @property
     def tls(self) -> bool:
-        return self._server.tls is not None
+        return self._tls is not None
 
     @property
     def basic_auth(self) -> bool:
-        return self._server.auth is not None
+        return self._gate is not None
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait(5)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._loop is not None and self._stopping is not None:
+            _call_soon(self._loop, self._stopping.set)
+            self._thread.join(2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._listener.close()
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_loop_error)
+        self._loop, self._stopping, room = loop, asyncio.Event(), asyncio.Event()
+        self._ready.set()
+        accepting = loop.create_task(self._accept(room))
+        await self._stopping.wait()
+        accepting.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(accepting, *self._tasks, return_exceptions=True)
+
+    async def _accept(self, room: asyncio.Event) -> None:
+        """Accept while below the cap; at it, close the connection waiting longest for a request to make room.
+
+        `room` is set whenever a connection closes or starts waiting for a request (so it could be closed).
+        """
+        loop = asyncio.get_running_loop()
+        last_warning = -WARN_EVERY
+        while True:
+            while self._open >= self.limits.max_connections and not self._waiting:
+                room.clear()  # every connection is mid-request: new ones wait in the listen backlog
+                await room.wait()
+            try:
+                sock, address = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if loop.time() - last_warning >= WARN_EVERY:
+                        log.warning("http_accept_failed", error=exc.strerror, open_connections=self._open)
+                        last_warning = loop.time()
+                    await asyncio.sleep(_ACCEPT_RETRY)
+                continue  # otherwise a client that gave up before it was accepted
+            if self._open >= self.limits.max_connections:
+                oldest = next(iter(self._waiting))
+                del self._waiting[oldest]
+                oldest.cancel()
+            self._open += 1
+            task = loop.create_task(self._connection(sock, str(address[0]), room))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # Let it start (sock_accept does not yield while connections are pending): a task cancelled before its
+            # first step would never run the `finally` that closes its socket.
+            await asyncio.sleep(0)
+
+    async def _connection(self, sock: socket.socket, client: str, room: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        writer: asyncio.StreamWriter | None = None
+        deadline = loop.time() + REQUEST_TIMEOUT
+        clean = False
+        try:
+            while True:
+                self._waiting[task] = None
+                room.set()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        if writer is None:
+                            reader, writer = await self._streams(sock)
+                        request = await read_request(reader)
+                finally:
+                    self._waiting.pop(task, None)
+                if request is None:
+                    break
+                if not await self._respond(writer, request, client):
+                    break
+                deadline = loop.time() + REQUEST_TIMEOUT
+            clean = True
+        except BadRequest as exc:
+            if writer is not None:
+                with contextlib.suppress(TimeoutError, OSError):
+                    await self._write(writer, Response(exc.status, TEXT, f"{exc}\n".encode()), head=False, keep=False)
+                    clean = True
+        except (TimeoutError, OSError) as exc:  # too slow, a failed TLS handshake, a reset: close and move on
+            log.debug("http_connection_dropped", client=client, reason=type(exc).__name__, error=str(exc))
+        finally:
+            self._waiting.pop(task, None)
+            if writer is None:
+                sock.close()
+            elif clean:
+                writer.close()
+            else:
+                writer.transport.abort()
+            self._open -= 1
+            room.set()
+
+    async def _streams(self, sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over the accepted socket, after the TLS handshake when there is one."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        if self._tls is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        else:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self._tls, ssl_handshake_timeout=REQUEST_TIMEOUT, ssl_shutdown_timeout=2.0
+            )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _respond(self, writer: asyncio.StreamWriter, request: Request, client: str) -> bool:
+        """Answer one request; True if the connection stays open for another."""
+        try:
+            response = await self._answer(request, client)
+        except Exception:  # the request's edge: one failed request is a 500 and a logged traceback, never a hang-up
+            self._errors.inc()
+            log.warning("http_request_failed", method=request.method, path=request.path, client=client, exc_info=True)
+            response = Response(500, TEXT, b"internal server error\n")
+        keep = request.keep_alive
+        await self._write(writer, response, head=request.method == "HEAD", keep=keep)
+        return keep
+
+    async def _answer(self, request: Request, client: str) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, TEXT, b"method not allowed\n", {"Allow": "GET, HEAD"})
+        path = request.path
+        if path == "/healthz":  # liveness probes carry no credentials; it reveals only "ok"
+            ok = self._healthy()
+            return Response(200 if ok else 503, TEXT, b"ok\n" if ok else b"poll loop stalled\n")
+        if self._gate is not None:
+            refusal = await self._gate.refusal(request.headers.get("authorization"), client)
+            if refusal is not None:
+                return refusal
+        if path == "/metrics":
+            return Response(200, CONTENT_TYPE_LATEST, await asyncio.wrap_future(self._pool.submit(self._render)))
+        if path == "/":
+            return Response(200, "text/html; charset=utf-8", LANDING)
+        return Response(404, TEXT, b"not found\n")
+
+    async def _write(self, writer: asyncio.StreamWriter, response: Response, *, head: bool, keep: bool) -> None:
+        lines = [
+            f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
+            f"Date: {formatdate(usegmt=True)}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            *(f"{name}: {value}" for name, value in {**self._extra_headers, **response.headers}.items()),
+        ]
+        if not keep:
+            lines.append("Connection: close")
+        data = memoryview("\r\n".join([*lines, "", ""]).encode("latin-1") + (b"" if head else response.body))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            for start in range(0, len(data), _CHUNK):
+                writer.write(data[start : start + _CHUNK])
+                await writer.drain()

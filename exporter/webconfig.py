@@ -18,6 +18,7 @@ Relative file names are taken from the config file's folder, as exporter-toolkit
 from __future__ import annotations
 
 import hashlib
+import re
 import ssl
 import threading
 from pathlib import Path
@@ -33,6 +34,9 @@ ClientAuth = Literal[
     "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
 ]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+_BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+MAX_PASSWORD_BYTES = 72
+"""bcrypt reads at most this much of a password; bcrypt 5 raises for longer ones instead of truncating them."""
 _VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -69,7 +73,7 @@ class WebConfig(StrictModel):
     @classmethod
     def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
         for user, hashed in users.items():
-            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+            if not _BCRYPT.fullmatch(hashed):
                 raise ValueError(f"user {user!r}: expected a bcrypt hash ($2y$..., 60 characters)")
         return users
 
@@ -106,24 +110,51 @@ def load_web_config(path: str | Path) -> tuple[WebConfig, ssl.SSLContext | None]
 
 
 class BasicAuth:
-    """Checks `Authorization: Basic` credentials against bcrypt hashes, remembering the ones that passed so each
-    scrape does not pay bcrypt's deliberate cost (exporter-toolkit caches the same way)."""
+    """Checks `Authorization: Basic` credentials against bcrypt hashes.
+
+    `check` costs one bcrypt computation whatever the user name: an unknown user is checked against the costliest
+    configured hash and refused whatever the outcome, so timing cannot tell user names apart (exporter-toolkit checks
+    unknown users against a dummy hash for the same reason). A password longer than bcrypt's 72 bytes is refused
+    without hashing: no bcrypt tool makes a hash for one, and truncating it would accept a different password.
+    Credentials that passed are remembered (a sha256 of user, password and hash), so `passed` answers the scrapes that
+    follow without bcrypt's deliberate cost (exporter-toolkit caches the same way).
+    """
 
     def __init__(self, users: dict[str, str]) -> None:
+        if not users:
+            raise ValueError("BasicAuth needs at least one user")
         self._users = {u: h.encode() for u, h in users.items()}
+        self._dummy = max(self._users.values(), key=lambda h: int(h[4:6]))  # the cost: "$2b$12$..."
         self._passed: set[bytes] = set()
         self._lock = threading.Lock()
 
-    def check(self, user: str, password: str) -> bool:
+    def knows(self, user: str) -> bool:
+        return user in self._users
+
+    @staticmethod
+    def _digest(user: str, password: str, hashed: bytes) -> bytes:
+        return hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+
+    def passed(self, user: str, password: str) -> bool:
+        """True if these exact credentials passed `check` before: a set lookup, no bcrypt."""
         hashed = self._users.get(user)
         if hashed is None:
             return False
-        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+        digest = self._digest(user, password, hashed)
         with self._lock:
-            if key in self._passed:
-                return True
-        if not bcrypt.checkpw(password.encode(), hashed):
+            return digest in self._passed
+
+    def check(self, user: str, password: str) -> bool:
+        """The bcrypt check (deliberately slow: about 0.3 s at cost 12); remembers credentials that pass."""
+        secret = password.encode()
+        if len(secret) > MAX_PASSWORD_BYTES:
+            return False
+        hashed = self._users.get(user)
+        if hashed is None:
+            bcrypt.checkpw(secret, self._dummy)  # the cost of a known user's wrong password, result ignored
+            return False
+        if not bcrypt.checkpw(secret, hashed):
             return False
         with self._lock:
-            self._passed.add(key)
+            self._passed.add(self._digest(user, password, hashed))
         return True
