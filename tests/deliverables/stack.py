@@ -10,7 +10,14 @@ The scenario gives every dashboard panel something to show:
 - etl:42, one session idle in a transaction that holds an advisory lock, one waiting for that lock, one running a
   long query: rule etl-long-transactions (action log) keeps the group violating;
 - app:web, three idle sessions: rule web-pool (max_sessions 2, for 1h) keeps the group pending;
-- one untagged idle session.
+- one untagged idle session;
+- lock chains on the rows of a table of the stack's own: billing:7 sits idle in a transaction holding row 1; ledger:8's
+  first session waits on it, and an untagged session waits on row 1 behind ledger:8 (on the tuple lock ledger:8
+  holds while it waits): billing:7 blocks 2 sessions, one through the chain, and ledger:8 blocks 1. Rule
+  billing-blocking (action log) keeps billing:7 violating. An untagged session idle in a transaction holds row 2, on
+  which ledger:8's second session waits; a prepared transaction holds row 3, on which ledger:8's third session
+  waits (when the server allows prepared transactions: max_prepared_transactions > 0, as on the local clusters; a
+  PGPARENT_TEST_DSN or container server may have the default 0).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from exporter.pgcluster import free_port
 from tests.deliverables.grafana import ALERTS, Target, substitute
-from tests.support import Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name
+from tests.support import Client, Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name
 
 JOB = "pgparent"
 SCRAPE_INTERVAL = "1s"
@@ -44,6 +51,8 @@ LOCK_KEY = (7001, 42)
 """The etl:42 advisory lock, in the two-int4 key space so it cannot meet a single-bigint key another tool uses."""
 
 LONG_QUERY = "SELECT pg_sleep(600)"
+ROW_UPDATE = "UPDATE {} SET n = n + 1 WHERE id = {}"
+ROW_LOCK = "SELECT id FROM {} WHERE id = {} FOR UPDATE"
 
 DAEMON_RULES = """
 interval: 1s
@@ -67,6 +76,11 @@ rules:
     max_sessions: 2
     for: 1h
     action: terminate
+  - name: billing-blocking
+    match: {parent: "billing:*"}
+    max_blocking_sessions: 1
+    max_blocking_duration: 3s
+    action: log
 """
 
 
@@ -171,6 +185,8 @@ class LiveStack:
     clients: Clients
     held: HeldSessions
     app_dsn: str
+    prepared: bool
+    """Whether the scenario has its prepared transaction (the server's max_prepared_transactions > 0)."""
     started: float = field(default_factory=time.time)
 
     @property
@@ -203,8 +219,70 @@ def _drop_roles(server: Server, *roles: str) -> None:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def _rows(server: Server, table: str, app: str) -> None:
+    """The lock scenario's table, rows 1 to 3, which the application role may lock and update."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)").format(
+            sql.Identifier(table)))
+        conn.execute(sql.SQL("INSERT INTO {} (id) SELECT generate_series(1, 3)").format(sql.Identifier(table)))
+        conn.execute(sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(sql.Identifier(table), sql.Identifier(app)))
+
+
+def _drop_rows(server: Server, table: str) -> None:
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+def _prepare(server: Server, app_dsn: str, table: str, gid: str) -> bool:
+    """A prepared transaction of the application role holding row 3 (its locks then belong to no backend); False,
+    and nothing prepared, when the server's max_prepared_transactions is 0."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('max_prepared_transactions')::int").fetchone()
+    if row is None or row[0] == 0:
+        return False
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(sql.SQL(ROW_LOCK).format(sql.Identifier(table), sql.Literal(3)))
+        conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+    return True
+
+
+def _rollback_prepared(server: Server, gid: str) -> None:
+    """Roll the prepared transaction back: it outlives every session, and a server restart too."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = %s", [gid]).fetchone():
+            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+
+
+def _waiting_on_lock(server: Server, client: Client) -> bool:
+    """Whether `client`'s session waits on a heavyweight lock now."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                           [client.pid]).fetchone()
+    return bool(row and row[0])
+
+
+def start_lock_chains(server: Server, clients: Clients, held: HeldSessions, app_dsn: str, table: str,
+                      prepared: bool) -> None:
+    """Open the lock scenario's sessions (see the module docstring); row 3 is locked by a prepared transaction if
+    `prepared`."""
+
+    def row(statement: str, n: int) -> str:
+        return sql.SQL(statement).format(sql.Identifier(table), sql.Literal(n)).as_string(None)
+
+    held.open(app_dsn, "billing:7:holder", in_transaction=row(ROW_LOCK, 1))
+    (first,) = clients.start("ledger:8:a", row(ROW_UPDATE, 1), dsn=app_dsn)
+    # Only once ledger:8 waits (holding the row's tuple lock) does the next waiter queue behind it, not beside it.
+    eventually(lambda: _waiting_on_lock(server, first), what="ledger:8:a waiting on billing:7")
+    clients.start("adhoc-report", row(ROW_UPDATE, 1), dsn=app_dsn)
+    held.open(app_dsn, "psql", in_transaction=row(ROW_LOCK, 2))
+    clients.start("ledger:8:b", row(ROW_UPDATE, 2), dsn=app_dsn)
+    if prepared:
+        clients.start("ledger:8:c", row(ROW_UPDATE, 3), dsn=app_dsn)
+
+
 def start_scenario(clients: Clients, held: HeldSessions, app_dsn: str) -> None:
-    """Open the scenario's sessions (see the module docstring)."""
+    """Open the scenario's sessions (see the module docstring), the lock chains apart (start_lock_chains)."""
     clients.start("FakeParent:1001", LONG_QUERY, n=3, dsn=app_dsn)
     clients.start("admin:ops", LONG_QUERY, n=3)  # the superuser's own sessions
     lock = "SELECT pg_advisory_xact_lock({}, {})".format(*LOCK_KEY)
@@ -224,15 +302,21 @@ def live_stack(server: Server, tmp: Path) -> Iterator[LiveStack]:
         app, monitor = unique_name("pgp_dash_app"), unique_name("pgp_dash_monitor")
         stack.callback(_drop_roles, server, app, monitor)
         app_dsn, monitor_dsn = _roles(server, app, monitor)
+        table, gid = unique_name("pgp_dash_rows"), unique_name("pgp_dash_prepared")
+        stack.callback(_drop_rows, server, table)  # after the rollback below: the prepared transaction locks it
+        _rows(server, table, app)
+        stack.callback(_rollback_prepared, server, gid)
+        prepared = _prepare(server, app_dsn, table, gid)
         clients = Clients(server.dsn)
         stack.callback(clients.cleanup)
         held = HeldSessions()
         stack.callback(held.close)
         start_scenario(clients, held, app_dsn)
+        start_lock_chains(server, clients, held, app_dsn, table, prepared)
         d = stack.enter_context(daemon(tmp, DAEMON_RULES, monitor_dsn))
         prometheus = Prometheus(tmp, f"127.0.0.1:{d.port}", [ALERTS])
         stack.callback(prometheus.stop)
-        yield LiveStack(server, d, prometheus, clients, held, app_dsn)
+        yield LiveStack(server, d, prometheus, clients, held, app_dsn, prepared)
 
 
 def wait_for_data(stack: LiveStack, timeout: float = 90.0) -> None:
