@@ -3,6 +3,7 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
 
     scripts/bench                 # N = 100, 500, 1000, 2000; writes bench/results.json, docs/BENCHMARKS.md, the plot
     scripts/bench --quick         # N = 100 only, few repetitions: a smoke run (~1 min), writes only --output
+    scripts/bench --only locks    # the lock step's cost alone, merged into bench/results.json and the docs
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all
 contenders alike; tables report medians and ratios.
@@ -271,6 +272,93 @@ def measure_synthetic(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     return out
 
 
+def _lock_participants(dsn: str, waiters: int) -> list[psycopg.Connection[tuple[Any, ...]]]:
+    """`waiters` sessions waiting in chains on waiters // 10 root blockers: each root holds a row idle in a
+    transaction; ten sessions queue on that row (the first waits on the root, the rest behind it on the row lock)."""
+    conns: list[psycopg.Connection[tuple[Any, ...]]] = []
+    if not waiters:
+        return conns
+    setup = psycopg.connect(dsn, autocommit=True)
+    setup.execute("DROP TABLE IF EXISTS bench_locks")
+    setup.execute("CREATE TABLE bench_locks (id int PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+    setup.execute("INSERT INTO bench_locks (id) SELECT generate_series(1, %s)", [waiters // 10])
+    setup.close()
+    for chain in range(1, waiters // 10 + 1):
+        root = psycopg.connect(dsn, autocommit=True, application_name=f"BenchRoot:{chain}")
+        root.execute(f"BEGIN; UPDATE bench_locks SET v = v + 1 WHERE id = {chain}".encode())
+        conns.append(root)
+        for i in range(10):
+            c = psycopg.connect(dsn, autocommit=True, application_name=f"BenchWait:{chain}:{i}")
+            c.pgconn.send_query(f"UPDATE bench_locks SET v = v + 1 WHERE id = {chain}".encode())
+            conns.append(c)
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+            if row is not None and row[0] >= waiters:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the lock waiters did not all start waiting")
+    return conns
+
+
+def _end_client_sessions(dsn: str) -> None:
+    """Terminate every other client session and wait for them to go (a backend in pg_sleep outlives its client)."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.05)
+
+
+def measure_locks(dsn: str, total: int, rounds: int) -> list[dict[str, Any]]:
+    """The poll cycle at `total` sessions with 0, 10 and 100 of them waiting in chains, side by side with the same
+    poll without the lock step (interleaved round by round)."""
+    config = load_config(REPO / "rules.yaml")
+    out = []
+    for waiters in (0, 10, 100):
+        participants = _lock_participants(dsn, waiters)
+        filler = Sessions(dsn)
+        filler.grow_to(int((total - len(participants)) / 1.1))
+        with_step, without = Database(dsn), Database(dsn, read_blockers=False)
+        timings: dict[str, list[float]] = {"with": [], "without": []}
+        blocked = 0
+        for _ in range(rounds):
+            for name, db in (("with", with_step), ("without", without)):
+                t = time.perf_counter()
+                with gc_paused():
+                    grouped = group(db.snapshot(), config.grouping.pattern)
+                    evaluate(grouped, config, RuleState())
+                    if grouped.locks is not None:
+                        blocked = len(grouped.locks.waits)
+                timings[name].append(time.perf_counter() - t)
+        sessions = len(with_step.snapshot().sessions)
+        with_step.close()
+        without.close()
+        _end_client_sessions(dsn)
+        filler.close()
+        for c in participants:
+            c.pgconn.finish()
+        out.append({
+            "sessions": sessions,
+            "waiters": waiters,
+            "waiters_seen": blocked,
+            "with_lock_step_ms": median_ms(timings["with"]),
+            "without_lock_step_ms": median_ms(timings["without"]),
+        })
+        print(json.dumps(out[-1]), flush=True)
+    base = out[0]["with_lock_step_ms"]
+    for row in out:
+        row["over_no_waiters"] = round(row["with_lock_step_ms"] / base, 2)
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -314,6 +402,15 @@ def run(sizes: list[int], rounds: int, trials: int, synthetic_sizes: list[int]) 
     results["synthetic"] = measure_synthetic(synthetic_sizes, 5)
     print(json.dumps(results["synthetic"]), flush=True)
     return results
+
+
+def run_locks(total: int, rounds: int) -> list[dict[str, Any]]:
+    """The lock step's cost on a server of its own."""
+    cluster: Cluster = start_cluster(settings={"max_connections": str(total * 2 + 100), "shared_buffers": "128MB"})
+    try:
+        return measure_locks(cluster.dsn, total, rounds)
+    finally:
+        cluster.destroy()
 
 
 def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
@@ -362,6 +459,23 @@ def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
     ]
     if plot is not None:
         lines += ["", f"![poll cost and floor against N]({plot.name})"]
+    if results.get("locks"):
+        lines += [
+            "",
+            "**Lock chains** (`scripts/bench --only locks`): the poll cycle (read, group, evaluate rules.yaml) at "
+            f"about {results['locks'][0]['sessions']} sessions, of which 0, 10 or 100 wait in chains (one root "
+            "blocker idle in a transaction per ten waiters, the first waiting on it, the others queued behind the "
+            "first), side by side with the same poll without the lock step. The lock step runs only when some "
+            "session waits.",
+            "",
+            "| waiting | sessions | cycle with the lock step | without it | with / with at 0 waiting |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['waiters']} | {r['sessions']} | {r['with_lock_step_ms']} ms | {r['without_lock_step_ms']} ms | "
+            f"{r['over_no_waiters']}x |"
+            for r in results["locks"]
+        ]
     lines += ["", "## Goals", "", "| goal | measured | holds |", "|---|---|---|"]
     lines += [f"| {goal} | {measured} | {'yes' if ok else '**no**'} |" for goal, measured, ok in goals(results)]
     lines += ["", QUERY_NOTE, "", NOTES]
@@ -418,6 +532,10 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append(("100k synthetic sessions grouped and evaluated <= 150 ms, linearly",
                     f"{big['median_ms']} ms; per-session cost 100k/10k = {growth:.2f}",
                     big["median_ms"] <= 150 and growth <= 1.5))
+    locks = {r["waiters"]: r for r in results.get("locks", [])}
+    if 100 in locks:
+        out.append(("poll cycle with 100 sessions waiting in chains <= 1.5x the cycle with none",
+                    f"{locks[100]['over_no_waiters']}x", locks[100]["over_no_waiters"] <= 1.5))
     return out
 
 
@@ -452,7 +570,14 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench-poll.png")
     parser.add_argument("--from-results", type=Path, help="only redraw the docs and plot from a results.json")
+    parser.add_argument("--only", choices=["locks"], help="measure only this part, merged into --output's results")
     args = parser.parse_args()
+    if args.only == "locks":
+        results = json.loads(args.output.read_text())
+        results["locks"] = run_locks(1000, rounds=20)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        write_docs(results, args.docs, args.plot if args.plot.exists() else None)
+        return 0
     if args.from_results:
         results = json.loads(args.from_results.read_text())
         write_plot(results, args.plot)
@@ -463,6 +588,7 @@ def main() -> int:
     else:
         results = run([int(n) for n in args.sizes.split(",")], rounds=30, trials=20,
                       synthetic_sizes=[10_000, 100_000])
+        results["locks"] = run_locks(1000, rounds=20)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     if not args.quick:
         write_plot(results, args.plot)

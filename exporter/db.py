@@ -183,9 +183,13 @@ class Database:
     DEADLINE_FACTOR = 1.125
     """The client gives up on the server at this multiple of statement_timeout."""
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0) -> None:
+    def __init__(
+        self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0, read_blockers: bool = True
+    ) -> None:
+        """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way)."""
         _parse(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
+        self.read_blockers = read_blockers
         self.masked = mask_dsn(dsn)
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
@@ -294,7 +298,7 @@ class Database:
             for row in rows:
                 session = Session(*row[:-1])
                 (workers if session.backend_type == "parallel worker" else sessions).append(session)
-            waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"]
+            waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if self.read_blockers else []
             blockers: list[Blocker] = []
             if waiting:
                 with self._guard(conn), conn.cursor(row_factory=class_row(Blocker)) as bcur:

@@ -4,17 +4,25 @@
 -- session from autovacuum, a walsender or any other process that must never be signalled. The wait start is
 -- pg_locks.waitstart (PostgreSQL 14+); {waitstart} is that column, or NULL on older servers, where the caller falls
 -- back to the waiting query's query_start (an upper bound on the wait). The lock is the waiter's ungranted one.
-SELECT w.pid AS pid,
-       b.blocker AS blocker,
-       ba.backend_type AS blocker_type,
-       l.waitstart AS waitstart,
-       l.locktype AS locktype,
-       CASE WHEN l.relation IS NOT NULL THEN l.relation::regclass::text END AS relation,
-       l.mode AS mode
-  FROM unnest(%(pids)s::int[]) AS w(pid)
- CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(blocker)
-  LEFT JOIN pg_catalog.pg_stat_activity AS ba ON ba.pid = b.blocker
-  LEFT JOIN LATERAL (SELECT {waitstart} AS waitstart, locktype, relation, mode
-                       FROM pg_catalog.pg_locks
-                      WHERE pid = w.pid AND NOT granted
-                      LIMIT 1) AS l ON true
+-- pg_locks is read once (MATERIALIZED), not once per waiter: it walks the whole lock table on each call. A blocker's
+-- backend_type comes from pg_stat_get_activity(pid), one backend's row, not from the whole of pg_stat_activity.
+WITH waiter AS (
+    SELECT w.pid, b.blocker
+      FROM unnest(%(pids)s::int[]) AS w(pid)
+     CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(w.pid)) AS b(blocker)
+), ungranted AS MATERIALIZED (
+    SELECT DISTINCT ON (pid) pid, {waitstart} AS waitstart, locktype, relation, mode
+      FROM pg_catalog.pg_locks
+     WHERE NOT granted AND pid = ANY(%(pids)s::int[])
+     ORDER BY pid
+)
+SELECT waiter.pid AS pid,
+       waiter.blocker AS blocker,
+       backend.backend_type AS blocker_type,
+       ungranted.waitstart AS waitstart,
+       ungranted.locktype AS locktype,
+       CASE WHEN ungranted.relation IS NOT NULL THEN ungranted.relation::regclass::text END AS relation,
+       ungranted.mode AS mode
+  FROM waiter
+  LEFT JOIN ungranted ON ungranted.pid = waiter.pid
+  LEFT JOIN LATERAL pg_catalog.pg_stat_get_activity(NULLIF(waiter.blocker, 0)) AS backend ON true
