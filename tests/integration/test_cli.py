@@ -110,8 +110,8 @@ def test_bad_listen_address_and_bad_config_exit_2(pg: Server, tmp_path: Path) ->
     bad_config = pgparent("run", "--dsn", pg.dsn, "--config.file", str(config))
     assert bad_config.returncode == 2
     assert bad_config.stderr.splitlines() == [
-        f"{config}: interval: invalid duration 'soon': use a number of seconds or units ms, s, m, h, d "
-        "(e.g. 500ms, 1h30m)",
+        f"{config}: interval: invalid duration 'soon': use a number of seconds or units ms, s, m, h, d, w, y, "
+        "largest first, each at most once (e.g. 500ms, 1h30m)",
         f"{config}: rules.0.action: Input should be 'terminate', 'cancel' or 'log'",
     ]
 
