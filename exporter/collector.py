@@ -7,7 +7,7 @@ so groups that vanished from the last poll vanish from /metrics.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, disable_created_metrics
@@ -76,23 +76,70 @@ class Published:
     """True while this replica holds the leader lock."""
 
 
-def _fold(groups: list[Group]) -> dict[str, float]:
-    """The __other__ series: sums of counts and the worst of each duration over the folded groups."""
-    out: dict[str, float] = {f"state:{s}": 0.0 for s in KNOWN_STATES}
-    for key in ("workers", "waiting", "blocked", "blocking", "max_blocking", "max_query", "max_xact", "age"):
-        out[key] = 0.0
-    for g in groups:
-        for state, n in g.stats.by_state.items():
-            out[f"state:{state}"] = out.get(f"state:{state}", 0.0) + n
-        out["workers"] += g.workers
-        out["waiting"] += g.stats.waiting
-        out["blocked"] += g.stats.blocked
-        out["blocking"] += g.stats.blocking  # a waiter held up by two folded groups counts twice: an upper bound
-        out["max_blocking"] = max(out["max_blocking"], g.stats.max_blocking)
-        out["max_query"] = max(out["max_query"], g.stats.max_query_duration)
-        out["max_xact"] = max(out["max_xact"], g.stats.max_transaction_duration)
-        out["age"] = max(out["age"], g.stats.age)
-    return out
+@dataclass(frozen=True, slots=True)
+class _GroupSeries:
+    """One per-group gauge: its name and help, its value for a group, and how folded groups combine into __other__
+    (counts add up; durations keep the worst)."""
+
+    name: str
+    help: str
+    value: Callable[[Group], float]
+    fold: Callable[[list[float]], float]
+
+
+def _worst(values: list[float]) -> float:
+    return max(values, default=0.0)
+
+
+def _total(values: list[float]) -> float:
+    return float(sum(values))
+
+
+_GROUP_SERIES = (
+    _GroupSeries(
+        "pgparent_group_parallel_workers", "Parallel workers serving a group's sessions.", lambda g: g.workers, _total
+    ),
+    _GroupSeries(
+        "pgparent_group_waiting_sessions",
+        "Active sessions of a group waiting on a lock.",
+        lambda g: g.stats.waiting,
+        _total,
+    ),
+    _GroupSeries(
+        "pgparent_group_blocked_sessions",
+        "Sessions of a group waiting on a lock held by another session.",
+        lambda g: g.stats.blocked,
+        _total,
+    ),
+    _GroupSeries(
+        "pgparent_group_blocking_sessions",
+        "Sessions of other groups, untagged ones included, waiting on a group's sessions, directly or through a "
+        "chain.",
+        lambda g: g.stats.blocking,
+        _total,  # a waiter held up by two folded groups counts twice: an upper bound
+    ),
+    _GroupSeries(
+        "pgparent_group_max_blocking_seconds",
+        "The longest any session has been waiting on a group's sessions (through a chain included).",
+        lambda g: g.stats.max_blocking,
+        _worst,
+    ),
+    _GroupSeries(
+        "pgparent_group_max_query_duration_seconds",
+        "Longest running query of a group.",
+        lambda g: g.stats.max_query_duration,
+        _worst,
+    ),
+    _GroupSeries(
+        "pgparent_group_max_transaction_duration_seconds",
+        "Longest open transaction of a group.",
+        lambda g: g.stats.max_transaction_duration,
+        _worst,
+    ),
+    _GroupSeries(
+        "pgparent_group_age_seconds", "Time since the group's oldest session started.", lambda g: g.stats.age, _worst
+    ),
+)
 
 
 class PgparentCollector(Collector):
@@ -193,76 +240,32 @@ class PgparentCollector(Collector):
         sessions = GaugeMetricFamily(
             "pgparent_group_sessions", "Client sessions of a group, by state.", labels=["parent", "state"]
         )
-        workers = GaugeMetricFamily(
-            "pgparent_group_parallel_workers", "Parallel workers serving a group's sessions.", labels=["parent"]
-        )
-        waiting = GaugeMetricFamily(
-            "pgparent_group_waiting_sessions", "Active sessions of a group waiting on a lock.", labels=["parent"]
-        )
-        blocked = GaugeMetricFamily(
-            "pgparent_group_blocked_sessions",
-            "Sessions of a group waiting on a lock held by another session.",
-            labels=["parent"],
-        )
-        blocking = GaugeMetricFamily(
-            "pgparent_group_blocking_sessions",
-            "Sessions of other groups, untagged ones included, waiting on a group's sessions, directly or through a "
-            "chain.",
-            labels=["parent"],
-        )
-        max_blocking = GaugeMetricFamily(
-            "pgparent_group_max_blocking_seconds",
-            "The longest any session has been waiting on a group's sessions (through a chain included).",
-            labels=["parent"],
-        )
-        max_query = GaugeMetricFamily(
-            "pgparent_group_max_query_duration_seconds", "Longest running query of a group.", labels=["parent"]
-        )
-        max_xact = GaugeMetricFamily(
-            "pgparent_group_max_transaction_duration_seconds",
-            "Longest open transaction of a group.",
-            labels=["parent"],
-        )
-        age = GaugeMetricFamily(
-            "pgparent_group_age_seconds", "Time since the group's oldest session started.", labels=["parent"]
-        )
         kept, folded = top_groups(grouped.groups, max_groups)
         for g in kept:
             for state, n in g.stats.by_state.items():
                 sessions.add_metric([g.parent, state], n)
-            workers.add_metric([g.parent], g.workers)
-            waiting.add_metric([g.parent], g.stats.waiting)
-            blocked.add_metric([g.parent], g.stats.blocked)
-            blocking.add_metric([g.parent], g.stats.blocking)
-            max_blocking.add_metric([g.parent], g.stats.max_blocking)
-            max_query.add_metric([g.parent], g.stats.max_query_duration)
-            max_xact.add_metric([g.parent], g.stats.max_transaction_duration)
-            age.add_metric([g.parent], g.stats.age)
         if folded:
-            other = _fold(folded)
-            for key, total in other.items():
-                if key.startswith("state:"):
-                    sessions.add_metric([OTHER, key.removeprefix("state:")], total)
-            workers.add_metric([OTHER], other["workers"])
-            waiting.add_metric([OTHER], other["waiting"])
-            blocked.add_metric([OTHER], other["blocked"])
-            blocking.add_metric([OTHER], other["blocking"])
-            max_blocking.add_metric([OTHER], other["max_blocking"])
-            max_query.add_metric([OTHER], other["max_query"])
-            max_xact.add_metric([OTHER], other["max_xact"])
-            age.add_metric([OTHER], other["age"])
+            by_state: dict[str, int] = dict.fromkeys(KNOWN_STATES, 0)
+            for g in folded:
+                for state, n in g.stats.by_state.items():
+                    by_state[state] = by_state.get(state, 0) + n
+            for state, n in by_state.items():
+                sessions.add_metric([OTHER, state], n)
+        series: list[Metric] = [sessions]
+        for spec in _GROUP_SERIES:
+            family = GaugeMetricFamily(spec.name, spec.help, labels=["parent"])
+            for g in kept:
+                family.add_metric([g.parent], spec.value(g))
+            if folded:
+                family.add_metric([OTHER], spec.fold([spec.value(g) for g in folded]))
+            series.append(family)
         untagged = GaugeMetricFamily(
             "pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", labels=["state"]
         )
         for state, n in grouped.untagged.by_state.items():
             untagged.add_metric([state], n)
         return [
-            sessions,
-            workers,
-            waiting,
-            blocked,
-            blocking,
-            max_blocking,
+            *series,
             GaugeMetricFamily(
                 "pgparent_untagged_blocking_sessions",
                 "Sessions waiting on untagged sessions, directly or through a chain.",
@@ -273,9 +276,6 @@ class PgparentCollector(Collector):
                 "Sessions waiting on prepared transactions, directly or through a chain.",
                 value=grouped.prepared_blocking,
             ),
-            max_query,
-            max_xact,
-            age,
             untagged,
             GaugeMetricFamily("pgparent_groups", "Tagged groups seen by the last poll.", value=len(grouped.groups)),
             GaugeMetricFamily(
