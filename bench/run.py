@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from exporter.collector import PgparentCollector, Published  # noqa: E402
 from exporter.config import load_config  # noqa: E402
-from exporter.daemon import gc_paused  # noqa: E402
+from exporter.target import gc_paused  # noqa: E402
 from exporter.db import Database  # noqa: E402
 from exporter.grouping import group  # noqa: E402
 from exporter.model import Session, Snapshot  # noqa: E402

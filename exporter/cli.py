@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter import __version__
-from exporter.config import Config, describe, load_config, warnings
+from exporter.config import DEFAULT_TARGET, Config, describe, load_config, warnings
 from exporter.db import Database, resolve_dsn
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.grouping import group
@@ -38,6 +38,27 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read the DSN from this file")
     p.add_argument("--config.file", dest="config_file", metavar="FILE", help="rules file (see rules.yaml)")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", metavar="NAME", help="which of the config's targets (with a config that lists targets)")
+
+
+def _database(args: argparse.Namespace, config: Config) -> Database:
+    """The server a one-shot command talks to: --target NAME of the config's targets, else --dsn / the environment."""
+    from exporter.daemon import target_dsn
+
+    if not config.targets:
+        if args.target is not None:
+            raise UsageError(f"--target {args.target}: the config lists no targets; use --dsn")
+        return Database(resolve_dsn(args.dsn, args.dsn_file))
+    names = [t.name for t in config.targets]
+    if args.target is None:
+        raise UsageError(f"the config lists targets: name one with --target ({', '.join(names)})")
+    spec = next((t for t in config.targets if t.name == args.target), None)
+    if spec is None:
+        raise UsageError(f"--target {args.target}: no such target in the config ({', '.join(names)})")
+    return Database(target_dsn(spec, args.config_file))
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -93,19 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
         f"{default_limits.workers})",
     )
     run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
+    run.add_argument(
+        "--shard",
+        action="store_true",
+        help="replicas with the same config divide the targets: each target is polled and enforced by one of them "
+        "(leader_election.shard)",
+    )
     _add_logging(run)
 
     groups = sub.add_parser("groups", help="show the current groups once")
     _add_connection(groups)
+    _add_target(groups)
     groups.add_argument("--output", choices=["table", "json"], default="table")
 
     locks = sub.add_parser("locks", help="show the blocking forest now: root blockers and who waits on them")
     _add_connection(locks)
+    _add_target(locks)
     locks.add_argument("--output", choices=["table", "json"], default="table")
 
     term = sub.add_parser("terminate", help="signal every client session of one group")
     term.add_argument("parent", metavar="PARENT", help="the parent tag, e.g. FakeParent:1001")
     _add_connection(term)
+    _add_target(term)
     term.add_argument("--cancel", action="store_true", help="cancel active queries instead of terminating sessions")
     term.add_argument("--dry-run", action="store_true", help="list what would be signalled, signal nothing")
     _add_logging(term)
@@ -130,7 +160,7 @@ def _config(path: str | None) -> Config:
 
 def cmd_groups(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
-    db = Database(resolve_dsn(args.dsn, args.dsn_file))
+    db = _database(args, config)
     try:
         grouped = group(db.snapshot(), config.grouping.pattern)
     finally:
@@ -147,7 +177,7 @@ def cmd_locks(args: argparse.Namespace) -> int:
     from exporter.render import locks_json, locks_table
 
     config = _config(args.config_file)
-    db = Database(resolve_dsn(args.dsn, args.dsn_file))
+    db = _database(args, config)
     try:
         snapshot = db.snapshot()
     finally:
@@ -167,9 +197,11 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
     config = _config(args.config_file)
     action: SignalAction = "cancel" if args.cancel else "terminate"
-    db = Database(resolve_dsn(args.dsn, args.dsn_file))
+    db = _database(args, config)
     try:
-        result = signal_group(db, config, args.parent, action, dry_run=args.dry_run)
+        result = signal_group(
+            db, config, args.parent, action, dry_run=args.dry_run, target=args.target or DEFAULT_TARGET
+        )
     finally:
         db.close()
     return EXIT_FAILURE if result.failed else EXIT_OK
@@ -186,7 +218,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from exporter.daemon import Daemon
+    from exporter.daemon import Daemon, statement_timeout
     from exporter.http import parse_listen_address
     from exporter.webconfig import load_web_config
 
@@ -195,16 +227,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = parse_listen_address(args.listen)
     limits = Limits(workers=args.web_workers, max_connections=args.web_max_connections)
     web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
-    # A poll that takes longer than an interval is already late: the client cuts it within one interval
-    # (statement_timeout at 0.8 of it, the watchdog at 0.9; within 0.45 s to 33.75 s), so a stalled network is noticed
-    # within two intervals with a tenth of one to spare.
-    statement_timeout = max(0.4, min(0.8 * config.interval, 30.0))
-    db = Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
+    db = (
+        None
+        if config.targets
+        else Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout(config.interval))
+    )
     daemon = Daemon(
         config,
         db,
         config_path=args.config_file,
         force_dry_run=args.dry_run,
+        shard=args.shard,
         listen=listen,
         web=web,
         tls=tls,

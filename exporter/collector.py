@@ -1,13 +1,14 @@
-"""Prometheus metrics: a custom collector over the latest published poll, and the daemon's counters.
+"""Prometheus metrics: a custom collector over the latest published poll of every target, and the counters.
 
-A scrape never touches PostgreSQL: `collect()` reads the last `Published` object and yields fresh metric families,
-so groups that vanished from the last poll vanish from /metrics.
+A scrape never touches PostgreSQL: `collect()` reads the last `Published` object of each target and yields fresh
+metric families, so groups (and targets) that vanished vanish from /metrics. Every series of a target carries
+`target="NAME"` and the target's own constant labels.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, disable_created_metrics
@@ -22,58 +23,92 @@ from exporter.model import KNOWN_STATES, Group, Grouped
 
 log = get_logger(__name__)
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters here start with the process, which `up` already says
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters start with the process
 
 
 class Counters:
-    """The daemon's counters: prometheus_client metrics on a private registry, written by the loop, read by scrapes.
+    """The daemon's counters: prometheus_client metrics, written by the poll loops, read by scrapes.
 
-    Every counter incremented anywhere is one of these, so every one is exported.
+    Every counter incremented anywhere is one of these, so every one is exported. They live on a registry of their
+    own; the collector re-emits them with each target's constant labels added.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.polls = Counter("pgparent_polls", "Poll cycles completed, successful or not.", registry=r)
-        self.poll_errors = Counter("pgparent_poll_errors", "Polls that failed.", registry=r)
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self.polls = Counter("pgparent_polls", "Poll cycles completed, successful or not.", ["target"], registry=r)
+        self.poll_errors = Counter("pgparent_poll_errors", "Polls that failed.", ["target"], registry=r)
         self.signalled = Counter(
             "pgparent_signalled_sessions",
             "Sessions signalled successfully, by rule and action (terminate or cancel).",
-            ["rule", "action"],
+            ["target", "rule", "action"],
             registry=r,
         )
         self.signal_failures = Counter(
-            "pgparent_signal_failures", "Signals not delivered, by rule and reason.", ["rule", "reason"], registry=r
+            "pgparent_signal_failures",
+            "Signals not delivered, by rule and reason.",
+            ["target", "rule", "reason"],
+            registry=r,
         )
         self.deferred = Counter(
-            "pgparent_signals_deferred", "Signals postponed by max_terminations_per_cycle.", ["rule"], registry=r
+            "pgparent_signals_deferred",
+            "Signals postponed by max_terminations_per_cycle.",
+            ["target", "rule"],
+            registry=r,
         )
         self.scrape_errors = Counter(
-            "pgparent_scrape_errors", "Scrapes whose metrics could not be built (they reported pgparent_up 0).",
+            "pgparent_scrape_errors",
+            "Scrapes whose metrics could not be built (they reported pgparent_up 0).",
             registry=r,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the loop publishes after each poll, replaced whole (readers never see half an update)."""
+    """What a target's loop publishes after each poll, replaced whole (readers never see half an update)."""
 
     up: bool = False
     last_success: float = 0.0
     """Unix time of the last successful poll, 0 before the first."""
     poll_duration: float = 0.0
-    interval: float = 0.0
     grouped: Grouped | None = None
+    """None when the poll read nothing: the server is down, or (sharding) another replica leads this target."""
     violating: dict[str, int] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     max_groups: int = 500
     dry_run: bool = False
-    reload_ok: bool = True
-    reload_time: float = 0.0
     enforcing: bool = False
     """False while enforcement is off for a reason the logs give (not the leader, a standby server)."""
     leader: bool = False
-    """True while this replica holds the leader lock."""
+    """True while this replica holds the target's leader lock."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The target's constant labels (config `targets[].labels`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    """The process's own state, not any target's: the config file and the schedule."""
+
+    interval: float = 0.0
+    reload_ok: bool = True
+    reload_time: float = 0.0
+
+
+class _Families:
+    """Gauge families built across targets: each family is created once, every sample gets the target's labels."""
+
+    def __init__(self, label_names: Sequence[str]) -> None:
+        self.base = ["target", *label_names]
+        self.families: dict[str, GaugeMetricFamily] = {}
+        self.values: list[str] = []
+
+    def at(self, target: str, labels: dict[str, str]) -> None:
+        self.values = [target, *(labels.get(n, "") for n in self.base[1:])]
+
+    def add(self, name: str, doc: str, value: float, labels: Sequence[str] = (), values: Sequence[str] = ()) -> None:
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = GaugeMetricFamily(name, doc, labels=[*self.base, *labels])
+        family.add_metric([*self.values, *values], value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,147 +178,165 @@ _GROUP_SERIES = (
 
 
 class PgparentCollector(Collector):
-    """Yields pgparent's metrics from the latest published poll and the counters."""
+    """Yields pgparent's metrics from the latest published poll of each target, the flags and the counters."""
 
     def __init__(self) -> None:
-        self.latest = Published()
+        self.latest: dict[str, Published] = {}
+        self.flags = Flags()
+        self.counters = Counters()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
-        self.counters = Counters(self._registry)
-        self._rendered: tuple[Published, bytes] | None = None
+        self._version = 0
+        self._rendered: tuple[int, bytes] | None = None
         self._render_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
 
     @property
     def registry(self) -> CollectorRegistry:
-        """A private registry holding only this collector and its counters (no process or platform collectors)."""
+        """A private registry holding only this collector (no process or platform collectors)."""
         return self._registry
 
-    def publish(self, published: Published) -> None:
-        self.latest = published
+    def publish(self, published: Published, target: str = "default") -> None:
+        with self._publish_lock:
+            self.latest = {**self.latest, target: published}
+            self._version += 1
+
+    def forget(self, target: str) -> None:
+        """A target removed from the config: its series go."""
+        with self._publish_lock:
+            self.latest = {k: v for k, v in self.latest.items() if k != target}
+            self._version += 1
+
+    def set_flags(self, flags: Flags) -> None:
+        with self._publish_lock:
+            self.flags = flags
+            self._version += 1
 
     def render(self) -> bytes:
-        """The text exposition of the latest publish, rendered once and shared by every scrape until the next.
+        """The text exposition of the latest publishes, rendered once and shared by every scrape until the next.
 
         Counters only move inside a poll cycle, which ends with a publish, so the cache is never staler than the
-        snapshot it describes; scrapes then cost a memory copy however many scrapers there are. One scraper renders
+        snapshots it describes; scrapes then cost a memory copy however many scrapers there are. One scraper renders
         while the others wait for its result: concurrent scrapes after a publish never render the same text twice.
         """
         with self._render_lock:
-            latest, cached = self.latest, self._rendered
-            if cached is None or cached[0] is not latest:
-                cached = self._rendered = (latest, generate_latest(self._registry))
+            version, cached = self._version, self._rendered
+            if cached is None or cached[0] != version:
+                cached = self._rendered = (version, generate_latest(self._registry))
             return cached[1]
 
     def collect(self) -> Iterator[Metric]:
-        p = self.latest
+        latest, flags = self.latest, self.flags
         try:
-            families = self._families(p)
+            families = self._families(latest, flags)
         except Exception:
             log.exception("collect_failed")
             self.counters.scrape_errors.inc()
-            families = [GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=0)]
+            families = [
+                GaugeMetricFamily("pgparent_up", "1 if the last poll of the target succeeded.", labels=["target"])
+            ]
+            for target in latest:
+                families[0].add_metric([target], 0)  # type: ignore[attr-defined]
         yield from families
+        yield from self._counters(latest)
 
-    def _families(self, p: Published) -> list[Metric]:
+    def _counters(self, latest: dict[str, Published]) -> Iterator[Metric]:
+        """The counters, each sample with its target's constant labels added (a removed target keeps its totals)."""
+        names = sorted({n for p in latest.values() for n in p.labels})
+        for metric in self.counters.registry.collect():
+            out = Metric(metric.name, metric.documentation, metric.type)
+            for sample in metric.samples:
+                target = sample.labels.get("target")
+                if target is not None and names:
+                    own = latest[target].labels if target in latest else {}
+                    labels = {**sample.labels, **{n: own.get(n, "") for n in names}}
+                    sample = sample._replace(labels=labels)
+                out.samples.append(sample)
+            yield out
+
+    def _families(self, latest: dict[str, Published], flags: Flags) -> list[Metric]:
         fams: list[Metric] = [
-            GaugeMetricFamily("pgparent_up", "1 if the last poll of PostgreSQL succeeded.", value=int(p.up)),
-            GaugeMetricFamily(
-                "pgparent_last_poll_timestamp_seconds",
-                "Unix time of the last successful poll (0 before the first).",
-                value=p.last_success,
-            ),
-            GaugeMetricFamily(
-                "pgparent_poll_duration_seconds", "Duration of the last poll cycle.", value=p.poll_duration
-            ),
-            GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=p.interval),
+            GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=flags.interval),
             GaugeMetricFamily(
                 "pgparent_config_last_reload_successful",
                 "1 if the last config (re)load succeeded.",
-                value=int(p.reload_ok),
+                value=int(flags.reload_ok),
             ),
             GaugeMetricFamily(
                 "pgparent_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last successful config load.",
-                value=p.reload_time,
-            ),
-            GaugeMetricFamily("pgparent_dry_run", "1 if no rule may signal (global dry run).", value=int(p.dry_run)),
-            GaugeMetricFamily(
-                "pgparent_enforcing", "1 if this instance may signal sessions now.", value=int(p.enforcing)
-            ),
-            GaugeMetricFamily(
-                "pgparent_leader",
-                "1 if this replica holds the leader lock (the one that enforces).",
-                value=int(p.leader),
+                value=flags.reload_time,
             ),
         ]
         info = InfoMetricFamily("pgparent_build", "pgparent build information.")
         info.add_metric([], {"version": __version__})
         fams.append(info)
 
-        violating = GaugeMetricFamily(
-            "pgparent_rule_violating_groups", "Groups for which the rule fires now.", labels=["rule"]
-        )
-        pending = GaugeMetricFamily(
-            "pgparent_rule_pending_groups", "Groups that exceed the rule but not yet for its 'for:'.", labels=["rule"]
-        )
-        for rule, n in p.violating.items():
-            violating.add_metric([rule], n)
-        for rule, n in p.pending.items():
-            pending.add_metric([rule], n)
-        fams += [violating, pending]
+        f = _Families(sorted({n for p in latest.values() for n in p.labels}))
+        for target, p in sorted(latest.items()):
+            f.at(target, p.labels)
+            f.add("pgparent_up", "1 if the last poll of the target succeeded.", int(p.up))
+            f.add(
+                "pgparent_last_poll_timestamp_seconds",
+                "Unix time of the target's last successful poll (0 before the first).",
+                p.last_success,
+            )
+            f.add("pgparent_poll_duration_seconds", "Duration of the target's last poll cycle.", p.poll_duration)
+            f.add("pgparent_dry_run", "1 if no rule may signal on the target (dry run).", int(p.dry_run))
+            f.add("pgparent_enforcing", "1 if this instance may signal the target's sessions now.", int(p.enforcing))
+            f.add(
+                "pgparent_leader",
+                "1 if this replica holds the target's leader lock (the one that enforces).",
+                int(p.leader),
+            )
+            for rule, n in p.violating.items():
+                f.add("pgparent_rule_violating_groups", "Groups for which the rule fires now.", n, ["rule"], [rule])
+            for rule, n in p.pending.items():
+                f.add(
+                    "pgparent_rule_pending_groups",
+                    "Groups that exceed the rule but not yet for its 'for:'.",
+                    n,
+                    ["rule"],
+                    [rule],
+                )
+            if p.up and p.grouped is not None:
+                self._group_families(f, p.grouped, p.max_groups)
+        return [*fams, *f.families.values()]
 
-        if p.up and p.grouped is not None:
-            fams += self._group_families(p.grouped, p.max_groups)
-        return fams
-
-    def _group_families(self, grouped: Grouped, max_groups: int) -> list[Metric]:
-        sessions = GaugeMetricFamily(
-            "pgparent_group_sessions", "Client sessions of a group, by state.", labels=["parent", "state"]
-        )
+    def _group_families(self, f: _Families, grouped: Grouped, max_groups: int) -> None:
+        sessions = ("pgparent_group_sessions", "Client sessions of a group, by state.")
         kept, folded = top_groups(grouped.groups, max_groups)
         for g in kept:
             for state, n in g.stats.by_state.items():
-                sessions.add_metric([g.parent, state], n)
+                f.add(*sessions, n, ["parent", "state"], [g.parent, state])
         if folded:
             by_state: dict[str, int] = dict.fromkeys(KNOWN_STATES, 0)
             for g in folded:
                 for state, n in g.stats.by_state.items():
                     by_state[state] = by_state.get(state, 0) + n
             for state, n in by_state.items():
-                sessions.add_metric([OTHER, state], n)
-        series: list[Metric] = [sessions]
+                f.add(*sessions, n, ["parent", "state"], [OTHER, state])
         for spec in _GROUP_SERIES:
-            family = GaugeMetricFamily(spec.name, spec.help, labels=["parent"])
             for g in kept:
-                family.add_metric([g.parent], spec.value(g))
+                f.add(spec.name, spec.help, spec.value(g), ["parent"], [g.parent])
             if folded:
-                family.add_metric([OTHER], spec.fold([spec.value(g) for g in folded]))
-            series.append(family)
-        untagged = GaugeMetricFamily(
-            "pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", labels=["state"]
+                f.add(spec.name, spec.help, spec.fold([spec.value(g) for g in folded]), ["parent"], [OTHER])
+        f.add(
+            "pgparent_untagged_blocking_sessions",
+            "Sessions waiting on untagged sessions, directly or through a chain.",
+            grouped.untagged.blocking,
+        )
+        f.add(
+            "pgparent_prepared_transactions_blocking_sessions",
+            "Sessions waiting on prepared transactions, directly or through a chain.",
+            grouped.prepared_blocking,
         )
         for state, n in grouped.untagged.by_state.items():
-            untagged.add_metric([state], n)
-        return [
-            *series,
-            GaugeMetricFamily(
-                "pgparent_untagged_blocking_sessions",
-                "Sessions waiting on untagged sessions, directly or through a chain.",
-                value=grouped.untagged.blocking,
-            ),
-            GaugeMetricFamily(
-                "pgparent_prepared_transactions_blocking_sessions",
-                "Sessions waiting on prepared transactions, directly or through a chain.",
-                value=grouped.prepared_blocking,
-            ),
-            untagged,
-            GaugeMetricFamily("pgparent_groups", "Tagged groups seen by the last poll.", value=len(grouped.groups)),
-            GaugeMetricFamily(
-                "pgparent_hidden_sessions",
-                "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
-                value=grouped.hidden,
-            ),
-            GaugeMetricFamily(
-                "pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', value=len(folded)
-            ),
-        ]
+            f.add("pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", n, ["state"], [state])
+        f.add("pgparent_groups", "Tagged groups seen by the last poll.", len(grouped.groups))
+        f.add(
+            "pgparent_hidden_sessions",
+            "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
+            grouped.hidden,
+        )
+        f.add("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', len(folded))

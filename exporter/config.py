@@ -133,6 +133,9 @@ class LeaderElection(StrictModel):
 
     enabled: bool = True
     lock_key: int = Field(LOCK_KEY, ge=-(2**63), le=2**63 - 1)
+    shard: bool = False
+    """Replicas with the same config divide the targets: each target is polled and enforced by its lock's holder
+    only (`--shard` sets it too)."""
 
 
 class Match(StrictModel):
@@ -141,6 +144,8 @@ class Match(StrictModel):
     parent: str = "*"
     database: str | None = None
     user: str | None = None
+    target: str = "*"
+    """A glob on the target's name: the rule applies to the servers it matches."""
 
 
 class _RuleBase(StrictModel):
@@ -175,6 +180,42 @@ _CONDITION_FIELDS: dict[str, Any] = {
 Rule: type[_RuleBase] = create_model("Rule", __base__=_RuleBase, __module__=__name__, **_CONDITION_FIELDS)
 
 
+DEFAULT_TARGET = "default"
+"""The name of the one server given by --dsn or the environment when the config lists no targets."""
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_RESERVED_LABELS = frozenset({"target", "parent", "state", "rule", "action", "reason", "job", "instance"})
+
+
+class TargetConfig(StrictModel):
+    """One monitored server of a fleet: a unique name (the `target` label), where its DSN comes from, constant
+    labels for its series, and an optional dry run of its own."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    dsn: str | None = None
+    dsn_file: str | None = None
+    dsn_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    labels: dict[str, str] = Field(default_factory=dict)
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_dsn_source(self) -> TargetConfig:
+        given = [k for k in ("dsn", "dsn_file", "dsn_env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"target {self.name!r} needs exactly one of dsn, dsn_file, dsn_env (got {len(given)})")
+        return self
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"label {name!r} is not a Prometheus label name")
+            if name in _RESERVED_LABELS:
+                raise ValueError(f"label {name!r} is reserved: pgparent's series already carry it")
+        return labels
+
+
 class Config(StrictModel):
     interval: Duration = 5.0
     dry_run: bool = False
@@ -182,7 +223,21 @@ class Config(StrictModel):
     protect: Protect = Protect()
     limits: Limits = Limits()
     leader_election: LeaderElection = LeaderElection()
+    targets: tuple[TargetConfig, ...] = ()
+    """Servers to watch; none means the one server of --dsn / the environment, named `default`."""
     rules: tuple[Rule, ...] = ()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
+        seen: set[str] = set()
+        for target in targets:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice; names label series and must be unique")
+            seen.add(target.name)
+        if len({frozenset(t.labels) for t in targets}) > 1:
+            raise ValueError("every target needs the same label names (values may differ), so series line up")
+        return targets
 
     @field_validator("interval")
     @classmethod
@@ -308,10 +363,19 @@ def describe(config: Config) -> list[str]:
         f"max_groups {config.grouping.max_groups}, "
         f"max_terminations_per_cycle {config.limits.max_terminations_per_cycle}",
         f"grouping pattern {config.grouping.pattern}",
-        f"{len(config.rules)} rule(s):",
     ]
+    if config.targets:
+        shard = ", divided among replicas (shard)" if config.leader_election.shard else ""
+        lines.append(f"{len(config.targets)} target(s){shard}:")
+        for t in config.targets:
+            source = f"dsn_file {t.dsn_file}" if t.dsn_file else f"dsn_env {t.dsn_env}" if t.dsn_env else "dsn"
+            labels = "".join(f", {k}={v}" for k, v in sorted(t.labels.items()))
+            lines.append(f"  - {t.name}: {source}{labels}{' (dry run)' if t.dry_run else ''}")
+    lines.append(f"{len(config.rules)} rule(s):")
     for rule in config.rules:
-        match = ", ".join(f"{k}={v}" for k, v in rule.match.model_dump().items() if v is not None)
+        match = ", ".join(
+            f"{k}={v}" for k, v in rule.match.model_dump().items() if v is not None and not (k == "target" and v == "*")
+        )
         conds = ", ".join(f"{k} > {v:g}" for k, v in rule.conditions().items())
         extra = f" for {rule.for_:g}s" if rule.for_ else ""
         dry = " (dry run)" if rule.dry_run or config.dry_run else ""

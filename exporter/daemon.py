@@ -1,126 +1,93 @@
-"""The long-running watchdog: a fixed-rate poll loop, signal handling, config reload, and reconnect backoff.
+"""The long-running watchdog: one poll loop per target, signal handling, config reload, and the HTTP face.
 
-Signal handlers only set flags and wake the loop. The loop runs on its own thread so that SIGTERM is honoured within
-two seconds even while a poll is stuck on the network; the main thread waits for the stop flag.
+Signal handlers only set flags and wake the daemon. Each target's loop runs on its own thread (exporter/target.py),
+so SIGTERM is honoured within two seconds even while a poll is stuck on the network, and one target's trouble never
+delays another's polls. The main thread waits for the stop flag and carries out reloads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import random
+import os
 import signal
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from exporter.collector import PgparentCollector, Published
-from exporter.config import Config, load_config
-from exporter.db import Capabilities, Database
-from exporter.enforcer import enforce
-from exporter.errors import ConfigInvalid, DatabaseUnavailable
-from exporter.grouping import group
+from exporter.collector import Flags, PgparentCollector
+from exporter.config import DEFAULT_TARGET, Config, TargetConfig, load_config
+from exporter.db import Database, read_dsn_file
+from exporter.errors import ConfigInvalid, UsageError
 from exporter.http import Limits, MetricsServer
 from exporter.logs import get_logger
-from exporter.model import Grouped
-from exporter.policy import RuleState, evaluate
+from exporter.target import Monitor, Shard
 from exporter.webconfig import WebConfig
 
 log = get_logger("pgparent")
 
 SHUTDOWN_GRACE = 1.5
-"""Seconds the main thread waits for the loop to finish its cycle after SIGTERM before exiting anyway."""
+"""Seconds the main thread waits for the loops to finish their cycle after SIGTERM before exiting anyway."""
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a burst of allocation that creates no cycles.
-
-    Grouping a large snapshot allocates a few objects per session; every gen-0 threshold crossed would make the
-    collector walk the young objects again, a third of the cost at 100k sessions. Reference counting still frees
-    everything, and the collector runs as usual between polls.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+def statement_timeout(interval: float) -> float:
+    """A poll that takes longer than an interval is already late: the client cuts it within one interval
+    (statement_timeout at 0.8 of it, the watchdog at 0.9; within 0.45 s to 33.75 s), so a stalled network is noticed
+    within two intervals with a tenth of one to spare."""
+    return max(0.4, min(0.8 * interval, 30.0))
 
 
-class Backoff:
-    """Exponential reconnect delay with jitter; constants on the class so tests can shrink them.
-
-    Each delay is drawn from [(1 - JITTER) * d, d] for the exponential step d, so replicas that lost the same server
-    at the same moment spread their reconnects instead of arriving in lockstep.
-    """
-
-    BASE = 0.5
-    FACTOR = 2.0
-    MAX = 10.0
-    JITTER = 0.5
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self.failures = 0
-        self.not_before = 0.0
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - spreading retries, not a secret
-
-    def failed(self, now: float) -> float:
-        step = min(self.BASE * self.FACTOR**self.failures, self.MAX)
-        delay = step * (1.0 - self.JITTER * self._rng.random())
-        self.failures += 1
-        self.not_before = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.not_before = 0.0
-
-    def ready(self, now: float) -> bool:
-        return now >= self.not_before
+def target_dsn(target: TargetConfig, source: str = "config") -> str:
+    """The DSN of a configured target, from its `dsn`, `dsn_file` or `dsn_env`; ConfigInvalid when it cannot be had."""
+    where = f"{source}: targets.{target.name}"
+    if target.dsn is not None:
+        return target.dsn
+    if target.dsn_file is not None:
+        try:
+            return read_dsn_file(target.dsn_file, f"{where}.dsn_file")
+        except UsageError as exc:
+            raise ConfigInvalid([str(exc)]) from None
+    value = os.environ.get(target.dsn_env or "", "")
+    if not value:
+        raise ConfigInvalid([f"{where}.dsn_env: the environment variable {target.dsn_env} is not set or empty"])
+    return value
 
 
 class Daemon:
-    """Polls, groups, evaluates and enforces at a fixed rate; publishes each poll to the collector."""
+    """Runs a `Monitor` per target, swaps configs on reload, and serves /metrics."""
 
     def __init__(
         self,
         config: Config,
-        db: Database,
+        db: Database | None = None,
         *,
         config_path: str | Path | None = None,
         force_dry_run: bool = False,
+        shard: bool = False,
         listen: tuple[str, int] | None = None,
         web: WebConfig | None = None,
         tls: ssl.SSLContext | None = None,
         limits: Limits | None = None,
     ) -> None:
+        """`db` is the server of --dsn / the environment, watched as target `default` when the config lists no
+        targets (and ignored when it does)."""
         self.config = config
-        self.db = db
+        self.default_db = db
         self.config_path = config_path
         self.force_dry_run = force_dry_run
+        self.force_shard = shard
         self.collector = PgparentCollector()
         self.counters = self.collector.counters
         self.registry = self.collector.registry
         self.stop_event = threading.Event()
-        self._wake = threading.Event()
-        self._reload_requested = False
-        self._rule_state = RuleState()
-        self._backoff = Backoff()
-        self._last_tick = time.monotonic()
+        self._reload_requested = threading.Event()
         self._reload_ok = True
         self._reload_time = time.time()
-        self._last_success = 0.0
-        self._was_up: bool | None = None
-        self._lock_generation: int | None = None
-        self._lock_key: int | None = None
-        self._off_reason: str | None = None
-        self._loop_thread: threading.Thread | None = None
+        self.monitors: dict[str, Monitor] = {}
+        self._specs: dict[str, TargetConfig | None] = {}
+        self._started = False
+        self.shard = Shard() if self._sharding(config) else None
+        self._apply(config, self._resolve(config, str(config_path or "config")))
         self.http = (
             MetricsServer(
                 listen, self.collector.render, self.healthy, web=web, tls=tls, limits=limits, registry=self.registry
@@ -128,16 +95,83 @@ class Daemon:
             if listen is not None
             else None
         )
-        self._publish(up=False, duration=0.0)
+        self._publish_flags()
+
+    def _sharding(self, config: Config) -> bool:
+        return self.force_shard or config.leader_election.shard
+
+    # -- targets -------------------------------------------------------------------------------------------------
+    def _resolve(self, config: Config, source: str) -> dict[str, tuple[TargetConfig | None, str | None]]:
+        """Each target's config and DSN (None: the default target's own Database); every problem at once."""
+        if not config.targets:
+            return {DEFAULT_TARGET: (None, None)}
+        out: dict[str, tuple[TargetConfig | None, str | None]] = {}
+        errors: list[str] = []
+        for t in config.targets:
+            try:
+                out[t.name] = (t, target_dsn(t, source))
+            except ConfigInvalid as exc:
+                errors += exc.errors
+        if errors:
+            raise ConfigInvalid(errors)
+        return out
+
+    def _apply(self, config: Config, resolved: dict[str, tuple[TargetConfig | None, str | None]]) -> None:
+        """Make the running monitors match `config`: an unchanged target keeps its monitor (connection, `for:`
+        timers, leadership) and gets the new rules; a changed one is replaced; a removed one stops."""
+        for name in [n for n in self.monitors if n not in resolved]:
+            self._retire(name, "removed from the config")
+        shard = self.shard
+        if shard is not None:
+            shard.targets = len(resolved)
+        for name, (spec, dsn) in resolved.items():
+            current = self.monitors.get(name)
+            if current is not None and self._specs.get(name) == spec and current.db.dsn == (dsn or current.db.dsn):
+                current.config = config
+                current.force_dry_run = self.force_dry_run
+                continue
+            if current is not None:
+                self._retire(name, "its settings changed")
+            if spec is None:
+                db = self.default_db or Database("", statement_timeout=statement_timeout(config.interval))
+            else:
+                db = Database(dsn or "", statement_timeout=statement_timeout(config.interval))
+            monitor = Monitor(
+                name,
+                db,
+                config,
+                self.collector,
+                force_dry_run=self.force_dry_run,
+                dry_run=spec.dry_run if spec else False,
+                labels=spec.labels if spec else {},
+                shard=shard,
+            )
+            self.monitors[name], self._specs[name] = monitor, spec
+            if self._started:
+                monitor.start()
+                log.info("target_added", target=name, dsn=db.masked)
+
+    def _retire(self, name: str, why: str) -> None:
+        monitor = self.monitors.pop(name)
+        self._specs.pop(name, None)
+        monitor.request_stop()
+        if self._started:
+            log.info("target_removed", target=name, reason=why)
+
+        def finish() -> None:  # off the reload path: a monitor stuck on a black-holed network must not hold it up
+            if monitor.join(SHUTDOWN_GRACE):
+                monitor.close()
+            if name not in self.monitors:  # replaced under the same name: the new monitor publishes there
+                self.collector.forget(name)
+
+        threading.Thread(target=finish, name=f"retire-{name}", daemon=True).start()
 
     # -- signals: flags only -------------------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
-        self._wake.set()
 
     def request_reload(self, *_: object) -> None:
-        self._reload_requested = True
-        self._wake.set()
+        self._reload_requested.set()
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -152,16 +186,19 @@ class Daemon:
 
     # -- health ----------------------------------------------------------------------------------------------------
     def healthy(self) -> bool:
-        """The loop ticked recently (the database may be down: that is `pgparent_up`, not liveness)."""
-        return time.monotonic() - self._last_tick < 3 * self.config.interval + 30
+        """Every target's loop ticked recently (a database may be down: that is `pgparent_up`, not liveness)."""
+        return all(m.healthy() for m in list(self.monitors.values()))
 
-    # -- the loop --------------------------------------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve /metrics and poll until SIGTERM/SIGINT. Call from the main thread."""
+        """Serve /metrics and poll until SIGTERM/SIGINT; reload on SIGHUP. Call from the main thread."""
         self.install_signal_handlers()
         self.start()
         while not self.stop_event.is_set():
-            self.stop_event.wait(1.0)
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            self.stop_event.wait(0.1)
         self.stop()
         return 0
 
@@ -172,56 +209,55 @@ class Daemon:
             log.info("listening", port=self.http.port, tls=self.http.tls, basic_auth=self.http.basic_auth)
         log.info(
             "started",
-            dsn=self.db.masked,
+            targets={name: m.db.masked for name, m in self.monitors.items()},
             interval=self.config.interval,
             rules=[r.name for r in self.config.rules],
             dry_run=self.force_dry_run or self.config.dry_run,
+            shard=self.shard is not None,
         )
-        self._loop_thread = threading.Thread(target=self.loop, name="poll-loop", daemon=True)
-        self._loop_thread.start()
+        self._started = True
+        for monitor in self.monitors.values():
+            monitor.start()
+
+    def cycle(self) -> None:
+        """One poll of every target, one after another (tests and the benchmark; the daemon runs them in loops)."""
+        for monitor in list(self.monitors.values()):
+            monitor.cycle()
+
+    def close(self) -> None:
+        """Close every target's connection (after `cycle()` without `start()`)."""
+        for monitor in self.monitors.values():
+            monitor.close()
 
     def stop(self) -> None:
         """Stop polling and serving; returns within SHUTDOWN_GRACE even if a poll hangs on the network."""
         self.request_stop()
-        loop = self._loop_thread
-        if loop is not None:
-            loop.join(SHUTDOWN_GRACE)
-        stuck = loop is not None and loop.is_alive()
+        monitors = list(self.monitors.values())
+        for monitor in monitors:
+            monitor.request_stop()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        stuck = [m.name for m in monitors if not m.join(max(0.0, deadline - time.monotonic()))]
         if stuck:
-            log.warning("shutdown_forced", reason="a poll was still running after the grace period")
+            log.warning("shutdown_forced", reason="a poll was still running after the grace period", targets=stuck)
         if self.http is not None:
             self.http.stop()
-        if not stuck:
-            self.db.close()
+        for monitor in monitors:
+            if monitor.name not in stuck:
+                monitor.close()
         log.info("stopped")
 
-    def loop(self) -> None:
-        next_run = time.monotonic()
-        while not self.stop_event.is_set():
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload()
-            self.cycle()
-            self._last_tick = time.monotonic()
-            next_run += self.config.interval
-            now = time.monotonic()
-            if now > next_run:
-                if self._was_up:  # while the database is down, slow reconnects are expected, not news
-                    log.warning("poll_overrun", behind_seconds=round(now - next_run, 3), interval=self.config.interval)
-                next_run = now
-            while not self.stop_event.is_set() and not self._reload_requested:
-                remaining = next_run - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.wait(remaining)
-                self._wake.clear()
-
     def reload(self) -> bool:
-        """Build, validate, swap: an invalid file is logged and the running rules stay."""
+        """Build, validate, swap: an invalid file (or a target whose DSN cannot be read) is logged and the running
+        config stays."""
         if self.config_path is None:
             return False
         try:
             new = load_config(self.config_path)
+            resolved = self._resolve(new, str(self.config_path))
+            if self._sharding(new) != (self.shard is not None):
+                raise ConfigInvalid(
+                    [f"{self.config_path}: leader_election.shard: changing it needs a restart, not a reload"]
+                )
         except ConfigInvalid as exc:
             self._reload_ok = False
             log.error(
@@ -233,167 +269,22 @@ class Daemon:
             self._publish_flags()
             return False
         self.config = new
+        self._apply(new, resolved)
         self._reload_ok = True
         self._reload_time = time.time()
         log.info(
-            "config_reloaded", file=str(self.config_path), rules=[r.name for r in new.rules], interval=new.interval
+            "config_reloaded",
+            file=str(self.config_path),
+            rules=[r.name for r in new.rules],
+            targets=sorted(self.monitors),
+            interval=new.interval,
         )
         self._publish_flags()
+        for monitor in self.monitors.values():
+            monitor.wake.set()
         return True
 
-    def cycle(self) -> None:
-        """One poll: read, group, evaluate, enforce, publish. Never raises for a database problem."""
-        started = time.monotonic()
-        if not self.db.connected and not self._backoff.ready(started):
-            return
-        try:
-            caps = self.db.connect()
-            if self._was_up is not True:
-                self._log_connected(caps)
-            leader = self._hold_leadership(caps)
-            snapshot = self.db.snapshot()
-            with gc_paused():
-                grouped = group(snapshot, self.config.grouping.pattern)
-                decision = evaluate(grouped, self.config, self._rule_state, self.force_dry_run)
-            self._rule_state = decision.state
-            for f in decision.started:
-                log.warning(
-                    "rule_firing",
-                    rule=f.rule,
-                    parent=f.parent,
-                    action=f.action,
-                    reasons=list(f.reasons),
-                    dry_run=f.dry_run,
-                )
-            for rule, parent in decision.resolved:
-                log.info("rule_resolved", rule=rule, parent=parent)
-            reason = self._enforcement_off_reason(caps, leader)
-            if reason is None and (decision.targets or decision.deferred or decision.unreleased):
-                enforce(decision, self.db, self.counters, snapshot.now)
-        except DatabaseUnavailable as exc:
-            delay = self._backoff.failed(time.monotonic())
-            if self._was_up is not False:
-                log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2))
-            self._was_up = False
-            self._failed(started)
-            return
-        except Exception:  # the loop's edge: log with traceback, count, keep running
-            log.exception("poll_crashed")
-            self._failed(started)
-            return
-        self.counters.polls.inc()  # before the publish, so the exposition rendered from it counts this poll
-        self._backoff.succeeded()
-        self._was_up = True
-        self._last_success = time.time()
-        self._publish(
-            up=True,
-            duration=time.monotonic() - started,
-            grouped=grouped,
-            violating=decision.violating,
-            pending=decision.pending,
-            enforcing=reason is None,
-            leader=leader,
-        )
-
-    def _failed(self, started: float) -> None:
-        self.counters.poll_errors.inc()
-        self.counters.polls.inc()
-        self._publish(up=False, duration=time.monotonic() - started)
-
-    def _log_connected(self, caps: Capabilities) -> None:
-        log.info(
-            "database_available",
-            server_version=caps.server_version_num,
-            role=caps.role,
-            can_read_all_stats=caps.can_read_all_stats,
-            can_signal=caps.can_signal,
-            in_recovery=caps.in_recovery,
-        )
-        if not caps.can_read_all_stats:
-            log.warning(
-                "limited_visibility",
-                role=caps.role,
-                reason="the role lacks pg_read_all_stats (grant pg_monitor): other roles' sessions show no state or "
-                "backend_start, are counted in pgparent_hidden_sessions and are never signalled",
-            )
-        if not caps.can_signal:
-            log.warning(
-                "limited_signalling",
-                role=caps.role,
-                reason="the role lacks pg_signal_backend: it can signal only its own role's sessions",
-            )
-
-    def _hold_leadership(self, caps: Capabilities) -> bool:
-        """Keep (or try to take) the leader lock on the current connection; False on a standby server."""
-        election = self.config.leader_election
-        if not election.enabled:
-            return True
-        if caps.in_recovery:
-            return False
-        held = self._lock_generation == self.db.generation and self._lock_key == election.lock_key
-        if not held and self._lock_generation is not None:
-            log.warning("leadership_lost", reason="the connection that held the leader lock ended")
-            self._lock_generation = None
-        if not held and self.db.try_lock(election.lock_key):
-            self._lock_generation, self._lock_key = self.db.generation, election.lock_key
-            log.info("leadership_acquired", lock_key=election.lock_key)
-            held = True
-        return held
-
-    def _enforcement_off_reason(self, caps: Capabilities, leader: bool) -> str | None:
-        """Why this instance may not signal now (logged once per change), or None when it may."""
-        if caps.in_recovery:
-            reason: str | None = "the server is in recovery (a standby): nothing is signalled there"
-        elif not leader:
-            reason = "another replica holds the leader lock and enforces; this one only exports metrics"
-        else:
-            reason = None
-        if reason != self._off_reason:
-            if reason is None:
-                log.info("enforcement_on")
-            else:
-                log.warning("enforcement_off", reason=reason)
-            self._off_reason = reason
-        return reason
-
-    def _publish(
-        self,
-        *,
-        up: bool,
-        duration: float,
-        grouped: Grouped | None = None,
-        violating: dict[str, int] | None = None,
-        pending: dict[str, int] | None = None,
-        enforcing: bool = False,
-        leader: bool = False,
-    ) -> None:
-        names = [r.name for r in self.config.rules]
-        self.collector.publish(
-            Published(
-                up=up,
-                last_success=self._last_success,
-                poll_duration=duration,
-                interval=self.config.interval,
-                grouped=grouped,
-                violating=violating if violating is not None else dict.fromkeys(names, 0),
-                pending=pending if pending is not None else dict.fromkeys(names, 0),
-                max_groups=self.config.grouping.max_groups,
-                dry_run=self.force_dry_run or self.config.dry_run,
-                reload_ok=self._reload_ok,
-                reload_time=self._reload_time,
-                enforcing=enforcing,
-                leader=leader,
-            )
-        )
-
     def _publish_flags(self) -> None:
-        self.collector.publish(
-            replace(
-                self.collector.latest,
-                reload_ok=self._reload_ok,
-                reload_time=self._reload_time,
-                dry_run=self.force_dry_run or self.config.dry_run,
-                interval=self.config.interval,
-                max_groups=self.config.grouping.max_groups,
-            )
+        self.collector.set_flags(
+            Flags(interval=self.config.interval, reload_ok=self._reload_ok, reload_time=self._reload_time)
         )

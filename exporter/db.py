@@ -48,7 +48,7 @@ def load_query(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_dsn_file(path: str, origin: str) -> str:
+def read_dsn_file(path: str, origin: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -66,11 +66,11 @@ def resolve_dsn(cli_dsn: str | None, cli_dsn_file: str | None = None) -> str:
     if cli_dsn:
         return cli_dsn
     if cli_dsn_file:
-        return _read_dsn_file(cli_dsn_file, "--dsn.file")
+        return read_dsn_file(cli_dsn_file, "--dsn.file")
     if env := os.environ.get("PGPARENT_DSN"):
         return env
     if env_file := os.environ.get("PGPARENT_DSN_FILE"):
-        return _read_dsn_file(env_file, "PGPARENT_DSN_FILE")
+        return read_dsn_file(env_file, "PGPARENT_DSN_FILE")
     return os.environ.get("DATA_SOURCE_NAME", "")
 
 
@@ -310,18 +310,32 @@ class Database:
             raise self._fail("poll failed", exc) from exc
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers))
 
-    def try_lock(self, key: int) -> bool:
-        """Take the session-level advisory lock `key` on this connection if free; True when held.
-
-        The server releases it when this connection ends, however it ends: that is what makes one replica the leader.
-        """
+    def _value(self, query_name: str, key: int, what: str) -> object:
         conn = self._connection()
         try:
             with self._guard(conn):
-                row = conn.execute(load_query("leader_lock"), {"key": key}).fetchone()
+                row = conn.execute(load_query(query_name), {"key": key}).fetchone()
         except psycopg.Error as exc:
-            raise self._fail("leader lock failed", exc) from exc
-        return bool(row and row[0])
+            raise self._fail(what, exc) from exc
+        return row[0] if row else None
+
+    def try_lock(self, key: int, shared: bool = False) -> bool:
+        """Take the session-level advisory lock `key` on this connection if free (`shared`: in share mode, which
+        every replica can hold at once); True when held.
+
+        The server releases it when this connection ends, however it ends: that is what makes one replica the leader.
+        """
+        query = "member_lock" if shared else "leader_lock"
+        return bool(self._value(query, key, "leader lock failed"))
+
+    def unlock(self, key: int) -> bool:
+        """Release the exclusive advisory lock `key` this connection holds."""
+        return bool(self._value("leader_unlock", key, "leader unlock failed"))
+
+    def lock_holders(self, key: int) -> int:
+        """How many sessions hold the advisory lock `key` in this database."""
+        value = self._value("lock_holders", key, "lock count failed")
+        return int(value) if isinstance(value, int) else 0
 
     def signal(self, action: SignalAction, session: Session) -> tuple[SignalOutcome, str]:
         """Send one guarded signal in its own autocommit statement; return the outcome and a detail message.

@@ -54,40 +54,43 @@ def enforce(
     counters: Counters,
     now: datetime,
     on_result: Callable[[dict[str, Any], str], None] | None = None,
+    server: str = "default",
 ) -> dict[SignalOutcome | str, int]:
-    """Signal each target of `decision` (one statement each) and return how many ended in each result.
+    """Signal each target of `decision` (one statement each) on the server named `server`, and return how many ended
+    in each result.
 
     Dry-run targets are audited with result "dry_run" and never signalled. If the connection is lost midway the rest
     are left for the next poll, which will see them again if they still exceed their rule.
     """
     results: dict[SignalOutcome | str, int] = {}
-    for target in decision.targets:
-        fields = audit_fields(target, now)
-        if target.dry_run:
+    for order in decision.targets:
+        fields = {"target": server, **audit_fields(order, now)}
+        if order.dry_run:
             result: SignalOutcome | str = "dry_run"
             detail = ""
         else:
             try:
-                result, detail = db.signal(target.action, target.session)
+                result, detail = db.signal(order.action, order.session)
             except DatabaseUnavailable as exc:
-                counters.signal_failures.labels(target.rule, "error").inc()
+                counters.signal_failures.labels(server, order.rule, "error").inc()
                 log.error("session_signal", **fields, result="error", dry_run=False, detail=str(exc))
                 results["error"] = results.get("error", 0) + 1
                 break
             if result == "ok":
-                counters.signalled.labels(target.rule, target.action).inc()
+                counters.signalled.labels(server, order.rule, order.action).inc()
             else:
-                counters.signal_failures.labels(target.rule, result).inc()
+                counters.signal_failures.labels(server, order.rule, result).inc()
         results[result] = results.get(result, 0) + 1
         if on_result is not None:
             on_result(fields, result)
         level = log.warning if result in ("ok", "dry_run") else log.error
-        level("session_signal", **fields, result=result, dry_run=target.dry_run, detail=detail or None)
+        level("session_signal", **fields, result=result, dry_run=order.dry_run, detail=detail or None)
 
-    for target in decision.unreleased:
+    for order in decision.unreleased:
         log.warning(
             "blocker_not_released",
-            **audit_fields(target, now),
+            target=server,
+            **audit_fields(order, now),
             reason="a cancel interrupts a running query; this blocker runs none (idle in a transaction), so its locks "
             "stay: a rule that must release it needs action terminate",
         )
@@ -95,7 +98,7 @@ def enforce(
         by_rule: dict[str, int] = {}
         for t in decision.deferred:
             by_rule[t.rule] = by_rule.get(t.rule, 0) + 1
-            counters.deferred.labels(t.rule).inc()
+            counters.deferred.labels(server, t.rule).inc()
         log.warning(
             "signals_deferred",
             count=len(decision.deferred),

@@ -40,6 +40,7 @@ def signal_group(
     *,
     dry_run: bool = False,
     out: Callable[[str], None] = print,
+    target: str = "default",
 ) -> ManualResult:
     """Signal every eligible client session of the group `parent`, writing each result and a total to `out`."""
     snapshot = db.snapshot()
@@ -50,7 +51,12 @@ def signal_group(
         out(render.nothing_to_signal(parent, action, decision.protected, decision.unguarded))
         return ManualResult(targets=0, done=0, failed=0, skipped=skipped)
     results = enforce(
-        decision, db, Counters(), snapshot.now, on_result=lambda fields, result: out(render.signal_line(fields, result))
+        decision,
+        db,
+        Counters(),
+        snapshot.now,
+        on_result=lambda fields, result: out(render.signal_line(fields, result)),
+        server=target,
     )
     done = results.get("ok", 0) + results.get("dry_run", 0)
     failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))

@@ -193,8 +193,11 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
     )
 
 
-def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: bool = False) -> Decision:
-    """Evaluate every rule against every group; return what to signal and the rule state for the next poll."""
+def evaluate(
+    grouped: Grouped, config: Config, state: RuleState, force_dry_run: bool = False, target: str = "default"
+) -> Decision:
+    """Evaluate every rule that applies to the server `target` (its `match.target` glob) against every group; return
+    what to signal and the rule state for the next poll."""
     now = grouped.now
     since: dict[tuple[str, str], datetime] = {}
     firing: list[Firing] = []
@@ -207,6 +210,8 @@ def evaluate(grouped: Grouped, config: Config, state: RuleState, force_dry_run: 
 
     for compiled in map(_Compiled.of, config.rules):
         rule = compiled.rule
+        if rule.match.target != "*" and not fnmatchcase(target, rule.match.target):
+            continue
         dry = force_dry_run or config.dry_run or rule.dry_run
         for grp in grouped.groups.values():
             scope = _scope(compiled, grp)

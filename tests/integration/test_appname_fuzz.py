@@ -60,8 +60,8 @@ def test_fuzzed_application_names_keep_the_exposition_valid(
     try:
         daemon.cycle()
     finally:
-        daemon.db.close()
-    assert daemon.registry.get_sample_value("pgparent_up") == 1
+        daemon.close()
+    assert daemon.registry.get_sample_value("pgparent_up", {"target": "default"}) == 1
     text = generate_latest(daemon.registry)
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.registry import CollectorRegistry
 from psycopg import sql
 
 from exporter.cli import main
@@ -41,6 +42,11 @@ class Chain:
 
     def waiters(self) -> list[Client]:
         return [self.b1, self.b2, self.c, self.u]
+
+
+def at(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """A sample of target "default" (the one server of a config without targets)."""
+    return registry.get_sample_value(name, {"target": "default", **(labels or {})})
 
 
 def _waiting(dsn: str, pids: list[int]) -> bool:
@@ -126,13 +132,13 @@ def test_chain_metrics_count_each_waiter_against_every_blocker_upstream(
     collector = PgparentCollector()
     collector.publish(Published(up=True, grouped=grouped))
     reg = collector.registry
-    assert reg.get_sample_value("pgparent_group_blocking_sessions", {"parent": "LockA:1"}) == 4
-    assert reg.get_sample_value("pgparent_group_blocking_sessions", {"parent": "LockB:1"}) == 1
-    assert reg.get_sample_value("pgparent_group_blocking_sessions", {"parent": "LockC:1"}) == 0
-    assert reg.get_sample_value("pgparent_group_blocked_sessions", {"parent": "LockB:1"}) == 2
-    assert (reg.get_sample_value("pgparent_group_max_blocking_seconds", {"parent": "LockA:1"}) or 0) > 0
-    assert reg.get_sample_value("pgparent_untagged_blocking_sessions") == 0
-    assert reg.get_sample_value("pgparent_prepared_transactions_blocking_sessions") == 0
+    assert at(reg, "pgparent_group_blocking_sessions", {"parent": "LockA:1"}) == 4
+    assert at(reg, "pgparent_group_blocking_sessions", {"parent": "LockB:1"}) == 1
+    assert at(reg, "pgparent_group_blocking_sessions", {"parent": "LockC:1"}) == 0
+    assert at(reg, "pgparent_group_blocked_sessions", {"parent": "LockB:1"}) == 2
+    assert (at(reg, "pgparent_group_max_blocking_seconds", {"parent": "LockA:1"}) or 0) > 0
+    assert at(reg, "pgparent_untagged_blocking_sessions") == 0
+    assert at(reg, "pgparent_prepared_transactions_blocking_sessions") == 0
 
 
 def test_locks_command_prints_the_tree(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from exporter.daemon import Backoff
+from exporter.target import Backoff
 
 
 def test_delays_grow_and_are_capped() -> None:

@@ -9,14 +9,20 @@ import time
 import pytest
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import PgparentCollector, Published
+from exporter.collector import Flags, PgparentCollector, Published
 from exporter.grouping import group
 from exporter.model import Grouped
 from tests.support import require_tool
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
+
+
+def at(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """A sample of target "default" (the one server of a config without targets)."""
+    return registry.get_sample_value(name, {"target": "default", **(labels or {})})
 
 
 def grouped(*apps: str) -> Grouped:
@@ -28,25 +34,25 @@ def test_group_series_and_vanishing_groups() -> None:
     collector = PgparentCollector()
     registry = collector.registry
     collector.publish(Published(up=True, grouped=grouped("A:1", "A:1", "B:2", "psql")))
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) == 2
-    assert registry.get_sample_value("pgparent_untagged_sessions", {"state": "active"}) == 1
-    assert registry.get_sample_value("pgparent_groups") == 2
+    assert at(registry, "pgparent_group_sessions", {"parent": "A:1", "state": "active"}) == 2
+    assert at(registry, "pgparent_untagged_sessions", {"state": "active"}) == 1
+    assert at(registry, "pgparent_groups") == 2
     collector.publish(Published(up=True, grouped=grouped("A:1")))
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "B:2", "state": "active"}) is None
-    assert registry.get_sample_value("pgparent_group_age_seconds", {"parent": "B:2"}) is None
+    assert at(registry, "pgparent_group_sessions", {"parent": "B:2", "state": "active"}) is None
+    assert at(registry, "pgparent_group_age_seconds", {"parent": "B:2"}) is None
 
 
 def test_down_hides_groups_and_counters_persist() -> None:
     """When the last poll failed, up is 0 and no group series are shown; counters keep their totals."""
     collector = PgparentCollector()
-    collector.counters.signalled.labels("r", "terminate").inc(3)
-    collector.counters.signal_failures.labels("r", "gone").inc()
+    collector.counters.signalled.labels("default", "r", "terminate").inc(3)
+    collector.counters.signal_failures.labels("default", "r", "gone").inc()
     registry = collector.registry
     collector.publish(Published(up=False, grouped=grouped("A:1")))
-    assert registry.get_sample_value("pgparent_up") == 0
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
-    assert registry.get_sample_value("pgparent_signalled_sessions_total", {"rule": "r", "action": "terminate"}) == 3
-    assert registry.get_sample_value("pgparent_signal_failures_total", {"rule": "r", "reason": "gone"}) == 1
+    assert at(registry, "pgparent_up") == 0
+    assert at(registry, "pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
+    assert at(registry, "pgparent_signalled_sessions_total", {"rule": "r", "action": "terminate"}) == 3
+    assert at(registry, "pgparent_signal_failures_total", {"rule": "r", "reason": "gone"}) == 1
     assert registry.get_sample_value("pgparent_build_info", {"version": __import__("exporter").__version__}) == 1
 
 
@@ -56,11 +62,11 @@ def test_max_groups_folds_into_other() -> None:
     registry = collector.registry
     apps = ["Big:1"] * 3 + ["Mid:1"] * 2 + ["S:1", "S:2", "S:3"]
     collector.publish(Published(up=True, grouped=grouped(*apps), max_groups=2))
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "Big:1", "state": "active"}) == 3
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "__other__", "state": "active"}) == 3
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "S:1", "state": "active"}) is None
-    assert registry.get_sample_value("pgparent_groups") == 5
-    assert registry.get_sample_value("pgparent_groups_dropped") == 3
+    assert at(registry, "pgparent_group_sessions", {"parent": "Big:1", "state": "active"}) == 3
+    assert at(registry, "pgparent_group_sessions", {"parent": "__other__", "state": "active"}) == 3
+    assert at(registry, "pgparent_group_sessions", {"parent": "S:1", "state": "active"}) is None
+    assert at(registry, "pgparent_groups") == 5
+    assert at(registry, "pgparent_groups_dropped") == 3
 
 
 @pytest.mark.deliverables
@@ -74,7 +80,7 @@ def test_hostile_names_pass_promtool() -> None:
     text = generate_latest(registry)
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    assert registry.get_sample_value("pgparent_group_sessions", {"parent": "e\nf:3", "state": "active"}) == 1
+    assert at(registry, "pgparent_group_sessions", {"parent": "e\nf:3", "state": "active"}) == 1
 
 
 def test_render_is_cached_per_publish() -> None:
@@ -95,10 +101,10 @@ def test_concurrent_scrapes_after_a_publish_render_once() -> None:
     renders: list[int] = []
     real = collector._families
 
-    def counted(p: Published) -> list[Metric]:
+    def counted(latest: dict[str, Published], flags: Flags) -> list[Metric]:
         renders.append(1)
         time.sleep(0.05)  # a deliberately slow rendering, not a wait for an event: the others arrive meanwhile
-        return real(p)
+        return real(latest, flags)
 
     collector._families = counted  # type: ignore[method-assign]
     start = threading.Barrier(20)
@@ -122,7 +128,7 @@ def test_a_failing_collect_reports_down_and_counts_the_scrape_error() -> None:
     collector = PgparentCollector()
     collector.publish(Published(up=True, grouped=grouped("A:1"), violating=None))  # type: ignore[arg-type]
     lines = collector.render().decode().splitlines()
-    assert "pgparent_up 0.0" in lines and "pgparent_scrape_errors_total 1.0" in lines
+    assert 'pgparent_up{target="default"} 0.0' in lines and "pgparent_scrape_errors_total 1.0" in lines
     assert not [line for line in lines if line.startswith("pgparent_group_")]
 
 
@@ -132,5 +138,5 @@ def test_every_counter_is_on_the_registry() -> None:
     names = {m.name for m in collector.registry.collect()}
     assert {"pgparent_polls", "pgparent_poll_errors", "pgparent_scrape_errors", "pgparent_signalled_sessions",
             "pgparent_signal_failures", "pgparent_signals_deferred"} <= names
-    collector.counters.polls.inc()
-    assert collector.registry.get_sample_value("pgparent_polls_total") == 1
+    collector.counters.polls.labels("default").inc()
+    assert at(collector.registry, "pgparent_polls_total") == 1

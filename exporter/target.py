@@ -1,0 +1,362 @@
+"""One monitored server: connect, poll, group, evaluate, enforce, publish, on a fixed-rate schedule of its own.
+
+The daemon runs one `Monitor` per target, each on its own thread with its own connection, backoff, watchdog, leader
+lock and `for:` timers, so a target that is slow, down or black-holed never delays another. Tests and the benchmark
+call the same `cycle()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from exporter.collector import PgparentCollector, Published
+from exporter.config import Config
+from exporter.db import Capabilities, Database
+from exporter.enforcer import enforce
+from exporter.errors import DatabaseUnavailable
+from exporter.grouping import group
+from exporter.logs import get_logger
+from exporter.policy import RuleState, evaluate
+
+log = get_logger("pgparent")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a burst of allocation that creates no cycles.
+
+    Grouping a large snapshot allocates a few objects per session; every gen-0 threshold crossed would make the
+    collector walk the young objects again, a third of the cost at 100k sessions. Reference counting still frees
+    everything, and the collector runs as usual between polls.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class Backoff:
+    """Exponential reconnect delay with jitter; constants on the class so tests can shrink them.
+
+    Each delay is drawn from [(1 - JITTER) * d, d] for the exponential step d, so replicas that lost the same server
+    at the same moment spread their reconnects instead of arriving in lockstep.
+    """
+
+    BASE = 0.5
+    FACTOR = 2.0
+    MAX = 10.0
+    JITTER = 0.5
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - spreading retries, not a secret
+
+    def failed(self, now: float) -> float:
+        step = min(self.BASE * self.FACTOR**self.failures, self.MAX)
+        delay = step * (1.0 - self.JITTER * self._rng.random())
+        self.failures += 1
+        self.not_before = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.not_before
+
+
+@dataclass
+class Shard:
+    """What the replicas of one process know together when they divide a fleet (`leader_election.shard`).
+
+    Every replica holds a shared "member" advisory lock on each target it reaches, so the holders of that lock count
+    the live replicas. A replica takes a free target's leader lock only while it leads fewer than its fair share,
+    ceil(targets / replicas), and gives up the excess when more replicas arrive.
+    """
+
+    targets: int = 1
+    replicas: dict[str, int] = field(default_factory=dict)
+    """Per target: how many replicas hold its member lock, as last seen."""
+    leading: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def share(self) -> int:
+        with self.lock:
+            seen = max(self.replicas.values(), default=1)
+            return max(1, math.ceil(self.targets / max(seen, 1)))
+
+    def may_take(self) -> bool:
+        with self.lock:
+            seen = max(self.replicas.values(), default=1)
+            return len(self.leading) < max(1, math.ceil(self.targets / max(seen, 1)))
+
+    def over(self) -> bool:
+        with self.lock:
+            seen = max(self.replicas.values(), default=1)
+            return len(self.leading) > max(1, math.ceil(self.targets / max(seen, 1)))
+
+
+class Monitor:
+    """One server's poll loop: read, group, evaluate, enforce, publish; never raises for a database problem."""
+
+    def __init__(
+        self,
+        name: str,
+        db: Database,
+        config: Config,
+        collector: PgparentCollector,
+        *,
+        force_dry_run: bool = False,
+        dry_run: bool = False,
+        labels: dict[str, str] | None = None,
+        shard: Shard | None = None,
+    ) -> None:
+        self.name = name
+        self.db = db
+        self.config = config
+        self.collector = collector
+        self.counters = collector.counters
+        self.force_dry_run = force_dry_run
+        self.dry_run = dry_run
+        self.labels = dict(labels or {})
+        self.shard = shard
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.last_tick = time.monotonic()
+        self.rule_state = RuleState()
+        self._backoff = Backoff()
+        self._last_success = 0.0
+        self._was_up: bool | None = None
+        self._lock_generation: int | None = None
+        self._lock_key: int | None = None
+        self._member_generation: int | None = None
+        self._off_reason: str | None = None
+        self._thread: threading.Thread | None = None
+        self._publish(up=False, duration=0.0)
+
+    # -- schedule ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.loop, name=f"poll-{self.name}", daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the loop to end; False if it is still stuck (in a poll the network holds)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def close(self) -> None:
+        self._release_leadership()
+        self.db.close()
+
+    def healthy(self) -> bool:
+        """The loop ticked recently (the database may be down: that is `pgparent_up`, not liveness)."""
+        return time.monotonic() - self.last_tick < 3 * self.config.interval + 30
+
+    def loop(self) -> None:
+        """Fixed rate: next_run += interval, sleep until then (interruptible), warn when a cycle overruns."""
+        next_run = time.monotonic()
+        while not self.stop_event.is_set():
+            self.cycle()
+            self.last_tick = time.monotonic()
+            interval = self.config.interval
+            next_run += interval
+            now = time.monotonic()
+            if now > next_run:
+                if self._was_up:  # while the database is down, slow reconnects are expected, not news
+                    log.warning("poll_overrun", target=self.name, behind_seconds=round(now - next_run, 3),
+                                interval=interval)
+                next_run = now
+            while not self.stop_event.is_set():
+                remaining = next_run - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.wake.wait(remaining)
+                self.wake.clear()
+
+    # -- one cycle ---------------------------------------------------------------------------------------------
+    def cycle(self) -> None:
+        """One poll: read, group, evaluate, enforce, publish. Never raises for a database problem."""
+        started = time.monotonic()
+        if not self.db.connected and not self._backoff.ready(started):
+            return
+        config = self.config  # one config for the whole cycle, whatever a reload swaps meanwhile
+        try:
+            caps = self.db.connect()
+            if self._was_up is not True:
+                self._log_connected(caps)
+            leader = self._hold_leadership(caps, config)
+            if self.shard is not None and not leader:
+                # Another replica polls and enforces this target; this one only keeps trying the lock.
+                self._succeeded(started, config, leader=False)
+                return
+            snapshot = self.db.snapshot()
+            with gc_paused():
+                grouped = group(snapshot, config.grouping.pattern)
+                decision = evaluate(grouped, config, self.rule_state, self.force_dry_run or self.dry_run,
+                                    target=self.name)
+            self.rule_state = decision.state
+            for f in decision.started:
+                log.warning("rule_firing", target=self.name, rule=f.rule, parent=f.parent, action=f.action,
+                            reasons=list(f.reasons), dry_run=f.dry_run)
+            for rule, parent in decision.resolved:
+                log.info("rule_resolved", target=self.name, rule=rule, parent=parent)
+            reason = self._enforcement_off_reason(caps, leader)
+            if reason is None and (decision.targets or decision.deferred or decision.unreleased):
+                enforce(decision, self.db, self.counters, snapshot.now, server=self.name)
+        except DatabaseUnavailable as exc:
+            delay = self._backoff.failed(time.monotonic())
+            if self._was_up is not False:
+                log.error("database_unavailable", target=self.name, error=str(exc), retry_in=round(delay, 2))
+            self._was_up = False
+            self._lost_leadership()
+            self._failed(started, config)
+            return
+        except Exception:  # the loop's edge: log with traceback, count, keep running
+            log.exception("poll_crashed", target=self.name)
+            self._failed(started, config)
+            return
+        self._succeeded(started, config, leader=leader, grouped=grouped, violating=decision.violating,
+                        pending=decision.pending, enforcing=reason is None)
+
+    def _succeeded(self, started: float, config: Config, *, leader: bool, **published: object) -> None:
+        self.counters.polls.labels(self.name).inc()  # before the publish, so its exposition counts this poll
+        self._backoff.succeeded()
+        self._was_up = True
+        self._last_success = time.time()
+        self._publish(up=True, duration=time.monotonic() - started, config=config, leader=leader, **published)
+
+    def _failed(self, started: float, config: Config) -> None:
+        self.counters.poll_errors.labels(self.name).inc()
+        self.counters.polls.labels(self.name).inc()
+        self._publish(up=False, duration=time.monotonic() - started, config=config)
+
+    def _log_connected(self, caps: Capabilities) -> None:
+        log.info("database_available", target=self.name, server_version=caps.server_version_num, role=caps.role,
+                 can_read_all_stats=caps.can_read_all_stats, can_signal=caps.can_signal,
+                 in_recovery=caps.in_recovery)
+        if not caps.can_read_all_stats:
+            log.warning(
+                "limited_visibility",
+                target=self.name,
+                role=caps.role,
+                reason="the role lacks pg_read_all_stats (grant pg_monitor): other roles' sessions show no state or "
+                "backend_start, are counted in pgparent_hidden_sessions and are never signalled",
+            )
+        if not caps.can_signal:
+            log.warning(
+                "limited_signalling",
+                target=self.name,
+                role=caps.role,
+                reason="the role lacks pg_signal_backend: it can signal only its own role's sessions",
+            )
+
+    # -- leadership --------------------------------------------------------------------------------------------
+    def _hold_leadership(self, caps: Capabilities, config: Config) -> bool:
+        """Keep (or try to take) the target's leader lock on the current connection; False on a standby server.
+
+        Sharding: also hold the shared member lock (so replicas can be counted), take a free leader lock only within
+        the fair share, and give the lock up when this replica leads more than its share.
+        """
+        election = config.leader_election
+        if not election.enabled:
+            return True
+        if caps.in_recovery:
+            return False
+        shard = self.shard
+        if shard is not None:
+            if self._member_generation != self.db.generation:
+                self.db.try_lock(member_key(election.lock_key), shared=True)
+                self._member_generation = self.db.generation
+            with shard.lock:
+                shard.replicas[self.name] = self.db.lock_holders(member_key(election.lock_key))
+        held = self._lock_generation == self.db.generation and self._lock_key == election.lock_key
+        if not held and self._lock_generation is not None:
+            log.warning("leadership_lost", target=self.name, reason="the connection that held the leader lock ended")
+            self._lost_leadership()
+        if held and shard is not None and shard.over():
+            self._release_leadership()
+            log.info("leadership_released", target=self.name, reason="more replicas share the targets now",
+                     share=shard.share())
+            return False
+        if not held and (shard is None or shard.may_take()) and self.db.try_lock(election.lock_key):
+            self._lock_generation, self._lock_key = self.db.generation, election.lock_key
+            if shard is not None:
+                with shard.lock:
+                    shard.leading.add(self.name)
+            log.info("leadership_acquired", target=self.name, lock_key=election.lock_key)
+            held = True
+        return held
+
+    def _lost_leadership(self) -> None:
+        self._lock_generation = None
+        if self.shard is not None:
+            with self.shard.lock:
+                self.shard.leading.discard(self.name)
+
+    def _release_leadership(self) -> None:
+        if self._lock_generation is not None and self._lock_generation == self.db.generation and self._lock_key:
+            with contextlib.suppress(DatabaseUnavailable):
+                self.db.unlock(self._lock_key)
+        self._lost_leadership()
+
+    def _enforcement_off_reason(self, caps: Capabilities, leader: bool) -> str | None:
+        """Why this instance may not signal now (logged once per change), or None when it may."""
+        if caps.in_recovery:
+            reason: str | None = "the server is in recovery (a standby): nothing is signalled there"
+        elif not leader:
+            reason = "another replica holds the leader lock and enforces; this one only exports metrics"
+        else:
+            reason = None
+        if reason != self._off_reason:
+            if reason is None:
+                log.info("enforcement_on", target=self.name)
+            else:
+                log.warning("enforcement_off", target=self.name, reason=reason)
+            self._off_reason = reason
+        return reason
+
+    # -- publishing --------------------------------------------------------------------------------------------
+    def _publish(self, *, up: bool, duration: float, config: Config | None = None, **fields: object) -> None:
+        config = config or self.config
+        names = [r.name for r in config.rules]
+        published: dict[str, object] = {
+            "violating": dict.fromkeys(names, 0),
+            "pending": dict.fromkeys(names, 0),
+            **fields,
+        }
+        self.collector.publish(
+            Published(
+                up=up,
+                last_success=self._last_success,
+                poll_duration=duration,
+                max_groups=config.grouping.max_groups,
+                dry_run=self.force_dry_run or config.dry_run or self.dry_run,
+                labels=self.labels,
+                **published,  # type: ignore[arg-type]
+            ),
+            self.name,
+        )
+
+
+def member_key(lock_key: int) -> int:
+    """The shared advisory lock every sharding replica holds on each target: the leader key with its last bit flipped
+    (so replicas with different leader keys count apart)."""
+    return lock_key ^ 1
