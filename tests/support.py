@@ -341,24 +341,39 @@ class DaemonProcess:
                     return float(s.value)
         return None
 
-    def polls(self, *, failed: bool = False) -> int:
-        """pgparent_polls_total (with `failed`, pgparent_poll_errors_total) as /metrics shows it now."""
-        return int(self.sample("pgparent_poll_errors_total" if failed else "pgparent_polls_total") or 0)
+    def samples(self, name: str, labels: dict[str, str] | None = None) -> list[tuple[dict[str, str], float]]:
+        """Every sample of `name` on /metrics whose labels include `labels`."""
+        from prometheus_client.parser import text_string_to_metric_families
 
-    def wait_polls(self, n: int, *, failed: bool = False, timeout: float = 60.0) -> int:
+        return [
+            (dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(self.metrics())
+            for s in family.samples
+            if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items()))
+        ]
+
+    def polls(self, *, failed: bool = False, target: str | None = None) -> int:
+        """pgparent_polls_total (with `failed`, pgparent_poll_errors_total) as /metrics shows it now: of `target`, or
+        the fewest of any target (so "n more" means every target polled)."""
+        name = "pgparent_poll_errors_total" if failed else "pgparent_polls_total"
+        counts = [v for _, v in self.samples(name, {"target": target} if target else None)]
+        return int(min(counts, default=0))
+
+    def wait_polls(self, n: int, *, failed: bool = False, timeout: float = 60.0, target: str | None = None) -> int:
         """Wait until the daemon has completed `n` more poll cycles than when called (with `failed`: `n` more failed
-        ones) and return the new count; fail after `timeout` seconds, generous since CI machines are shared.
+        ones), of `target` or of every target, and return the new count; fail after `timeout` seconds, generous
+        since CI machines are shared.
 
         The first of them may be a poll already under way at the call: "nothing happened during N whole polls after
         X" is `wait_polls(N + 1)` after X.
         """
-        target = self.polls(failed=failed) + n
+        goal = self.polls(failed=failed, target=target) + n
 
         def reached() -> int | None:
-            count = self.polls(failed=failed)
-            return count if count >= target else None
+            count = self.polls(failed=failed, target=target)
+            return count if count >= goal else None
 
-        what = f"{n} more {'failed ' if failed else ''}poll(s), to {target}"
+        what = f"{n} more {'failed ' if failed else ''}poll(s), to {goal}"
         return eventually(reached, timeout=timeout, interval=0.1, what=what)
 
     def logs(self) -> list[dict[str, Any]]:

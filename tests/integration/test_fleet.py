@@ -1,0 +1,142 @@
+"""Fleets against real servers: several targets in one process, each isolated from the others' trouble; replicas in
+shard mode dividing the targets; reload adding and removing targets while another is being enforced."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.support import Clients, DaemonProcess, Server, daemon, eventually, unique_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _target(name: str, dsn: str, **labels: str) -> str:
+    extra = f", labels: {{{', '.join(f'{k}: {v}' for k, v in labels.items())}}}" if labels else ""
+    return f"  - {{name: {name}, dsn: '{dsn}'{extra}}}\n"
+
+
+@pytest.fixture
+def databases(pg: Server) -> Iterator[list[str]]:
+    """Four databases of this test's own on the shared server: four targets (advisory locks are per database)."""
+    names = [unique_name(f"fleet{i}") for i in range(4)]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield names
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _leaders(d: DaemonProcess) -> set[str]:
+    return {labels["target"] for labels, v in d.samples("pgparent_leader") if v == 1}
+
+
+def test_two_servers_two_targets_isolated(pg: Server, private_pg: Server, clients: Clients, tmp_path: Path) -> None:
+    """Series carry their target and labels; a rule narrowed by match.target signals on its target only; stopping
+    one server leaves the other's polls and enforcement going (up 0 for one, 1 and advancing for the other)."""
+    config = (
+        "interval: 500ms\ntargets:\n"
+        + _target("east", pg.dsn, region="eu")
+        + _target("west", private_pg.dsn, region="us")
+        + "rules:\n"
+        "  - {name: west-only, match: {parent: 'Fleet:*', target: west}, max_sessions: 1, action: terminate}\n"
+    )
+    east = clients.start("Fleet:1", n=2)
+    west = clients.start("Fleet:1", n=2, dsn=private_pg.dsn)
+    with daemon(tmp_path, config, pg.dsn) as d:
+        eventually(lambda: all(c.done for c in west), timeout=30, what="west's group terminated")
+        d.wait_polls(3)
+        assert not any(c.done for c in east)
+        signals = d.events("session_signal")
+        assert {e["target"] for e in signals} == {"west"} and {e["pid"] for e in signals} == {c.pid for c in west}
+        assert d.sample("pgparent_group_sessions", {"target": "east", "region": "eu", "parent": "Fleet:1",
+                                                    "state": "active"}) == 2
+        assert d.sample("pgparent_signalled_sessions_total", {"target": "west", "region": "us"}) == 2
+        assert d.sample("pgparent_signalled_sessions_total", {"target": "east"}) is None
+
+        private_pg.stop("immediate")
+        eventually(lambda: d.sample("pgparent_up", {"target": "west"}) == 0, what="west down")
+        before = d.sample("pgparent_last_poll_timestamp_seconds", {"target": "east"}) or 0
+        d.wait_polls(3, target="east")
+        assert d.sample("pgparent_up", {"target": "east"}) == 1
+        assert (d.sample("pgparent_last_poll_timestamp_seconds", {"target": "east"}) or 0) > before
+        late = clients.start("Fleet:2", n=2)
+        rules = config.replace("target: west}", "target: '*'}").replace("'Fleet:*'", "'Fleet:2'")
+        d.config.write_text(rules)
+        d.send(signal.SIGHUP)
+        eventually(lambda: all(c.done for c in late), timeout=30, what="east enforced while west is down")
+        assert not any(c.done for c in east)
+
+
+def _shard_config(pg: Server, databases: list[str]) -> str:
+    return "interval: 500ms\nleader_election: {shard: true}\ntargets:\n" + "".join(
+        _target(f"t{i}", pg.dsn_for(db)) for i, db in enumerate(databases)
+    )
+
+
+def test_two_replicas_in_shard_mode_divide_four_targets(
+    pg: Server, databases: list[str], clients: Clients, tmp_path: Path
+) -> None:
+    """Every target has exactly one leader and each replica leads some; group series come only from the leader;
+    after one replica is killed the survivor leads all four within 2 intervals and exports their groups."""
+    config = _shard_config(pg, databases)
+    for db in databases:
+        clients.start("Shard:1", dsn=pg.dsn_for(db))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = DaemonProcess(tmp_path / "a", config, pg.dsn)
+    b = DaemonProcess(tmp_path / "b", config, pg.dsn)
+    try:
+        def divided() -> bool:
+            la, lb = _leaders(a), _leaders(b)
+            return la.isdisjoint(lb) and la | lb == {"t0", "t1", "t2", "t3"} and bool(la) and bool(lb)
+
+        eventually(divided, timeout=30, what="four targets divided between two replicas")
+        a.wait_polls(3)
+        assert divided()
+        for d in (a, b):
+            groups = {labels["target"] for labels, _ in d.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
+            assert groups == _leaders(d)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        eventually(lambda: _leaders(b) == {"t0", "t1", "t2", "t3"}, timeout=5, interval=0.1,
+                   what="the survivor leads all four within a few intervals")
+        b.wait_polls(2)
+        groups = {labels["target"] for labels, _ in b.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
+        assert groups == {"t0", "t1", "t2", "t3"}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_reload_adds_and_removes_targets_while_another_is_enforced(
+    pg: Server, databases: list[str], clients: Clients, tmp_path: Path
+) -> None:
+    """A target added by SIGHUP is polled; a removed one's series go; the unchanged one keeps its connection and
+    goes on enforcing (its leadership never lapses)."""
+    keep, add, drop = (pg.dsn_for(db) for db in databases[:3])
+    rule = "rules:\n  - {name: cap, match: {parent: 'Reload:*'}, max_sessions: 1, action: terminate}\n"
+    before = "interval: 500ms\ntargets:\n" + _target("keep", keep) + _target("drop", drop) + rule
+    after = "interval: 500ms\ntargets:\n" + _target("keep", keep) + _target("add", add) + rule
+    with daemon(tmp_path, before, pg.dsn) as d:
+        eventually(lambda: _leaders(d) == {"keep", "drop"}, what="both targets led")
+        d.config.write_text(after)
+        d.send(signal.SIGHUP)
+        burst = clients.start("Reload:1", n=2, dsn=keep)
+        eventually(lambda: d.events("config_reloaded"), what="reloaded")
+        eventually(lambda: _leaders(d) == {"keep", "add"}, what="add polled, drop gone")
+        eventually(lambda: all(c.done for c in burst), timeout=30, what="keep enforced across the reload")
+        assert d.sample("pgparent_up", {"target": "drop"}) is None
+        assert [e for e in d.events("leadership_acquired") if e["target"] == "keep"][1:] == []
+        assert not d.events("leadership_lost")
+        added = clients.start("Reload:2", n=2, dsn=add)
+        eventually(lambda: all(c.done for c in added), timeout=30, what="the added target enforced")
