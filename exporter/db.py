@@ -27,7 +27,7 @@ from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.model import Blocker, Session, SignalAction, Snapshot
+from exporter.model import NO_GUARD, Blocker, Guard, Session, SignalAction, Snapshot
 
 QUERY_CHARS = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
@@ -337,10 +337,11 @@ class Database:
         value = self._value("lock_holders", key, "lock count failed")
         return int(value) if isinstance(value, int) else 0
 
-    def signal(self, action: SignalAction, session: Session) -> tuple[SignalOutcome, str]:
+    def signal(self, action: SignalAction, session: Session, guard: Guard = NO_GUARD) -> tuple[SignalOutcome, str]:
         """Send one guarded signal in its own autocommit statement; return the outcome and a detail message.
 
-        One pid per statement: a permission error on one session does not stop the others.
+        One pid per statement: a permission error on one session does not stop the others. `guard` adds checks of the
+        session's query, transaction or idle spell (exporter/queries/signal.sql says which race each closes).
         """
         if session.backend_start is None:
             return "not_signalled", "backend_start unknown: cannot guard against pid reuse"
@@ -352,6 +353,11 @@ class Database:
             "pid": session.pid,
             "backend_start": session.backend_start,
             "application_name": session.application_name,
+            "query_start": guard.query_start,
+            "xact_start": guard.xact_start,
+            "state_change": guard.state_change,
+            "exceeded": guard.exceeded,
+            "since": guard.query_start or guard.xact_start or guard.state_change or session.backend_start,
         }
         try:
             with self._guard(conn):
@@ -364,7 +370,10 @@ class Database:
         except psycopg.Error as exc:
             return "error", _scrub(str(exc), self.dsn)
         if row is None:
-            return "gone", "no session with that pid, backend_start and application_name"
+            return "gone", (
+                "no session with that pid, backend_start and application_name"
+                + ("" if guard == NO_GUARD else " still in the state the guard checks")
+            )
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
 
 

@@ -70,7 +70,7 @@ def enforce(
             detail = ""
         else:
             try:
-                result, detail = db.signal(order.action, order.session)
+                result, detail = db.signal(order.action, order.session, order.guard)
             except DatabaseUnavailable as exc:
                 counters.signal_failures.labels(server, order.rule, "error").inc()
                 log.error("session_signal", **fields, result="error", dry_run=False, detail=str(exc))

@@ -54,6 +54,23 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class Guard:
+    """What must still hold when a session is signalled, beyond its pid, backend_start and application_name (which
+    are always checked). None: not checked. See exporter/queries/signal.sql for the race each one closes."""
+
+    query_start: datetime | None = None
+    xact_start: datetime | None = None
+    state_change: datetime | None = None
+    exceeded: float | None = None
+    """Seconds the guarded moment (query_start, else xact_start, else state_change, else backend_start) must lie in
+    the past on the server's clock at the signal: a deadline acts only once its limit is really crossed."""
+
+
+NO_GUARD = Guard()
+"""Only pid, backend_start and application_name are checked."""
+
+
+@dataclass(frozen=True, slots=True)
 class Blocker:
     """One row of pg_blocking_pids() for a waiting session: who holds (or is queued ahead for) the lock it wants."""
 

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
+from typing import Literal
 
 from exporter.conditions import BY_NAME
 from exporter.config import Config, Protect, Rule
-from exporter.model import ACTIVE_STATES, Group, Grouped, Session, SignalAction, Stats
+from exporter.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
@@ -34,6 +35,10 @@ class Target:
     """Sessions of other groups (or untagged) this session held up, directly or through a chain, at the poll."""
     max_blocking_seconds: float = 0.0
     """The longest of those waits."""
+    guard: Guard = NO_GUARD
+    """What must still hold at the signal beyond pid, backend_start and application_name."""
+    trigger: Literal["poll", "deadline"] = "poll"
+    """What found it: a poll, or a deadline computed at the last poll (exporter/deadlines.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,12 @@ def _root_blockers(sessions: tuple[Session, ...], grp: Group) -> tuple[Session, 
         return ()
     own = {s.pid for s in grp.sessions}
     return tuple(s for s in sessions if locks.is_root(s.pid) and locks.downstream[s.pid] - own)
+
+
+def guard_for(action: SignalAction, session: Session) -> Guard:
+    """The guard a poll's signal carries: a cancel interrupts only the very query the poll saw (a server connection
+    that moved on to another query, perhaps another client's behind a pooler, is left alone)."""
+    return Guard(query_start=session.query_start) if action == "cancel" else NO_GUARD
 
 
 def _blocking_of(session: Session, grp: Group) -> tuple[int, float]:
@@ -178,7 +189,10 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
     as the daemon, with no per-cycle cap (an operator asked for this group by name)."""
     grp = grouped.groups.get(parent)
     chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
-    targets = tuple(Target(MANUAL_RULE, action, parent, s, ("requested by an operator",), dry_run) for s in chosen)
+    targets = tuple(
+        Target(MANUAL_RULE, action, parent, s, ("requested by an operator",), dry_run, guard=guard_for(action, s))
+        for s in chosen
+    )
     return Decision(
         targets=targets,
         deferred=(),
@@ -245,7 +259,17 @@ def evaluate(
             protected += n_protected
             unguarded += n_unguarded
             candidates += [
-                Target(rule.name, rule.action, grp.parent, s, reasons, dry, *_blocking_of(s, grp)) for s in chosen
+                Target(
+                    rule.name,
+                    rule.action,
+                    grp.parent,
+                    s,
+                    reasons,
+                    dry,
+                    *_blocking_of(s, grp),
+                    guard=guard_for(rule.action, s),
+                )
+                for s in chosen
             ]
 
     targets, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
