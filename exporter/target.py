@@ -128,6 +128,10 @@ class Monitor:
         self.config = config
         self.collector = collector
         self.counters = collector.counters
+        # The target's poll counters exist from the start, at 0: rate() and increase() (the Poll errors panel,
+        # PgparentPollsFailing) then count its first failure instead of seeing a series born at 1.
+        self.counters.polls.labels(name)
+        self.counters.poll_errors.labels(name)
         self.force_dry_run = force_dry_run
         self.dry_run = dry_run
         self.labels = dict(labels or {})
