@@ -8,6 +8,7 @@ Whether an expression is valid PromQL at all is promtool's job (test_dashboard.p
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -76,8 +77,8 @@ def _regex_escape_for_promql(value: str) -> str:
 
 
 def substitute(expr: str, job: str = ".+", instance: str = ".+", rate_interval: str = RATE_INTERVAL,
-               *, literal: bool = False) -> str:
-    """The expression Grafana would send: $__rate_interval, $job and $instance replaced.
+               *, target: str = ".+", literal: bool = False) -> str:
+    """The expression Grafana would send: $__rate_interval, $job, $instance and $target replaced.
 
     `literal=True` escapes the values as Grafana does for concrete multi-value selections; otherwise they are taken as
     regexes, like the variables' allValue ".+".
@@ -89,6 +90,7 @@ def substitute(expr: str, job: str = ".+", instance: str = ".+", rate_interval: 
     out = re.sub(r"\$\{__rate_interval\}|\$__rate_interval\b", rate_interval, expr)
     out = re.sub(r"\$\{job\}|\$job\b", lambda _: value(job), out)
     out = re.sub(r"\$\{instance\}|\$instance\b", lambda _: value(instance), out)
+    out = re.sub(r"\$\{target\}|\$target\b", lambda _: value(target), out)
     return out
 
 
@@ -177,6 +179,9 @@ def selectors(expr: str) -> list[Selector]:
     while i < len(tokens):
         kind, text = tokens[i]
         nxt = tokens[i + 1][1] if i + 1 < len(tokens) else ""
+        if kind == "ident" and text in ("group_left", "group_right") and nxt != "(":
+            i += 1  # no label list: nothing copied from the "one" side
+            continue
         if kind == "ident" and text in _LABEL_LIST_KEYWORDS:
             i = skip_label_list(i + 1)
             continue
@@ -225,10 +230,51 @@ def selectors(expr: str) -> list[Selector]:
     return found
 
 
+@functools.cache
+def process_wide_metrics() -> frozenset[str]:
+    """The series pgparent exports without a `target` label: the process's own (build, config file, interval, scrape
+    errors). Read from a collector publishing one target, so the list is never kept by hand; every other series
+    carries `target`. The HTTP face's pgparent_http_* counters are process-wide too (`is_process_wide`)."""
+    from exporter.collector import PgparentCollector, Published
+
+    collector = PgparentCollector()
+    collector.publish(Published(up=True), "one")
+    return frozenset(s.name for m in collector.registry.collect() for s in m.samples if "target" not in s.labels)
+
+
+def is_process_wide(metric: str) -> bool:
+    return metric.startswith("pgparent_http_") or metric in process_wide_metrics()
+
+
+def aggregations(expr: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Every grouping clause of `expr`, as ("by" or "without", its labels), in order."""
+    tokens = tokenize(expr)
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "ident" and text in ("by", "without") and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+            end = next(j for j in range(i + 2, len(tokens)) if tokens[j][1] == ")")
+            out.append((text, tuple(t for k, t in tokens[i + 2 : end] if k == "ident")))
+    return out
+
+
+def target_dropped(expr: str) -> list[str]:
+    """The grouping clauses of `expr` that lose the `target` label (`by` without it, `without` with it), which would
+    add up or merge the series of different servers; an empty list means every aggregation keeps it."""
+    return [
+        f"{kind} ({', '.join(labels)}) drops target"
+        for kind, labels in aggregations(expr)
+        if (kind == "by") != ("target" in labels)
+    ]
+
+
 def lint_target(expr: str) -> list[str]:
-    """dashboard-linter's target rules for one expression; an empty list means it passes.
+    """dashboard-linter's target rules for one expression, and pgparent's rule for its `target` variable; an empty
+    list means it passes.
 
     - target-job-rule / target-instance-rule: every selector has job=~"$job" and instance=~"$instance";
+    - every selector of a per-target series has target=~"$target"; a process-wide series (no `target` label) has no
+      target matcher, and the expression then follows the choice through another selector that has one (`and
+      on(job, instance) pgparent_up{..., target=~"$target"}`); no aggregation drops `target`;
     - target-rate-interval-rule: a range inside rate() or irate() is $__rate_interval;
     - target-counter-agg-rule: a counter (name ending in _total) is a range directly inside rate, irate or increase.
     """
@@ -239,10 +285,17 @@ def lint_target(expr: str) -> list[str]:
         return [str(exc)]
     if not found:
         problems.append("no series selector")
+    elif not any(s.matcher("target") == ("=~", "$target") for s in found):
+        problems.append('no selector follows target=~"$target"')
+    problems += target_dropped(expr)
     for s in found:
         for label in ("job", "instance"):
             if s.matcher(label) != ("=~", f"${label}"):
                 problems.append(f'{s.metric}: needs {label}=~"${label}"')
+        if is_process_wide(s.metric) and s.matcher("target") is not None:
+            problems.append(f"{s.metric}: has no target label, a target matcher would match nothing")
+        elif not is_process_wide(s.metric) and s.matcher("target") != ("=~", "$target"):
+            problems.append(f'{s.metric}: needs target=~"$target"')
         if s.range is not None and s.call in ("rate", "irate") and s.range not in ("$__rate_interval",
                                                                                  "${__rate_interval}"):
             problems.append(f"{s.metric}[{s.range}]: rate() and irate() must use $__rate_interval")

@@ -40,6 +40,7 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from exporter.config import DEFAULT_TARGET
 from exporter.pgcluster import free_port
 from tests.deliverables.grafana import ALERTS, Target, substitute
 from tests.support import Client, Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name
@@ -194,8 +195,10 @@ class LiveStack:
         return f"127.0.0.1:{self.daemon.port}"
 
     def expr(self, target: Target, rate_interval: str = "15s") -> str:
-        """The target's query as Grafana would send it with this job and instance selected."""
-        return substitute(target.expr, job=JOB, instance=self.instance, rate_interval=rate_interval, literal=True)
+        """The target's query as Grafana would send it with this job, instance and server (the daemon's one target,
+        `default`) selected."""
+        return substitute(target.expr, job=JOB, instance=self.instance, rate_interval=rate_interval,
+                          target=DEFAULT_TARGET, literal=True)
 
 
 def _roles(server: Server, app: str, monitor: str) -> tuple[str, str]:

@@ -7,7 +7,16 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deliverables.grafana import ALERT_TESTS, ALERTS, RUNBOOK, iter_alerts, markdown_anchors
+from tests.deliverables.grafana import (
+    ALERT_TESTS,
+    ALERTS,
+    RUNBOOK,
+    is_process_wide,
+    iter_alerts,
+    markdown_anchors,
+    selectors,
+    target_dropped,
+)
 from tests.support import require_tool
 
 pytestmark = pytest.mark.deliverables
@@ -56,6 +65,36 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert firing == EXPECTED_ALERTS, f"no firing case for {EXPECTED_ALERTS - firing}"
     assert quiet == EXPECTED_ALERTS, f"no not-firing case for {EXPECTED_ALERTS - quiet}"
+
+
+@pytest.mark.parametrize("alert", sorted(EXPECTED_ALERTS))
+def test_alert_keeps_the_target_and_names_it(alert: str) -> None:
+    """No aggregation of the alert drops `target` (so two servers of a fleet never merge into one alert), and an
+    alert on per-target series names the target in its summary and description."""
+    (rule,) = [r for r in iter_alerts() if r["alert"] == alert]
+    assert target_dropped(rule["expr"]) == []
+    if any(not is_process_wide(s.metric) and s.metric != "up" for s in selectors(rule["expr"])):
+        for key in ("summary", "description"):
+            assert "$labels.target" in rule["annotations"][key], f"{alert}: the {key} does not name the target"
+
+
+def test_every_alert_on_target_series_is_tested_with_two_targets() -> None:
+    """alerts.test.yml has, for every alert on per-target series, a case with two or more targets in which it fires
+    for some of them and not for the others."""
+    tests = yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))["tests"]
+    per_target = {
+        r["alert"] for r in iter_alerts() if any(not is_process_wide(s.metric) and s.metric != "up"
+                                                 for s in selectors(r["expr"]))
+    }
+    covered: set[str] = set()
+    for case in tests:
+        given = {s.matcher("target") for series in case["input_series"] for s in selectors(series["series"])}
+        given.discard(None)
+        for check in case.get("alert_rule_test", []):
+            fired = {a["exp_labels"].get("target") for a in check.get("exp_alerts", [])}
+            if len(given) >= 2 and fired and {("=", t) for t in fired} < given:
+                covered.add(check["alertname"])
+    assert per_target - covered == set(), f"no two-target case for {sorted(per_target - covered)}"
 
 
 @pytest.mark.parametrize("alert", sorted(EXPECTED_ALERTS))

@@ -10,6 +10,7 @@ import pytest
 
 from tests.deliverables.grafana import (
     DASHBOARD,
+    is_process_wide,
     lint_target,
     load_dashboard,
     panels,
@@ -60,9 +61,10 @@ def test_datasource_variable(dashboard: dict[str, Any]) -> None:
     assert ds["label"] == "Data source"
 
 
-@pytest.mark.parametrize("name", ["job", "instance"])
-def test_job_and_instance_variables(dashboard: dict[str, Any], name: str) -> None:
-    """template-job/instance-rule: multi-select label_values() on pgparent_up via $datasource, .+, refresh 2."""
+@pytest.mark.parametrize("name", ["job", "instance", "target"])
+def test_job_instance_and_target_variables(dashboard: dict[str, Any], name: str) -> None:
+    """template-job/instance-rule, and the same for `target`: multi-select label_values() on pgparent_up via
+    $datasource, .+, refresh 2; instance choices follow the job, target choices the job and the instance."""
     var = _variable(dashboard, name)
     assert var["type"] == "query"
     assert var["datasource"] == DATASOURCE
@@ -76,8 +78,16 @@ def test_job_and_instance_variables(dashboard: dict[str, Any], name: str) -> Non
     assert m.group(2) == name
     (selector,) = selectors(m.group(1))
     assert selector.metric == "pgparent_up"
-    if name == "instance":
-        assert selector.matcher("job") == ("=~", "$job"), "instance choices must follow the chosen job"
+    if name in ("instance", "target"):
+        assert selector.matcher("job") == ("=~", "$job"), f"{name} choices must follow the chosen job"
+    if name == "target":
+        assert selector.matcher("instance") == ("=~", "$instance"), "target choices must follow the chosen instance"
+
+
+def test_variables_come_in_order(dashboard: dict[str, Any]) -> None:
+    """Data source, job, instance, target: each variable's query uses only those before it."""
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["datasource", "job", "instance", "target"]
 
 
 def test_every_panel_and_target_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -132,19 +142,35 @@ def test_grid_positions_fit_24_columns_without_overlap(dashboard: dict[str, Any]
 
 
 def test_targets_pass_the_linter_selector_rules(dashboard: dict[str, Any]) -> None:
-    """target-job/instance, target-rate-interval and target-counter-agg rules hold for every query."""
+    """target-job/instance, pgparent's target rule, target-rate-interval and target-counter-agg hold for every query."""
     problems = {t.name: found for t in targets(dashboard) if (found := lint_target(t.expr))}
     assert not problems, problems
 
 
 def test_up_and_leader_panel_queries_both(dashboard: dict[str, Any]) -> None:
-    """The first panel shows pgparent_up and pgparent_leader, and no other panel depends on pgparent_leader."""
+    """The first panel shows pgparent_up and pgparent_leader, and no other panel depends on pgparent_leader (others
+    use pgparent_up only to follow the target choice, after `and on(job, instance)`)."""
     by_metric: dict[str, set[str]] = {}
     for t in targets(dashboard):
-        for s in selectors(t.expr):
+        found = selectors(t.expr)
+        for s in found:
             by_metric.setdefault(s.metric, set()).add(t.panel_title)
-    assert by_metric["pgparent_up"] == {"pgparent up and leader"}
+        if t.panel_title != "pgparent up and leader" and any(s.metric == "pgparent_up" for s in found):
+            assert found[-1].metric == "pgparent_up" and "and on(job, instance) pgparent_up" in t.expr, t.name
+    assert "pgparent up and leader" in by_metric["pgparent_up"]
     assert by_metric["pgparent_leader"] == {"pgparent up and leader"}
+
+
+def test_every_legend_names_the_target(dashboard: dict[str, Any]) -> None:
+    """Two servers' series never share a legend: every query whose series carry `target` (its first selector is a
+    per-target metric, and no aggregation drops the label: see the lint test) shows {{target}} in its legend; a
+    process-wide one (config ok, the interval) does not, since it has no target to show."""
+    wrong = []
+    for t in targets(dashboard):
+        per_target = not is_process_wide(selectors(t.expr)[0].metric)
+        if per_target != ("{{target}}" in t.legend):
+            wrong.append(f"{t.name}: legend {t.legend!r}")
+    assert not wrong, wrong
 
 
 def test_ref_ids_are_unique_within_each_panel(dashboard: dict[str, Any]) -> None:
@@ -165,6 +191,13 @@ def test_ref_ids_are_unique_within_each_panel(dashboard: dict[str, Any]) -> None
         ('rate(pgparent_poll_errors_total{job=~"$job",instance=~"$instance"}[$__rate_interval]) '
          '+ pgparent_poll_errors_total{job=~"$job",instance=~"$instance"}', "counter must sit directly"),
         ("vector(1)", "no series selector"),
+        ('pgparent_up{job=~"$job",instance=~"$instance"}', 'needs target=~"$target"'),
+        ('pgparent_poll_interval_seconds{job=~"$job",instance=~"$instance"}', 'no selector follows target=~"$target"'),
+        ('pgparent_poll_interval_seconds{job=~"$job",instance=~"$instance",target=~"$target"}', "match nothing"),
+        ('sum by (rule) (rate(pgparent_signals_deferred_total{job=~"$job",instance=~"$instance",target=~"$target"}'
+         '[$__rate_interval]))', "by (rule) drops target"),
+        ('max without(instance, target) (pgparent_groups{job=~"$job",instance=~"$instance",target=~"$target"})',
+         "without (instance, target) drops target"),
         ('{__name__="pgparent_up"}', "without a metric name"),
     ],
 )
@@ -174,9 +207,10 @@ def test_lint_rules_catch_bad_queries(expr: str, complaint: str) -> None:
 
 
 def test_every_panel_query_parses_with_promtool(dashboard: dict[str, Any], tmp_path: Path) -> None:
-    """Each target, with $__rate_interval, $job and $instance substituted, is a valid recording rule to promtool."""
+    """Each target, with $__rate_interval, $job, $instance and $target substituted, is a valid recording rule to
+    promtool."""
     exprs = {f"panel{t.panel_id}_{t.ref_id}": substitute(t.expr, job="pgparent", instance="127.0.0.1:10187",
-                                                          literal=True) for t in targets(dashboard)}
+                                                          target="orders-eu", literal=True) for t in targets(dashboard)}
     assert len(exprs) == len(targets(dashboard))
     result = promtool_check_rules(exprs, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

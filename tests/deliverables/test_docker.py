@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import DEFAULT_TARGET
 from tests.support import Clients, Server, eventually, record_figure, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.deliverables]
@@ -181,6 +182,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
+TARGET = frozenset({("target", DEFAULT_TARGET)})
+"""The label every series of the container's one server carries (its config lists no targets)."""
+
+
 def _samples(body: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {
         (s.name, frozenset(s.labels.items())): float(s.value)
@@ -250,14 +255,14 @@ def test_container_polls_serves_enforces_and_stops_within_2s(container: str, cli
             samples = _scrape()
         except OSError:
             return None
-        up = samples.get(("pgparent_up", frozenset())) == 1
-        seen = samples.get(("pgparent_group_sessions", frozenset({("parent", "docker:watched"), ("state", "idle")})))
+        up = samples.get(("pgparent_up", TARGET)) == 1
+        seen = samples.get(("pgparent_group_sessions", TARGET | {("parent", "docker:watched"), ("state", "idle")}))
         return samples if up and seen == len(watched) else None
 
     eventually(polled, timeout=90, what="the container serving pgparent_up 1 and the docker:watched group")
     eventually(lambda: runaway.done, timeout=30, what="the runaway session terminated by the container")
     assert runaway.outcome == "terminated"
-    key = ("pgparent_signalled_sessions_total", frozenset({("rule", "docker-runaway"), ("action", "terminate")}))
+    key = ("pgparent_signalled_sessions_total", TARGET | {("rule", "docker-runaway"), ("action", "terminate")})
     assert _scrape().get(key) == 1
 
     assert run(*PODMAN, "exec", container, "id", "-u").stdout.strip() == UID
