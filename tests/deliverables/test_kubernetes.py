@@ -1,4 +1,5 @@
-"""The Kubernetes base: it builds, every object validates, and its copies match their sources.
+"""The Kubernetes base and its components (podmonitor, fleet): they build, every object validates, and the base's
+copies match their sources.
 
 The prometheus-operator objects are checked twice, with schemas from the npm package
 @kubernetes-models/prometheus-operator, installed on demand into a cache outside the repository ($PGPARENT_NPM_CACHE,
@@ -61,15 +62,26 @@ def objects() -> list[Obj]:
     return kustomize(BASE)
 
 
-@pytest.fixture(scope="module")
-def pod_monitor_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
-    """The base with the podmonitor component, as a user's overlay would build it (kustomize wants relative paths)."""
-    overlay = tmp_path_factory.mktemp("overlay")
+def with_component(tmp_path_factory: pytest.TempPathFactory, component: str) -> list[Obj]:
+    """The base with one of its components, as a user's overlay would build it (kustomize wants relative paths)."""
+    overlay = tmp_path_factory.mktemp(f"overlay-{component}")
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "resources": [os.path.relpath(BASE, overlay)],
-        "components": [os.path.relpath(BASE / "podmonitor", overlay)],
+        "components": [os.path.relpath(BASE / component, overlay)],
     }))
     return kustomize(overlay)
+
+
+@pytest.fixture(scope="module")
+def pod_monitor_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the podmonitor component."""
+    return with_component(tmp_path_factory, "podmonitor")
+
+
+@pytest.fixture(scope="module")
+def fleet_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the fleet component: several targets, a DSN file each, three replicas dividing them."""
+    return with_component(tmp_path_factory, "fleet")
 
 
 def by_kind(objects: list[Obj], kind: str) -> Obj:
@@ -219,8 +231,24 @@ def test_podmonitor_component_replaces_the_servicemonitor(objects: list[Obj], po
     ]
 
 
-def test_core_objects_pass_kubernetes_validate_strict(objects: list[Obj], tmp_path: Path) -> None:
-    """kubernetes-validate --strict accepts every core object (no unknown fields, right types)."""
+def test_fleet_component_builds_every_object(objects: list[Obj], fleet_objects: list[Obj]) -> None:
+    """With the fleet component the base builds with the same kinds; the per-target DSN Secret replaces the base's
+    single-DSN one, and the objects the component leaves alone (the monitor, the alerts, the dashboard, the Service
+    and the ServiceAccount) are the base's, so the alerts and the dashboard apply to the fleet as they are."""
+    assert sorted(o["kind"] for o in fleet_objects) == sorted([*CORE, "ServiceMonitor"])
+    assert [o["metadata"]["name"] for o in fleet_objects if o["kind"] == "Secret"] == ["pgparent-targets"]
+    untouched = ("ServiceAccount", "Service", "ServiceMonitor", "PrometheusRule")
+    assert [o for o in fleet_objects if o["kind"] in untouched] == [o for o in objects if o["kind"] in untouched]
+    dashboard = "pgparent-dashboard.json"
+    assert configmap_with(fleet_objects, dashboard) == configmap_with(objects, dashboard)
+
+
+@pytest.mark.parametrize("build", ["objects", "fleet_objects"])
+def test_core_objects_pass_kubernetes_validate_strict(build: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    """kubernetes-validate --strict accepts every core object of the base and of the fleet build (no unknown fields,
+    right types)."""
+    objects: list[Obj] = request.getfixturevalue(build)
     files = []
     for n, obj in enumerate(o for o in objects if o["kind"] in CORE_KINDS):
         path = tmp_path / f"{n}-{obj['kind']}.yaml"
@@ -363,6 +391,53 @@ def test_deployment_runs_the_cli_with_the_rules_and_the_dsn_secret(objects: list
         "name": "PGPARENT_DSN", "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "dsn"}}
     }
     assert "sslmode=require" in secret["stringData"]["dsn"]
+
+
+def test_fleet_deployment_is_the_base_with_three_replicas_and_the_dsn_files(objects: list[Obj],
+                                                                           fleet_objects: list[Obj]) -> None:
+    """The fleet's Deployment is the base's (hardening, probes, resources, args) with exactly these changes: three
+    replicas, no $PGPARENT_DSN, the Secret pgparent-targets mounted read-only for pgparent's group only, and the
+    fleet's config as the rules ConfigMap."""
+    fleet = by_kind(fleet_objects, "Deployment")
+    expected = copy.deepcopy(by_kind(objects, "Deployment"))
+    expected["spec"]["replicas"] = 3
+    pod = expected["spec"]["template"]["spec"]
+    pod["securityContext"]["fsGroup"] = 10187
+    (container,) = pod["containers"]
+    del container["env"]
+    container["volumeMounts"].insert(0, {"name": "targets", "mountPath": "/etc/pgparent-targets", "readOnly": True})
+    pod["volumes"].insert(0, {"name": "targets", "secret": {"secretName": "pgparent-targets", "defaultMode": 0o440}})
+    (rules,) = [v for v in pod["volumes"] if v["name"] == "rules"]
+    rules["configMap"]["name"] = configmap_with(fleet_objects, "rules.yaml")["metadata"]["name"]
+    assert fleet == expected
+
+
+def test_fleet_config_shards_targets_whose_dsn_files_the_secret_provides(fleet_objects: list[Obj]) -> None:
+    """The fleet's config is valid and in shard mode; it lists several targets with the same label names, each
+    reading its DSN from a file of the mounted Secret that the Secret has (sslmode=require), and every rule's
+    match.target names at least one of them."""
+    from fnmatch import fnmatchcase
+
+    from exporter.config import parse_config
+
+    config = parse_config(yaml.safe_load(configmap_with(fleet_objects, "rules.yaml")["data"]["rules.yaml"]), "fleet")
+    assert config.leader_election.shard is True
+    assert len(config.targets) >= 2 and all(t.labels for t in config.targets)
+    pod = by_kind(fleet_objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "targets"]
+    secret = by_kind(fleet_objects, "Secret")
+    assert {"name": "targets", "secret": {"secretName": secret["metadata"]["name"], "defaultMode": 0o440}} in pod[
+        "volumes"]
+    for target in config.targets:
+        assert target.dsn_file is not None, f"{target.name}: not a dsn_file"
+        folder, _, key = target.dsn_file.rpartition("/")
+        assert folder == mount["mountPath"], target.dsn_file
+        assert "sslmode=require" in secret["stringData"][key], f"{target.name}: no key {key} in the Secret"
+    names = [t.name for t in config.targets]
+    for rule in config.rules:
+        assert any(fnmatchcase(n, rule.match.target) for n in names), f"{rule.name}: matches no target"
+    assert any(rule.match.target != "*" for rule in config.rules), "no rule shows match.target"
 
 
 def test_service_and_monitors_point_at_the_named_metrics_port(objects: list[Obj], pod_monitor_objects: list[Obj]
