@@ -157,8 +157,8 @@ def measure_size(n: int, dsn: str, rounds: int, pgp: tuple[subprocess.Popen[byte
             floor.append(time.perf_counter() - t)
 
             t = time.perf_counter()
-            snap = db.snapshot()
-            grouped = group(snap, config.grouping.pattern)
+            snap = db.snapshot(config)
+            grouped = group(snap, config.grouping.compiled)
             decision = evaluate(grouped, config, state)
             state = decision.state
             collector.publish(Published(up=True, grouped=grouped, violating=decision.violating,
@@ -257,11 +257,11 @@ def measure_synthetic(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         times, paused = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            evaluate(group(snap, config.grouping.pattern), config, RuleState())
+            evaluate(group(snap, config.grouping.compiled), config, RuleState())
             times.append(time.perf_counter() - t)
             t = time.perf_counter()
             with gc_paused():  # as the daemon runs it
-                evaluate(group(snap, config.grouping.pattern), config, RuleState())
+                evaluate(group(snap, config.grouping.compiled), config, RuleState())
             paused.append(time.perf_counter() - t)
         out.append({
             "sessions": n,
@@ -333,7 +333,7 @@ def measure_locks(dsn: str, total: int, rounds: int) -> list[dict[str, Any]]:
             for name, db in (("with", with_step), ("without", without)):
                 t = time.perf_counter()
                 with gc_paused():
-                    grouped = group(db.snapshot(), config.grouping.pattern)
+                    grouped = group(db.snapshot(config), config.grouping.compiled)
                     evaluate(grouped, config, RuleState())
                     if grouped.locks is not None:
                         blocked = len(grouped.locks.waits)

@@ -162,7 +162,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
     db = _database(args, config)
     try:
-        grouped = group(db.snapshot(), config.grouping.pattern)
+        grouped = group(db.snapshot(config), config.grouping.compiled)
     finally:
         db.close()
     if args.output == "json":
@@ -179,10 +179,10 @@ def cmd_locks(args: argparse.Namespace) -> int:
     config = _config(args.config_file)
     db = _database(args, config)
     try:
-        snapshot = db.snapshot()
+        snapshot = db.snapshot(config)
     finally:
         db.close()
-    grouped = group(snapshot, config.grouping.pattern)
+    grouped = group(snapshot, config.grouping.compiled)
     if args.output == "json":
         print(locks_json(grouped, snapshot))
         return EXIT_OK

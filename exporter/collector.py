@@ -339,4 +339,10 @@ class PgparentCollector(Collector):
             "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
             grouped.hidden,
         )
+        f.add(
+            "pgparent_comment_tags_missed_sessions",
+            "Sessions whose query text PostgreSQL cut at track_activity_query_size before a comment source could read "
+            "a comment at its end (0 without comment sources).",
+            grouped.comment_missed,
+        )
         f.add("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', len(folded))

@@ -25,6 +25,8 @@ class Condition:
     doc: str
     blocking: bool = False
     """A lock condition: when only such conditions fire, a rule signals the group's root blockers, not all of it."""
+    transaction: bool = False
+    """Measures an open transaction: a signal for it must still find the very transaction (xact_start)."""
 
     @property
     def time_based(self) -> bool:
@@ -45,12 +47,14 @@ CONDITIONS: tuple[Condition, ...] = (
         "duration",
         lambda s: s.max_transaction_duration,
         "the longest open transaction (`xact_start`)",
+        transaction=True,
     ),
     Condition(
         "max_idle_in_transaction",
         "duration",
         lambda s: s.max_idle_in_transaction,
         "the longest spell `idle in transaction` (since `state_change`)",
+        transaction=True,
     ),
     Condition("max_group_age", "duration", lambda s: s.age, "since the group's oldest session connected"),
     Condition(

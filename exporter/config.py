@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -26,6 +27,7 @@ from pydantic import (
 from exporter.conditions import BY_NAME, CONDITIONS, NAMES
 from exporter.errors import ConfigInvalid
 from exporter.model import SignalAction
+from exporter.sources import COMMENT_KEY, KINDS, SourceKind, Sources
 
 DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
 MAX_COUNT = 2**31 - 1
@@ -94,22 +96,118 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Grouping(StrictModel):
-    """How a session's parent tag is read from its application_name."""
+def _parent_regex(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if "parent" not in compiled.groupindex:
+        raise ValueError("the regular expression needs a named group 'parent', e.g. ^(?P<parent>[^:]+:[^:]+)")
+    return value
 
+
+MAX_SOURCES = 8
+"""Sources per config at most: each comment key is one more expression per row of every poll."""
+
+
+class SourceSpec(StrictModel):
+    """One entry of `grouping.sources`: exactly one of its keys."""
+
+    application_name: str | None = None
+    comment: str | None = None
+    user: str | None = None
+    database: str | None = None
+
+    @field_validator("application_name", "user", "database")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        return None if value is None else _parent_regex(value)
+
+    @field_validator("comment")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not COMMENT_KEY.fullmatch(value):
+            raise ValueError(
+                f"a comment key is 1 to 64 letters, digits, '_', '.' or '-' (as sqlcommenter and marginalia write "
+                f"them), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"a source is a mapping with one key (application_name: REGEX, comment: KEY, user: REGEX or "
+                f"database: REGEX), got {type(data).__name__}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a source is exactly one of application_name: REGEX, comment: KEY, user: REGEX, database: REGEX"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    def spec(self) -> tuple[SourceKind, str]:
+        """(kind, argument) of this entry."""
+        kind = next(k for k in KINDS if getattr(self, k) is not None)
+        return kind, str(getattr(self, kind))
+
+
+class Grouping(StrictModel):
+    """Where a session's parent tag comes from (`sources`, first match wins), and the cardinality cap."""
+
+    sources: tuple[SourceSpec, ...] = ()
+    """Empty means one application_name source with `pattern`."""
     pattern: str = DEFAULT_PATTERN
+    """Shorthand for `sources: [{application_name: PATTERN}]`."""
     max_groups: int = Field(500, ge=1, le=MAX_COUNT)
 
     @field_validator("pattern")
     @classmethod
     def _has_parent_group(cls, value: str) -> str:
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        if "parent" not in compiled.groupindex:
-            raise ValueError("the regular expression needs a named group 'parent', e.g. ^(?P<parent>[^:]+:[^:]+)")
+        return _parent_regex(value)
+
+    @field_validator("sources")
+    @classmethod
+    def _bounded(cls, value: tuple[SourceSpec, ...]) -> tuple[SourceSpec, ...]:
+        if len(value) > MAX_SOURCES:
+            raise ValueError(f"at most {MAX_SOURCES} sources, got {len(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _sources_or_pattern(self) -> Grouping:
+        if "sources" in self.model_fields_set and not self.sources:
+            raise ValueError("sources needs at least one entry (leave it out for the default application_name pattern)")
+        if self.sources and "pattern" in self.model_fields_set:
+            raise ValueError(
+                "give sources or pattern, not both: pattern is the shorthand for sources: [{application_name: PATTERN}]"
+            )
+        return self
+
+    def specs(self) -> tuple[tuple[SourceKind, str], ...]:
+        """The sources as (kind, argument) pairs, the pattern shorthand expanded."""
+        if self.sources:
+            return tuple(s.spec() for s in self.sources)
+        return (("application_name", self.pattern),)
+
+    @cached_property
+    def compiled(self) -> Sources:
+        """The sources compiled once per loaded config (a reload builds a new one)."""
+        return Sources.of(self.specs())
+
+
+class Audit(StrictModel):
+    """What audit events may carry."""
+
+    query_text: Literal["excerpt", "none"] = "excerpt"
+    """`none`: the poll reads no query text at all, and audit events carry none (for sites where query text may hold
+    secrets). Comment tags are still read, on the server."""
 
 
 class Protect(StrictModel):
@@ -225,6 +323,7 @@ class Config(StrictModel):
     leader_election: LeaderElection = LeaderElection()
     targets: tuple[TargetConfig, ...] = ()
     """Servers to watch; none means the one server of --dsn / the environment, named `default`."""
+    audit: Audit = Audit()
     rules: tuple[Rule, ...] = ()
 
     @field_validator("targets")
@@ -362,8 +461,15 @@ def describe(config: Config) -> list[str]:
         f"interval {config.interval:g}s, dry_run {str(config.dry_run).lower()}, "
         f"max_groups {config.grouping.max_groups}, "
         f"max_terminations_per_cycle {config.limits.max_terminations_per_cycle}",
-        f"grouping pattern {config.grouping.pattern}",
+        "grouping sources, first match wins: " + "; ".join(f"{k} {a}" for k, a in config.grouping.specs()),
+        f"audit query_text {config.audit.query_text}",
     ]
+    if config.leader_election.enabled:
+        lines.append(
+            f"leader election: session advisory lock {config.leader_election.lock_key}; pgparent's DSN must reach "
+            "PostgreSQL directly, not through a transaction pooler such as PgBouncer (the lock would stay on a pooled "
+            "server connection: a replica that detects one does not enforce)"
+        )
     if config.targets:
         shard = ", divided among replicas (shard)" if config.leader_election.shard else ""
         lines.append(f"{len(config.targets)} target(s){shard}:")

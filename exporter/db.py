@@ -7,17 +7,19 @@ the session never sits "idle in transaction".
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -28,9 +30,19 @@ from psycopg.rows import class_row
 from exporter import APPLICATION_NAME
 from exporter.errors import DatabaseUnavailable, UsageError
 from exporter.model import NO_GUARD, Blocker, Guard, Session, SignalAction, Snapshot
+from exporter.sources import MAX_RAW_BYTES
 
-QUERY_CHARS = 256
+if TYPE_CHECKING:
+    from exporter.config import Config
+
+QUERY_BYTES = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
+
+COMMENT_BYTES = 1024
+"""How far into the query text, from either end, the poll looks for a comment: sqlcommenter comments with a
+traceparent and a few keys take a few hundred bytes."""
+
+_ESCAPE = re.compile(rb"\\(\\|[0-7]{3})")
 
 SignalOutcome = Literal["ok", "gone", "not_signalled", "permission_denied", "error"]
 
@@ -117,6 +129,14 @@ class Capabilities:
     can_read_all_stats: bool
     can_signal: bool
     in_recovery: bool
+    server_pid: int = 0
+    """The pid of the server session that answered the capabilities statement."""
+    track_activity_query_size: int = 1024
+    """Bytes of a query text PostgreSQL keeps (it keeps one less, cut to a character boundary)."""
+    pooled: bool = False
+    """The connection announced a pid other than its server session's: a connection pooler stands between. Then
+    statements may run in different server sessions, and a session-level advisory lock (leader election) is held by
+    whichever server connection ran it, for as long as the pooler keeps that connection, not by pgparent."""
 
 
 class _Watchdog:
@@ -194,7 +214,7 @@ class Database:
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._poll_sql: sql.Composed | None = None
+        self._poll_sql: dict[tuple[bool, bool], sql.Composed] = {}
         self._blocking_sql: sql.Composed | None = None
         self._watchdog: _Watchdog | None = None
         self.capabilities: Capabilities | None = None
@@ -262,12 +282,9 @@ class Database:
         except psycopg.Error as exc:
             raise self._fail("cannot read server capabilities", exc) from exc
         assert caps is not None
+        caps = replace(caps, pooled=caps.server_pid != conn.info.backend_pid)
         self.capabilities = caps
-        optional = {
-            "leader_pid": sql.Identifier("leader_pid") if caps.has_leader_pid else sql.SQL("NULL::int"),
-            "query_id": sql.Identifier("query_id") if caps.has_query_id else sql.SQL("NULL::bigint"),
-        }
-        self._poll_sql = sql.SQL(load_query("activity")).format(**optional)
+        self._poll_sql = {}
         waitstart = sql.Identifier("waitstart") if caps.server_version_num >= 140000 else sql.SQL("NULL::timestamptz")
         self._blocking_sql = sql.SQL(load_query("blocking")).format(waitstart=waitstart)
         return caps
@@ -283,26 +300,67 @@ class Database:
         assert self._conn is not None
         return self._conn
 
-    def snapshot(self) -> Snapshot:
+    def _poll(self, comments: bool, query_text: bool) -> sql.Composed:
+        """The poll statement for this server: with the comment reader when comment sources are configured, with the
+        query excerpt unless audit.query_text is none; composed once per connection and shape."""
+        composed = self._poll_sql.get((comments, query_text))
+        if composed is None:
+            caps = self.capabilities
+            assert caps is not None
+            parts = {
+                "leader_pid": sql.SQL("a.leader_pid") if caps.has_leader_pid else sql.SQL("NULL::int"),
+                "query_id": sql.SQL("a.query_id") if caps.has_query_id else sql.SQL("NULL::bigint"),
+                "query": sql.SQL("substring(pg_catalog.textsend(a.query) FROM 1 FOR %(query_bytes)s)")
+                if query_text
+                else sql.SQL("NULL::bytea"),
+                "comment_values": sql.SQL("v.comment_values" if comments else "NULL::text[]"),
+                "query_cut": sql.SQL("w.query_cut" if comments else "false"),
+                "comment_join": sql.SQL(load_query("activity_comments") if comments else ""),
+            }
+            composed = self._poll_sql[(comments, query_text)] = sql.SQL(load_query("activity")).format(**parts)
+        return composed
+
+    def snapshot(self, config: Config | None = None) -> Snapshot:
         """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`; then, only if
-        some client session waits on a heavyweight lock, who blocks those sessions (one more statement)."""
+        some client session waits on a heavyweight lock, who blocks those sessions (one more statement).
+
+        `config` says what to read beyond the fixed columns: the comment keys its sources need, and the query excerpt
+        unless `audit.query_text` is none (default: no comments, the excerpt).
+        """
         conn = self._connection()
-        assert self._poll_sql is not None and self._blocking_sql is not None
+        assert self._blocking_sql is not None and self.capabilities is not None
+        keys = config.grouping.compiled.comment_keys if config is not None else ()
+        query_text = config is None or config.audit.query_text == "excerpt"
+        params: dict[str, Any] = {"query_bytes": QUERY_BYTES}
+        if keys:
+            params |= {
+                "comment_keys": [k.replace(".", r"\.") for k in keys],  # the only regex character a key may hold
+                "comment_bytes": COMMENT_BYTES,
+                "cut_bytes": self.capabilities.track_activity_query_size - 4,
+                "value_chars": 4 * (MAX_RAW_BYTES + 1),  # escaped: a byte takes up to 4 characters
+            }
         try:
             with self._guard(conn):
                 cur = conn.cursor()
-                rows = cur.execute(self._poll_sql, {"query_chars": QUERY_CHARS}, prepare=True).fetchall()
+                # Behind a transaction pooler a prepared statement may not exist on the next server connection.
+                prepare = not self.capabilities.pooled
+                rows = cur.execute(self._poll(bool(keys), query_text), params, prepare=prepare).fetchall()
                 now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             sessions: list[Session] = []
             workers: list[Session] = []
             for row in rows:
-                session = Session(*row[:-1])
+                comments = tuple(map(_unescape, row[15])) if row[15] is not None else ()
+                pid, leader, btype, datname, usename, app, addr, state, wait, started, xact, qstart, changed = row[:13]
+                session = Session(
+                    pid, leader, btype, datname, usename, app, addr, state, wait, started, xact, qstart, changed,
+                    _text(row[13]), row[14], comments, row[16],
+                )
                 (workers if session.backend_type == "parallel worker" else sessions).append(session)
             waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if self.read_blockers else []
             blockers: list[Blocker] = []
             if waiting:
                 with self._guard(conn), conn.cursor(row_factory=class_row(Blocker)) as bcur:
-                    blockers = bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=True).fetchall()
+                    blockers = bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=prepare).fetchall()
         except pgerrors.QueryCanceled as exc:
             # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
             raise self._fail("poll timed out", exc) from exc
@@ -375,6 +433,23 @@ class Database:
                 + ("" if guard == NO_GUARD else " still in the state the guard checks")
             )
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
+
+def _text(data: bytes | None) -> str | None:
+    """Query text bytes as str: what is not UTF-8 becomes U+FFFD (a session of a database in another encoding may
+    leave such bytes), and a character cut at the end by the byte bound is dropped."""
+    if data is None:
+        return None
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=len(data) < QUERY_BYTES)
+
+
+def _unescape(value: str | None) -> bytes | None:
+    """A value the poll sent in encode(..., 'escape') form (\\ooo for bytes >= 0x80, \\\\ for a backslash) back
+    as the bytes the session wrote."""
+    if value is None:
+        return None
+    return _ESCAPE.sub(
+        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 8)]), value.encode("latin-1")
+    )
 
 
 def run_script(dsn: str, name: str, **values: object) -> None:

@@ -142,11 +142,11 @@ def _round_by_hand(dsn: str, config: Config) -> bool:
     clients = _launch(dsn)
     db = Database(dsn)
     try:
-        snapshot = db.snapshot()
+        snapshot = db.snapshot(config)
         deadline = time.monotonic() + 10
-        while not _all_running(grouped := group(snapshot, config.grouping.pattern)) and time.monotonic() < deadline:
+        while not _all_running(grouped := group(snapshot, config.grouping.compiled)) and time.monotonic() < deadline:
             time.sleep(0.1)
-            snapshot = db.snapshot()
+            snapshot = db.snapshot(config)
         _say("   validate the active sessions: the seed's listing (pg_stat_activity, application_name LIKE")
         _say("   'FakeParent:%'), from pgparent's poll:")
         _show(render.sessions_table(s for s in snapshot.sessions if s.application_name.startswith("FakeParent:")))

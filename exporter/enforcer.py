@@ -29,6 +29,7 @@ def audit_fields(target: Target, now: datetime) -> dict[str, Any]:
     return {
         "rule": target.rule,
         "parent": target.parent,
+        "tag_source": target.tag_source,
         "action": target.action,
         "reasons": list(target.reasons),
         "pid": s.pid,

@@ -1,4 +1,4 @@
-"""Pure: split a snapshot into groups by the parent tag parsed from application_name. No I/O, no clock."""
+"""Pure: split a snapshot into groups by the parent tag its sources give (see exporter/sources.py). No I/O, no clock."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 
 from exporter.locks import build
 from exporter.model import Group, Grouped, Session, Snapshot, Stats
+from exporter.sources import Source, Sources
 
 OTHER = "__other__"
 """The parent label that groups beyond `max_groups` fold into on /metrics."""
@@ -20,14 +21,24 @@ def parent_of(application_name: str, pattern: re.Pattern[str]) -> str | None:
     return parent or None
 
 
-def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
+def group(snapshot: Snapshot, sources: Sources | str | re.Pattern[str]) -> Grouped:
     """Group client sessions by parent tag; attribute parallel workers to their leader's group.
 
-    Workers are never sessions: they are counted per group and never offered to rules. A worker whose leader is not in
-    the snapshot is attributed by its own application_name, which it inherits; if that group has no client session
-    in the snapshot (the leader ended between the rows), the worker is not reported.
+    `sources` is the config's compiled `grouping` (`config.grouping.compiled`), or, for a quick call, one regex on
+    application_name. Workers are never sessions: they are counted per group and never offered to rules. A worker
+    whose leader is not in the snapshot is attributed by its own tags (its application_name and query are the
+    leader's); if that group has no client session in the snapshot (the leader ended between the rows), the worker is
+    not reported.
     """
-    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    compiled = sources if isinstance(sources, Sources) else Sources.application_name(sources)
+    regex = compiled.only_application_name
+    if regex is not None:
+        return _group_by_name(snapshot, regex, compiled.sources[0])
+    return _group_by_sources(snapshot, compiled)
+
+
+def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -> Grouped:
+    """The common case, kept tight: one regex on application_name, each distinct name parsed once per poll."""
     members: dict[str, list[Session]] = {}
     untagged: list[Session] = []
     leaders = {w.leader_pid for w in snapshot.workers if w.leader_pid is not None}
@@ -57,11 +68,90 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
             untagged_workers += 1
         else:
             workers[parent] = workers.get(parent, 0) + 1
+    return _grouped(snapshot, members, untagged, workers, untagged_workers, hidden, (source,))
 
+
+def _group_by_sources(snapshot: Snapshot, sources: Sources) -> Grouped:
+    """Any list of sources: the first that tags a session wins; groups remember which sources tagged them."""
+    members: dict[str, list[Session]] = {}
+    masks: dict[str, int] = {}  # per group, a bit per source that tagged one of its sessions
+    bits = {source: 1 << i for i, source in enumerate(sources.sources)}
+    untagged: list[Session] = []
+    leaders = {w.leader_pid for w in snapshot.workers if w.leader_pid is not None}
+    parent_by_pid: dict[int, str | None] = {}
+    tag = sources.tagger()
+    reads_comments = bool(sources.comment_keys)
+    hidden = missed = 0
+    for s in snapshot.sessions:
+        if s.backend_start is None:
+            hidden += 1
+        found = tag(s)
+        if reads_comments and s.query_cut and sources.comment_missed(s):
+            missed += 1
+        if found is None:
+            if leaders and s.pid in leaders:
+                parent_by_pid[s.pid] = None
+            untagged.append(s)
+            continue
+        parent = found[0]
+        if leaders and s.pid in leaders:
+            parent_by_pid[s.pid] = parent
+        if parent in members:
+            members[parent].append(s)
+            masks[parent] |= bits[found[1]]
+        else:
+            members[parent] = [s]
+            masks[parent] = bits[found[1]]
+
+    workers: dict[str, int] = {}
+    untagged_workers = 0
+    for w in snapshot.workers:
+        if w.leader_pid is not None and w.leader_pid in parent_by_pid:
+            worker_parent = parent_by_pid[w.leader_pid]
+        else:
+            found = tag(w)
+            worker_parent = found[0] if found is not None else None
+        if worker_parent is None:
+            untagged_workers += 1
+        else:
+            workers[worker_parent] = workers.get(worker_parent, 0) + 1
+
+    used: dict[str, tuple[Source, ...]] = {}
+    tagged_by: dict[str, dict[int, Source]] = {}
+    for parent, mask in masks.items():
+        used[parent] = tuple(src for src, bit in bits.items() if mask & bit)
+        if len(used[parent]) > 1:  # a mixed group: say which source tagged each session (tags are memoized)
+            tagged_by[parent] = {s.pid: found[1] for s in members[parent] if (found := tag(s)) is not None}
+    return _grouped(snapshot, members, untagged, workers, untagged_workers, hidden, (), used, tagged_by, missed)
+
+
+def _grouped(
+    snapshot: Snapshot,
+    members: dict[str, list[Session]],
+    untagged: list[Session],
+    workers: dict[str, int],
+    untagged_workers: int,
+    hidden: int,
+    every: tuple[Source, ...],
+    used: dict[str, tuple[Source, ...]] | None = None,
+    tagged_by: dict[str, dict[int, Source]] | None = None,
+    missed: int = 0,
+) -> Grouped:
+    """The groups and the untagged rest; `every` is the sources of every group, unless `used` says per group."""
     now = snapshot.now
     locks = build(snapshot)
+    used = used or {}
+    tagged_by = tagged_by or {}
     groups = {
-        parent: Group(parent=parent, sessions=tuple(rows), now=now, workers=workers.get(parent, 0), locks=locks)
+        parent: Group(
+            parent=parent,
+            sessions=tuple(rows),
+            now=now,
+            workers=workers.get(parent, 0),
+            locks=locks,
+            sources=used.get(parent, every),
+            tagged_by=tagged_by.get(parent, {}),
+        )
         for parent, rows in members.items()
     }
     return Grouped(
@@ -72,6 +162,7 @@ def group(snapshot: Snapshot, pattern: str | re.Pattern[str]) -> Grouped:
         untagged_workers=untagged_workers,
         hidden=hidden,
         locks=locks,
+        comment_missed=missed,
     )
 
 

@@ -43,8 +43,8 @@ def signal_group(
     target: str = "default",
 ) -> ManualResult:
     """Signal every eligible client session of the group `parent`, writing each result and a total to `out`."""
-    snapshot = db.snapshot()
-    grouped = group(snapshot, config.grouping.pattern)
+    snapshot = db.snapshot(config)
+    grouped = group(snapshot, config.grouping.compiled)
     decision = manual(grouped, parent, action, config.protect, dry_run=dry_run)
     skipped = decision.protected + decision.unguarded
     if not decision.targets:

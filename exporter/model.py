@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from exporter.sources import Source
 
 SignalAction = Literal["terminate", "cancel"]
 """What pgparent can do to a session: end it (pg_terminate_backend) or interrupt its query (pg_cancel_backend)."""
@@ -29,7 +32,7 @@ class Session:
     """One row of pg_stat_activity: a client backend, or a parallel worker (then `leader_pid` is set).
 
     A row the monitoring role may not see in full (no pg_read_all_stats) has backend_type, state and backend_start
-    None: it is counted, and never signalled.
+    None: it is counted, and never signalled. `query` is an excerpt (None when `audit.query_text: none`).
     """
 
     pid: int
@@ -47,6 +50,12 @@ class Session:
     state_change: datetime | None
     query: str | None
     query_id: int | None = None
+    comments: tuple[bytes | None, ...] = ()
+    """For each configured comment key (`Sources.comment_keys`, in order), its raw value in the comment at the start
+    or the end of the query, as the poll read it (`='...'` or `:...`), or None. Empty when no comment source is
+    configured; None for an idle session, whose last comment is stale."""
+    query_cut: bool = False
+    """PostgreSQL cut the query text at track_activity_query_size: a comment at its end cannot be read."""
 
     @property
     def is_worker(self) -> bool:
@@ -242,10 +251,18 @@ class Group:
     workers: int = 0
     locks: LockGraph | None = None
     """The poll's blocking forest, when some session waited on a lock."""
+    sources: tuple[Source, ...] = ()
+    """The sources that tagged the group's sessions, in config order."""
+    tagged_by: Mapping[int, Source] = field(default_factory=dict)
+    """pid -> the source that tagged it, kept only when the group's sessions came from more than one source."""
 
     @cached_property
     def stats(self) -> Stats:
         return Stats.of(self.sessions, self.now, self.locks)
+
+    def source_of(self, pid: int) -> Source | None:
+        """The source that tagged the group's session `pid` (None for a group built without sources)."""
+        return self.tagged_by.get(pid) or (self.sources[0] if self.sources else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +277,9 @@ class Grouped:
     """Client sessions whose backend_start the monitoring role cannot see (no pg_read_all_stats)."""
     locks: LockGraph | None = None
     """The poll's blocking forest; None when no session waited on a lock."""
+    comment_missed: int = 0
+    """Sessions whose query text PostgreSQL cut at track_activity_query_size before any configured comment key
+    could be read: a comment appended at the end of a long query is lost (see docs/tagging.md)."""
 
     @property
     def prepared_blocking(self) -> int:

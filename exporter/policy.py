@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -39,6 +39,8 @@ class Target:
     """What must still hold at the signal beyond pid, backend_start and application_name."""
     trigger: Literal["poll", "deadline"] = "poll"
     """What found it: a poll, or a deadline computed at the last poll (exporter/deadlines.py)."""
+    tag_source: str | None = None
+    """Which source tagged the session into its group (`application_name`, `comment:KEY`, `user`, `database`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +109,39 @@ def _root_blockers(sessions: tuple[Session, ...], grp: Group) -> tuple[Session, 
     return tuple(s for s in sessions if locks.is_root(s.pid) and locks.downstream[s.pid] - own)
 
 
-def guard_for(action: SignalAction, session: Session) -> Guard:
-    """The guard a poll's signal carries: a cancel interrupts only the very query the poll saw (a server connection
-    that moved on to another query, perhaps another client's behind a pooler, is left alone)."""
-    return Guard(query_start=session.query_start) if action == "cancel" else NO_GUARD
+def guard_for(
+    action: SignalAction, session: Session, grp: Group | None = None, exceeded: Iterable[str] = ()
+) -> Guard:
+    """The guard a poll's signal carries: what must still hold so that it lands on what the poll saw.
+
+    - A cancel interrupts only the very query the poll saw (a server connection that moved on to another query,
+      perhaps another client's behind a pooler, is left alone).
+    - A session `grp` got from a query comment (a query-scoped tag) is signalled only while that query runs
+      (query_start), or while it still sits idle in the very transaction around it (state_change): the comment
+      described that query, and the server connection may serve another client now.
+    - A rule that fired on a transaction duration (`exceeded` names a condition that measures the transaction) ends
+      only the very transaction it measured (xact_start).
+    """
+    query_start = state_change = xact_start = None
+    if action == "cancel":
+        query_start = session.query_start
+    source = grp.source_of(session.pid) if grp is not None else None
+    if source is not None and source.query_scoped:
+        if session.state in ACTIVE_STATES:
+            query_start = session.query_start
+        else:
+            state_change = session.state_change
+    if any(BY_NAME[n].transaction for n in exceeded if n in BY_NAME):
+        xact_start = session.xact_start
+    if query_start is None and state_change is None and xact_start is None:
+        return NO_GUARD
+    return Guard(query_start=query_start, xact_start=xact_start, state_change=state_change)
+
+
+def tag_source(grp: Group | None, session: Session) -> str | None:
+    """The label of the source that tagged `session` into `grp`, for the audit."""
+    source = grp.source_of(session.pid) if grp is not None else None
+    return source.label if source is not None else None
 
 
 def _blocking_of(session: Session, grp: Group) -> tuple[int, float]:
@@ -190,7 +221,16 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
     grp = grouped.groups.get(parent)
     chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
     targets = tuple(
-        Target(MANUAL_RULE, action, parent, s, ("requested by an operator",), dry_run, guard=guard_for(action, s))
+        Target(
+            MANUAL_RULE,
+            action,
+            parent,
+            s,
+            ("requested by an operator",),
+            dry_run,
+            guard=guard_for(action, s, grp),
+            tag_source=tag_source(grp, s),
+        )
         for s in chosen
     )
     return Decision(
@@ -267,7 +307,8 @@ def evaluate(
                     reasons,
                     dry,
                     *_blocking_of(s, grp),
-                    guard=guard_for(rule.action, s),
+                    guard=guard_for(rule.action, s, grp, exceeded),
+                    tag_source=tag_source(grp, s),
                 )
                 for s in chosen
             ]

@@ -43,7 +43,13 @@ def group_row(g: Group) -> dict[str, Any]:
         "max_query_seconds": round(st.max_query_duration, 3),
         "max_transaction_seconds": round(st.max_transaction_duration, 3),
         "age_seconds": round(st.age, 3),
+        "sources": [src.label for src in g.sources],
     }
+
+
+def _sources(g: Group) -> str:
+    """Which sources tagged the group: `comment:parent`, or `comment:parent+application_name` for a mix."""
+    return "+".join(src.label for src in g.sources) or "-"
 
 
 def groups_json(grouped: Grouped) -> str:
@@ -53,6 +59,7 @@ def groups_json(grouped: Grouped) -> str:
         "taken_at": grouped.now.isoformat(),
         "groups": [group_row(g) for g in ordered_groups(grouped)],
         "untagged": {"sessions": untagged.sessions, "states": {k: v for k, v in untagged.by_state.items() if v}},
+        "comment_tags_missed": grouped.comment_missed,
     }
     return json.dumps(doc, indent=2)
 
@@ -73,6 +80,7 @@ def groups_table(grouped: Grouped) -> list[str]:
         "LONGEST_QUERY",
         "LONGEST_TX",
         "AGE",
+        "SOURCE",
     )
     rows = [header]
     for g in ordered:
@@ -92,11 +100,17 @@ def groups_table(grouped: Grouped) -> list[str]:
                 _fmt_seconds(st.max_query_duration),
                 _fmt_seconds(st.max_transaction_duration),
                 _fmt_seconds(st.age),
+                _sources(g),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s)")
+    missed = (
+        f"; {grouped.comment_missed} whose query text was cut before its comment (track_activity_query_size)"
+        if grouped.comment_missed
+        else ""
+    )
+    lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s){missed}")
     return lines
 
 

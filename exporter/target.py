@@ -211,9 +211,9 @@ class Monitor:
                 # Another replica polls and enforces this target; this one only keeps trying the lock.
                 self._succeeded(started, config, leader=False)
                 return
-            snapshot = self.db.snapshot()
+            snapshot = self.db.snapshot(config)
             with gc_paused():
-                grouped = group(snapshot, config.grouping.pattern)
+                grouped = group(snapshot, config.grouping.compiled)
                 decision = evaluate(grouped, config, self.rule_state, self.force_dry_run or self.dry_run,
                                     target=self.name)
             self.rule_state = decision.state
@@ -222,6 +222,10 @@ class Monitor:
                             reasons=list(f.reasons), dry_run=f.dry_run)
             for rule, parent in decision.resolved:
                 log.info("rule_resolved", target=self.name, rule=rule, parent=parent)
+            if grouped.comment_missed:
+                log.debug("comment_tags_missed", target=self.name, sessions=grouped.comment_missed,
+                          reason="their query text was cut at track_activity_query_size before a comment at its end; "
+                          "put the comment first, or raise track_activity_query_size")
             reason = self._enforcement_off_reason(caps, leader)
             if reason is None and (decision.targets or decision.deferred or decision.unreleased):
                 enforce(decision, self.db, self.counters, snapshot.now, server=self.name)
@@ -264,6 +268,15 @@ class Monitor:
                 reason="the role lacks pg_read_all_stats (grant pg_monitor): other roles' sessions show no state or "
                 "backend_start, are counted in pgparent_hidden_sessions and are never signalled",
             )
+        if caps.pooled:
+            log.warning(
+                "connection_pooler",
+                target=self.name,
+                reason="the DSN reaches PostgreSQL through a connection pooler (the connection announced a pid its "
+                "statements do not run in): the leader lock is a session advisory lock, which a transaction pooler "
+                "leaves on whichever server connection ran it, so this replica will not enforce; connect pgparent "
+                "to PostgreSQL directly (clients may keep using the pooler)",
+            )
         if not caps.can_signal:
             log.warning(
                 "limited_signalling",
@@ -282,7 +295,7 @@ class Monitor:
         election = config.leader_election
         if not election.enabled:
             return True
-        if caps.in_recovery:
+        if caps.in_recovery or caps.pooled:
             return False
         shard = self.shard
         if shard is not None:
@@ -325,6 +338,8 @@ class Monitor:
         """Why this instance may not signal now (logged once per change), or None when it may."""
         if caps.in_recovery:
             reason: str | None = "the server is in recovery (a standby): nothing is signalled there"
+        elif caps.pooled and not leader:
+            reason = "the DSN reaches PostgreSQL through a connection pooler: no leader lock can be held there"
         elif not leader:
             reason = "another replica holds the leader lock and enforces; this one only exports metrics"
         else:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.support import Clients, Server, make_server
+from tests.support import Clients, PgBouncer, PooledClients, Server, make_server
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +47,22 @@ def admin(pg: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit superuser connection to the shared server."""
     with psycopg.connect(pg.dsn, autocommit=True, application_name="pgparent-tests-admin") as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg: Server) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the shared server, for the whole run."""
+    bouncer = PgBouncer(pg)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def pooled(pg: Server) -> Iterator[PooledClients]:
+    c = PooledClients(pg.dsn)
+    try:
+        yield c
+    finally:
+        c.cleanup()

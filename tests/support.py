@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -61,15 +62,17 @@ TOOLS = {
     "podman": "Debian package podman",
     "runc": "Debian package runc",
     "debootstrap": "Debian package debootstrap",
+    "pgbouncer": "Debian package pgbouncer",
 }
-"""The programs outside the virtualenv that the `deliverables` tests drive, and where each comes from."""
+"""The programs outside the virtualenv that the tests drive (`deliverables`, and PgBouncer in front of the test
+server), and where each comes from."""
 
 
 def require_tool(name: str) -> str:
     """The path of program `name`. When it is missing the test is skipped, saying why, on a developer's machine, and
     fails when CI=true: CI installs every tool (scripts/setup --test-tools), so there a missing one is a broken setup,
     never a reason to prove less."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")  # Debian puts daemons in sbin
     if path:
         return path
     reason = f"{name} is missing ({TOOLS[name]}; `scripts/setup --test-tools` installs it as root)"
@@ -531,3 +534,183 @@ def record_figure(section: str, **values: float | int | str) -> None:
         data.setdefault(section, {}).update(values)
         path.write_text(json.dumps(data, indent=2, sort_keys=True))
     print(f"figure {section}: {values}")
+
+
+class PgBouncer:
+    """A real PgBouncer (Debian's package) on loopback, in transaction mode, in front of the server under test.
+
+    Databases: `*` pools every database of the server (`default_pool_size` server connections per database and
+    user); `single` is the server's `postgres` database through a pool of one server connection, so its clients take
+    turns on one server session (what makes a signal race with the next client's query). Clients authenticate as
+    the server's superuser without a password (auth_type trust, loopback only); PgBouncer logs in to the server with
+    the password from its auth file. As root it runs as an unprivileged user, like the test PostgreSQL.
+    """
+
+    def __init__(self, server: Server, *, pool_size: int = 4, **settings: str) -> None:
+        binary = require_tool("pgbouncer")
+        params = conninfo_to_dict(server.dsn)
+        self.user = str(params.get("user") or "postgres")
+        upstream = f"host={params.get('host', '127.0.0.1')} port={params.get('port', 5432)}"
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="pgparent-pgbouncer-"))
+        (self.base / "userlist.txt").write_text(f'"{self.user}" "{params.get("password", "")}"\n')
+        options = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": str(self.base / "userlist.txt"),
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "max_client_conn": "200",
+            "ignore_startup_parameters": "extra_float_digits",
+            "server_login_retry": "1",
+            "logfile": str(self.base / "pgbouncer.log"),
+            "pidfile": "",
+            **settings,
+        }
+        lines = ["[databases]", f"single = {upstream} dbname=postgres pool_size=1", f"* = {upstream}", "[pgbouncer]"]
+        lines += [f"{k} = {v}" for k, v in options.items()]
+        (self.base / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
+        owner = _unprivileged()
+        if owner is not None:
+            for path in (self.base, *self.base.iterdir()):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self.proc = subprocess.Popen(
+            [binary, str(self.base / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            user=owner.pw_uid if owner else None,
+            group=owner.pw_gid if owner else None,
+            extra_groups=[] if owner else None,
+        )
+        try:
+            eventually(self._accepts, timeout=30, what="PgBouncer accepting connections")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _accepts(self) -> bool:
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"pgbouncer exited with {self.proc.returncode}: {err}{self.log()}")
+        try:
+            with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def dsn_for(self, dbname: str = "postgres", application_name: str | None = None) -> str:
+        """A DSN through PgBouncer; `single` is the one-server-connection pool."""
+        extra = {"application_name": application_name} if application_name is not None else {}
+        return make_conninfo(
+            "", host="127.0.0.1", port=self.port, dbname=dbname, user=self.user, connect_timeout=5, **extra
+        )
+
+    def log(self) -> str:
+        try:
+            return (self.base / "pgbouncer.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: immediate shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _unprivileged() -> Any:
+    """The user to run a server daemon as when the tests run as root (postgres, else nobody); None otherwise."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PgBouncer")
+
+
+class PooledClient(threading.Thread):
+    """A client of PgBouncer on its own thread: connects (its application_name a startup parameter, as PgBouncer
+    tracks it), runs `statement` once, and records how it ended. Through a transaction pooler its server session is
+    whichever PgBouncer lends it, so it has no pid of its own: find it by its query text."""
+
+    def __init__(self, dsn: str, statement: str, *, hold: bool = False) -> None:
+        super().__init__(daemon=True, name="pooled-client")
+        self.dsn, self.statement, self.hold = dsn, statement, hold
+        self.connected = threading.Event()
+        self.release = threading.Event()
+        self.outcome: str | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            # No prepared statements: a transaction pooler may run the next statement on another server session.
+            with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None) as conn:
+                self.connected.set()
+                conn.execute(self.statement.encode())
+                if self.hold:
+                    self.release.wait(300)
+            self.outcome = "completed"
+        except psycopg.errors.QueryCanceled:
+            self.outcome = "cancelled"
+        except psycopg.OperationalError as exc:
+            self.outcome = "disconnected"
+            self.error = exc
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test to inspect
+            self.outcome = "error"
+            self.error = exc
+        finally:
+            self.connected.set()
+
+
+class PooledClients:
+    """Starts PgBouncer clients and, at the end, ends what is left of them and of their server sessions."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.started: list[PooledClient] = []
+
+    def start(self, dsn: str, statement: str, *, hold: bool = False) -> PooledClient:
+        client = PooledClient(dsn, statement, hold=hold)
+        client.start()
+        assert client.connected.wait(30), "a PgBouncer client did not connect"
+        if client.outcome is not None and client.outcome != "completed":
+            raise AssertionError(f"PgBouncer client failed: {client.error!r}")
+        self.started.append(client)
+        return client
+
+    def cleanup(self) -> None:
+        """Release held clients, and cancel the server-side queries of those still running one."""
+        for c in self.started:
+            c.release.set()
+        running = [c.statement for c in self.started if c.outcome is None]
+        if running:
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = ANY(%s)"
+                    " AND pid <> pg_backend_pid()",
+                    [running],
+                )
+        for c in self.started:
+            c.join(10)
+
+
+def server_session(dsn: str, mark: str, state: str | None = "active") -> tuple[int, Any, Any] | None:
+    """(pid, backend_start, query_start) of the server session whose query holds `mark` (in `state`), if any."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pid, backend_start, query_start FROM pg_stat_activity WHERE strpos(query, %s) > 0"
+            " AND (%s::text IS NULL OR state = %s) AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            [mark, state, state],
+        ).fetchone()
+    return (int(row[0]), row[1], row[2]) if row else None

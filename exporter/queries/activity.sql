@@ -1,26 +1,33 @@
 -- Client backends and parallel workers, minus pgparent's own session: one poll of pg_stat_activity.
 -- Columns are in the order of exporter.model.Session's fields, then the server's clock. {leader_pid} and {query_id}
 -- are the column, or NULL on servers that predate it (leader_pid: 13, query_id: 14).
+-- {query} is the first %(query_bytes)s bytes of the query text as bytes (textsend: no character function walks a text
+-- that a session of a database in another encoding may have left invalid; the client decodes it, replacing what is
+-- not UTF-8), or NULL::bytea with audit.query_text: none. {comment_values}, {query_cut} and {comment_join} come from
+-- activity_comments.sql when comment sources are configured, else NULL::text[], false and nothing.
 -- Without pg_read_all_stats, other roles' rows show pid, user, database and application_name but a NULL
 -- backend_type, state and backend_start: rows with a user and a database are kept as hidden client sessions
 -- (counted, never signalled); background processes have no user or no database.
-SELECT pid,
+SELECT a.pid,
        {leader_pid},
-       backend_type,
-       datname,
-       usename,
-       application_name,
-       host(client_addr),
-       state,
-       wait_event_type,
-       backend_start,
-       xact_start,
-       query_start,
-       state_change,
-       left(query, %(query_chars)s),
+       a.backend_type,
+       a.datname,
+       a.usename,
+       a.application_name,
+       host(a.client_addr),
+       a.state,
+       a.wait_event_type,
+       a.backend_start,
+       a.xact_start,
+       a.query_start,
+       a.state_change,
+       {query},
        {query_id},
+       {comment_values},
+       {query_cut},
        now()
-  FROM pg_catalog.pg_stat_activity
- WHERE pid <> pg_catalog.pg_backend_pid()
-   AND (backend_type IN ('client backend', 'parallel worker')
-        OR (backend_type IS NULL AND usename IS NOT NULL AND datname IS NOT NULL))
+  FROM pg_catalog.pg_stat_activity AS a
+{comment_join}
+ WHERE a.pid <> pg_catalog.pg_backend_pid()
+   AND (a.backend_type IN ('client backend', 'parallel worker')
+        OR (a.backend_type IS NULL AND a.usename IS NOT NULL AND a.datname IS NOT NULL))

@@ -1,5 +1,7 @@
 -- What this server and role allow: version, optional pg_stat_activity columns, visibility of other roles' sessions,
--- the right to signal them, and whether the server is a standby.
+-- the right to signal them, and whether the server is a standby. server_pid is the pid of the session that runs this
+-- statement: the client compares it with the pid its connection announced, which a connection pooler makes up.
+-- track_activity_query_size (in bytes) says where PostgreSQL cuts query texts.
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -8,4 +10,7 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
                 WHERE attrelid = 'pg_catalog.pg_stat_activity'::regclass AND attname = 'query_id') AS has_query_id,
        pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') AS can_read_all_stats,
        pg_catalog.pg_has_role('pg_signal_backend', 'USAGE') AS can_signal,
-       pg_catalog.pg_is_in_recovery() AS in_recovery
+       pg_catalog.pg_is_in_recovery() AS in_recovery,
+       pg_catalog.pg_backend_pid() AS server_pid,
+       (SELECT setting::int FROM pg_catalog.pg_settings
+         WHERE name = 'track_activity_query_size') AS track_activity_query_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from urllib.parse import quote
 
 from exporter.model import Session, Snapshot
 
@@ -29,8 +30,11 @@ def session(
     pid: int | None = None,
     leader: int | None = None,
     worker: bool = False,
+    comments: tuple[bytes | None, ...] = (),
+    query_cut: bool = False,
 ) -> Session:
-    """A client session (or parallel worker) `age` seconds old, running a query `query_age` seconds long."""
+    """A client session (or parallel worker) `age` seconds old, running a query `query_age` seconds long;
+    `comments` are the raw values the poll read for the configured comment keys (see `sqlcommenter`)."""
     return Session(
         pid=pid if pid is not None else next(_pids),
         leader_pid=leader,
@@ -46,7 +50,14 @@ def session(
         query_start=ago(query_age) if query_age is not None else None,
         state_change=ago(idle_since) if idle_since is not None else None,
         query="SELECT 1",
+        comments=comments,
+        query_cut=query_cut,
     )
+
+
+def sqlcommenter(value: str) -> bytes:
+    """A value as the poll reads it from a sqlcommenter comment: `='...'`, URL-encoded, quotes escaped."""
+    return b"='" + quote(value, safe="").replace("'", "\\'").encode() + b"'"
 
 
 def snapshot(*sessions: Session, now: datetime = NOW) -> Snapshot:

@@ -13,7 +13,15 @@ import pytest
 
 from exporter.cli import main
 from exporter.conditions import BY_NAME, NAMES, markdown_table
-from exporter.config import DEFAULT_PATTERN, Config, describe, load_config, parse_config, parse_duration
+from exporter.config import (
+    DEFAULT_PATTERN,
+    LOCK_KEY,
+    Config,
+    describe,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -406,7 +414,11 @@ def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.splitlines() == [
         f"{path}: ok",
         "interval 5s, dry_run false, max_groups 500, max_terminations_per_cycle 100",
-        f"grouping pattern {DEFAULT_PATTERN}",
+        f"grouping sources, first match wins: application_name {DEFAULT_PATTERN}",
+        "audit query_text excerpt",
+        f"leader election: session advisory lock {LOCK_KEY}; pgparent's DSN must reach PostgreSQL directly, not "
+        "through a transaction pooler such as PgBouncer (the lock would stay on a pooled server connection: a "
+        "replica that detects one does not enforce)",
         "3 rule(s):",
         "  - runaway-1001: parent=FakeParent:1001: max_query_duration > 600 -> terminate",
         "  - oversized: parent=*: max_sessions > 20 -> terminate",
