@@ -39,20 +39,26 @@ class Counters:
         self.poll_errors = Counter("pgparent_poll_errors", "Polls that failed.", ["target"], registry=r)
         self.signalled = Counter(
             "pgparent_signalled_sessions",
-            "Sessions signalled successfully, by rule and action (terminate or cancel).",
-            ["target", "rule", "action"],
+            "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll or deadline).",
+            ["target", "rule", "action", "trigger"],
             registry=r,
         )
         self.signal_failures = Counter(
             "pgparent_signal_failures",
-            "Signals not delivered, by rule and reason.",
-            ["target", "rule", "reason"],
+            "Signals not delivered, by rule, reason and trigger (poll or deadline).",
+            ["target", "rule", "reason", "trigger"],
             registry=r,
         )
         self.deferred = Counter(
             "pgparent_signals_deferred",
             "Signals postponed by max_terminations_per_cycle.",
             ["target", "rule"],
+            registry=r,
+        )
+        self.deadline_wakeups = Counter(
+            "pgparent_deadline_wakeups",
+            "Times a target's loop woke between polls for a limit crossed at a moment the last poll foresaw.",
+            ["target"],
             registry=r,
         )
         self.scrape_errors = Counter(
@@ -205,6 +211,11 @@ class PgparentCollector(Collector):
         """A target removed from the config: its series go."""
         with self._publish_lock:
             self.latest = {k: v for k, v in self.latest.items() if k != target}
+            self._version += 1
+
+    def refresh(self) -> None:
+        """Counters moved outside a poll (a deadline's signals): the next scrape renders afresh."""
+        with self._publish_lock:
             self._version += 1
 
     def set_flags(self, flags: Flags) -> None:

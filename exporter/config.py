@@ -317,6 +317,8 @@ class TargetConfig(StrictModel):
 class Config(StrictModel):
     interval: Duration = 5.0
     dry_run: bool = False
+    deadlines: bool = True
+    """Act on a time limit at the moment it is crossed (exporter/deadlines.py); false: only at polls."""
     grouping: Grouping = Grouping()
     protect: Protect = Protect()
     limits: Limits = Limits()

@@ -361,6 +361,7 @@ class Database:
             if waiting:
                 with self._guard(conn), conn.cursor(row_factory=class_row(Blocker)) as bcur:
                     blockers = bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=prepare).fetchall()
+                    blockers = self._typed(conn, blockers, sessions, workers)
         except pgerrors.QueryCanceled as exc:
             # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
             raise self._fail("poll timed out", exc) from exc
@@ -376,6 +377,21 @@ class Database:
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
         return row[0] if row else None
+
+    @staticmethod
+    def _typed(
+        conn: psycopg.Connection[Any], blockers: list[Blocker], sessions: list[Session], workers: list[Session]
+    ) -> list[Blocker]:
+        """Blockers with their backend_type: client sessions and workers from the poll itself; any other pid (an
+        autovacuum worker, a walsender, a session newer than the poll) asked of the server, only when there is one.
+        Reading pg_stat_activity again costs what the poll did, so the common case (every blocker a client session
+        the poll saw) asks nothing."""
+        known = {s.pid: s.backend_type for s in (*sessions, *workers)}
+        unknown = sorted({b.blocker for b in blockers if b.blocker not in known and b.blocker != 0})
+        if unknown:
+            rows = conn.execute(load_query("backend_types"), {"pids": unknown}).fetchall()
+            known.update({pid: kind for pid, kind in rows})
+        return [replace(b, blocker_type=known.get(b.blocker)) for b in blockers]
 
     def try_lock(self, key: int, shared: bool = False) -> bool:
         """Take the session-level advisory lock `key` on this connection if free (`shared`: in share mode, which
@@ -395,6 +411,19 @@ class Database:
         value = self._value("lock_holders", key, "lock count failed")
         return int(value) if isinstance(value, int) else 0
 
+    @staticmethod
+    def _signal_params(session: Session, guard: Guard) -> dict[str, Any]:
+        return {
+            "pid": session.pid,
+            "backend_start": session.backend_start,
+            "application_name": session.application_name,
+            "query_start": guard.query_start,
+            "xact_start": guard.xact_start,
+            "state_change": guard.state_change,
+            "exceeded": guard.exceeded,
+            "since": guard.query_start or guard.xact_start or guard.state_change or session.backend_start,
+        }
+
     def signal(self, action: SignalAction, session: Session, guard: Guard = NO_GUARD) -> tuple[SignalOutcome, str]:
         """Send one guarded signal in its own autocommit statement; return the outcome and a detail message.
 
@@ -407,16 +436,7 @@ class Database:
         statement = sql.SQL(load_query("signal")).format(
             function=sql.Identifier("pg_catalog", _SIGNAL_FUNCTIONS[action])
         )
-        params = {
-            "pid": session.pid,
-            "backend_start": session.backend_start,
-            "application_name": session.application_name,
-            "query_start": guard.query_start,
-            "xact_start": guard.xact_start,
-            "state_change": guard.state_change,
-            "exceeded": guard.exceeded,
-            "since": guard.query_start or guard.xact_start or guard.state_change or session.backend_start,
-        }
+        params = self._signal_params(session, guard)
         try:
             with self._guard(conn):
                 row = conn.execute(statement, params).fetchone()
@@ -433,6 +453,23 @@ class Database:
                 + ("" if guard == NO_GUARD else " still in the state the guard checks")
             )
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
+
+    def probe(self, session: Session, guard: Guard) -> bool:
+        """Whether `session` is still in the state `guard` describes, by the very statement a signal would run, with
+        abs(pid) in place of the signal: what a dry run audits at a deadline."""
+        if session.backend_start is None:
+            return False
+        statement = sql.SQL(load_query("signal")).format(function=sql.Identifier("pg_catalog", "abs"))
+        conn = self._connection()
+        try:
+            with self._guard(conn):
+                row = conn.execute(statement, self._signal_params(session, guard)).fetchone()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._fail("probe failed", exc) from exc
+        except psycopg.Error:
+            return False
+        return row is not None
+
 
 def _text(data: bytes | None) -> str | None:
     """Query text bytes as str: what is not UTF-8 becomes U+FFFD (a session of a database in another encoding may

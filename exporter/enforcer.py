@@ -10,6 +10,7 @@ from exporter.collector import Counters
 from exporter.db import Database, SignalOutcome
 from exporter.errors import DatabaseUnavailable
 from exporter.logs import get_logger
+from exporter.model import NO_GUARD
 from exporter.policy import Decision, Target
 
 AUDIT_QUERY_CHARS = 200
@@ -44,6 +45,7 @@ def audit_fields(target: Target, now: datetime) -> dict[str, Any]:
         "query_seconds": _seconds(now, s.query_start),
         "query_id": s.query_id,
         "query": query,
+        "trigger": target.trigger,
         "blocking_sessions": target.blocking_sessions,
         "max_blocking_seconds": round(target.max_blocking_seconds, 3),
     }
@@ -67,20 +69,27 @@ def enforce(
     for order in decision.targets:
         fields = {"target": server, **audit_fields(order, now)}
         if order.dry_run:
+            # A guarded dry run (a deadline, a cancel) still asks whether the session is in the state it would hit.
             result: SignalOutcome | str = "dry_run"
             detail = ""
+            if order.guard != NO_GUARD:
+                try:
+                    if not db.probe(order.session, order.guard):
+                        result, detail = "gone", "no longer in the state the guard checks"
+                except DatabaseUnavailable as exc:
+                    result, detail = "error", str(exc)
         else:
             try:
                 result, detail = db.signal(order.action, order.session, order.guard)
             except DatabaseUnavailable as exc:
-                counters.signal_failures.labels(server, order.rule, "error").inc()
+                counters.signal_failures.labels(server, order.rule, "error", order.trigger).inc()
                 log.error("session_signal", **fields, result="error", dry_run=False, detail=str(exc))
                 results["error"] = results.get("error", 0) + 1
                 break
             if result == "ok":
-                counters.signalled.labels(server, order.rule, order.action).inc()
+                counters.signalled.labels(server, order.rule, order.action, order.trigger).inc()
             else:
-                counters.signal_failures.labels(server, order.rule, result).inc()
+                counters.signal_failures.labels(server, order.rule, result, order.trigger).inc()
         results[result] = results.get(result, 0) + 1
         if on_result is not None:
             on_result(fields, result)

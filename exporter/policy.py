@@ -84,6 +84,25 @@ class Decision:
     """Root blockers a `cancel` rule cannot release: they run no query (idle in a transaction), so a cancel would do
     nothing; audited, never signalled."""
 
+    @classmethod
+    def only(cls, targets: tuple[Target, ...], cap: int | None = None, protected: int = 0, unguarded: int = 0
+             ) -> Decision:
+        """A decision that only signals `targets` (an operator's request, a deadline): no rule state, no firing;
+        with `cap`, real signals beyond it are deferred."""
+        chosen, deferred = _plan(list(targets), cap) if cap is not None else (targets, ())
+        return cls(
+            targets=chosen,
+            deferred=deferred,
+            firing=(),
+            started=(),
+            resolved=(),
+            violating={},
+            pending={},
+            protected=protected,
+            unguarded=unguarded,
+            state=RuleState(),
+        )
+
 
 def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
     return value is not None and any(fnmatchcase(value, p) for p in patterns)
@@ -154,7 +173,7 @@ def _blocking_of(session: Session, grp: Group) -> tuple[int, float]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Compiled:
+class CompiledRule:
     """A rule prepared once per evaluation: its conditions and its globs as compiled matchers (None: match all)."""
 
     rule: Rule
@@ -164,15 +183,20 @@ class _Compiled:
     user: Callable[[str], object] | None
 
     @classmethod
-    def of(cls, rule: Rule) -> _Compiled:
+    def of(cls, rule: Rule) -> CompiledRule:
         def matcher(glob: str | None) -> Callable[[str], object] | None:
             return None if glob is None or glob == "*" else re.compile(fnmatch.translate(glob)).match
 
         m = rule.match
         return cls(rule, rule.conditions(), matcher(m.parent), matcher(m.database), matcher(m.user))
 
+    def applies_to(self, target: str) -> bool:
+        """Whether the rule covers the server named `target` (its `match.target` glob)."""
+        glob = self.rule.match.target
+        return glob == "*" or fnmatchcase(target, glob)
 
-def _scope(rule: _Compiled, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
+
+def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
     """The sessions of `grp` that `rule` looks at, and how to get their stats; None when the rule does not apply."""
     if rule.parent is not None and not rule.parent(grp.parent):
         return None
@@ -233,18 +257,7 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
         )
         for s in chosen
     )
-    return Decision(
-        targets=targets,
-        deferred=(),
-        firing=(),
-        started=(),
-        resolved=(),
-        violating={},
-        pending={},
-        protected=protected,
-        unguarded=unguarded,
-        state=RuleState(),
-    )
+    return Decision.only(targets, protected=protected, unguarded=unguarded)
 
 
 def evaluate(
@@ -262,13 +275,13 @@ def evaluate(
     protected = unguarded = 0
     protect = config.protect
 
-    for compiled in map(_Compiled.of, config.rules):
+    for compiled in map(CompiledRule.of, config.rules):
         rule = compiled.rule
-        if rule.match.target != "*" and not fnmatchcase(target, rule.match.target):
+        if not compiled.applies_to(target):
             continue
         dry = force_dry_run or config.dry_run or rule.dry_run
         for grp in grouped.groups.values():
-            scope = _scope(compiled, grp)
+            scope = rule_scope(compiled, grp)
             if scope is None:
                 continue
             sessions, measured = scope

@@ -15,15 +15,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from exporter.collector import PgparentCollector, Published
 from exporter.config import Config
 from exporter.db import Capabilities, Database
+from exporter.deadlines import Deadline, schedule
 from exporter.enforcer import enforce
 from exporter.errors import DatabaseUnavailable
 from exporter.grouping import group
 from exporter.logs import get_logger
-from exporter.policy import RuleState, evaluate
+from exporter.policy import Decision, RuleState, evaluate
 
 log = get_logger("pgparent")
 
@@ -148,6 +150,10 @@ class Monitor:
         self._member_generation: int | None = None
         self._off_reason: str | None = None
         self._thread: threading.Thread | None = None
+        self._deadlines: list[tuple[float, Deadline]] = []
+        self._clock: tuple[datetime, float] = (datetime.now(UTC), time.monotonic())
+        """The last poll's server now() and this process's monotonic clock when it was read."""
+        """Due moments (this process's monotonic clock) from the last poll, earliest first."""
         self._publish(up=False, duration=0.0)
 
     # -- schedule ----------------------------------------------------------------------------------------------
@@ -189,7 +195,12 @@ class Monitor:
                                 interval=interval)
                 next_run = now
             while not self.stop_event.is_set():
-                remaining = next_run - time.monotonic()
+                now = time.monotonic()
+                if self._deadlines and self._deadlines[0][0] <= now:
+                    self._act_on_due(now)
+                    continue
+                wake_at = min(next_run, self._deadlines[0][0]) if self._deadlines else next_run
+                remaining = wake_at - now
                 if remaining <= 0:
                     break
                 self.wake.wait(remaining)
@@ -212,6 +223,7 @@ class Monitor:
                 self._succeeded(started, config, leader=False)
                 return
             snapshot = self.db.snapshot(config)
+            read_at = time.monotonic()  # the server's now() of the snapshot, on this process's clock (about)
             with gc_paused():
                 grouped = group(snapshot, config.grouping.compiled)
                 decision = evaluate(grouped, config, self.rule_state, self.force_dry_run or self.dry_run,
@@ -229,7 +241,15 @@ class Monitor:
             reason = self._enforcement_off_reason(caps, leader)
             if reason is None and (decision.targets or decision.deferred or decision.unreleased):
                 enforce(decision, self.db, self.counters, snapshot.now, server=self.name)
+            self._clock = (snapshot.now, read_at)
+            self._deadlines = (
+                self._clocked(schedule(grouped, config, decision.state, self.force_dry_run or self.dry_run,
+                                       target=self.name), snapshot.now, read_at)
+                if reason is None and config.deadlines
+                else []
+            )
         except DatabaseUnavailable as exc:
+            self._deadlines = []
             delay = self._backoff.failed(time.monotonic())
             if self._was_up is not False:
                 log.error("database_unavailable", target=self.name, error=str(exc), retry_in=round(delay, 2))
@@ -243,6 +263,44 @@ class Monitor:
             return
         self._succeeded(started, config, leader=leader, grouped=grouped, violating=decision.violating,
                         pending=decision.pending, enforcing=reason is None)
+
+    # -- deadlines ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _clocked(deadlines: list[Deadline], server_now: datetime, read_at: float) -> list[tuple[float, Deadline]]:
+        """Server-clock deadlines on this process's monotonic clock (the offset read at the poll)."""
+        return [(read_at + (d.at - server_now).total_seconds(), d) for d in deadlines]
+
+    def _act_on_due(self, now: float) -> None:
+        """Act on every deadline due by `now`: signal the crossing session under its strict guard and, once it is
+        confirmed, the group's other sessions under theirs; a lock deadline polls early instead."""
+        due = [d for at, d in self._deadlines if at <= now]
+        self._deadlines = [(at, d) for at, d in self._deadlines if at > now]
+        config = self.config
+        for deadline in due:
+            self.counters.deadline_wakeups.labels(self.name).inc()
+            if deadline.poll:
+                self.cycle()
+                return
+            assert deadline.crossing is not None
+            # One firing per (rule, group): the group's later deadlines wait for the next poll's view.
+            self._deadlines = [
+                (at, d) for at, d in self._deadlines if (d.rule, d.parent) != (deadline.rule, deadline.parent)
+            ]
+            try:
+                server_now = self._clock[0] + timedelta(seconds=time.monotonic() - self._clock[1])
+                first = enforce(Decision.only((deadline.crossing,)), self.db, self.counters, server_now,
+                                server=self.name)
+                if (first.get("ok") or first.get("dry_run")) and deadline.others:
+                    log.warning("rule_firing", target=self.name, rule=deadline.rule, parent=deadline.parent,
+                                action=deadline.crossing.action, reasons=list(deadline.crossing.reasons),
+                                dry_run=deadline.crossing.dry_run, trigger="deadline")
+                    cap = max(config.limits.max_terminations_per_cycle - (1 if first.get("ok") else 0), 1)
+                    enforce(Decision.only(deadline.others, cap), self.db, self.counters, server_now,
+                            server=self.name)
+            except DatabaseUnavailable as exc:
+                log.error("database_unavailable", target=self.name, error=str(exc), during="deadline")
+                self._deadlines = []
+            self.collector.refresh()  # the counters moved: the next scrape renders them
 
     def _succeeded(self, started: float, config: Config, *, leader: bool, **published: object) -> None:
         self.counters.polls.labels(self.name).inc()  # before the publish, so its exposition counts this poll

@@ -347,9 +347,9 @@ def wait_for_data(stack: LiveStack, timeout: float = 90.0) -> None:
     # now that Prometheus scrapes the counter, makes the terminations panel non-zero for certain.
     (late,) = stack.clients.start("FakeParent:1001", LONG_QUERY, dsn=stack.app_dsn)
     eventually(lambda: late.outcome == "terminated", timeout=timeout, what="the late FakeParent:1001 session killed")
-    total = stack.daemon.sample("pgparent_signalled_sessions_total", {"rule": "runaway-1001"})
+    total = sum(v for _, v in stack.daemon.samples("pgparent_signalled_sessions_total", {"rule": "runaway-1001"}))
     eventually(
         lambda: [float(r["value"][1]) for r in stack.prometheus.query(
-            f'pgparent_signalled_sessions_total{{job="{JOB}", rule="runaway-1001"}}')] == [total],
+            f'sum(pgparent_signalled_sessions_total{{job="{JOB}", rule="runaway-1001"}})')] == [total],
         timeout=timeout, interval=0.5, what="Prometheus scraped the late kill",
     )

@@ -86,7 +86,8 @@ def _one_cycle(dsn: str, config: Config, state: RuleState | None = None, force_d
 
 
 def _count(counters: Counters, name: str, **labels: str) -> float | None:
-    return counters.registry.get_sample_value(name, {"target": "default", **labels})
+    extra = {} if name == "pgparent_signals_deferred_total" else {"trigger": "poll"}
+    return counters.registry.get_sample_value(name, {"target": "default", **extra, **labels})
 
 
 def _signals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,8 +278,7 @@ def test_daemon_cycle_counts_outcomes_on_metrics(pg: Server, clients: Clients) -
     finally:
         daemon.close()
     reg = daemon.registry
-    assert reg.get_sample_value(
-        "pgparent_signalled_sessions_total", {"target": "default", "rule": "cyc", "action": "terminate"}
-    ) == 3
+    labels = {"target": "default", "rule": "cyc", "action": "terminate", "trigger": "poll"}
+    assert reg.get_sample_value("pgparent_signalled_sessions_total", labels) == 3
     assert reg.get_sample_value("pgparent_rule_violating_groups", {"target": "default", "rule": "cyc"}) == 1
     assert reg.get_sample_value("pgparent_up", {"target": "default"}) == 1

@@ -45,14 +45,15 @@ def test_group_series_and_vanishing_groups() -> None:
 def test_down_hides_groups_and_counters_persist() -> None:
     """When the last poll failed, up is 0 and no group series are shown; counters keep their totals."""
     collector = PgparentCollector()
-    collector.counters.signalled.labels("default", "r", "terminate").inc(3)
-    collector.counters.signal_failures.labels("default", "r", "gone").inc()
+    collector.counters.signalled.labels("default", "r", "terminate", "poll").inc(3)
+    collector.counters.signal_failures.labels("default", "r", "gone", "poll").inc()
     registry = collector.registry
     collector.publish(Published(up=False, grouped=grouped("A:1")))
     assert at(registry, "pgparent_up") == 0
     assert at(registry, "pgparent_group_sessions", {"parent": "A:1", "state": "active"}) is None
-    assert at(registry, "pgparent_signalled_sessions_total", {"rule": "r", "action": "terminate"}) == 3
-    assert at(registry, "pgparent_signal_failures_total", {"rule": "r", "reason": "gone"}) == 1
+    signalled = {"rule": "r", "action": "terminate", "trigger": "poll"}
+    assert at(registry, "pgparent_signalled_sessions_total", signalled) == 3
+    assert at(registry, "pgparent_signal_failures_total", {"rule": "r", "reason": "gone", "trigger": "poll"}) == 1
     assert registry.get_sample_value("pgparent_build_info", {"version": __import__("exporter").__version__}) == 1
 
 

@@ -1,0 +1,116 @@
+"""Reaction time of a time limit: from the moment a query crosses `max_query_duration` to its session gone, with
+deadlines (at a 5 s and a 1 s interval) and without them (poll only, 5 s), measured side by side on one server.
+
+Each trial starts a tagged `pg_sleep` at a different phase of the poll interval (spread evenly over it), reads the
+query's own `query_start` from the server, and watches pg_stat_activity every 2 ms until the session is gone; the
+reaction is the server-clock time from query_start + limit to the first read that no longer finds it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+MARGIN = 1.0
+"""The rule's max_query_duration is the interval plus this: every query is seen by a poll before it crosses (a query
+that starts and crosses between two polls is the poll's to find)."""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+
+def _daemon(dsn: str, interval: float, deadlines: bool, tmp: Path, repo: Path) -> subprocess.Popen[bytes]:
+    from exporter.pgcluster import free_port
+
+    config = tmp / f"react-{interval:g}-{deadlines}.yaml"
+    config.write_text(
+        f"interval: {interval:g}s\ndeadlines: {str(deadlines).lower()}\nrules:\n"
+        f"  - {{name: react, match: {{parent: 'React:*'}}, max_query_duration: {interval + MARGIN:g}s, "
+        "action: terminate}\n"
+    )
+    port = free_port()
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--config.file", str(config), "--dsn", dsn,
+         "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", "--log.level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
+    )
+
+
+def _run_trials(dsn: str, interval: float, trials: int) -> list[float]:
+    """`trials` tagged queries started at phases spread evenly over one interval, all watched by one loop that reads
+    pg_stat_activity every 2 ms: each reaction is (first read without it) - (its query_start + limit)."""
+    limit = interval + MARGIN
+    conns, pids = [], []
+    for trial in range(trials):
+        conn = psycopg.connect(dsn, autocommit=True)
+        conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(f"React:{interval:g}-{trial}")))
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        conns.append(conn)
+        pids.append(row[0])
+    starts: dict[int, Any] = {}
+    reactions: dict[int, float] = {}
+    begun = time.monotonic()
+    launched = 0
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        try:
+            while len(reactions) < trials:
+                elapsed = time.monotonic() - begun
+                while launched < trials and elapsed >= interval * launched / trials:
+                    conns[launched].pgconn.send_query(b"SELECT pg_sleep(60)")
+                    launched += 1
+                rows = watch.execute(
+                    "SELECT pid, query_start, state, clock_timestamp() FROM pg_stat_activity WHERE pid = ANY(%s)",
+                    [pids[:launched]],
+                ).fetchall()
+                now = watch.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+                seen = {r[0]: r for r in rows}
+                for pid in pids[:launched]:
+                    r = seen.get(pid)
+                    if r is not None and r[2] == "active" and pid not in starts:
+                        starts[pid] = r[1]
+                    if r is None and pid in starts and pid not in reactions:
+                        reactions[pid] = (now - starts[pid]).total_seconds() - limit
+                if elapsed > limit + 3 * interval + 30:
+                    raise RuntimeError(f"reaction trials timed out: {len(reactions)} of {trials} ended")
+                time.sleep(0.002)
+        finally:
+            for conn in conns:
+                conn.pgconn.finish()
+    return list(reactions.values())
+
+
+def measure(dsn: str, repo: Path, trials: int = 20) -> list[dict[str, Any]]:
+    """Reaction p50/p95/max for: deadlines at 5 s, deadlines at 1 s, poll only at 5 s."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for interval, deadlines in ((5.0, True), (1.0, True), (5.0, False)):
+            proc = _daemon(dsn, interval, deadlines, Path(tmp), repo)
+            try:
+                time.sleep(2.0)  # the daemon's start
+                times = _run_trials(dsn, interval, trials)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            out.append({
+                "interval_s": interval,
+                "deadlines": deadlines,
+                "limit_s": interval + MARGIN,
+                "trials": trials,
+                "p50_ms": round(percentile(times, 0.5) * 1000, 1),
+                "p95_ms": round(percentile(times, 0.95) * 1000, 1),
+                "max_ms": round(max(times) * 1000, 1),
+                "mean_ms": round(statistics.mean(times) * 1000, 1),
+            })
+            print(out[-1], flush=True)
+    return out
