@@ -49,14 +49,15 @@ def admin(pg: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield conn
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pgbouncer(pg: Server) -> Iterator[PgBouncer]:
-    """A real PgBouncer in transaction mode in front of the shared server, for the whole run."""
+    """A real PgBouncer in transaction mode in front of the shared server, of this test's own: its server connections
+    are gone when the test ends (an idle one keeps its last client's application_name, and would be grouped)."""
     bouncer = PgBouncer(pg)
     try:
         yield bouncer
     finally:
-        bouncer.stop()
+        bouncer.stop(pg)
 
 
 @pytest.fixture

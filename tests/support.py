@@ -567,6 +567,7 @@ class PgBouncer:
             "server_login_retry": "1",
             "logfile": str(self.base / "pgbouncer.log"),
             "pidfile": "",
+            "admin_users": self.user,  # the admin console's SHOW SERVERS names each server connection's pid
             **settings,
         }
         lines = ["[databases]", f"single = {upstream} dbname=postgres pool_size=1", f"* = {upstream}", "[pgbouncer]"]
@@ -614,7 +615,21 @@ class PgBouncer:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def server_pids(self) -> list[int]:
+        """The pids of PgBouncer's server connections now (its admin console, which speaks the simple protocol)."""
+        with psycopg.connect(self.dsn_for("pgbouncer"), autocommit=True) as conn:
+            result = conn.pgconn.exec_(b"SHOW SERVERS")
+            names = [result.fname(i) for i in range(result.nfields)]
+            column = names.index(b"remote_pid")
+            return [int(value) for row in range(result.ntuples) if (value := result.get_value(row, column))]
+
+    def stop(self, server: Server | None = None) -> None:
+        """Stop PgBouncer; with `server`, also wait until its server connections have left PostgreSQL, so that no
+        later test sees them (idle, still tagged by their last client's application_name)."""
+        pids: list[int] = []
+        if server is not None and self.proc.poll() is None:
+            with contextlib.suppress(psycopg.Error):
+                pids = self.server_pids()
         if self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: immediate shutdown
             try:
@@ -625,6 +640,11 @@ class PgBouncer:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         shutil.rmtree(self.base, ignore_errors=True)
+        if server is not None and pids:
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+                eventually(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
+                           .fetchone() == (0,), what="PgBouncer's server connections gone")
 
 
 def _unprivileged() -> Any:

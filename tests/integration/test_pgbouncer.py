@@ -159,7 +159,7 @@ def add_host_bouncer(pg: Server) -> Any:
     try:
         yield bouncer
     finally:
-        bouncer.stop()
+        bouncer.stop(pg)
 
 
 def test_application_name_add_host_is_coped_with(pg: Server, add_host_bouncer: PgBouncer,
