@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from exporter.conditions import BY_NAME
 from exporter.config import Config
 from exporter.model import ACTIVE_STATES, Group, Grouped, Guard, Session
-from exporter.policy import CompiledRule, RuleState, Target, eligible, guard_for, rule_scope
+from exporter.policy import CompiledRule, RuleState, Target, eligible, guard_for, rule_scope, tag_source
 
 STRICTLY_AFTER = timedelta(milliseconds=1)
 """Limits are exceeded strictly: act just after the moment the value equals the limit."""
@@ -124,12 +124,14 @@ def schedule(
                         continue  # a protected or unguarded session: the poll decides, with its full view
                     reasons = (f"{name} > {limit:g} (deadline)",)
                     first = Target(rule.name, rule.action, grp.parent, crossing, reasons, dry,
-                                   guard=replace(guard, exceeded=over), trigger="deadline")
+                                   guard=replace(guard, exceeded=over), trigger="deadline",
+                                   tag_source=tag_source(grp, crossing))
                     rest, _, _ = eligible(tuple(s for s in sessions if s.pid != crossing.pid), rule.action,
                                           config.protect)
                     others = tuple(
-                        Target(rule.name, rule.action, grp.parent, s, reasons, dry, guard=guard_for(rule.action, s),
-                               trigger="deadline")
+                        Target(rule.name, rule.action, grp.parent, s, reasons, dry,
+                               guard=guard_for(rule.action, s, grp, (name,)), trigger="deadline",
+                               tag_source=tag_source(grp, s))
                         for s in rest
                     )
                     candidate = Deadline(at, rule.name, grp.parent, name, first, others)

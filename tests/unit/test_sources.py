@@ -312,3 +312,23 @@ def test_a_transaction_rule_pins_the_transaction() -> None:
     config = parse_config({"rules": [{"name": "r", "max_sessions": 0, "action": "terminate"}]}, "t")
     (target,) = evaluate(grouped, config, RuleState()).targets
     assert target.guard == NO_GUARD
+
+
+def test_a_deadline_pins_the_query_of_comment_tagged_sessions() -> None:
+    """At a deadline, the rest of a comment-tagged group is signalled with its own query pinned, as a poll would."""
+    from exporter.deadlines import schedule
+
+    crossing = session("x", comments=(sqlcommenter("etl:1"),), query_age=50)
+    other = session("x", comments=(sqlcommenter("etl:1"),), query_age=10)
+    grouped = group(snapshot(crossing, other), COMMENT_FIRST)
+    config = parse_config(
+        {"grouping": {"sources": [{"comment": "parent"}, {"application_name": DEFAULT_PATTERN}]},
+         "rules": [{"name": "long", "max_query_duration": "1m", "action": "terminate"}]},
+        "t",
+    )
+    (deadline,) = schedule(grouped, config, RuleState())
+    assert deadline.crossing is not None and deadline.crossing.session.pid == crossing.pid
+    assert deadline.crossing.tag_source == "comment:parent"
+    (rest,) = deadline.others
+    assert rest.session.pid == other.pid and rest.guard.query_start == other.query_start
+    assert rest.tag_source == "comment:parent"
