@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO))
 
 from exporter.collector import PgparentCollector, Published  # noqa: E402
 from exporter.config import load_config  # noqa: E402
-from exporter.target import gc_paused  # noqa: E402
 from exporter.db import Database  # noqa: E402
 from exporter.grouping import group  # noqa: E402
 from exporter.model import Session, Snapshot  # noqa: E402
 from exporter.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
 from exporter.policy import RuleState, evaluate  # noqa: E402
+from exporter.target import gc_paused  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXPORTER = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")
