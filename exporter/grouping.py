@@ -8,6 +8,9 @@ from exporter.locks import build
 from exporter.model import Group, Grouped, Session, Snapshot, Stats
 from exporter.sources import Source, Sources
 
+_UNSEEN: str = "\0unseen"
+"""A tag no application_name can hold (PostgreSQL strips NUL), marking a name not parsed yet this poll."""
+
 OTHER = "__other__"
 """The parent label that groups beyond `max_groups` fold into on /metrics."""
 
@@ -49,7 +52,9 @@ def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -
         if s.backend_start is None:
             hidden += 1
         name = s.application_name
-        parent = tags[name] if name in tags else tags.setdefault(name, parent_of(name, regex))
+        parent = tags.get(name, _UNSEEN)
+        if parent is _UNSEEN:
+            parent = tags[name] = parent_of(name, regex)
         if leaders and s.pid in leaders:
             parent_by_pid[s.pid] = parent
         if parent is None:
@@ -142,15 +147,12 @@ def _grouped(
     locks = build(snapshot)
     used = used or {}
     tagged_by = tagged_by or {}
+    build_group = Group.build
+    no_tags: dict[int, Source] = {}
     groups = {
-        parent: Group(
-            parent=parent,
-            sessions=tuple(rows),
-            now=now,
-            workers=workers.get(parent, 0),
-            locks=locks,
-            sources=used.get(parent, every),
-            tagged_by=tagged_by.get(parent, {}),
+        parent: build_group(
+            parent, tuple(rows), now, workers.get(parent, 0), locks, used.get(parent, every),
+            tagged_by.get(parent, no_tags),
         )
         for parent, rows in members.items()
     }

@@ -260,6 +260,26 @@ class Group:
     def stats(self) -> Stats:
         return Stats.of(self.sessions, self.now, self.locks)
 
+    @classmethod
+    def build(
+        cls,
+        parent: str,
+        sessions: tuple[Session, ...],
+        now: datetime,
+        workers: int,
+        locks: LockGraph | None,
+        sources: tuple[Source, ...],
+        tagged_by: Mapping[int, Source],
+    ) -> Group:
+        """The same record as `Group(...)`, filled in one step: a frozen dataclass's __init__ sets each field through
+        object.__setattr__, and a poll of 100k sessions builds 25k groups (a third of grouping's cost)."""
+        group = object.__new__(cls)
+        group.__dict__.update(
+            parent=parent, sessions=sessions, now=now, workers=workers, locks=locks, sources=sources,
+            tagged_by=tagged_by,
+        )
+        return group
+
     def source_of(self, pid: int) -> Source | None:
         """The source that tagged the group's session `pid` (None for a group built without sources)."""
         return self.tagged_by.get(pid) or (self.sources[0] if self.sources else None)
