@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from exporter.locks import build
 from exporter.model import Group, Grouped, Session, Snapshot, Stats
@@ -40,6 +41,21 @@ def group(snapshot: Snapshot, sources: Sources | str | re.Pattern[str]) -> Group
     return _group_by_sources(snapshot, compiled)
 
 
+def _workers(
+    snapshot: Snapshot, parent_by_pid: dict[int, str | None], own_tag: Callable[[Session], str | None]
+) -> tuple[dict[str, int], int]:
+    """Parallel workers per group (their leader's, else their own tags'), and how many are untagged."""
+    workers: dict[str, int] = {}
+    untagged = 0
+    for w in snapshot.workers:
+        parent = parent_by_pid[w.leader_pid] if w.leader_pid in parent_by_pid else own_tag(w)
+        if parent is None:
+            untagged += 1
+        else:
+            workers[parent] = workers.get(parent, 0) + 1
+    return workers, untagged
+
+
 def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -> Grouped:
     """The common case, kept tight: one regex on application_name, each distinct name parsed once per poll."""
     members: dict[str, list[Session]] = {}
@@ -62,17 +78,7 @@ def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -
         else:
             members.setdefault(parent, []).append(s)
 
-    workers: dict[str, int] = {}
-    untagged_workers = 0
-    for w in snapshot.workers:
-        if w.leader_pid is not None and w.leader_pid in parent_by_pid:
-            parent = parent_by_pid[w.leader_pid]
-        else:
-            parent = parent_of(w.application_name, regex)
-        if parent is None:
-            untagged_workers += 1
-        else:
-            workers[parent] = workers.get(parent, 0) + 1
+    workers, untagged_workers = _workers(snapshot, parent_by_pid, lambda w: parent_of(w.application_name, regex))
     return _grouped(snapshot, members, untagged, workers, untagged_workers, hidden, (source,))
 
 
@@ -108,18 +114,11 @@ def _group_by_sources(snapshot: Snapshot, sources: Sources) -> Grouped:
             members[parent] = [s]
             masks[parent] = bits[found[1]]
 
-    workers: dict[str, int] = {}
-    untagged_workers = 0
-    for w in snapshot.workers:
-        if w.leader_pid is not None and w.leader_pid in parent_by_pid:
-            worker_parent = parent_by_pid[w.leader_pid]
-        else:
-            found = tag(w)
-            worker_parent = found[0] if found is not None else None
-        if worker_parent is None:
-            untagged_workers += 1
-        else:
-            workers[worker_parent] = workers.get(worker_parent, 0) + 1
+    def own_tag(w: Session) -> str | None:
+        found = tag(w)
+        return found[0] if found is not None else None
+
+    workers, untagged_workers = _workers(snapshot, parent_by_pid, own_tag)
 
     used: dict[str, tuple[Source, ...]] = {}
     tagged_by: dict[str, dict[int, Source]] = {}

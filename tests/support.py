@@ -28,6 +28,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from exporter.config import Config
+from exporter.db import Database
+from exporter.model import Snapshot
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
 
 T = TypeVar("T")
@@ -85,6 +88,15 @@ def unique_name(prefix: str) -> str:
     """A name for a server-wide object (role, database) of this test's own: `prefix` and 8 hex digits. Such objects
     are shared by every test and every run against the server, so a fixed name collides and outlives the test."""
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def read_snapshot(dsn: str, config: Config | None = None) -> Snapshot:
+    """One poll of the server at `dsn` as the daemon reads it with `config`, on a connection of its own."""
+    db = Database(dsn)
+    try:
+        return db.snapshot(config)
+    finally:
+        db.close()
 
 
 class Server(Protocol):

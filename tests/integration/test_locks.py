@@ -17,10 +17,9 @@ from psycopg import sql
 
 from exporter.cli import main
 from exporter.collector import PgparentCollector, Published
-from exporter.db import Database
 from exporter.grouping import group
 from exporter.model import Grouped
-from tests.support import Client, Clients, Server, daemon, eventually
+from tests.support import Client, Clients, Server, daemon, eventually, read_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -104,11 +103,7 @@ def start_chain(pg: Server, clients: Clients, table: str, a_tag: str = "LockA:1"
 
 
 def _grouped(dsn: str) -> Grouped:
-    db = Database(dsn)
-    try:
-        return group(db.snapshot(), PATTERN)
-    finally:
-        db.close()
+    return group(read_snapshot(dsn), PATTERN)
 
 
 def test_chain_metrics_count_each_waiter_against_every_blocker_upstream(

@@ -19,7 +19,7 @@ from exporter.enforcer import enforce
 from exporter.grouping import group
 from exporter.model import NO_GUARD, Grouped
 from exporter.policy import RuleState, evaluate
-from tests.support import PgBouncer, PooledClients, Server, daemon, eventually, server_session
+from tests.support import PgBouncer, PooledClients, Server, daemon, eventually, read_snapshot, server_session
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,8 @@ def _config(rules: list[dict[str, Any]] | None = None, sources: list[dict[str, s
 
 
 def _grouped(pg: Server, config: Config) -> Grouped:
-    db = Database(pg.dsn)  # pgparent's own connection goes to PostgreSQL directly
-    try:
-        return group(db.snapshot(config), config.grouping.compiled)
-    finally:
-        db.close()
+    # pgparent's own connection goes to PostgreSQL directly
+    return group(read_snapshot(pg.dsn, config), config.grouping.compiled)
 
 
 def test_clients_tagged_by_name_and_by_comment_are_grouped(
@@ -65,11 +62,7 @@ def test_idle_server_connections_are_not_counted_in_comment_groups(
     pooled.start(pgbouncer.dsn_for("postgres"), f"SELECT 1 /*parent='{mark}'*/", hold=True)
     idle = eventually(lambda: server_session(pg.dsn, mark, state="idle"), what="the server connection idle in the pool")
     config = _config()
-    db = Database(pg.dsn)
-    try:
-        snapshot = db.snapshot(config)
-    finally:
-        db.close()
+    snapshot = read_snapshot(pg.dsn, config)
     seen = {s.pid: s for s in snapshot.sessions}
     assert seen[idle[0]].state == "idle" and mark in (seen[idle[0]].query or "")  # the comment is there, and stale
     assert "Pool:idle" not in group(snapshot, config.grouping.compiled).groups

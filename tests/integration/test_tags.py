@@ -24,7 +24,7 @@ from exporter.enforcer import enforce
 from exporter.grouping import group
 from exporter.model import Grouped
 from exporter.policy import RuleState, evaluate
-from tests.support import Clients, Server, eventually, unique_name
+from tests.support import Clients, Server, eventually, read_snapshot, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -92,11 +92,7 @@ def test_a_comment_cut_at_track_activity_query_size_is_missed_not_guessed(pg: Se
     (cut,) = clients.start("psql", f"SELECT pg_sleep(60), '{filler}' /*parent='Long%3A1'*/")
     (first,) = clients.start("psql", f"/*parent='Long%3A2'*/ SELECT pg_sleep(60), '{filler}'")
     config = _config()
-    db = Database(pg.dsn)
-    try:
-        snapshot = db.snapshot(config)
-    finally:
-        db.close()
+    snapshot = read_snapshot(pg.dsn, config)
     by_pid = {s.pid: s for s in snapshot.sessions}
     assert cut.pid is not None and first.pid is not None
     assert by_pid[cut.pid].query_cut and by_pid[first.pid].query_cut
