@@ -126,11 +126,14 @@ class _Metrics:
         return body
 
     def sample(self, name: str, labels: dict[str, str]) -> float | None:
-        for family in text_string_to_metric_families(self.text()):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return float(s.value)
-        return None
+        """The sum of the samples of `name` whose labels include `labels` (None when there is none)."""
+        values = [
+            float(s.value)
+            for family in text_string_to_metric_families(self.text())
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
 
     def lines(self, keep: Callable[[str], bool]) -> list[str]:
         return [line for line in self.text().splitlines() if not line.startswith("#") and keep(line)]

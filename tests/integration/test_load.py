@@ -62,7 +62,7 @@ def scrape_until(stop: threading.Event, port: int, latencies: list[float], error
             conn.request("GET", "/metrics")
             resp = conn.getresponse()
             body = resp.read()
-            if resp.status != 200 or b"pgparent_up 1.0" not in body:
+            if resp.status != 200 or b'pgparent_up{target="default"} 1.0' not in body:
                 errors.append(f"status {resp.status}")
         except (OSError, http.client.HTTPException) as exc:
             errors.append(repr(exc))

@@ -31,8 +31,9 @@ pytestmark = pytest.mark.integration
 PASSWORD = "scrape-Secret-5"
 RULES = "interval: 0.5s\n"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BASE_THREADS = 3
-"""The daemon's threads besides the HTTP workers: main, poll loop, and the HTTP face's event loop."""
+BASE_THREADS = 4
+"""The daemon's threads besides the HTTP workers: main, the HTTP face's event loop, and per target (one here) its
+poll loop and its connection's watchdog. None of them depends on how many clients connect."""
 
 
 def openssl(*args: str) -> None:
