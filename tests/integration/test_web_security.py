@@ -361,7 +361,8 @@ def test_slow_connections_hold_no_threads_and_scrapes_go_on(pg: Server, tmp_path
         trickler = threading.Thread(target=trickle, daemon=True)
         trickler.start()
         try:
-            eventually(lambda: socket_count(pid) - idle >= 350, what="all 350 connections accepted and held")
+            eventually(lambda: socket_count(pid) - idle >= 350, timeout=60,
+                       what="all 350 connections accepted and held")
             scrapes, threads = [], []
             for _ in range(20):
                 status, _, _, seconds = request(d.port)
