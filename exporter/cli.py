@@ -95,24 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS and basic auth for /metrics, in the Prometheus exporter-toolkit format",
     )
     default_limits = Limits()
-    run.add_argument(
-        "--web.max-connections",
-        dest="web_max_connections",
-        type=int,
-        default=default_limits.max_connections,
-        metavar="N",
-        help="open HTTP connections at most; at the cap, the one waiting longest for a request is closed "
-        f"(default {default_limits.max_connections})",
-    )
-    run.add_argument(
-        "--web.workers",
-        dest="web_workers",
-        type=int,
-        default=default_limits.workers,
-        metavar="N",
-        help=f"threads that render /metrics and check passwords (one check at a time); at least 2 (default "
-        f"{default_limits.workers})",
-    )
+    for flag, default, text in (
+        ("max-connections", default_limits.max_connections,
+         "open HTTP connections at most; at the cap, the one waiting longest for a request is closed"),
+        ("workers", default_limits.workers,
+         "threads that render /metrics and check passwords (one check at a time); at least 2"),
+    ):
+        run.add_argument(
+            f"--web.{flag}",
+            dest=f"web_{flag.replace('-', '_')}",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"{text} (default {default})",
+        )
     run.add_argument("--dry-run", action="store_true", help="evaluate and audit, signal nothing")
     run.add_argument(
         "--shard",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -331,11 +332,8 @@ class Config(StrictModel):
     @field_validator("targets")
     @classmethod
     def _unique_targets(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
-        seen: set[str] = set()
-        for target in targets:
-            if target.name in seen:
-                raise ValueError(f"target name {target.name!r} is used twice; names label series and must be unique")
-            seen.add(target.name)
+        if (twice := _repeated(t.name for t in targets)) is not None:
+            raise ValueError(f"target name {twice!r} is used twice; names label series and must be unique")
         if len({frozenset(t.labels) for t in targets}) > 1:
             raise ValueError("every target needs the same label names (values may differ), so series line up")
         return targets
@@ -350,12 +348,19 @@ class Config(StrictModel):
     @field_validator("rules")
     @classmethod
     def _unique_names(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        seen: set[str] = set()
-        for rule in rules:
-            if rule.name in seen:
-                raise ValueError(f"rule name {rule.name!r} is used twice; names label metrics and must be unique")
-            seen.add(rule.name)
+        if (twice := _repeated(r.name for r in rules)) is not None:
+            raise ValueError(f"rule name {twice!r} is used twice; names label metrics and must be unique")
         return rules
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name given twice, if any."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
