@@ -89,25 +89,30 @@ class Shard:
     """
 
     targets: int = 1
-    replicas: dict[str, int] = field(default_factory=dict)
-    """Per target: how many replicas hold its member lock, as last seen."""
+    replicas: int = 1
+    """Live replicas: the holders of the member lock, as the latest read on any target saw them (the latest, so a
+    replica that died is out of the count at the first read after its connections closed)."""
     leading: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def seen(self, replicas: int) -> None:
+        with self.lock:
+            self.replicas = max(replicas, 1)
+
     def share(self) -> int:
         with self.lock:
-            seen = max(self.replicas.values(), default=1)
-            return max(1, math.ceil(self.targets / max(seen, 1)))
+            return self._share()
+
+    def _share(self) -> int:
+        return max(1, math.ceil(self.targets / self.replicas))
 
     def may_take(self) -> bool:
         with self.lock:
-            seen = max(self.replicas.values(), default=1)
-            return len(self.leading) < max(1, math.ceil(self.targets / max(seen, 1)))
+            return len(self.leading) < self._share()
 
     def over(self) -> bool:
         with self.lock:
-            seen = max(self.replicas.values(), default=1)
-            return len(self.leading) > max(1, math.ceil(self.targets / max(seen, 1)))
+            return len(self.leading) > self._share()
 
 
 class Monitor:
@@ -360,8 +365,7 @@ class Monitor:
             if self._member_generation != self.db.generation:
                 self.db.try_lock(member_key(election.lock_key), shared=True)
                 self._member_generation = self.db.generation
-            with shard.lock:
-                shard.replicas[self.name] = self.db.lock_holders(member_key(election.lock_key))
+            shard.seen(self.db.lock_holders(member_key(election.lock_key)))
         held = self._lock_generation == self.db.generation and self._lock_key == election.lock_key
         if not held and self._lock_generation is not None:
             log.warning("leadership_lost", target=self.name, reason="the connection that held the leader lock ended")
