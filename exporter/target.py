@@ -106,13 +106,27 @@ class Shard:
     def _share(self) -> int:
         return max(1, math.ceil(self.targets / self.replicas))
 
-    def may_take(self) -> bool:
+    def reserve(self, target: str) -> bool:
+        """Claim a place in the share for `target` before trying its lock, atomically, so that targets polling at
+        the same moment cannot all pass the check and overshoot the share; `unreserve` if the lock is not had."""
         with self.lock:
-            return len(self.leading) < self._share()
+            if target not in self.leading and len(self.leading) >= self._share():
+                return False
+            self.leading.add(target)
+            return True
 
-    def over(self) -> bool:
+    def unreserve(self, target: str) -> None:
         with self.lock:
-            return len(self.leading) > self._share()
+            self.leading.discard(target)
+
+    def give_up(self, target: str) -> bool:
+        """Whether `target` should be released to bring this replica back to its share, deciding for one target at a
+        time (so several over-share targets do not all let go at once)."""
+        with self.lock:
+            if target in self.leading and len(self.leading) > self._share():
+                self.leading.discard(target)
+                return True
+            return False
 
 
 class Monitor:
@@ -370,18 +384,22 @@ class Monitor:
         if not held and self._lock_generation is not None:
             log.warning("leadership_lost", target=self.name, reason="the connection that held the leader lock ended")
             self._lost_leadership()
-        if held and shard is not None and shard.over():
+        if held and shard is not None and shard.give_up(self.name):
             self._release_leadership()
             log.info("leadership_released", target=self.name, reason="more replicas share the targets now",
                      share=shard.share())
             return False
-        if not held and (shard is None or shard.may_take()) and self.db.try_lock(election.lock_key):
-            self._lock_generation, self._lock_key = self.db.generation, election.lock_key
-            if shard is not None:
-                with shard.lock:
-                    shard.leading.add(self.name)
-            log.info("leadership_acquired", target=self.name, lock_key=election.lock_key)
-            held = True
+        if not held and (shard is None or shard.reserve(self.name)):
+            taken = False
+            try:
+                taken = self.db.try_lock(election.lock_key)
+            finally:  # the lock not had, or the connection lost trying: the place in the share goes back
+                if shard is not None and not taken:
+                    shard.unreserve(self.name)
+            if taken:
+                self._lock_generation, self._lock_key = self.db.generation, election.lock_key
+                log.info("leadership_acquired", target=self.name, lock_key=election.lock_key)
+                held = True
         return held
 
     def _lost_leadership(self) -> None:

@@ -108,7 +108,7 @@ def test_two_replicas_in_shard_mode_divide_four_targets(
             assert groups == _leaders(d)
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(10)
-        eventually(lambda: _leaders(b) == {"t0", "t1", "t2", "t3"}, timeout=5, interval=0.1,
+        eventually(lambda: _leaders(b) == {"t0", "t1", "t2", "t3"}, timeout=15, interval=0.1,
                    what="the survivor leads all four within a few intervals")
         b.wait_polls(2)
         groups = {labels["target"] for labels, _ in b.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
