@@ -4,6 +4,9 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
     scripts/bench                 # N = 100, 500, 1000, 2000; writes bench/results.json, docs/BENCHMARKS.md, the plot
     scripts/bench --quick         # N = 100 only, few repetitions: a smoke run (~1 min), writes only --output
     scripts/bench --only locks    # the lock step's cost alone, merged into bench/results.json and the docs
+    scripts/bench --only deadlines  # reaction to a time limit with and without deadlines (bench/reaction.py)
+    scripts/bench --only core     # the sizes, reaction and synthetic tables alone
+    scripts/bench --only fleet    # 50 targets on two servers: one process, shard-mode replicas, a black hole (~10 min)
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all
 contenders alike; tables report medians and ratios.
@@ -12,14 +15,19 @@ contenders alike; tables report medians and ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -27,19 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from exporter import APPLICATION_NAME  # noqa: E402
 from exporter.collector import PgparentCollector, Published  # noqa: E402
-from exporter.config import load_config  # noqa: E402
+from exporter.config import LOCK_KEY, load_config  # noqa: E402
 from exporter.db import Database  # noqa: E402
 from exporter.grouping import group  # noqa: E402
 from exporter.model import Session, Snapshot  # noqa: E402
 from exporter.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
 from exporter.policy import RuleState, evaluate  # noqa: E402
-from exporter.target import gc_paused  # noqa: E402
+from exporter.target import gc_paused, member_key  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXPORTER = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")
@@ -89,14 +99,20 @@ def wait_http(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 class Sessions:
     """Client sessions held open: 4 per tagged group, a tenth extra untagged, a quarter running pg_sleep."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, tag: str = "Bench") -> None:
         self.dsn = dsn
+        self.tag = tag
         self.conns: list[psycopg.Connection[tuple[Any, ...]]] = []
 
     def grow_to(self, n: int) -> None:
-        while len(self.conns) < n + n // 10:
+        """N tagged sessions and a tenth more untagged."""
+        self.fill(n + n // 10)
+
+    def fill(self, count: int) -> None:
+        """Exactly `count` sessions in all, every eleventh untagged."""
+        while len(self.conns) < count:
             i = len(self.conns)
-            app = f"Bench:{i // 4}:w{i % 4}" if i % 11 else f"untagged-{i}"
+            app = f"{self.tag}:{i // 4}:w{i % 4}" if i % 11 else f"untagged-{i}"
             conn = psycopg.connect(self.dsn, autocommit=True)
             conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(app)))
             if i % 4 == 0:
@@ -359,6 +375,655 @@ def measure_locks(dsn: str, total: int, rounds: int) -> list[dict[str, Any]]:
     return out
 
 
+# -- fleets ---------------------------------------------------------------------------------------------------------
+
+FLEET_INTERVAL = 1.0
+WATCH_APP = "bench-watch"
+
+
+def mem_available_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+class Fleet:
+    """Throwaway servers with `per_server` databases each (fleet_00, fleet_01, ...), one target per database, and
+    client sessions held open on every database (tagged `FleetNN:...`, so no two databases share a group)."""
+
+    def __init__(self, servers: int, per_server: int, max_per_db: int) -> None:
+        self.clusters: list[Cluster] = []
+        self.targets: list[tuple[str, Cluster]] = []
+        try:
+            for s in range(servers):
+                cluster = start_cluster(settings={"max_connections": str(per_server * max_per_db + 100),
+                                                  "shared_buffers": "128MB"})
+                self.clusters.append(cluster)
+                with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+                    for d in range(per_server):
+                        name = f"fleet_{s * per_server + d:02d}"
+                        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                        self.targets.append((name, cluster))
+        except BaseException:
+            self.destroy()
+            raise
+        # Over the Unix socket (trust): thousands of connections without a SCRAM exchange each.
+        self.sessions = [Sessions(self.local_dsn(cluster, name), tag=f"Fleet{i:02d}")
+                         for i, (name, cluster) in enumerate(self.targets)]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.targets]
+
+    @staticmethod
+    def local_dsn(cluster: Cluster, dbname: str) -> str:
+        return f"host={cluster.base} port={cluster.port} dbname={dbname} user={cluster.user}"
+
+    def grow(self, per_db: int, min_available_mb: int) -> int:
+        """Open sessions round-robin until every database has `per_db`; stop early, evenly, when the machine's
+        available memory falls under `min_available_mb` or a server refuses more. Returns the sessions per database
+        reached."""
+        reached = min(len(s.conns) for s in self.sessions)
+        for count in range(reached + 1, per_db + 1):
+            if mem_available_mb() < min_available_mb:
+                print(f"fleet: stopping at {reached} sessions per database: under {min_available_mb} MB available",
+                      flush=True)
+                return reached
+            try:
+                for sessions in self.sessions:
+                    sessions.fill(count)
+            except psycopg.OperationalError as exc:
+                print(f"fleet: stopping at {reached} sessions per database: {exc}", flush=True)
+                return reached
+            reached = count
+        return reached
+
+    def census(self) -> dict[str, Any]:
+        """What the servers hold now: client backends per server, which is what each of its targets sees."""
+        per_server = []
+        for cluster in self.clusters:
+            with psycopg.connect(self.local_dsn(cluster, "postgres"), autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                   "AND application_name NOT IN ('pgparent', %s) AND pid <> pg_backend_pid()",
+                                   [WATCH_APP]).fetchone()
+                per_server.append(int(row[0]) if row else 0)
+        per_db = min(len(s.conns) for s in self.sessions)
+        return {"sessions_per_db": per_db, "backends": sum(per_server), "sessions_in_view": min(per_server),
+                "available_mb": mem_available_mb()}
+
+    def config(self, *, ports: dict[str, int] | None = None) -> str:
+        """The daemon's config: every database a target (over TCP, `ports` overriding the server's port per
+        target), rules.yaml's rules in dry run (nothing is ever signalled), a 1 s interval."""
+        rules = yaml.safe_load((REPO / "rules.yaml").read_text())["rules"]
+        targets = []
+        for name, cluster in self.targets:
+            port = (ports or {}).get(name, cluster.port)
+            dsn = (f"host=127.0.0.1 port={port} dbname={name} user={cluster.user} password={cluster.password} "
+                   "connect_timeout=5")
+            targets.append({"name": name, "dsn": dsn, "labels": {"server": f"s{self.clusters.index(cluster)}"}})
+        return yaml.safe_dump({"interval": f"{FLEET_INTERVAL:g}s", "dry_run": True, "targets": targets,
+                               "rules": rules}, sort_keys=False)
+
+    def destroy(self) -> None:
+        for sessions in getattr(self, "sessions", []):
+            sessions.close()
+        for cluster in self.clusters:
+            cluster.destroy()
+
+
+class PollWatch(threading.Thread):
+    """Each target's poll starts, seen from the outside without loading pgparent: the `query_start` of its poll
+    statement in its server's pg_stat_activity, sampled every `every` seconds. These are the server's exact
+    timestamps; at a 1 s interval sampling every 100 ms misses none."""
+
+    QUERY = ("SELECT datname, extract(epoch FROM query_start)::float8 FROM pg_catalog.pg_stat_activity "
+             "WHERE application_name = %s AND query ~ 'FROM\\s+pg_catalog\\.pg_stat_activity'")
+
+    def __init__(self, fleet: Fleet, every: float = 0.1) -> None:
+        super().__init__(daemon=True, name="poll-watch")
+        self.every = every
+        self.starts: dict[str, list[float]] = {name: [] for name in fleet.names}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._conns = [psycopg.connect(fleet.local_dsn(c, "postgres"), autocommit=True, application_name=WATCH_APP)
+                       for c in fleet.clusters]
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            for conn in self._conns:
+                rows = conn.execute(self.QUERY, [APPLICATION_NAME]).fetchall()
+                with self._lock:
+                    for datname, start in rows:
+                        seen = self.starts.get(datname)
+                        if seen is not None and start is not None and (not seen or start > seen[-1]):
+                            seen.append(start)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+        for conn in self._conns:
+            conn.close()
+
+    def count(self, names: list[str], since: float, until: float) -> int:
+        """Polls of these targets that started in [since, until] (Unix time)."""
+        with self._lock:
+            return sum(1 for name in names for t in self.starts[name] if since <= t <= until)
+
+    def gaps(self, names: list[str], since: float, until: float) -> list[float]:
+        """Gaps between consecutive polls of each target in [since, until] (Unix time). A target whose polls
+        stopped counts the time since its last poll (or since `since`) when that is its longest gap."""
+        out: list[float] = []
+        with self._lock:
+            for name in names:
+                starts = [t for t in self.starts[name] if since <= t <= until]
+                closed = [b - a for a, b in itertools.pairwise(starts)]
+                still_open = until - (starts[-1] if starts else since)
+                out += closed + ([still_open] if still_open > max(closed, default=0.0) else [])
+        return out
+
+
+def gap_figures(gaps: list[float]) -> dict[str, float]:
+    return {"gap_p50_s": round(percentile(gaps, 0.5), 3), "gap_p99_s": round(percentile(gaps, 0.99), 3),
+            "gap_max_s": round(max(gaps), 3), "gaps": len(gaps)}
+
+
+LEADERSHIP_ENDS = ("leadership_released", "leadership_lost", "database_unavailable", "database_available")
+"""Log events after which a replica no longer holds a target's leader lock: a failed poll closes the connection,
+and a new connection holds nothing yet. (A poll that fails before the first success after an outage is not logged,
+so until the next reconnect the log can still show a leadership that ended.)"""
+SCRAPE_TIMEOUT = 10.0
+"""Prometheus's default scrape_timeout."""
+
+
+def parse_series(body: str, name: str) -> dict[str, float]:
+    """The samples of gauge or counter `name` in an exposition, by target (a line scan: large expositions parse
+    slowly)."""
+    out: dict[str, float] = {}
+    prefix = name + "{"
+    for line in body.splitlines():
+        if line.startswith(prefix):
+            labels, value = line.rsplit(" ", 1)
+            found = re.search(r'target="([^"]*)"', labels)
+            if found:
+                out[found.group(1)] = float(value)
+    return out
+
+
+class FleetDaemon:
+    """`pgparent run` on a fleet config, JSON logs (info) to a file, /metrics on a free port."""
+
+    def __init__(self, tmp: Path, config_text: str, *extra: str) -> None:
+        self.port = free_port()
+        config = tmp / f"fleet-{self.port}.yaml"
+        config.write_text(config_text)
+        self.log_path = tmp / f"fleet-{self.port}.log"
+        self.leading: set[str] = set()
+        self.changes: list[tuple[float, str, str]] = []
+        """Leadership events read so far from the log: (Unix time, event, target)."""
+        self._offset = 0
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "exporter", "run", "--config.file", str(config), "--web.listen-address",
+                 f"127.0.0.1:{self.port}", "--log.format", "json", "--log.level", "info", *extra],
+                stdout=subprocess.DEVNULL, stderr=log, cwd=REPO,
+            )
+
+    def serving(self) -> FleetDaemon:
+        wait_http(self.port, self.proc, timeout=60)
+        return self
+
+    def scrape(self, timeout: float = 300) -> tuple[float, str]:
+        """Seconds /metrics took, and its text."""
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=timeout) as resp:
+            body = resp.read().decode()
+        return time.perf_counter() - started, body
+
+    def series(self, name: str) -> dict[str, float]:
+        return parse_series(self.scrape()[1], name)
+
+    def wait_polled(self, names: list[str], timeout: float = 180) -> None:
+        """Until every target has been polled successfully once (not necessarily all up at one moment: an
+        overloaded process may fail some polls)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = self.series("pgparent_last_poll_timestamp_seconds")
+            if all(last.get(n, 0) > 0 for n in names):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"not every target polled within {timeout:g}s")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if event.get("event") == name:
+                    out.append(event)
+        return out
+
+    def first_event(self, name: str, target: str, after: float, timeout: float) -> float | None:
+        """The Unix time of the first `name` event for `target` logged after `after`, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events(name):
+                when = datetime.fromisoformat(event["timestamp"]).timestamp()
+                if event.get("target") == target and when > after:
+                    return when
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def follow(self) -> set[str]:
+        """The targets this replica leads by its own log (leadership_acquired, until one of LEADERSHIP_ENDS), read
+        on from where the last call stopped: cheap, and exact to the log's timestamps, where /metrics re-renders
+        every target's series on each read."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            name, target = event.get("event"), event.get("target")
+            if target and (name == "leadership_acquired" or name in LEADERSHIP_ENDS):
+                self.changes.append((datetime.fromisoformat(event["timestamp"]).timestamp(), name, target))
+                if name == "leadership_acquired":
+                    self.leading.add(target)
+                else:
+                    self.leading.discard(target)
+        return self.leading
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure_fleet_single(fleet: Fleet, watch: PollWatch, tmp: Path, window: float) -> dict[str, Any]:
+    """One process watching every target: CPU share and RSS over `window` seconds, the gaps between polls of each
+    target (from its server's pg_stat_activity), failed polls and overruns; /metrics scraped every 15 s with
+    Prometheus's default 10 s timeout, and timed. The counters are read by scrapes just outside the window."""
+    d = FleetDaemon(tmp, fleet.config()).serving()
+    try:
+        d.wait_polled(fleet.names)
+        time.sleep(5)  # every loop past its first, slower, poll
+        errors0 = sum(parse_series(d.scrape()[1], "pgparent_poll_errors_total").values())
+        overruns0 = len(d.events("poll_overrun"))
+        t0, m0, c0 = time.time(), time.monotonic(), cpu_seconds(d.proc.pid)
+        scrapes: list[float] = []
+        timed_out = 0
+        size = 0
+        next_scrape = m0
+        while (now := time.monotonic()) - m0 < window:
+            if now >= next_scrape:
+                next_scrape += 15.0
+                try:
+                    took, body = d.scrape(SCRAPE_TIMEOUT)
+                    scrapes.append(took)
+                    size = len(body.encode())
+                except OSError:  # timed out, as Prometheus would give up on it
+                    timed_out += 1
+            time.sleep(max(0.0, min(next_scrape, m0 + window) - time.monotonic()))
+        t1, m1, c1 = time.time(), time.monotonic(), cpu_seconds(d.proc.pid)
+        rss, peak, load = rss_mb(d.proc.pid), peak_rss_mb(d.proc.pid), os.getloadavg()[0]
+        last_took, body = d.scrape()
+        errors = sum(parse_series(body, "pgparent_poll_errors_total").values()) - errors0
+        overruns = len(d.events("poll_overrun")) - overruns0
+        reasons = failure_reasons(d, t0, t1)
+    finally:
+        d.stop()
+    return {
+        "window_s": round(m1 - m0, 1),
+        "load_average": round(load, 2),
+        "cpu_pct_of_core": round((c1 - c0) / (m1 - m0) * 100, 1),
+        "rss_mb": rss,
+        "rss_peak_mb": peak,
+        **gap_figures(watch.gaps(fleet.names, t0, t1)),
+        "polls": watch.count(fleet.names, t0, t1),
+        "polls_due": round(len(fleet.names) * (m1 - m0) / FLEET_INTERVAL),
+        "failed_polls": int(errors),
+        "overrun_warnings": overruns,
+        "failure_reasons": reasons,
+        "metrics_scrape_ms": median_ms(scrapes) if scrapes else None,
+        "metrics_scrapes_timed_out": timed_out,
+        "metrics_scrapes": len(scrapes) + timed_out,
+        "metrics_last_scrape_s": round(last_took, 2),
+        "metrics_kb": round((size or len(body.encode())) / 1024),
+    }
+
+
+def failure_reasons(d: FleetDaemon, since: float, until: float) -> dict[str, int]:
+    """The daemon's own words for the failures it logged in [since, until] (`database_unavailable`, logged on the
+    first failed poll of each outage), without the DSN, by count."""
+    out: dict[str, int] = {}
+    for event in d.events("database_unavailable"):
+        if since <= datetime.fromisoformat(event["timestamp"]).timestamp() <= until:
+            head, *tail = re.split(r" \((?:\w+=\S*\s?)+\): ?", str(event.get("error", "")), maxsplit=1)
+            what = f"{head}: {tail[0].splitlines()[0][:80]}" if tail and tail[0] else head
+            out[what] = out.get(what, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _leaders(daemons: list[FleetDaemon]) -> tuple[dict[str, list[int]], float]:
+    """Per target, the replicas (by index) whose /metrics say pgparent_leader 1, all read at once; and the
+    seconds the slowest read took."""
+    bodies: list[tuple[float, str]] = [(0.0, "")] * len(daemons)
+
+    def read(i: int) -> None:
+        bodies[i] = daemons[i].scrape()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(daemons))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out: dict[str, list[int]] = {}
+    for i, (_, body) in enumerate(bodies):
+        for target, value in parse_series(body, "pgparent_leader").items():
+            out.setdefault(target, [])
+            if value == 1:
+                out[target].append(i)
+    return out, max(took for took, _ in bodies)
+
+
+def _by_logs(daemons: list[FleetDaemon]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, d in enumerate(daemons):
+        for target in d.follow():
+            out.setdefault(target, []).append(i)
+    return out
+
+
+def _whole(assignment: dict[str, list[int]], names: list[str]) -> bool:
+    return all(len(assignment.get(n, [])) == 1 for n in names)
+
+
+def _spread(assignment: dict[str, list[int]], replicas: int) -> list[int]:
+    return sorted((sum(1 for v in assignment.values() if v == [i]) for i in range(replicas)), reverse=True)
+
+
+def _settle(daemons: list[FleetDaemon], names: list[str], since: float, hold: float, timeout: float) -> float | None:
+    """Seconds from `since` (Unix time) to the last leadership change in the replicas' logs, once every target has
+    had exactly one leader for `hold` seconds; None if that did not come within `timeout`."""
+    last: dict[str, list[int]] | None = None
+    quiet_since = time.monotonic()
+    while time.time() - since < timeout:
+        now = _by_logs(daemons)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        if _whole(now, names) and time.monotonic() - quiet_since >= hold:
+            changes = [when for d in daemons for when, _, _ in d.changes]
+            return max(0.0, max(changes, default=since) - since)
+        time.sleep(0.1)
+    return None
+
+
+def _server_locks(fleet: Fleet) -> dict[str, tuple[int, int]]:
+    """Per target database, the server's truth: how many sessions hold pgparent's exclusive leader lock there, and
+    how many hold the shared member lock (one per live replica)."""
+    leader, member = LOCK_KEY, member_key(LOCK_KEY)
+    out = dict.fromkeys(fleet.names, (0, 0))
+    for cluster in fleet.clusters:
+        with psycopg.connect(fleet.local_dsn(cluster, "postgres"), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT d.datname, count(*) FILTER (WHERE l.mode = 'ExclusiveLock' AND l.objid::bigint = %(leader)s),"
+                " count(*) FILTER (WHERE l.mode = 'ShareLock' AND l.objid::bigint = %(member)s)"
+                "  FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid::bigint = %(high)s"
+                " GROUP BY 1",
+                {"leader": leader & 0xFFFFFFFF, "member": member & 0xFFFFFFFF, "high": (leader >> 32) & 0xFFFFFFFF},
+            ).fetchall()
+        out.update({name: (int(n), int(m)) for name, n, m in rows if name in out})
+    return out
+
+
+def _replica_ports(pids: list[int]) -> dict[int, int]:
+    """Local TCP port -> index in `pids` of the process owning that socket (/proc/PID/fd and /proc/net/tcp)."""
+    inodes: dict[str, int] = {}
+    for i, pid in enumerate(pids):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes[link[8:-1]] = i
+    out: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                out[int(fields[1].rsplit(":", 1)[1], 16)] = inodes[fields[9]]
+    return out
+
+
+class LockCount(threading.Thread):
+    """The server's count of leader locks each replica holds, sampled every 100 ms (pg_locks joined to
+    pg_stat_activity's client_port, mapped to the replica owning that socket); keeps the most each held at once."""
+
+    QUERY = ("SELECT a.client_port FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+             "WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.objsubid = 1 "
+             "AND l.classid::bigint = %s AND l.objid::bigint = %s")
+
+    def __init__(self, fleet: Fleet, daemons: list[FleetDaemon]) -> None:
+        super().__init__(daemon=True, name="lock-count")
+        self.pids = [d.proc.pid for d in daemons]
+        self.most = [0] * len(daemons)
+        self._done = threading.Event()
+        self._conns = [psycopg.connect(fleet.local_dsn(c, "postgres"), autocommit=True, application_name=WATCH_APP)
+                       for c in fleet.clusters]
+
+    def run(self) -> None:
+        key = [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF]
+        while not self._done.wait(0.1):
+            ports = _replica_ports(self.pids)
+            held = [0] * len(self.pids)
+            for conn in self._conns:
+                for (port,) in conn.execute(self.QUERY, key).fetchall():
+                    if port in ports:
+                        held[ports[port]] += 1
+            self.most = [max(m, h) for m, h in zip(self.most, held, strict=True)]
+
+    def stop(self) -> list[int]:
+        self._done.set()
+        self.join(5)
+        for conn in self._conns:
+            conn.close()
+        return self.most
+
+
+def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, steady: float, timeout: float,
+                        poll_metrics: bool) -> dict[str, Any]:
+    """`replicas` processes of `pgparent run --shard` on the same config, started together.
+
+    Settling: the last leadership change (by the replicas' logs) before `hold` seconds of exactly one leader per
+    target; then `steady` seconds more, counting changes (there should be none); then the spread, from each
+    replica's pgparent_leader{target}, and the server's advisory locks. Then SIGKILL of the replica leading most,
+    and how long until every target has exactly one leader among the survivors: by their logs, by the server's
+    locks (one leader lock per target database, the dead replica's member locks gone), both checked every 100 ms,
+    and, with `poll_metrics`, by their /metrics read in a loop meanwhile (every 100 ms at most: a read re-renders
+    every target's series, which takes seconds when each target sees thousands of sessions).
+    """
+    names = fleet.names
+    config = fleet.config()
+    started = time.time()
+    daemons = [FleetDaemon(tmp, config, "--shard") for _ in range(replicas)]
+    try:
+        for d in daemons:
+            d.serving()
+        settled = _settle(daemons, names, started, hold, timeout)
+        before = sum(len(d.changes) for d in daemons)
+        time.sleep(steady)
+        _by_logs(daemons)
+        steady_changes = sum(len(d.changes) for d in daemons) - before
+        reported, read_s = _leaders(daemons)
+        server = _server_locks(fleet)
+        released = sum(1 for d in daemons for _, event, _ in d.changes if event == "leadership_released")
+        spread = [sum(1 for v in reported.values() if v == [i]) for i in range(replicas)]
+        victim = max(range(replicas), key=lambda i: spread[i])
+        survivors = [d for i, d in enumerate(daemons) if i != victim]
+        for d in survivors:
+            d.follow()
+        acquired = sum(1 for d in survivors for _, event, _ in d.changes if event == "leadership_acquired")
+        locks = LockCount(fleet, survivors)
+        locks.start()
+        killed = time.time()
+        daemons[victim].proc.kill()
+        daemons[victim].proc.wait()
+
+        by_metrics: list[float] = []
+
+        def watch_metrics() -> None:
+            while time.time() - killed < timeout:
+                if _whole(_leaders(survivors)[0], names):
+                    by_metrics.append(time.time() - killed)
+                    return
+                time.sleep(0.1)
+
+        metrics_thread = threading.Thread(target=watch_metrics, daemon=True)
+        if poll_metrics:
+            metrics_thread.start()
+        by_logs: float | None = None
+        by_locks: float | None = None
+        while time.time() - killed < timeout and (by_logs is None or by_locks is None):
+            if by_locks is None and all(locks == (1, len(survivors)) for locks in _server_locks(fleet).values()):
+                by_locks = time.time() - killed
+            if by_logs is None and _whole(_by_logs(survivors), names):
+                by_logs = max(when for d in survivors for when, _, _ in d.changes) - killed
+            time.sleep(0.1)
+        if poll_metrics:
+            metrics_thread.join(timeout)
+        settled_after = _settle(survivors, names, killed, hold, timeout)
+        acquired_after = sum(1 for d in survivors for _, ev, _ in d.changes if ev == "leadership_acquired") - acquired
+        most_locks = locks.stop()
+        reported_after, _ = _leaders(survivors)
+        server_after = _server_locks(fleet)
+    finally:
+        for d in daemons:
+            d.stop()
+    return {
+        "replicas": replicas,
+        "fair_share": math.ceil(len(names) / replicas),
+        "settled_s": None if settled is None else round(settled, 2),
+        "spread": sorted(spread, reverse=True),
+        "targets_with_two_leaders": sum(1 for v in reported.values() if len(v) > 1),
+        "targets_without_leader": sum(1 for n in names if not reported.get(n)),
+        "changes_while_settled": steady_changes,
+        "hold_s": hold,
+        "steady_s": steady,
+        "leadership_released_while_settling": released,
+        "metrics_read_s": round(read_s, 2),
+        "server_lock_holders_ok": all(locks == (1, replicas) for locks in server.values()),
+        "led_again_after_kill_s": round(by_metrics[0], 2) if by_metrics else None,
+        "led_again_by_logs_s": None if by_logs is None else round(by_logs, 2),
+        "locks_held_again_after_kill_s": None if by_locks is None else round(by_locks, 2),
+        "settled_after_kill_s": None if settled_after is None else round(settled_after, 2),
+        "acquired_after_kill": acquired_after,
+        "most_locks_after_kill": max(most_locks),
+        "fair_share_after_kill": math.ceil(len(names) / (replicas - 1)),
+        "spread_after_kill": _spread(reported_after, len(survivors)),
+        "server_lock_holders_ok_after_kill": all(locks == (1, replicas - 1) for locks in server_after.values()),
+    }
+
+
+def measure_fleet_blackhole(fleet: Fleet, watch: PollWatch, tmp: Path, baseline: float,
+                            stall: float) -> dict[str, Any]:
+    """One target's DSN through a proxy that stops forwarding (tests/support.py's StallingProxy: a network black
+    hole): the other targets' gaps between polls before and during the stall, and, by the daemon's log, how soon
+    the black-holed target is reported unavailable and how soon it is back once the proxy forwards again. /metrics
+    is read only outside the stall, so the measurement adds no load during it."""
+    from tests.support import StallingProxy
+
+    name, cluster = fleet.targets[0]
+    others = fleet.names[1:]
+    proxy = StallingProxy(cluster.port)
+    d = FleetDaemon(tmp, fleet.config(ports={name: proxy.port})).serving()
+    try:
+        d.wait_polled(fleet.names)
+        time.sleep(5)
+        t0 = time.time()
+        time.sleep(baseline)
+        t1, load_before = time.time(), os.getloadavg()[0]
+        errors_before = d.series("pgparent_poll_errors_total")
+        stalled = time.time()
+        proxy.stall()
+        time.sleep(stall)
+        t2, load_during = time.time(), os.getloadavg()[0]
+        held = proxy.held.is_set()
+        proxy.resume()
+        back = d.first_event("database_available", name, t2, timeout=60)
+        down = d.first_event("database_unavailable", name, stalled, timeout=0)
+        errors = d.series("pgparent_poll_errors_total")
+    finally:
+        d.stop()
+        proxy.close()
+    return {
+        "stall_s": round(t2 - stalled, 1),
+        "proxy_held_traffic": held,
+        "others_before": gap_figures(watch.gaps(others, t0, t1)),
+        "others_during": gap_figures(watch.gaps(others, stalled, t2)),
+        "load_average_before": round(load_before, 2),
+        "load_average_during": round(load_during, 2),
+        "others_failed_polls": int(sum(v - errors_before.get(k, 0) for k, v in errors.items() if k != name)),
+        "blackholed_down_after_s": None if down is None else round(down - stalled, 2),
+        "blackholed_back_after_s": None if back is None else round(back - t2, 2),
+    }
+
+
+def run_fleet(quick: bool = False) -> dict[str, Any]:
+    """Two servers, 25 databases each, one target per database. First 200 client sessions on each server (spread
+    over its databases: what each of its targets sees, since pg_stat_activity is server-wide): one process, three
+    shard-mode replicas, a black-holed target. Then 200 sessions connected to every database (10,000 backends, or
+    as many as the machine's memory holds): one process and the replicas again."""
+    per_server, dense, window, stall = (3, 20, 10.0, 8.0) if quick else (25, 200, 60.0, 30.0)
+    view = 8 * per_server  # 200 on each server with 25 databases
+    fleet = Fleet(2, per_server, dense)
+    watch = PollWatch(fleet)
+    watch.start()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    out: dict[str, Any] = {
+        "commit": commit.stdout.strip(),
+        "interval_s": FLEET_INTERVAL,
+        "servers": len(fleet.clusters),
+        "targets": len(fleet.targets),
+        "runs": [],
+    }
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for layout, per_db in (("view", view // per_server), ("per_db", dense)):
+                fleet.grow(per_db, min_available_mb=4096)
+                run = {"layout": layout, **fleet.census()}
+                print(json.dumps(run), flush=True)
+                run["single"] = measure_fleet_single(fleet, watch, Path(tmp), window)
+                print(json.dumps(run["single"]), flush=True)
+                run["shard"] = measure_fleet_shard(fleet, Path(tmp), 3, hold=3.0 if quick else 5.0,
+                                                   steady=round(window / 3), timeout=180, poll_metrics=layout == "view")
+                print(json.dumps(run["shard"]), flush=True)
+                out["runs"].append(run)
+                if layout == "view":
+                    out["blackhole"] = measure_fleet_blackhole(fleet, watch, Path(tmp), stall, stall)
+                    print(json.dumps(out["blackhole"]), flush=True)
+    finally:
+        watch.stop()
+        fleet.destroy()
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -402,6 +1067,17 @@ def run(sizes: list[int], rounds: int, trials: int, synthetic_sizes: list[int]) 
     results["synthetic"] = measure_synthetic(synthetic_sizes, 5)
     print(json.dumps(results["synthetic"]), flush=True)
     return results
+
+
+def run_deadlines(trials: int = 20) -> list[dict[str, Any]]:
+    """Reaction to a time limit, with deadlines and poll-only, on a server of its own (bench/reaction.py)."""
+    from bench.reaction import measure
+
+    cluster: Cluster = start_cluster()
+    try:
+        return measure(cluster.dsn, REPO, trials)
+    finally:
+        cluster.destroy()
 
 
 def run_locks(total: int, rounds: int) -> list[dict[str, Any]]:
@@ -459,6 +1135,24 @@ def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
     ]
     if plot is not None:
         lines += ["", f"![poll cost and floor against N]({plot.name})"]
+    if results.get("deadlines"):
+        lines += [
+            "",
+            "**Precise enforcement** (`scripts/bench --only deadlines`, bench/reaction.py): from a query crossing "
+            "`max_query_duration` (query_start + limit, on the server's clock) to its session gone from "
+            "pg_stat_activity (read every 2 ms), with deadlines and with polls only, side by side in one run. Each "
+            "configuration starts its trials at phases spread evenly over one interval; the limit is the interval "
+            "+ 1 s, so a poll sees every query before it crosses (a query that starts and crosses between two polls "
+            "is the next poll's).",
+            "",
+            "| interval | deadlines | limit | trials | p50 | p95 | max |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['interval_s']:g} s | {'yes' if r['deadlines'] else 'no (poll only)'} | {r['limit_s']:g} s | "
+            f"{r['trials']} | {r['p50_ms']} ms | {r['p95_ms']} ms | {r['max_ms']} ms |"
+            for r in results["deadlines"]
+        ]
     if results.get("locks"):
         lines += [
             "",
@@ -476,29 +1170,251 @@ def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
             f"{r['over_no_waiters']}x |"
             for r in results["locks"]
         ]
+    if results.get("fleet"):
+        lines += fleet_lines(results["fleet"])
     lines += ["", "## Goals", "", "| goal | measured | holds |", "|---|---|---|"]
     lines += [f"| {goal} | {measured} | {'yes' if ok else '**no**'} |" for goal, measured, ok in goals(results)]
     lines += ["", QUERY_NOTE, "", NOTES]
     path.write_text("\n".join(lines) + "\n")
 
 
+def _layout(run: dict[str, Any]) -> str:
+    if run["layout"] == "view":
+        return f"{run['sessions_in_view']} sessions in view each"
+    return f"{run['sessions_per_db']} sessions per database, {run['sessions_in_view']} in each target's view"
+
+
+def _s(value: float | None) -> str:
+    return "never" if value is None else f"{value:g} s"
+
+
+def fleet_lines(fleet: dict[str, Any]) -> list[str]:
+    per_server = fleet["targets"] // fleet["servers"]
+    first, window = fleet["runs"][0], fleet["runs"][0]["single"]["window_s"]
+    lines = [
+        "",
+        "## Fleets",
+        "",
+        f"`scripts/bench --only fleet` (commit {fleet['commit']}): one `pgparent run` watching {fleet['targets']} "
+        f"targets, {fleet['servers']} throwaway servers with {per_server} databases each and one target per "
+        f"database, at a {fleet['interval_s']:g} s interval with rules.yaml's rules in dry run. Over {window:g} s: "
+        "its CPU (utime + stime from /proc, as a share of one core), its RSS at the end and at its peak (VmHWM), "
+        "and the gaps between consecutive polls of each target, read from the outside: the `query_start` of each "
+        "target's poll statement in its server's `pg_stat_activity`, sampled every 100 ms (the server's exact "
+        "timestamps, at no cost to pgparent; reading `pgparent_last_poll_timestamp_seconds` from /metrics every "
+        "100 ms would re-render every target's series each time, and that would be measured as pgparent's CPU). "
+        "/metrics is scraped every 15 s meanwhile, with Prometheus's default 10 s timeout.",
+        "",
+        "`pg_stat_activity` is server-wide: each target sees every client session of its server, whatever the "
+        f"database its DSN names. The first layout holds {first['sessions_per_db']} sessions per database, "
+        f"{first['sessions_in_view']} per server: {first['sessions_in_view']} in each target's view. The second "
+        "holds 200 per database, and each target then sees all of its server's. Sessions are tagged per database "
+        "(4 per group), every eleventh untagged, a quarter running `pg_sleep`.",
+        "",
+        "| layout | client backends | CPU, share of one core | RSS (peak) | gap between polls p50 / p99 / max | "
+        "polls started / due | failed polls | overrun warnings | /metrics every 15 s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in fleet["runs"]:
+        one = run["single"]
+        if one["metrics_scrape_ms"] is not None and not one["metrics_scrapes_timed_out"]:
+            scrape = f"{one['metrics_scrape_ms']} ms, {one['metrics_kb']} kB"
+        else:
+            scrape = (f"**{one['metrics_scrapes_timed_out']} of {one['metrics_scrapes']} timed out**; a read "
+                      f"without a timeout took {one['metrics_last_scrape_s']} s, {one['metrics_kb']} kB")
+        lines.append(
+            f"| {_layout(run)} | {run['backends']} | {one['cpu_pct_of_core']}% | {one['rss_mb']} MB "
+            f"({one['rss_peak_mb']} MB) | {one['gap_p50_s']} / **{one['gap_p99_s']}** / {one['gap_max_s']} s | "
+            f"{one['polls']} / {one['polls_due']} | {one['failed_polls']} | {one['overrun_warnings']} | {scrape} |"
+        )
+    steady, hold = fleet["runs"][0]["shard"]["steady_s"], fleet["runs"][0]["shard"]["hold_s"]
+    lines += [
+        "",
+        "**Shard mode**: three `pgparent run --shard` processes on the same config, started together. Settled is "
+        "the last leadership change in their logs (`leadership_acquired`; `_released`, `_lost`, "
+        "`database_unavailable` and `database_available` end one) before "
+        f"{hold:g} s of exactly one leader per target; the changes in the "
+        f"{steady:g} s after that are counted, and the spread is then read from each replica's "
+        "`pgparent_leader{target}`. The replica leading most is then killed with SIGKILL, and the time until every "
+        "target has exactly one leader among the survivors is taken three ways: their /metrics read in a loop "
+        "(every 100 ms at most; first layout only, since a read re-renders every led target's series), their "
+        "logs, and the server's `pg_locks` (one leader lock per target database, and the dead replica's member "
+        "locks gone), both checked every 100 ms.",
+        "",
+        f"| layout | fair share | targets per replica | settled after start | leaderships given up while "
+        f"settling | changes in the next {steady:g} s | all led again after SIGKILL: /metrics / logs / pg_locks | "
+        "targets per survivor | pg_locks agree |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in fleet["runs"]:
+        sh = run["shard"]
+        agree = "yes" if sh["server_lock_holders_ok"] and sh["server_lock_holders_ok_after_kill"] else "**no**"
+        metrics = _s(sh["led_again_after_kill_s"]) if sh["led_again_after_kill_s"] is not None else "not read"
+        lines.append(
+            f"| {_layout(run)} | {sh['fair_share']} | {' / '.join(map(str, sh['spread']))} | {_s(sh['settled_s'])} | "
+            f"{sh['leadership_released_while_settling']} | {sh['changes_while_settled']} | **{metrics}** / "
+            f"{_s(sh['led_again_by_logs_s'])} / {_s(sh['locks_held_again_after_kill_s'])} | "
+            f"{' / '.join(map(str, sh['spread_after_kill']))} | {agree} |"
+        )
+    bh = fleet.get("blackhole")
+    if bh:
+        before, during = bh["others_before"], bh["others_during"]
+        lines += [
+            "",
+            f"**A black-holed target** (first layout): one target's DSN goes through a TCP proxy (tests/support.py's "
+            f"`StallingProxy`) that stops forwarding for {bh['stall_s']:g} s without closing anything, as a dead "
+            f"link does. The other {fleet['targets'] - 1} targets' gaps between polls: p99 {before['gap_p99_s']} s "
+            f"(max {before['gap_max_s']} s) just before, p99 **{during['gap_p99_s']} s** (max {during['gap_max_s']} "
+            f"s) during the stall, {bh['others_failed_polls']} failed polls among them. The black-holed target was "
+            f"logged `database_unavailable` {_s(bh['blackholed_down_after_s'])} into the stall and "
+            f"`database_available` {_s(bh['blackholed_back_after_s'])} after the proxy forwarded again.",
+        ]
+    lines += ["", fleet_notes(fleet)]
+    return lines
+
+
+def fleet_goals(fleet: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    limit = fleet["interval_s"] + 0.1
+    out: list[tuple[str, str, bool]] = []
+    for run in fleet["runs"]:
+        one, where = run["single"], f"{fleet['targets']} targets, {_layout(run)}"
+        out += [
+            (f"one process, {where}: CPU < 30% of one core", f"{one['cpu_pct_of_core']}%",
+             one["cpu_pct_of_core"] < 30),
+            (f"one process, {where}: RSS < 150 MB", f"{one['rss_peak_mb']} MB at its peak",
+             one["rss_peak_mb"] < 150),
+            (f"one process, {where}: p99 gap between polls of a target <= interval + 100 ms",
+             f"{one['gap_p99_s']} s at {fleet['interval_s']:g} s", one["gap_p99_s"] <= limit),
+        ]
+        sh = run["shard"]
+        fair = (sh["settled_s"] is not None and max(sh["spread"]) <= sh["fair_share"]
+                and sum(sh["spread"]) == fleet["targets"] and sh["changes_while_settled"] == 0)
+        out.append((f"3 shard-mode replicas, {where}: every target led by exactly one, none above its fair share, "
+                    "no changes once settled",
+                    f"{' / '.join(map(str, sh['spread']))} (share {sh['fair_share']}), "
+                    f"{sh['changes_while_settled']} changes", fair))
+        out.append((f"3 shard-mode replicas, {where}: after one is killed, no survivor ever holds more leader locks "
+                    "than its fair share (pg_locks)",
+                    f"up to {sh.get('most_locks_after_kill', '-')} (share {sh.get('fair_share_after_kill', '-')})",
+                    sh.get("most_locks_after_kill", 0) <= sh.get("fair_share_after_kill", 0)))
+        out.append((f"3 shard-mode replicas, {where}: every target led again after a SIGKILL",
+                    f"{_s(sh['led_again_by_logs_s'])} (logs), {_s(sh['locks_held_again_after_kill_s'])} (pg_locks)",
+                    sh["led_again_by_logs_s"] is not None and sh["locks_held_again_after_kill_s"] is not None))
+    bh = fleet.get("blackhole")
+    if bh:
+        out.append(("one target black-holed: the others' p99 gap between polls <= interval + 100 ms",
+                    f"{bh['others_during']['gap_p99_s']} s", bh["others_during"]["gap_p99_s"] <= limit))
+    return out
+
+
+def fleet_notes(fleet: dict[str, Any]) -> str:
+    """What the fleet figures say and why, from the figures themselves (the causes were found reading the daemon's
+    logs and exporter/target.py, exporter/db.py and exporter/collector.py)."""
+    per_server = fleet["targets"] // fleet["servers"]
+    limit = fleet["interval_s"] + 0.1
+    runs = {r["layout"]: r for r in fleet["runs"]}
+    view, dense = runs["view"], runs["per_db"]
+    one, two = view["single"], dense["single"]
+    sh = view["shard"]
+    notes = [
+        "### Reading the fleet figures",
+        "",
+        f"- **Each target sees its whole server.** `pg_stat_activity` lists the sessions of every database and the "
+        f"poll (exporter/queries/activity.sql) does not narrow it to the DSN's database, so the {per_server} targets "
+        f"of one server each read, group, evaluate and export the same sessions: {per_server} times the work and "
+        "the series. Enforcement crosses databases too: with two targets on databases a and b of one server and a "
+        "rule `{match: {parent: 'X:*', target: a}, max_sessions: 1, action: terminate}`, two sessions tagged X:1 "
+        "connected to b are both terminated, logged with target a. A target per database, as the fleet tests and "
+        "this benchmark use them (advisory locks are per database), multiplies the work; a per-target "
+        "`datname = current_database()` filter, or a check that refuses two targets on one server (the same "
+        "`system_identifier`), would make either use right.",
+        f"- **{_layout(view)}**: {one['cpu_pct_of_core']}% of a core, {one['rss_peak_mb']} MB at the peak, p99 gap "
+        f"{one['gap_p99_s']} s. The CPU includes rendering /metrics for the {one['metrics_scrapes']} scrapes, about "
+        f"{round(one['metrics_scrape_ms'] * one['metrics_scrapes'] / one['window_s'] / 10, 1)}% of a core (below). "
+        "About 55 MB of the RSS is the interpreter and its libraries (the single-target figures above); the rest "
+        "is 50 connections and each target's latest snapshot, groups and published state.",
+        f"- **/metrics of 50 targets**: {one['metrics_kb']} kB and {one['metrics_scrape_ms']} ms a scrape in the "
+        f"first layout; in the second, {two['metrics_scrapes_timed_out']} of {two['metrics_scrapes']} scrapes ran "
+        f"past Prometheus's 10 s timeout, and a read without one took {two['metrics_last_scrape_s']} s for "
+        f"{two['metrics_kb']} kB. The cache that shares one rendering among scrapers (exporter/collector.py) is "
+        f"invalidated by any target's publish, and {fleet['targets']} targets publish {fleet['targets']} times a "
+        "second, so every scrape renders every target's series again, in Python, holding the interpreter lock the "
+        "poll loops need. Rendering each target's families when it publishes, on its own thread, and joining them "
+        "family by family at scrape time would make a scrape a copy again.",
+        f"- **{_layout(dense)}: every goal missed.** {fleet['targets']} targets x {dense['sessions_in_view']} "
+        "sessions a second is more Python work than one process does: the loops share one core (the interpreter "
+        f"lock; {two['cpu_pct_of_core']}% CPU), polls overrun and fall behind (p50 gap {two['gap_p50_s']} s, "
+        f"{two['polls']} polls started of {two['polls_due']} due), and the client-side deadline (statement_timeout "
+        "x 1.125, 0.9 s at a 1 s interval: `_Watchdog` in exporter/db.py) also counts the time a starved thread "
+        "waits for the lock and converts rows, so it cuts polls that are only slow, as `no answer within 0.9s: "
+        f"network stalled?`; each reconnect costs another SCRAM exchange. {two['failed_polls']} polls failed. "
+        "Failures that read `server closed the connection unexpectedly` without that note are, by the code, most "
+        "likely the same watchdog firing as a statement finished (its deadline passed while the thread waited to "
+        "leave the guard): it cuts a connection whose statement succeeded, the next statement fails on it with "
+        "`fired` reset, and the server is blamed. Outages logged (the first failed poll of each): "
+        f"{_reasons(two)}. Had each target seen only its database, this layout would have been the first one's "
+        "load.",
+        f"- **Shard mode**: a replica that starts first sees only itself (its share is every target), takes more "
+        f"than it will keep and gives the excess up once the others' member locks appear "
+        f"({sh['leadership_released_while_settling']} leaderships given up while settling). After the SIGKILL the "
+        "server drops the dead replica's locks at once; each target's loop tries its lock once per poll, and a "
+        "survivor counts two replicas only once it has polled the targets again, so the orphaned targets were led "
+        f"again {_s(sh['led_again_by_logs_s'])} after the kill by the survivors' logs "
+        f"({_s(sh['locks_held_again_after_kill_s'])} by the server's locks). /metrics shows it last: a read of a "
+        f"replica re-renders its series ({sh['metrics_read_s']} s).",
+        "- **Shard mode could overshoot its fair share (a race), in the run these figures come from.** A "
+        "replica's per-target threads checked the share and only a round trip later took the lock, so threads "
+        "polling at the same moment all passed the check; then each thread that saw the excess gave its target up. "
+        f"After the kill, survivors took {sh.get('acquired_after_kill', '-')} leaderships for the orphaned targets "
+        "in the first layout. Since commit 1ab6fc8 a replica reserves its place in the share under the shard lock "
+        "before trying a lock and gives targets up one at a time; rerun `scripts/bench --only fleet` for figures "
+        "with the fix.",
+    ]
+    bh = fleet.get("blackhole")
+    if bh:
+        during = bh["others_during"]
+        notes.append(
+            "- **A black-holed target** hangs only its own thread until its watchdog cuts the connection, then "
+            "reconnects with backoff (jittered, up to 10 s: that, not the link, decides when it is back); the other "
+            "targets' loops run on threads of their own. "
+            + ("Their gaps stayed within interval + 100 ms." if during["gap_p99_s"] <= limit else
+               f"Their p99 gap missed interval + 100 ms by {round((during['gap_p99_s'] - limit) * 1000)} ms "
+               f"(p99 {bh['others_before']['gap_p99_s']} s in the {bh['stall_s']:g} s just before the stall), on a "
+               f"machine shared with other work: load average {bh['load_average_during']} during the stall, "
+               f"{bh['load_average_before']} before it.")
+        )
+    return "\n".join(notes) + "\n"
+
+
+def _settled(shard: dict[str, Any]) -> str:
+    return "settled in " + _s(shard["settled_s"]) if shard["settled_s"] is not None else "not settled in 180 s"
+
+
+def _reasons(single: dict[str, Any]) -> str:
+    reasons = single.get("failure_reasons") or {}
+    return "; ".join(f"{n} x `{what}`" for what, n in reasons.items()) or "none"
+
+
 NOTES = """### Reading the figures
 
-- **The poll cycle** is the floor plus pgparent's own Python work: reading its 16 columns into frozen records,
-  grouping, evaluating rules.yaml and publishing. The ratio sits at 1.2-1.3x; at small N the fixed cost of a cycle
-  weighs most.
+- **The poll cycle** is the floor plus pgparent's own Python work: reading its columns into frozen records (query
+  text as bytes, decoded in Python, since texts need not be UTF-8), grouping by the configured sources, building the
+  lock forest when some session waits, evaluating rules.yaml, scheduling deadlines and publishing. **Goal 1.15x: not
+  met** (1.29-1.41x; it was 1.2-1.3x before tag sources, lock chains, targets and deadlines were added). The next
+  steps would be a row factory that builds `Session`s without the per-row tuple slicing, and decoding query text
+  only for the sessions an audit or a comment source reads.
 - **/metrics** serves the exposition rendered once per poll (exporter/collector.py), so a scrape costs a memory copy
   whatever N is; postgres_exporter queries the server on every scrape and collects many more server-wide metrics.
-  The comparison is the one operators face (what a scrape costs), not like-for-like work.
-- **Reaction** is bounded by the interval: a limit crossed just after a poll waits for the next one. p95 is
-  interval + a few milliseconds of poll and signal.
+  The comparison is the one operators face (what a scrape costs), not like-for-like work. **Goal 10x at every N: not
+  met at 500 and 1000** (8.2x, 8.6x): every series now carries `target`, and the per-target families are built in
+  one pass that costs more than the former fixed families; at 100 and 2000 it holds.
+- **Reaction** of a poll-based rule is bounded by the interval: a limit crossed just after a poll waits for the next
+  one. Time limits no longer wait for it (deadlines, below): their reaction is milliseconds.
 - **Memory**: a Python process with psycopg, pydantic, structlog and prometheus-client starts at about 50 MB; each
-  1000 sessions add about 4 MB. The goal holds at 1000 sessions; at 2000 it is just above 60 MB.
-- **100k synthetic sessions: not met.** Grouping and evaluation cost about 2 µs a session (regex parse of the tag,
-  list and record creation, one glob per rule and group), growing linearly; 100k sessions take 180-200 ms against the
-  150 ms goal, with the garbage collector paused as the daemon does it (about 300 ms with it running). Closing the
-  gap would take a compiled tag parser or skipping records for untagged sessions; at the sizes a server actually
-  reaches (max_connections in the low thousands) the whole step is a few milliseconds, so the code was kept simple.
+  1000 sessions add about 4-5 MB. **Goal 60 MB at 2000: not met** (64.9 MB).
+- **100k synthetic sessions: not met** (164 ms against 100 ms; it was 196 ms). Groups are now built in one step
+  instead of through the frozen dataclass's per-field setattr (a third of grouping's cost); what remains is the tag
+  parse of 100k distinct names and one record per group. The per-session cost stays flat from 10k to 100k.
 """
 
 
@@ -514,28 +1430,36 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     sizes = {r["n"]: r for r in results["sizes"]}
     out: list[tuple[str, str, bool]] = []
     at = sizes.get(1000) or sizes[max(sizes)]
-    out.append(("poll cycle <= 1.3x the floor at 1000 sessions", f"{at['poll_over_floor']}x (N={at['n']})",
-                at["poll_over_floor"] <= 1.3))
+    out.append(("poll cycle <= 1.15x the floor at 1000 sessions", f"{at['poll_over_floor']}x (N={at['n']})",
+                at["poll_over_floor"] <= 1.15))
     if results["postgres_exporter"]:
         slowest = min(r["postgres_exporter_over_pgparent_metrics"] for r in results["sizes"])
-        out.append(("/metrics faster than postgres_exporter's scrape at every N",
-                    f"postgres_exporter {slowest}x slower at worst", slowest > 1))
+        out.append(("/metrics at least 10x faster than postgres_exporter's scrape at every N",
+                    f"postgres_exporter {slowest}x slower at worst", slowest >= 10))
     rx = results["reaction"]
     out.append(("reaction p95 <= interval + 0.2 s", f"p95 {rx['p95_s']} s at {rx['interval_s']:g} s",
                 rx["p95_s"] <= rx["interval_s"] + 0.2))
-    out.append(("resident memory <= 60 MB at 1000 sessions", f"{at['pgparent_rss_mb']} MB (N={at['n']})",
-                at["pgparent_rss_mb"] <= 60))
+    big_n = sizes.get(2000) or sizes[max(sizes)]
+    out.append(("resident memory <= 60 MB at 2000 sessions", f"{big_n['pgparent_rss_mb']} MB (N={big_n['n']})",
+                big_n["pgparent_rss_mb"] <= 60))
     syn = {s["sessions"]: s for s in results["synthetic"]}
     if 100_000 in syn and 10_000 in syn:
         big, small = syn[100_000], syn[10_000]
         growth = big["per_session_us"] / small["per_session_us"]
-        out.append(("100k synthetic sessions grouped and evaluated <= 150 ms, linearly",
+        out.append(("100k synthetic sessions grouped and evaluated <= 100 ms, per-session cost flat from 10k",
                     f"{big['median_ms']} ms; per-session cost 100k/10k = {growth:.2f}",
-                    big["median_ms"] <= 150 and growth <= 1.5))
+                    big["median_ms"] <= 100 and growth <= 1.5))
     locks = {r["waiters"]: r for r in results.get("locks", [])}
     if 100 in locks:
         out.append(("poll cycle with 100 sessions waiting in chains <= 1.5x the cycle with none",
                     f"{locks[100]['over_no_waiters']}x", locks[100]["over_no_waiters"] <= 1.5))
+    precise = {(r["interval_s"], r["deadlines"]): r for r in results.get("deadlines", [])}
+    if (5.0, True) in precise:
+        r = precise[(5.0, True)]
+        out.append(("time limit crossed to session gone, p95 <= 100 ms at a 5 s interval (stretch 50 ms)",
+                    f"p95 {r['p95_ms']} ms over {r['trials']} trials", r["p95_ms"] <= 100))
+    if results.get("fleet"):
+        out += fleet_goals(results["fleet"])
     return out
 
 
@@ -570,11 +1494,21 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench-poll.png")
     parser.add_argument("--from-results", type=Path, help="only redraw the docs and plot from a results.json")
-    parser.add_argument("--only", choices=["locks"], help="measure only this part, merged into --output's results")
+    parser.add_argument("--only", choices=["core", "locks", "fleet", "deadlines"],
+                        help="measure only this part, merged into --output's results (core: the sizes, reaction and "
+                        "synthetic tables; fleet with --quick: a small fleet, short windows)")
     args = parser.parse_args()
-    if args.only == "locks":
+    if args.only is not None:
         results = json.loads(args.output.read_text())
-        results["locks"] = run_locks(1000, rounds=20)
+        if args.only == "core":
+            results.update(run([int(n) for n in args.sizes.split(",")], rounds=30, trials=20,
+                               synthetic_sizes=[10_000, 100_000]))
+        elif args.only == "locks":
+            results["locks"] = run_locks(1000, rounds=20)
+        elif args.only == "deadlines":
+            results["deadlines"] = run_deadlines()
+        else:
+            results["fleet"] = run_fleet(quick=args.quick)
         args.output.write_text(json.dumps(results, indent=2) + "\n")
         write_docs(results, args.docs, args.plot if args.plot.exists() else None)
         return 0
@@ -589,6 +1523,8 @@ def main() -> int:
         results = run([int(n) for n in args.sizes.split(",")], rounds=30, trials=20,
                       synthetic_sizes=[10_000, 100_000])
         results["locks"] = run_locks(1000, rounds=20)
+        results["deadlines"] = run_deadlines()
+        results["fleet"] = run_fleet()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     if not args.quick:
         write_plot(results, args.plot)

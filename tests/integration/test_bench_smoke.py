@@ -1,8 +1,9 @@
-"""The benchmark harness runs end to end (a smoke run: no timing is asserted, only that every figure is there)."""
+"""The benchmark harness runs end to end (smoke runs: no timing is asserted, only that every figure is there)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,27 @@ def test_quick_bench_produces_every_section(tmp_path: Path) -> None:
     assert size["n"] == 100 and size["groups"] > 0
     assert results["reaction"]["trials"] == 3 and results["reaction"]["p95_s"] > 0
     assert [s["sessions"] for s in results["synthetic"]] == [1_000, 10_000]
+
+
+def test_quick_fleet_bench_merges_its_part(tmp_path: Path) -> None:
+    """`bench/run.py --only fleet --quick` measures one process, shard-mode replicas and a black-holed target on a
+    small fleet, merges them into the results it is given (the other parts untouched) and writes the Fleets docs."""
+    out, docs = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    shutil.copy(REPO / "bench" / "results.json", out)
+    before = json.loads(out.read_text())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "fleet", "--quick",
+                             "--output", str(out), "--docs", str(docs)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {k: v for k, v in results.items() if k != "fleet"} == {k: v for k, v in before.items() if k != "fleet"}
+    fleet = results["fleet"]
+    assert fleet["targets"] == 6 and [r["layout"] for r in fleet["runs"]] == ["view", "per_db"]
+    for run in fleet["runs"]:
+        one, shard = run["single"], run["shard"]
+        for key in ("cpu_pct_of_core", "rss_peak_mb", "gap_p99_s", "polls"):
+            assert isinstance(one[key], int | float) and one[key] > 0, key
+        assert len(shard["spread"]) == 3 and len(shard["spread_after_kill"]) == 2
+        assert isinstance(shard["locks_held_again_after_kill_s"], float)
+    assert fleet["blackhole"]["proxy_held_traffic"] and fleet["blackhole"]["others_during"]["gaps"] > 0
+    assert "## Fleets" in docs.read_text()
