@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LIMIT = 2.0
 INTERVAL = 1.0
-SLEEP = 6.0
+SLEEP = 15.0  # long enough that a loaded machine still lists and signals the sessions before they finish
 """simulate_long_query()'s sleep: the seed's 30 s, shortened."""
 
 SEED_SCHEMA = (
