@@ -568,6 +568,8 @@ class FleetDaemon:
         self.leading: set[str] = set()
         self.changes: list[tuple[float, str, str]] = []
         """Leadership events read so far from the log: (Unix time, event, target)."""
+        self.release_shares: dict[int, int] = {}
+        """How many `leadership_released` events gave each share (the share follows the replicas it counted)."""
         self._offset = 0
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -643,6 +645,8 @@ class FleetDaemon:
                     self.leading.add(target)
                 else:
                     self.leading.discard(target)
+                if name == "leadership_released" and isinstance(event.get("share"), int):
+                    self.release_shares[event["share"]] = self.release_shares.get(event["share"], 0) + 1
         return self.leading
 
     def stop(self) -> None:
@@ -880,6 +884,7 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         for d in survivors:
             d.follow()
         acquired = sum(1 for d in survivors for _, event, _ in d.changes if event == "leadership_acquired")
+        shares_before = [dict(d.release_shares) for d in survivors]
         locks = LockCount(fleet, survivors)
         locks.start()
         killed = time.time()
@@ -911,6 +916,11 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         settled_after = _settle(survivors, names, killed, hold, timeout)
         acquired_after = sum(1 for d in survivors for _, ev, _ in d.changes if ev == "leadership_acquired") - acquired
         most_locks = locks.stop()
+        released_after: dict[str, int] = {}
+        for d, before_kill in zip(survivors, shares_before, strict=True):
+            for share, n in d.release_shares.items():
+                if n > before_kill.get(share, 0):
+                    released_after[str(share)] = released_after.get(str(share), 0) + n - before_kill.get(share, 0)
         reported_after, _ = _leaders(survivors)
         server_after = _server_locks(fleet)
     finally:
@@ -934,6 +944,7 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         "locks_held_again_after_kill_s": None if by_locks is None else round(by_locks, 2),
         "settled_after_kill_s": None if settled_after is None else round(settled_after, 2),
         "acquired_after_kill": acquired_after,
+        "released_after_kill_by_share": dict(sorted(released_after.items(), key=lambda kv: int(kv[0]))),
         "most_locks_after_kill": max(most_locks),
         "fair_share_after_kill": math.ceil(len(names) / (replicas - 1)),
         "spread_after_kill": _spread(reported_after, len(survivors)),
@@ -1315,7 +1326,7 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
     runs = {r["layout"]: r for r in fleet["runs"]}
     view, dense = runs["view"], runs["per_db"]
     one, two = view["single"], dense["single"]
-    sh = view["shard"]
+    sh, sh2 = view["shard"], dense["shard"]
     notes = [
         "### Reading the fleet figures",
         "",
@@ -1354,21 +1365,26 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
         "`fired` reset, and the server is blamed. Outages logged (the first failed poll of each): "
         f"{_reasons(two)}. Had each target seen only its database, this layout would have been the first one's "
         "load.",
-        f"- **Shard mode**: a replica that starts first sees only itself (its share is every target), takes more "
-        f"than it will keep and gives the excess up once the others' member locks appear "
-        f"({sh['leadership_released_while_settling']} leaderships given up while settling). After the SIGKILL the "
-        "server drops the dead replica's locks at once; each target's loop tries its lock once per poll, and a "
-        "survivor counts two replicas only once it has polled the targets again, so the orphaned targets were led "
-        f"again {_s(sh['led_again_by_logs_s'])} after the kill by the survivors' logs "
-        f"({_s(sh['locks_held_again_after_kill_s'])} by the server's locks). /metrics shows it last: a read of a "
-        f"replica re-renders its series ({sh['metrics_read_s']} s).",
-        "- **Shard mode could overshoot its fair share (a race), in the run these figures come from.** A "
-        "replica's per-target threads checked the share and only a round trip later took the lock, so threads "
-        "polling at the same moment all passed the check; then each thread that saw the excess gave its target up. "
-        f"After the kill, survivors took {sh.get('acquired_after_kill', '-')} leaderships for the orphaned targets "
-        "in the first layout. Since commit 1ab6fc8 a replica reserves its place in the share under the shard lock "
-        "before trying a lock and gives targets up one at a time; rerun `scripts/bench --only fleet` for figures "
-        "with the fix.",
+        f"- **Shard mode, {_layout(view)}**: a replica that starts first sees only itself (its share is every "
+        "target), takes more than it will keep and gives the excess up, one target at a time, once the others' "
+        f"member locks appear ({sh['leadership_released_while_settling']} leaderships given up while settling). "
+        "After the SIGKILL the server drops the dead replica's locks at once; the survivors count two replicas at "
+        f"their next read and took {sh['acquired_after_kill']} leaderships for the {max(sh['spread'])} orphaned "
+        f"targets ({_released(sh)}), none holding more than {sh['most_locks_after_kill']} leader locks at once by "
+        f"the server (share {sh['fair_share_after_kill']}). Every target was led again "
+        f"{_s(sh['led_again_by_logs_s'])} after the kill by the logs, {_s(sh['locks_held_again_after_kill_s'])} "
+        f"by pg_locks; /metrics shows it last, a read of a replica re-rendering its series "
+        f"({sh['metrics_read_s']} s).",
+        f"- **Shard mode, {_layout(dense)}: {_settled(sh2)}.** {sh2['changes_while_settled']} leadership changes "
+        f"in {sh2['steady_s']} s, {sh2['targets_without_leader']} targets without a leader when /metrics was read "
+        f"({sh2['metrics_read_s']} s a read). Polls cut by the watchdog (above) drop their connections' leader "
+        "locks, and a replica's count of replicas is the latest read of any one target's member locks "
+        "(exporter/target.py, `Shard.seen`), so a read on a target whose other replica is reconnecting counts one "
+        f"replica fewer. After the kill the survivors took {sh2['acquired_after_kill']} leaderships "
+        f"({_released(sh2)}); by the server one held up to {sh2['most_locks_after_kill']} leader locks at once "
+        f"(share {sh2['fair_share_after_kill']}). Counting replicas from every target's recent reads (say the "
+        "highest read in the last two intervals) would keep one target's trouble from shrinking the count, and a "
+        "dead replica would still drop out within two intervals.",
     ]
     bh = fleet.get("blackhole")
     if bh:
@@ -1387,7 +1403,17 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
 
 
 def _settled(shard: dict[str, Any]) -> str:
-    return "settled in " + _s(shard["settled_s"]) if shard["settled_s"] is not None else "not settled in 180 s"
+    return "settled in " + _s(shard["settled_s"]) if shard["settled_s"] is not None else "never settled in 180 s"
+
+
+def _released(shard: dict[str, Any]) -> str:
+    """The leaderships survivors gave up after the kill, by the share each release logged (a share of every target
+    means the survivor counted only itself)."""
+    by_share = shard.get("released_after_kill_by_share") or {}
+    if not by_share:
+        return "none given up again"
+    parts = [f"{n} with a share of {share}" for share, n in by_share.items()]
+    return f"{sum(by_share.values())} given up again: " + ", ".join(parts)
 
 
 def _reasons(single: dict[str, Any]) -> str:
