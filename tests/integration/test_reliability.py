@@ -126,7 +126,9 @@ def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: dict[st
 
         second = clients.start("HA:2", n=3, dsn=roles["app"])
         eventually(lambda: all(c.outcome == "terminated" for c in second), what="new leader terminated HA:2")
-        pids = signalled_pids(*replicas)
+        # A session ends as its signal is sent; its audit line is written just after, so wait for the lines.
+        pids = eventually(lambda: (p if len(p := signalled_pids(*replicas)) >= 6 else None),
+                          what="an audit line for each of the six signals")
         assert sorted(pids) == sorted(c.pid or 0 for c in first + second)
         assert len(pids) == len(set(pids))
         assert all(e["event"] != "session_signal" for d in survivors if d is not new_leader for e in d.logs())
