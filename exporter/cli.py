@@ -46,7 +46,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 def _database(args: argparse.Namespace, config: Config) -> Database:
     """The server a one-shot command talks to: --target NAME of the config's targets, else --dsn / the environment."""
-    from exporter.daemon import target_dsn
+    from exporter.daemon import target_database, target_dsn
 
     if not config.targets:
         if args.target is not None:
@@ -58,7 +58,7 @@ def _database(args: argparse.Namespace, config: Config) -> Database:
     spec = next((t for t in config.targets if t.name == args.target), None)
     if spec is None:
         raise UsageError(f"--target {args.target}: no such target in the config ({', '.join(names)})")
-    return Database(target_dsn(spec, args.config_file))
+    return target_database(spec, target_dsn(spec, args.config_file))
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:

@@ -296,6 +296,9 @@ class TargetConfig(StrictModel):
     dsn_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     labels: dict[str, str] = Field(default_factory=dict)
     dry_run: bool = False
+    sessions: Literal["server", "database"] = "server"
+    """Whose sessions the target reads and signals: every database of its server, or only its DSN's database (for a
+    fleet with a target per database of one server)."""
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> TargetConfig:

@@ -21,7 +21,7 @@ from exporter.db import Database, read_dsn_file
 from exporter.errors import ConfigInvalid, UsageError
 from exporter.http import Limits, MetricsServer
 from exporter.logs import get_logger
-from exporter.target import Monitor, Shard
+from exporter.target import Monitor, Servers, Shard
 from exporter.webconfig import WebConfig
 
 log = get_logger("pgparent")
@@ -51,6 +51,11 @@ def target_dsn(target: TargetConfig, source: str = "config") -> str:
     if not value:
         raise ConfigInvalid([f"{where}.dsn_env: the environment variable {target.dsn_env} is not set or empty"])
     return value
+
+
+def target_database(target: TargetConfig, dsn: str, timeout: float = 10.0) -> Database:
+    """The connection of a configured target, reading (and signalling) the sessions its `sessions` says."""
+    return Database(dsn, statement_timeout=timeout, database_only=target.sessions == "database")
 
 
 class Daemon:
@@ -87,6 +92,7 @@ class Daemon:
         self._specs: dict[str, TargetConfig | None] = {}
         self._started = False
         self.shard = Shard() if self._sharding(config) else None
+        self.servers = Servers()
         self._apply(config, self._resolve(config, str(config_path or "config")))
         self.http = (
             MetricsServer(
@@ -135,7 +141,7 @@ class Daemon:
             if spec is None:
                 db = self.default_db or Database("", statement_timeout=statement_timeout(config.interval))
             else:
-                db = Database(dsn or "", statement_timeout=statement_timeout(config.interval))
+                db = target_database(spec, dsn or "", statement_timeout(config.interval))
             monitor = Monitor(
                 name,
                 db,
@@ -145,6 +151,7 @@ class Daemon:
                 dry_run=spec.dry_run if spec else False,
                 labels=spec.labels if spec else {},
                 shard=shard,
+                servers=self.servers,
             )
             self.monitors[name], self._specs[name] = monitor, spec
             if self._started:
@@ -155,6 +162,7 @@ class Daemon:
         monitor = self.monitors.pop(name)
         self._specs.pop(name, None)
         monitor.request_stop()
+        self.servers.release(monitor)  # a target that takes its place, or its sessions, may claim them now
         if self._started:
             log.info("target_removed", target=name, reason=why)
 

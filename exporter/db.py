@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -137,6 +138,16 @@ class Capabilities:
     """The connection announced a pid other than its server session's: a connection pooler stands between. Then
     statements may run in different server sessions, and a session-level advisory lock (leader election) is held by
     whichever server connection ran it, for as long as the pooler keeps that connection, not by pgparent."""
+    system_identifier: int | None = None
+    """The cluster's identifier (pg_control_system()), None where the role may not read it."""
+    server_started: datetime | None = None
+    database: str = ""
+
+    @property
+    def server(self) -> str:
+        """Which running server this is: a standby shares its primary's identifier, not its start time."""
+        started = self.server_started.isoformat() if self.server_started else "?"
+        return f"{self.system_identifier or '?'}@{started}"
 
 
 class _Watchdog:
@@ -204,11 +215,19 @@ class Database:
     """The client gives up on the server at this multiple of statement_timeout."""
 
     def __init__(
-        self, dsn: str, *, connect_timeout: float = 5.0, statement_timeout: float = 10.0, read_blockers: bool = True
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 10.0,
+        read_blockers: bool = True,
+        database_only: bool = False,
     ) -> None:
-        """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way)."""
+        """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way);
+        `database_only` reads and signals only the sessions of the DSN's database (a target's `sessions: database`)."""
         _parse(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
+        self.database_only = database_only
         self.read_blockers = read_blockers
         self.masked = mask_dsn(dsn)
         self._connect_timeout = connect_timeout
@@ -316,6 +335,7 @@ class Database:
                 "comment_values": sql.SQL("v.comment_values" if comments else "NULL::text[]"),
                 "query_cut": sql.SQL("w.query_cut" if comments else "false"),
                 "comment_join": sql.SQL(load_query("activity_comments") if comments else ""),
+                "database": sql.SQL("   AND a.datname = pg_catalog.current_database()" if self.database_only else ""),
             }
             composed = self._poll_sql[(comments, query_text)] = sql.SQL(load_query("activity")).format(**parts)
         return composed
@@ -411,9 +431,9 @@ class Database:
         value = self._value("lock_holders", key, "lock count failed")
         return int(value) if isinstance(value, int) else 0
 
-    @staticmethod
-    def _signal_params(session: Session, guard: Guard) -> dict[str, Any]:
+    def _signal_params(self, session: Session, guard: Guard) -> dict[str, Any]:
         return {
+            "database_only": self.database_only,
             "pid": session.pid,
             "backend_start": session.backend_start,
             "application_name": session.application_name,

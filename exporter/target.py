@@ -129,6 +129,30 @@ class Shard:
             return False
 
 
+class Servers:
+    """Which sessions each target of one process reads, so that no two read the same: a target that reads its whole
+    server and another target on that server, or two targets on one database, would count every session twice and
+    both enforce on it. Targets claim at each connection; the first keeps the sessions, the other is refused."""
+
+    def __init__(self) -> None:
+        self._claims: dict[int, tuple[str, str, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, owner: object, target: str, server: str, database: str | None) -> str | None:
+        """Record that `owner` (target `target`) reads `server`'s sessions (of `database`, or all when None); or
+        return the name of a target that already reads some of them, and record nothing."""
+        with self._lock:
+            for key, (other, srv, db) in self._claims.items():
+                if key != id(owner) and srv == server and (db is None or database is None or db == database):
+                    return other
+            self._claims[id(owner)] = (target, server, database)
+            return None
+
+    def release(self, owner: object) -> None:
+        with self._lock:
+            self._claims.pop(id(owner), None)
+
+
 class Monitor:
     """One server's poll loop: read, group, evaluate, enforce, publish; never raises for a database problem."""
 
@@ -143,6 +167,7 @@ class Monitor:
         dry_run: bool = False,
         labels: dict[str, str] | None = None,
         shard: Shard | None = None,
+        servers: Servers | None = None,
     ) -> None:
         self.name = name
         self.db = db
@@ -157,6 +182,9 @@ class Monitor:
         self.dry_run = dry_run
         self.labels = dict(labels or {})
         self.shard = shard
+        self.servers = servers
+        self._claimed: int | None = None
+        """The connection generation whose sessions are claimed in `servers`."""
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.last_tick = time.monotonic()
@@ -193,6 +221,8 @@ class Monitor:
 
     def close(self) -> None:
         self._release_leadership()
+        if self.servers is not None:
+            self.servers.release(self)
         self.db.close()
 
     def healthy(self) -> bool:
@@ -234,6 +264,8 @@ class Monitor:
         config = self.config  # one config for the whole cycle, whatever a reload swaps meanwhile
         try:
             caps = self.db.connect()
+            if self._claimed != self.db.generation:
+                self._claim(caps)
             if self._was_up is not True:
                 self._log_connected(caps)
             leader = self._hold_leadership(caps, config)
@@ -320,6 +352,22 @@ class Monitor:
                 log.error("database_unavailable", target=self.name, error=str(exc), during="deadline")
                 self._deadlines = []
             self.collector.refresh()  # the counters moved: the next scrape renders them
+
+    def _claim(self, caps: Capabilities) -> None:
+        """Claim this connection's sessions in `servers`; refuse the connection when another target reads them."""
+        if self.servers is None or self.stop_event.is_set():
+            return
+        database = caps.database if self.db.database_only else None
+        other = self.servers.claim(self, self.name, caps.server, database)
+        if other is not None:
+            self.db.close()
+            what = f"database {database}" if database else "every database"
+            raise DatabaseUnavailable(
+                f"not polled: target {other!r} already reads sessions of this server ({caps.server}) that this "
+                f"target would read ({what}); two targets on one server need `sessions: database` and a database "
+                "each"
+            )
+        self._claimed = self.db.generation
 
     def _succeeded(self, started: float, config: Config, *, leader: bool, **published: object) -> None:
         self.counters.polls.labels(self.name).inc()  # before the publish, so its exposition counts this poll

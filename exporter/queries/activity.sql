@@ -8,6 +8,7 @@
 -- Without pg_read_all_stats, other roles' rows show pid, user, database and application_name but a NULL
 -- backend_type, state and backend_start: rows with a user and a database are kept as hidden client sessions
 -- (counted, never signalled); background processes have no user or no database.
+-- {database} narrows the poll to the DSN's database for a target with `sessions: database`, else is empty.
 SELECT a.pid,
        {leader_pid},
        a.backend_type,
@@ -31,3 +32,4 @@ SELECT a.pid,
  WHERE a.pid <> pg_catalog.pg_backend_pid()
    AND (a.backend_type IN ('client backend', 'parallel worker')
         OR (a.backend_type IS NULL AND a.usename IS NOT NULL AND a.datname IS NOT NULL))
+{database}

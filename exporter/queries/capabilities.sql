@@ -1,7 +1,9 @@
 -- What this server and role allow: version, optional pg_stat_activity columns, visibility of other roles' sessions,
 -- the right to signal them, and whether the server is a standby. server_pid is the pid of the session that runs this
 -- statement: the client compares it with the pid its connection announced, which a connection pooler makes up.
--- track_activity_query_size (in bytes) says where PostgreSQL cuts query texts.
+-- track_activity_query_size (in bytes) says where PostgreSQL cuts query texts. system_identifier (NULL where the role
+-- may not read pg_control_system()) and the postmaster's start time tell one running server from another (a standby
+-- shares its primary's identifier, not its start time); database is the DSN's database.
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -13,4 +15,8 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
        pg_catalog.pg_is_in_recovery() AS in_recovery,
        pg_catalog.pg_backend_pid() AS server_pid,
        (SELECT setting::int FROM pg_catalog.pg_settings
-         WHERE name = 'track_activity_query_size') AS track_activity_query_size
+         WHERE name = 'track_activity_query_size') AS track_activity_query_size,
+       CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END AS system_identifier,
+       pg_catalog.pg_postmaster_start_time() AS server_started,
+       pg_catalog.current_database() AS database

@@ -8,7 +8,9 @@
 --   xact_start: still in the very transaction (a transaction-duration rule must not end the next one);
 --   state_change: still idle in the very transaction since that moment (it has run nothing since);
 --   exceeded + since: on the server's clock now, the guarded moment is more than `exceeded` seconds ago (a deadline
---                acts only once the limit is really crossed).
+--                acts only once the limit is really crossed);
+--   database_only: the session is in this connection's database (a target with `sessions: database` signals
+--                nothing outside its own database, whatever pid it is given).
 SELECT {function}(pid)
   FROM pg_catalog.pg_stat_activity
  WHERE pid = %(pid)s
@@ -16,6 +18,7 @@ SELECT {function}(pid)
    AND application_name = %(application_name)s
    AND backend_type = 'client backend'
    AND pid <> pg_catalog.pg_backend_pid()
+   AND (NOT %(database_only)s OR datname = pg_catalog.current_database())
    AND (%(query_start)s::timestamptz IS NULL
         OR (query_start = %(query_start)s::timestamptz AND state IN ('active', 'fastpath function call')))
    AND (%(xact_start)s::timestamptz IS NULL OR xact_start = %(xact_start)s::timestamptz)

@@ -120,6 +120,26 @@ def test_guard_skips_a_pid_whose_backend_start_differs(pg: Server, clients: Clie
     eventually(lambda: victim.outcome == "terminated", what="the real session terminated")
 
 
+def test_a_database_only_connection_reads_and_signals_only_its_database(pg: Server, clients: Clients) -> None:
+    """`sessions: database`: the poll lists only the DSN's database's sessions, and the signal statement itself
+    refuses a session of another database, even when handed its exact pid, backend_start and tag."""
+    (victim,) = clients.start("FakeParent:1")
+    assert victim.pid is not None
+    seen = _session_of(pg.dsn, victim.pid)
+    name = unique_name("pgp_elsewhere")
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db = Database(pg.dsn_for(name), database_only=True)
+    try:
+        assert victim.pid not in {s.pid for s in db.snapshot().sessions}
+        assert db.signal("terminate", seen)[0] == "gone"
+        assert not victim.done
+    finally:
+        db.close()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def test_guard_never_signals_non_client_backends_or_itself(pg: Server) -> None:
     """The checkpointer and the daemon's own session cannot be signalled, even when asked for by pid."""
     db = Database(pg.dsn)

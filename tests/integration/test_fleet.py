@@ -16,14 +16,15 @@ from tests.support import Clients, DaemonProcess, Server, daemon, eventually, un
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _target(name: str, dsn: str, **labels: str) -> str:
+def _target(name: str, dsn: str, sessions: str | None = None, **labels: str) -> str:
     extra = f", labels: {{{', '.join(f'{k}: {v}' for k, v in labels.items())}}}" if labels else ""
+    extra += f", sessions: {sessions}" if sessions else ""
     return f"  - {{name: {name}, dsn: '{dsn}'{extra}}}\n"
 
 
 @pytest.fixture
 def databases(pg: Server) -> Iterator[list[str]]:
-    """Four databases of this test's own on the shared server: four targets (advisory locks are per database)."""
+    """Four databases of this test's own on the shared server: four targets with `sessions: database`."""
     names = [unique_name(f"fleet{i}") for i in range(4)]
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         for name in names:
@@ -79,7 +80,7 @@ def test_two_servers_two_targets_isolated(pg: Server, private_pg: Server, client
 
 def _shard_config(pg: Server, databases: list[str]) -> str:
     return "interval: 500ms\nleader_election: {shard: true}\ntargets:\n" + "".join(
-        _target(f"t{i}", pg.dsn_for(db)) for i, db in enumerate(databases)
+        _target(f"t{i}", pg.dsn_for(db), "database") for i, db in enumerate(databases)
     )
 
 
@@ -125,8 +126,9 @@ def test_reload_adds_and_removes_targets_while_another_is_enforced(
     goes on enforcing (its leadership never lapses)."""
     keep, add, drop = (pg.dsn_for(db) for db in databases[:3])
     rule = "rules:\n  - {name: cap, match: {parent: 'Reload:*'}, max_sessions: 1, action: terminate}\n"
-    before = "interval: 500ms\ntargets:\n" + _target("keep", keep) + _target("drop", drop) + rule
-    after = "interval: 500ms\ntargets:\n" + _target("keep", keep) + _target("add", add) + rule
+    head = "interval: 500ms\ntargets:\n"
+    before = head + _target("keep", keep, "database") + _target("drop", drop, "database") + rule
+    after = head + _target("keep", keep, "database") + _target("add", add, "database") + rule
     with daemon(tmp_path, before, pg.dsn) as d:
         eventually(lambda: _leaders(d) == {"keep", "drop"}, what="both targets led")
         d.config.write_text(after)
@@ -140,3 +142,49 @@ def test_reload_adds_and_removes_targets_while_another_is_enforced(
         assert not d.events("leadership_lost")
         added = clients.start("Reload:2", n=2, dsn=add)
         eventually(lambda: all(c.done for c in added), timeout=30, what="the added target enforced")
+
+
+def test_targets_of_one_server_read_and_signal_only_their_database(
+    pg: Server, databases: list[str], clients: Clients, tmp_path: Path
+) -> None:
+    """Two targets on databases of one server with `sessions: database`: each counts only its database's sessions,
+    and a rule narrowed to one target never signals a session of the other database, whatever its tag."""
+    a, b = (pg.dsn_for(db) for db in databases[:2])
+    config = (
+        "interval: 500ms\ntargets:\n" + _target("a", a, "database") + _target("b", b, "database")
+        + "rules:\n  - {name: a-only, match: {parent: 'Same:*', target: a}, max_sessions: 1, action: terminate}\n"
+    )
+    in_a = clients.start("Same:1", n=2, dsn=a)
+    in_b = clients.start("Same:1", n=2, dsn=b)
+    with daemon(tmp_path, config, pg.dsn) as d:
+        eventually(lambda: all(c.done for c in in_a), timeout=30, what="a's group terminated")
+        d.wait_polls(3, target="b")
+        assert not any(c.done for c in in_b)
+        signalled = {e["pid"] for e in d.events("session_signal")}
+        assert signalled == {c.pid for c in in_a}
+        assert d.sample("pgparent_group_sessions", {"target": "b", "parent": "Same:1", "state": "active"}) == 2
+        assert d.sample("pgparent_group_sessions", {"target": "a", "parent": "Same:1", "state": "active"}) is None
+
+
+def test_two_targets_reading_the_same_sessions_are_refused(
+    pg: Server, databases: list[str], tmp_path: Path
+) -> None:
+    """A target reading its whole server and another target on that server would count and enforce on the same
+    sessions twice: the second to connect is not polled (up 0, an error naming the first), the first goes on; once a
+    reload gives both `sessions: database`, both are polled."""
+    a, b = (pg.dsn_for(db) for db in databases[:2])
+    config = "interval: 500ms\ntargets:\n" + _target("whole", a) + _target("part", b, "database")
+    with daemon(tmp_path, config, pg.dsn) as d:
+        refused = eventually(
+            lambda: next((e for e in d.events("database_unavailable") if "already reads" in e["error"]), None),
+            what="one of the two refused",
+        )
+        kept = "part" if refused["target"] == "whole" else "whole"
+        assert f"target {kept!r} already reads" in refused["error"]
+        d.wait_polls(3, target=kept)
+        assert d.sample("pgparent_up", {"target": kept}) == 1
+        assert d.sample("pgparent_up", {"target": refused["target"]}) == 0
+        d.config.write_text(config.replace(f"dsn: '{a}'}}", f"dsn: '{a}', sessions: database}}"))
+        d.send(signal.SIGHUP)
+        eventually(lambda: d.sample("pgparent_up", {"target": "whole"}) == 1
+                   and d.sample("pgparent_up", {"target": "part"}) == 1, timeout=30, what="both polled")

@@ -277,6 +277,13 @@ def test_python_field_name_for_underscore_is_an_unknown_key(tmp_path: Path) -> N
         ("interval: 5s\nrules:\n  - name: a\n    max_sessions: [1\n", "(yaml)", "at line 5, column 1"),
         ("interval: 5s\n  bad: 1\n", "(yaml)", "mapping values are not allowed here at line 2, column 6"),
         ("!!python/object/apply:os.system ['true']\n", "(yaml)", "could not determine a constructor"),
+        ("targets: [{name: a}]\n", "targets.0", "exactly one of dsn, dsn_file, dsn_env (got 0)"),
+        ("targets: [{name: a, dsn: x, dsn_env: Y}]\n", "targets.0", "exactly one of dsn, dsn_file, dsn_env (got 2)"),
+        ("targets: [{name: a, dsn: x}, {name: a, dsn: y}]\n", "targets", "'a' is used twice"),
+        ("targets: [{name: '-a', dsn: x}]\n", "targets.0.name", "should match pattern"),
+        ("targets: [{name: a, dsn: x, labels: {target: b}}]\n", "targets.0.labels", "reserved"),
+        ("targets: [{name: a, dsn: x, labels: {r: eu}}, {name: b, dsn: y}]\n", "targets", "same label names"),
+        ("targets: [{name: a, dsn: x, sessions: cluster}]\n", "targets.0.sessions", "'server' or 'database'"),
     ],
 )
 def test_specific_errors(tmp_path: Path, text: str, where: str, says: str) -> None:
