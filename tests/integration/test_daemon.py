@@ -50,7 +50,9 @@ def test_sighup_good_reload_swaps_rules(pg: Server, tmp_path: Path, clients: Cli
         assert d.sample("pgparent_config_last_reload_successful") == 1
         (victim,) = clients.start("Kill:1")
         eventually(lambda: victim.outcome == "terminated", what="new rule enforces")
-        assert d.sample("pgparent_signalled_sessions_total", {"rule": "new", "action": "terminate"}) == 1
+        # The session ends as its signal is sent; the counter reaches /metrics with the poll's publish, just after.
+        eventually(lambda: d.sample("pgparent_signalled_sessions_total", {"rule": "new", "action": "terminate"}) == 1,
+                   what="the signal counted on /metrics")
 
 
 def test_sighup_bad_reload_keeps_old_rules(pg: Server, tmp_path: Path, clients: Clients) -> None:

@@ -35,9 +35,11 @@ def test_a_query_over_its_limit_ends_at_the_deadline(pg: Server, clients: Client
         eventually(lambda: c.done, timeout=30, what="the query ended")
         took = time.monotonic() - started
         assert c.outcome == "terminated" and took < 15  # generous: the benchmark reports the figure
-        [event] = d.events("session_signal")
+        # The session ends as its signal is sent; the audit line, then the counter on /metrics, come just after.
+        [event] = eventually(lambda: d.events("session_signal"), what="the signal's audit line")
         assert event["trigger"] == "deadline" and event["result"] == "ok" and event["pid"] == c.pid
-        assert d.sample("pgparent_signalled_sessions_total", {"rule": "precise", "trigger": "deadline"}) == 1
+        eventually(lambda: d.sample("pgparent_signalled_sessions_total", {"rule": "precise", "trigger": "deadline"})
+                   == 1, what="the signal counted on /metrics")
         assert _wakeups(d) >= 1 and d.polls() <= 2
 
 

@@ -217,7 +217,10 @@ rules:
     with daemon(tmp_path, rules, pg.dsn) as d:
         eventually(lambda: not _alive(pg.dsn, chain.a.pid) and not _alive(pg.dsn, chain.a_idle.pid), timeout=30,
                    what="both of A's sessions terminated")
-        assert {e["pid"] for e in d.events("session_signal")} == {chain.a.pid, chain.a_idle.pid}
+        # A session ends as its signal is sent; its audit line is written just after, so wait for both lines.
+        signals = eventually(lambda: (s if len(s := d.events("session_signal")) >= 2 else None),
+                             what="an audit line for each of the two signals")
+        assert {e["pid"] for e in signals} == {chain.a.pid, chain.a_idle.pid}
 
 
 @pytest.mark.slow
