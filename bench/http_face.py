@@ -23,7 +23,6 @@ import base64
 import contextlib
 import http.client
 import json
-import os
 import socket
 import statistics
 import sys
@@ -37,7 +36,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench.proc import cpu_seconds, socket_count, thread_count
+
 Figures = dict[str, Any]
 
 
@@ -72,23 +72,6 @@ def serve(kind: str, port: int, options: dict[str, int]) -> None:
         server = MetricsServer(("127.0.0.1", port), lambda: generate_latest(registry), lambda: True)
         server.start()
         threading.Event().wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def sockets(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
 
 
 def get(port: int, auth: tuple[str, str] | None, method: str = "GET", timeout: float = 30) -> tuple[str, float]:
@@ -155,14 +138,14 @@ class Attack:
             t.join(15)
         return {
             "cores": round(cores, 2),
-            "threads": threads(self.pid),
+            "threads": thread_count(self.pid),
             "answers_per_s": {s: round(window.count(s) / wall, 1) for s in sorted(set(window))},
             "scrapes": sorted({s for s, _ in scrapes}),
             "scrape_max_s": round(max(t for _, t in scrapes), 3),
         }
 
     def slow(self) -> Figures:
-        before = threads(self.pid)
+        before = thread_count(self.pid)
         silent = [socket.create_connection(("127.0.0.1", self.port), timeout=5) for _ in range(300)]
         trickling = [socket.create_connection(("127.0.0.1", self.port), timeout=5) for _ in range(50)]
         stop = threading.Event()
@@ -179,7 +162,8 @@ class Attack:
         most_threads, most_sockets, scrapes = before, 0, []
         started = time.monotonic()
         while time.monotonic() - started < self.seconds:
-            most_threads, most_sockets = max(most_threads, threads(self.pid)), max(most_sockets, sockets(self.pid))
+            most_threads = max(most_threads, thread_count(self.pid))
+            most_sockets = max(most_sockets, socket_count(self.pid))
             scrapes.append(get(self.port, self.right))
             time.sleep(0.25)
         stop.set()

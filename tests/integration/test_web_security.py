@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import os
 import socket
 import ssl
 import statistics
@@ -23,6 +22,7 @@ import bcrypt
 import pytest
 from structlog.testing import capture_logs
 
+from bench.proc import cpu_seconds, socket_count, thread_count
 from exporter.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
 from tests.support import HTTP_TIMEOUT, DaemonProcess, Server, eventually, record_figure
 
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "scrape-Secret-5"
 RULES = "interval: 0.5s\n"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BASE_THREADS = 4
 """The daemon's threads besides the HTTP workers: main, the HTTP face's event loop, and per target (one here) its
 poll loop and its connection's watchdog. None of them depends on how many clients connect."""
@@ -112,15 +111,6 @@ def raw_exchange(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
 def settled_sockets(pid: int) -> int:
     """The process's socket count once the start-up check's connection is gone: the fewest over a second's reads
     (the daemon may still be closing the connection that saw it serving)."""
@@ -130,15 +120,6 @@ def settled_sockets(pid: int) -> int:
         counts.append(socket_count(pid))
         time.sleep(0.05)
     return min(counts)
-
-
-def socket_count(pid: int) -> int:
-    """Sockets the process holds open: its listener, its PostgreSQL connection, and its clients' connections."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
