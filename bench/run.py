@@ -1100,6 +1100,12 @@ def run_locks(total: int, rounds: int) -> list[dict[str, Any]]:
         cluster.destroy()
 
 
+def _table(above: str, header: str, rows: list[str]) -> list[str]:
+    """A markdown table with the paragraph or heading `above` it, each after a blank line: `header` its first row
+    (`| a | b |`), the separator row drawn from it, then `rows`."""
+    return ["", above, "", header, "|" + "---|" * (header.count("|") - 1), *rows]
+
+
 def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
     m = results["machine"]
     lines = [
@@ -1110,81 +1116,73 @@ def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
         "(writes bench/results.json, this file and the plot). Each N is measured in interleaved rounds (floor, poll, "
         "pgparent /metrics, postgres_exporter scrape, repeated), so noise on this shared machine hits all alike; the "
         "figures are medians.",
-        "",
+    ]
+    lines += _table(
         "N client sessions in N/4 tagged groups, plus N/10 untagged, a quarter running `pg_sleep`.",
-        "",
         "| N | groups | floor: `SELECT * FROM pg_stat_activity` | pgparent poll cycle | poll / floor | pgparent "
         "/metrics | postgres_exporter scrape | its CPU per scrape | ratio of the two scrapes | RSS pgparent | RSS "
         "postgres_exporter |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["sizes"]:
-        lines.append(
+        [
             f"| {r['n']} | {r['groups']} | {r['floor_ms']} ms | {r['poll_ms']} ms | {r['poll_over_floor']}x | "
             f"{r['pgparent_metrics_ms']} ms | {r.get('postgres_exporter_scrape_ms', '-')} ms | "
             f"{r.get('postgres_exporter_cpu_ms_per_scrape', '-')} ms | "
             f"{r.get('postgres_exporter_over_pgparent_metrics', '-')}x | {r['pgparent_rss_mb']} MB | "
             f"{r.get('postgres_exporter_rss_mb', '-')} MB |"
-        )
+            for r in results["sizes"]
+        ],
+    )
     rx = results["reaction"]
     lines += [
         "",
         f"**Reaction** (interval {rx['interval_s']:g} s, rule `max_sessions: 3`, from the 4th session connecting to "
         f"all four gone, {rx['trials']} trials): p50 **{rx['p50_s']} s**, p95 **{rx['p95_s']} s**, "
         f"max {rx['max_s']} s.",
-        "",
+    ]
+    lines += _table(
         "**Pure grouping + rule evaluation** (rules.yaml, synthetic snapshots with a distinct application_name per "
         "session, no database). The daemon runs this step with the cyclic garbage collector paused (`gc_paused` in "
         "exporter/daemon.py); the last column is the same work with the collector running:",
-        "",
         "| sessions | median, as the daemon runs it | per session | with the collector running |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {s['sessions']} | {s['median_ms']} ms | {s['per_session_us']} µs | {s.get('gc_on_median_ms', '-')} ms |"
-        for s in results["synthetic"]
-    ]
+        [
+            f"| {s['sessions']} | {s['median_ms']} ms | {s['per_session_us']} µs | {s.get('gc_on_median_ms', '-')} ms |"
+            for s in results["synthetic"]
+        ],
+    )
     if plot is not None:
         lines += ["", f"![poll cost and floor against N]({plot.name})"]
     if results.get("deadlines"):
-        lines += [
-            "",
+        lines += _table(
             "**Precise enforcement** (`scripts/bench --only deadlines`, bench/reaction.py): from a query crossing "
             "`max_query_duration` (query_start + limit, on the server's clock) to its session gone from "
             "pg_stat_activity (read every 2 ms), with deadlines and with polls only, side by side in one run. Each "
             "configuration starts its trials at phases spread evenly over one interval; the limit is the interval "
             "+ 1 s, so a poll sees every query before it crosses (a query that starts and crosses between two polls "
             "is the next poll's).",
-            "",
             "| interval | deadlines | limit | trials | p50 | p95 | max |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['interval_s']:g} s | {'yes' if r['deadlines'] else 'no (poll only)'} | {r['limit_s']:g} s | "
-            f"{r['trials']} | {r['p50_ms']} ms | {r['p95_ms']} ms | {r['max_ms']} ms |"
-            for r in results["deadlines"]
-        ]
+            [
+                f"| {r['interval_s']:g} s | {'yes' if r['deadlines'] else 'no (poll only)'} | {r['limit_s']:g} s | "
+                f"{r['trials']} | {r['p50_ms']} ms | {r['p95_ms']} ms | {r['max_ms']} ms |"
+                for r in results["deadlines"]
+            ],
+        )
     if results.get("locks"):
-        lines += [
-            "",
+        lines += _table(
             "**Lock chains** (`scripts/bench --only locks`): the poll cycle (read, group, evaluate rules.yaml) at "
             f"about {results['locks'][0]['sessions']} sessions, of which 0, 10 or 100 wait in chains (one root "
             "blocker idle in a transaction per ten waiters, the first waiting on it, the others queued behind the "
             "first), side by side with the same poll without the lock step. The lock step runs only when some "
             "session waits.",
-            "",
             "| waiting | sessions | cycle with the lock step | without it | with / with at 0 waiting |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['waiters']} | {r['sessions']} | {r['with_lock_step_ms']} ms | {r['without_lock_step_ms']} ms | "
-            f"{r['over_no_waiters']}x |"
-            for r in results["locks"]
-        ]
+            [
+                f"| {r['waiters']} | {r['sessions']} | {r['with_lock_step_ms']} ms | {r['without_lock_step_ms']} ms | "
+                f"{r['over_no_waiters']}x |"
+                for r in results["locks"]
+            ],
+        )
     if results.get("fleet"):
         lines += fleet_lines(results["fleet"])
-    lines += ["", "## Goals", "", "| goal | measured | holds |", "|---|---|---|"]
-    lines += [f"| {goal} | {measured} | {'yes' if ok else '**no**'} |" for goal, measured, ok in goals(results)]
+    lines += _table("## Goals", "| goal | measured | holds |",
+                    [f"| {goal} | {measured} | {'yes' if ok else '**no**'} |" for goal, measured, ok in goals(results)])
     lines += ["", QUERY_NOTE, "", NOTES]
     path.write_text("\n".join(lines) + "\n")
 
