@@ -35,11 +35,8 @@ def private_pg() -> Iterator[Server]:
 
 @pytest.fixture
 def clients(pg: Server) -> Iterator[Clients]:
-    c = Clients(pg.dsn)
-    try:
+    with Clients(pg.dsn) as c:
         yield c
-    finally:
-        c.cleanup()
 
 
 @pytest.fixture
@@ -62,8 +59,5 @@ def pgbouncer(pg: Server) -> Iterator[PgBouncer]:
 
 @pytest.fixture
 def pooled(pg: Server) -> Iterator[PooledClients]:
-    c = PooledClients(pg.dsn)
-    try:
+    with PooledClients(pg.dsn) as c:
         yield c
-    finally:
-        c.cleanup()

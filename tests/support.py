@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import psycopg
 import pytest
@@ -206,44 +206,32 @@ def make_server(settings: dict[str, str] | None = None) -> Server:
     return cluster  # type: ignore[return-value]
 
 
-class Client(threading.Thread):
-    """A client session on its own thread: tags itself, runs `statement`, and records how it ended."""
+class _SessionThread(threading.Thread):
+    """A client on its own thread: `session()` runs once, and how it ended is recorded for the test to inspect
+    (`outcome`, `error`). `ready` is set once the session is under way, or has failed to get there."""
 
-    def __init__(self, dsn: str, application_name: str, statement: str, *, setup: str | None = None,
-                 hold: bool = False) -> None:
-        super().__init__(daemon=True, name=f"client-{application_name}")
-        self.dsn, self.application_name, self.statement, self.setup = dsn, application_name, statement, setup
+    LOST = "terminated"
+    """The outcome when the server end of the connection goes away (pg_terminate_backend's AdminShutdown is one)."""
+
+    def __init__(self, name: str, hold: bool) -> None:
+        super().__init__(daemon=True, name=name)
         self.hold = hold
+        self.ready = threading.Event()
         self.release = threading.Event()
-        self.executed = threading.Event()
-        self.pid: int | None = None
-        self.backend_start: Any = None
         self.outcome: str | None = None
         self.error: BaseException | None = None
-        self.ready = threading.Event()
+
+    def session(self) -> None:
+        raise NotImplementedError
 
     def run(self) -> None:
         try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(self.application_name)))
-                if self.setup:
-                    conn.execute(self.setup.encode())
-                row = conn.execute(
-                    "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-                ).fetchone()
-                assert row is not None
-                self.pid, self.backend_start = row
-                self.ready.set()
-                conn.execute(self.statement.encode())
-                self.executed.set()
-                if self.hold:  # stay connected (idle) until released, then check the session is still there
-                    self.release.wait(300)
-                    conn.execute("SELECT 1")
+            self.session()
             self.outcome = "completed"
         except psycopg.errors.QueryCanceled:
             self.outcome = "cancelled"
-        except (psycopg.errors.AdminShutdown, psycopg.OperationalError) as exc:
-            self.outcome = "terminated"
+        except psycopg.OperationalError as exc:
+            self.outcome = self.LOST
             self.error = exc
         except BaseException as exc:  # noqa: BLE001 - recorded for the test to inspect
             self.outcome = "error"
@@ -256,12 +244,58 @@ class Client(threading.Thread):
         return self.outcome is not None
 
 
-class Clients:
-    """Starts tagged sessions and, at the end, terminates whatever is left of them."""
+class Client(_SessionThread):
+    """A client session: tags itself, runs `statement`, and records how it ended."""
+
+    def __init__(self, dsn: str, application_name: str, statement: str, *, setup: str | None = None,
+                 hold: bool = False) -> None:
+        super().__init__(f"client-{application_name}", hold)
+        self.dsn, self.application_name, self.statement, self.setup = dsn, application_name, statement, setup
+        self.executed = threading.Event()
+        self.pid: int | None = None
+        self.backend_start: Any = None
+
+    def session(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(self.application_name)))
+            if self.setup:
+                conn.execute(self.setup.encode())
+            row = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            assert row is not None
+            self.pid, self.backend_start = row
+            self.ready.set()
+            conn.execute(self.statement.encode())
+            self.executed.set()
+            if self.hold:  # stay connected (idle) until released, then check the session is still there
+                self.release.wait(300)
+                conn.execute("SELECT 1")
+
+
+S = TypeVar("S", bound=_SessionThread)
+
+
+class _Started(Generic[S]):
+    """The sessions a test started on `dsn`'s server; at the end (`cleanup()`, or leaving its `with` block) what is
+    left of them is ended."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.started: list[Client] = []
+        self.started: list[S] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+
+class Clients(_Started[Client]):
+    """Starts tagged sessions and, at the end, terminates whatever is left of them."""
 
     def start(self, application_name: str, statement: str = "SELECT pg_sleep(120)", n: int = 1,
               dsn: str | None = None, setup: str | None = None, hold: bool = False) -> list[Client]:
@@ -671,51 +705,34 @@ def _unprivileged() -> Any:
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PgBouncer")
 
 
-class PooledClient(threading.Thread):
-    """A client of PgBouncer on its own thread: connects (its application_name a startup parameter, as PgBouncer
-    tracks it), runs `statement` once, and records how it ended. Through a transaction pooler its server session is
-    whichever PgBouncer lends it, so it has no pid of its own: find it by its query text."""
+class PooledClient(_SessionThread):
+    """A client of PgBouncer: connects (its application_name a startup parameter, as PgBouncer tracks it), runs
+    `statement` once, and records how it ended. Through a transaction pooler its server session is whichever
+    PgBouncer lends it, so it has no pid of its own: find it by its query text."""
+
+    LOST = "disconnected"  # the connection lost is the client's to PgBouncer: a server session may live on
 
     def __init__(self, dsn: str, statement: str, *, hold: bool = False) -> None:
-        super().__init__(daemon=True, name="pooled-client")
-        self.dsn, self.statement, self.hold = dsn, statement, hold
-        self.connected = threading.Event()
-        self.release = threading.Event()
-        self.outcome: str | None = None
-        self.error: BaseException | None = None
+        super().__init__("pooled-client", hold)
+        self.dsn, self.statement = dsn, statement
 
-    def run(self) -> None:
-        try:
-            # No prepared statements: a transaction pooler may run the next statement on another server session.
-            with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None) as conn:
-                self.connected.set()
-                conn.execute(self.statement.encode())
-                if self.hold:
-                    self.release.wait(300)
-            self.outcome = "completed"
-        except psycopg.errors.QueryCanceled:
-            self.outcome = "cancelled"
-        except psycopg.OperationalError as exc:
-            self.outcome = "disconnected"
-            self.error = exc
-        except BaseException as exc:  # noqa: BLE001 - recorded for the test to inspect
-            self.outcome = "error"
-            self.error = exc
-        finally:
-            self.connected.set()
+    def session(self) -> None:
+        # No prepared statements: a transaction pooler may run the next statement on another server session.
+        with psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None) as conn:
+            self.ready.set()
+            conn.execute(self.statement.encode())
+            if self.hold:
+                self.release.wait(300)
 
 
-class PooledClients:
-    """Starts PgBouncer clients and, at the end, ends what is left of them and of their server sessions."""
-
-    def __init__(self, admin_dsn: str) -> None:
-        self.admin_dsn = admin_dsn
-        self.started: list[PooledClient] = []
+class PooledClients(_Started[PooledClient]):
+    """Starts PgBouncer clients and, at the end, ends what is left of them and of their server sessions (found on
+    the server behind the pooler, `dsn` a superuser's connection to it)."""
 
     def start(self, dsn: str, statement: str, *, hold: bool = False) -> PooledClient:
         client = PooledClient(dsn, statement, hold=hold)
         client.start()
-        assert client.connected.wait(30), "a PgBouncer client did not connect"
+        assert client.ready.wait(30), "a PgBouncer client did not connect"
         if client.outcome is not None and client.outcome != "completed":
             raise AssertionError(f"PgBouncer client failed: {client.error!r}")
         self.started.append(client)
@@ -727,7 +744,7 @@ class PooledClients:
             c.release.set()
         running = [c.statement for c in self.started if c.outcome is None]
         if running:
-            with contextlib.suppress(psycopg.Error), psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute(
                     "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = ANY(%s)"
                     " AND pid <> pg_backend_pid()",
