@@ -90,6 +90,26 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
+@contextmanager
+def role_and_database(dsn: str, role: str, database: str, password: str, *, superuser: bool = False) -> Iterator[None]:
+    """A login role and a database of the test's own (name them with `unique_name`). On the way out their sessions
+    are ended and waited for, since neither can be dropped while in use, and both are dropped."""
+    create_role = "CREATE ROLE {} LOGIN PASSWORD {} SUPERUSER" if superuser else "CREATE ROLE {} LOGIN PASSWORD {}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create_role).format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s OR datname = %s",
+                         [role, database])
+            eventually(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s OR datname = %s",
+                                            [role, database]).fetchone() == (0,), what="their sessions gone")
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
 def read_snapshot(dsn: str, config: Config | None = None) -> Snapshot:
     """One poll of the server at `dsn` as the daemon reads it with `config`, on a connection of its own."""
     db = Database(dsn)

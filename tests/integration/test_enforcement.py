@@ -22,7 +22,7 @@ from exporter.enforcer import enforce
 from exporter.grouping import group
 from exporter.model import Session
 from exporter.policy import RuleState, evaluate
-from tests.support import Clients, Server, eventually, unique_name
+from tests.support import Clients, Server, eventually, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -51,19 +51,11 @@ def roles(pg: Server) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def protectable(pg: Server, clients: Clients) -> Iterator[tuple[str, str]]:
-    """(database, role) of this test's own, for the protect lists; dropped once the test's sessions have ended."""
+def protectable(pg: Server) -> Iterator[tuple[str, str]]:
+    """(database, role) of this test's own, for the protect lists; dropped once their sessions have ended."""
     database, role = unique_name("azure_sys"), unique_name("replication")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'r-pw'").format(sql.Identifier(role)))
-    try:
+    with role_and_database(pg.dsn, role, database, "r-pw"):
         yield database, role
-    finally:
-        clients.cleanup()  # a database cannot be dropped while sessions use it
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def _config(rules: list[dict[str, Any]], **top: Any) -> Config:

@@ -24,7 +24,7 @@ from exporter.enforcer import enforce
 from exporter.grouping import group
 from exporter.model import Grouped
 from exporter.policy import RuleState, evaluate
-from tests.support import Clients, Server, eventually, read_snapshot, unique_name
+from tests.support import Clients, Server, eventually, read_snapshot, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -139,19 +139,8 @@ def test_hostile_encodings_survive_the_poll(pg: Server) -> None:
 def tagged_role(pg: Server) -> Iterator[tuple[str, str]]:
     """A role and a database named like a team's job (etl_<id>, tenant_<id>), dropped afterwards."""
     role, database = unique_name("etl"), unique_name("tenant")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'etl-pw' SUPERUSER").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    try:
+    with role_and_database(pg.dsn, role, database, "etl-pw", superuser=True):
         yield role, database
-    finally:
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s OR datname = %s",
-                         [role, database])
-            eventually(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s OR datname = %s",
-                                            [role, database]).fetchone() == (0,), what="their sessions gone")
-            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_user_and_database_sources(pg: Server, clients: Clients, tagged_role: tuple[str, str]) -> None:
