@@ -84,7 +84,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_as() -> pwd.struct_passwd | None:
+def unprivileged_user() -> pwd.struct_passwd | None:
+    """The user to run a server as when this process runs as root (`postgres`, else `nobody`); None otherwise."""
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "nobody"):
@@ -115,7 +116,7 @@ class Cluster:
         self.base = Path(tempfile.mkdtemp(prefix="pgparent-pg-"))
         self.data = self.base / "data"
         self.logfile = self.base / "server.log"
-        self._owner = _run_as()
+        self._owner = unprivileged_user()
         self._initialised = False
 
     @property

@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from exporter.config import Config
 from exporter.db import Database
 from exporter.model import Snapshot
-from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
+from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster, unprivileged_user
 
 T = TypeVar("T")
 HTTP_TIMEOUT = 30.0
@@ -639,7 +639,7 @@ class PgBouncer:
         lines = ["[databases]", f"single = {upstream} dbname=postgres pool_size=1", f"* = {upstream}", "[pgbouncer]"]
         lines += [f"{k} = {v}" for k, v in options.items()]
         (self.base / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
-        owner = _unprivileged()
+        owner = unprivileged_user()
         if owner is not None:
             for path in (self.base, *self.base.iterdir()):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -711,18 +711,6 @@ class PgBouncer:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
                 eventually(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
                            .fetchone() == (0,), what="PgBouncer's server connections gone")
-
-
-def _unprivileged() -> Any:
-    """The user to run a server daemon as when the tests run as root (postgres, else nobody); None otherwise."""
-    import pwd
-
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PgBouncer")
 
 
 class PooledClient(_SessionThread):
