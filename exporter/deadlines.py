@@ -89,7 +89,7 @@ def schedule(
         if not timed:
             continue
         dry = force_dry_run or config.dry_run or rule.dry_run
-        for grp in grouped.groups.values():
+        for grp in compiled.groups(grouped.groups):
             key = (rule.name, grp.parent)
             if key in state.firing:
                 continue

@@ -181,6 +181,11 @@ class CompiledRule:
     parent: Callable[[str], object] | None
     database: Callable[[str], object] | None
     user: Callable[[str], object] | None
+    exact_parent: str | None = None
+    """The parent glob when it has no wildcard: the one group it can match is looked up, not searched for."""
+    size_only: float | None = None
+    """The limit when `max_sessions` is the rule's one condition and no database or user glob narrows its groups:
+    a group no larger than this is passed over without building its scope."""
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
@@ -188,12 +193,30 @@ class CompiledRule:
             return None if glob is None or glob == "*" else re.compile(fnmatch.translate(glob)).match
 
         m = rule.match
-        return cls(rule, rule.conditions(), matcher(m.parent), matcher(m.database), matcher(m.user))
+        conditions = rule.conditions()
+        parent, database, user = matcher(m.parent), matcher(m.database), matcher(m.user)
+        exact = m.parent if m.parent is not None and not _GLOB_MAGIC.search(m.parent) else None
+        narrowed = database is not None or user is not None
+        size_only = conditions["max_sessions"] if list(conditions) == ["max_sessions"] and not narrowed else None
+        return cls(rule, conditions, parent, database, user, exact, size_only)
 
     def applies_to(self, target: str) -> bool:
         """Whether the rule covers the server named `target` (its `match.target` glob)."""
         glob = self.rule.match.target
         return glob == "*" or fnmatchcase(target, glob)
+
+    def groups(self, groups: Mapping[str, Group]) -> Iterable[Group]:
+        """The groups whose parent tag the rule's parent glob matches, in the order of `groups`."""
+        if self.exact_parent is not None:
+            found = groups.get(self.exact_parent)
+            return () if found is None else (found,)
+        if self.parent is None:
+            return groups.values()
+        return [groups[p] for p in filter(self.parent, groups)]
+
+
+_GLOB_MAGIC = re.compile(r"[*?[]")
+"""What makes an fnmatch glob more than a literal."""
 
 
 def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
@@ -280,7 +303,10 @@ def evaluate(
         if not compiled.applies_to(target):
             continue
         dry = force_dry_run or config.dry_run or rule.dry_run
-        for grp in grouped.groups.values():
+        size_only = compiled.size_only
+        for grp in compiled.groups(grouped.groups):
+            if size_only is not None and len(grp.sessions) <= size_only:
+                continue  # what rule_scope and _exceeded would find, without building either
             scope = rule_scope(compiled, grp)
             if scope is None:
                 continue

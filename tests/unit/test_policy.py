@@ -58,6 +58,27 @@ def test_parent_glob_selects_groups() -> None:
     assert {t.parent for t in decision.targets} == {"etl:1"}
 
 
+@pytest.mark.parametrize("glob", ["etl:1", "etl:[1]", "etl:?"])
+def test_parent_glob_without_wildcards_is_the_exact_tag(glob: str) -> None:
+    """A parent glob with no wildcard names one tag exactly (not a prefix, not another case); one with a wildcard
+    is still a glob."""
+    sessions = [session("etl:1"), session("etl:10"), session("ETL:1"), session("etl:2")]
+    decision = run(cfg(rule(match={"parent": glob}, max_sessions=0)), *sessions)
+    expected = {"etl:1", "etl:2"} if glob == "etl:?" else {"etl:1"}
+    assert {t.parent for t in decision.targets} == expected
+
+
+def test_size_only_rule_fires_as_every_rule_does() -> None:
+    """A rule on group size alone fires on the groups strictly above the limit, in group order; a database glob
+    narrows the sessions it counts."""
+    sessions = [*(session("a:1") for _ in range(3)), *(session("b:1") for _ in range(2)),
+                *(session("c:1") for _ in range(4))]
+    decision = run(cfg(rule(max_sessions=2)), *sessions)
+    assert [f.parent for f in decision.firing] == ["a:1", "c:1"] and decision.violating == {"r": 2}
+    narrowed = run(cfg(rule(match={"parent": "*", "database": "other"}, max_sessions=2)), *sessions)
+    assert narrowed.violating == {"r": 0}
+
+
 def test_database_and_user_narrow_the_sessions_and_the_stats() -> None:
     """match.database/user make the rule see only those sessions: counted, measured and signalled."""
     rows = [session("g:1", db="prod"), session("g:1", db="prod", user="bob"), session("g:1", db="dev")]
