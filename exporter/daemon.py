@@ -129,7 +129,9 @@ class Daemon:
             self._retire(name, "removed from the config")
         shard = self.shard
         if shard is not None:
-            shard.targets = len(resolved)
+            with shard.lock:
+                shard.targets, shard.window = len(resolved), 2 * config.interval
+                shard.reads = {n: read for n, read in shard.reads.items() if n in resolved}
         for name, (spec, dsn) in resolved.items():
             current = self.monitors.get(name)
             if current is not None and self._specs.get(name) == spec and current.db.dsn == (dsn or current.db.dsn):

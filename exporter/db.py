@@ -426,10 +426,16 @@ class Database:
         """Release the exclusive advisory lock `key` this connection holds."""
         return bool(self._value("leader_unlock", key, "leader unlock failed"))
 
-    def lock_holders(self, key: int) -> int:
-        """How many sessions hold the advisory lock `key` in this database."""
-        value = self._value("lock_holders", key, "lock count failed")
-        return int(value) if isinstance(value, int) else 0
+    def lock_holders(self, member: int, leader: int) -> tuple[int, int]:
+        """How many sessions hold the shared lock `member` and the exclusive lock `leader` in this database: the live
+        replicas, and whether some replica leads."""
+        conn = self._connection()
+        try:
+            with self._guard(conn):
+                row = conn.execute(load_query("lock_holders"), {"member": member, "leader": leader}).fetchone()
+        except psycopg.Error as exc:
+            raise self._fail("lock count failed", exc) from exc
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def _signal_params(self, session: Session, guard: Guard) -> dict[str, Any]:
         return {

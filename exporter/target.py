@@ -13,7 +13,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -89,22 +89,38 @@ class Shard:
     """
 
     targets: int = 1
-    replicas: int = 1
-    """Live replicas: the holders of the member lock, as the latest read on any target saw them (the latest, so a
-    replica that died is out of the count at the first read after its connections closed)."""
+    window: float = 10.0
+    """Seconds a target's count of replicas stays in the vote (two intervals)."""
+    reads: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Each target's latest count of member-lock holders, with the monotonic moment it was read."""
     leading: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_grow: dict[str, Callable[[], None]] = field(default_factory=dict)
+    """Called when the share grows (a replica died): the targets this replica follows try their locks at once
+    rather than at their next poll."""
 
-    def seen(self, replicas: int) -> None:
+    def seen(self, target: str, replicas: int, at: float) -> None:
         with self.lock:
-            self.replicas = max(replicas, 1)
+            before = self._share()
+            self.reads[target] = (max(replicas, 1), at)
+            grew = self._share() > before
+            callbacks = list(self.on_grow.values()) if grew else []
+        for callback in callbacks:
+            callback()
+
+    def _replicas(self, now: float) -> int:
+        """Live replicas: the (upper) median of the targets' latest counts read within the window. One target whose
+        other replica is reconnecting does not move it; a replica that died is out of it once more than half the
+        targets have been read since its connections closed (within an interval)."""
+        counts = sorted(n for n, at in self.reads.values() if now - at <= self.window)
+        return counts[len(counts) // 2] if counts else 1
 
     def share(self) -> int:
         with self.lock:
             return self._share()
 
     def _share(self) -> int:
-        return max(1, math.ceil(self.targets / self.replicas))
+        return max(1, math.ceil(self.targets / self._replicas(time.monotonic())))
 
     def reserve(self, target: str) -> bool:
         """Claim a place in the share for `target` before trying its lock, atomically, so that targets polling at
@@ -182,6 +198,10 @@ class Monitor:
         self.dry_run = dry_run
         self.labels = dict(labels or {})
         self.shard = shard
+        self._retry_lock = False
+        """Set when the shard's share grew: a follower tries its target's lock before its next poll."""
+        if shard is not None:
+            shard.on_grow[name] = self._share_grew
         self.servers = servers
         self._claimed: int | None = None
         """The connection generation whose sessions are claimed in `servers`."""
@@ -219,7 +239,13 @@ class Monitor:
             return not self._thread.is_alive()
         return True
 
+    def _share_grew(self) -> None:
+        self._retry_lock = True
+        self.wake.set()
+
     def close(self) -> None:
+        if self.shard is not None and self.shard.on_grow.get(self.name) == self._share_grew:
+            del self.shard.on_grow[self.name]
         self._release_leadership()
         if self.servers is not None:
             self.servers.release(self)
@@ -248,6 +274,11 @@ class Monitor:
                 if self._deadlines and self._deadlines[0][0] <= now:
                     self._act_on_due(now)
                     continue
+                if self._retry_lock:
+                    self._retry_lock = False
+                    if self._lock_generation is None:  # a follower: its target may be free now
+                        self.cycle()
+                        continue
                 wake_at = min(next_run, self._deadlines[0][0]) if self._deadlines else next_run
                 remaining = wake_at - now
                 if remaining <= 0:
@@ -305,6 +336,9 @@ class Monitor:
             if self._was_up is not False:
                 log.error("database_unavailable", target=self.name, error=str(exc), retry_in=round(delay, 2))
             self._was_up = False
+            if self._lock_generation is not None:
+                log.warning("leadership_lost", target=self.name, reason="the connection failed: the server drops "
+                            "the leader lock with it")
             self._lost_leadership()
             self._failed(started, config)
             return
@@ -423,11 +457,13 @@ class Monitor:
         if caps.in_recovery or caps.pooled:
             return False
         shard = self.shard
+        leaders = 0  # sessions holding the leader lock, read when sharding
         if shard is not None:
             if self._member_generation != self.db.generation:
                 self.db.try_lock(member_key(election.lock_key), shared=True)
                 self._member_generation = self.db.generation
-            shard.seen(self.db.lock_holders(member_key(election.lock_key)))
+            replicas, leaders = self.db.lock_holders(member_key(election.lock_key), election.lock_key)
+            shard.seen(self.name, replicas, time.monotonic())
         held = self._lock_generation == self.db.generation and self._lock_key == election.lock_key
         if not held and self._lock_generation is not None:
             log.warning("leadership_lost", target=self.name, reason="the connection that held the leader lock ended")
@@ -437,7 +473,8 @@ class Monitor:
             log.info("leadership_released", target=self.name, reason="more replicas share the targets now",
                      share=shard.share())
             return False
-        if not held and (shard is None or shard.reserve(self.name)):
+        # A target another replica leads is not worth a place in the share, even for the moment of a try.
+        if not held and leaders == 0 and (shard is None or shard.reserve(self.name)):
             taken = False
             try:
                 taken = self.db.try_lock(election.lock_key)

@@ -1,11 +1,14 @@
-"""A target's monitor, without a server: what it exports before its first poll."""
+"""A target's monitor without a server: what it exports before its first poll; the claims on servers' sessions and
+the shard's share, pure."""
 
 from __future__ import annotations
+
+import time
 
 from exporter.collector import PgparentCollector
 from exporter.config import Config
 from exporter.db import Database
-from exporter.target import Monitor, Servers
+from exporter.target import Monitor, Servers, Shard
 
 
 def test_poll_counters_start_at_zero_for_each_target() -> None:
@@ -34,3 +37,35 @@ def test_no_two_targets_claim_the_same_sessions() -> None:
     assert servers.claim(a, "a", "S1", "db_a") is None
     servers.release(b)
     assert servers.claim(late, "late", "S1", "db_b") is None
+
+
+def test_shard_counts_replicas_by_the_median_of_recent_reads() -> None:
+    """One target's odd read (its other replica reconnecting) does not change the share; a replica gone from more
+    than half the targets' reads is out of the count; a read older than the window no longer votes."""
+    now = time.monotonic()
+    shard = Shard(targets=12, window=2.0)
+    for i in range(12):
+        shard.seen(f"t{i}", 3, now)
+    assert shard.share() == 4
+    shard.seen("t0", 1, now)
+    assert shard.share() == 4
+    for i in range(6):
+        shard.seen(f"t{i}", 2, now)
+    assert shard.share() == 4  # half the targets: not yet
+    shard.seen("t6", 2, now)
+    assert shard.share() == 6
+    for i in range(12):
+        shard.seen(f"t{i}", 3, now - 5)
+    assert shard.share() == 12  # nothing recent: this replica counts only itself
+
+
+def test_shard_reserves_within_the_share_and_gives_up_one_at_a_time() -> None:
+    now = time.monotonic()
+    shard = Shard(targets=4, window=2.0)
+    for i in range(4):
+        shard.seen(f"t{i}", 2, now)
+    assert [shard.reserve(f"t{i}") for i in range(4)] == [True, True, False, False]
+    shard.unreserve("t1")
+    assert shard.reserve("t2")
+    shard.leading |= {"t0", "t2", "t3"}
+    assert [shard.give_up(t) for t in ("t0", "t2", "t3")] == [True, False, False]
