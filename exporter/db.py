@@ -244,10 +244,22 @@ class Database:
         """Seconds a statement may take, as the client sees it, before the connection is cut."""
         return self._statement_timeout * self.DEADLINE_FACTOR
 
-    def _guard(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def _guard(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Run the block under the client-side deadline. Only network waits belong inside: rows are best converted
+        after it, so that a process short of CPU is not taken for a stalled network."""
         if self._watchdog is None:
             self._watchdog = _Watchdog()
-        return self._watchdog.guard(self.deadline, lambda: _shutdown_socket(conn))
+        with self._watchdog.guard(self.deadline, lambda: _shutdown_socket(conn)):
+            yield
+        if self._watchdog.fired:
+            # The answer came as the deadline passed and the socket was cut behind it: the session (and any lock it
+            # held) is gone, so say so now rather than fail the next statement on a dead socket.
+            self.close()
+            raise DatabaseUnavailable(
+                f"the answer came only as the {self.deadline:g}s deadline passed, and the connection was cut "
+                f"({self.masked}): a slow network, or this process short of CPU"
+            )
 
     def _stalled(self) -> str:
         if self._watchdog is not None and self._watchdog.fired:
