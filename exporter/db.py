@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
@@ -373,20 +373,16 @@ class Database:
             }
         try:
             with self._guard(conn):
-                cur = conn.cursor()
+                reader = _SessionRows()
+                # Binary results: timestamps and the query bytes arrive as they are stored, with no text to parse.
+                cur = conn.cursor(row_factory=reader.factory, binary=True)
                 # Behind a transaction pooler a prepared statement may not exist on the next server connection.
                 prepare = not self.capabilities.pooled
                 rows = cur.execute(self._poll(bool(keys), query_text), params, prepare=prepare).fetchall()
-                now = rows[0][-1] if rows else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+                now = reader.now if reader.now is not None else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             sessions: list[Session] = []
             workers: list[Session] = []
-            for row in rows:
-                comments = tuple(map(_unescape, row[15])) if row[15] is not None else ()
-                pid, leader, btype, datname, usename, app, addr, state, wait, started, xact, qstart, changed = row[:13]
-                session = Session(
-                    pid, leader, btype, datname, usename, app, addr, state, wait, started, xact, qstart, changed,
-                    _text(row[13]), row[14], comments, row[16],
-                )
+            for session in rows:
                 (workers if session.backend_type == "parallel worker" else sessions).append(session)
             waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if self.read_blockers else []
             blockers: list[Blocker] = []
@@ -509,12 +505,33 @@ class Database:
         return row is not None
 
 
+class _SessionRows:
+    """The poll's row factory: each row becomes a Session as psycopg loads it (the columns are Session's fields in
+    order, then the server's now()), with the query excerpt decoded and the comment values unescaped."""
+
+    now: datetime | None = None
+    """The server's now() at the statement, from the rows read."""
+
+    def factory(self, cursor: Any) -> Callable[[Sequence[Any]], Session]:
+        return self.row
+
+    def row(self, values: Sequence[Any]) -> Session:
+        self.now = values[17]
+        fields = list(values)
+        fields[13] = _text(fields[13])
+        fields[15] = tuple(map(_unescape, fields[15])) if fields[15] is not None else ()
+        return Session.build(fields)
+
+
 def _text(data: bytes | None) -> str | None:
     """Query text bytes as str: what is not UTF-8 becomes U+FFFD (a session of a database in another encoding may
     leave such bytes), and a character cut at the end by the byte bound is dropped."""
     if data is None:
         return None
-    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=len(data) < QUERY_BYTES)
+    try:
+        return data.decode()  # nearly always: valid and whole, decoded alike either way
+    except UnicodeDecodeError:
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=len(data) < QUERY_BYTES)
 
 
 def _unescape(value: str | None) -> bytes | None:

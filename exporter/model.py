@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
@@ -61,6 +61,20 @@ class Session:
     @property
     def is_worker(self) -> bool:
         return self.backend_type == "parallel worker"
+
+    @classmethod
+    def build(cls, values: Iterable[object]) -> Session:
+        """The same record as `Session(*values)` (values in field order; any beyond the last field are ignored),
+        filled through the slots directly: a frozen dataclass's __init__ sets each field through object.__setattr__,
+        and a poll builds one per row."""
+        session = object.__new__(cls)
+        for put, value in zip(_SESSION_SLOTS, values, strict=False):
+            put(session, value)
+        return session
+
+
+_SESSION_SLOTS = tuple(getattr(Session, f.name).__set__ for f in fields(Session))
+"""The setter of each of Session's slots, in field order."""
 
 
 @dataclass(frozen=True, slots=True)
