@@ -372,14 +372,18 @@ class Database:
                 "value_chars": 4 * (MAX_RAW_BYTES + 1),  # escaped: a byte takes up to 4 characters
             }
         try:
-            with self._guard(conn):
-                reader = _SessionRows()
-                # Binary results: timestamps and the query bytes arrive as they are stored, with no text to parse.
-                cur = conn.cursor(row_factory=reader.factory, binary=True)
-                # Behind a transaction pooler a prepared statement may not exist on the next server connection.
-                prepare = not self.capabilities.pooled
-                rows = cur.execute(self._poll(bool(keys), query_text), params, prepare=prepare).fetchall()
-                now = reader.now if reader.now is not None else conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            reader = _SessionRows()
+            # Binary results: timestamps and the query bytes arrive as they are stored, with no text to parse.
+            cur = conn.cursor(row_factory=reader.factory, binary=True)
+            # Behind a transaction pooler a prepared statement may not exist on the next server connection.
+            prepare = not self.capabilities.pooled
+            with self._guard(conn):  # the network part: execute returns once the whole result has arrived
+                cur.execute(self._poll(bool(keys), query_text), params, prepare=prepare)
+            rows = cur.fetchall()  # rows become Sessions off the deadline
+            now = reader.now
+            if now is None:  # no rows, so no now() column
+                with self._guard(conn):
+                    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             sessions: list[Session] = []
             workers: list[Session] = []
             for session in rows:
@@ -387,9 +391,10 @@ class Database:
             waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if self.read_blockers else []
             blockers: list[Blocker] = []
             if waiting:
-                with self._guard(conn), conn.cursor(row_factory=class_row(Blocker)) as bcur:
-                    blockers = bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=prepare).fetchall()
-                    blockers = self._typed(conn, blockers, sessions, workers)
+                with conn.cursor(row_factory=class_row(Blocker)) as bcur:
+                    with self._guard(conn):
+                        bcur.execute(self._blocking_sql, {"pids": waiting}, prepare=prepare)
+                    blockers = self._typed(conn, bcur.fetchall(), sessions, workers)
         except pgerrors.QueryCanceled as exc:
             # statement_timeout fired: the server is alive but too slow; reconnect so no half-read state lingers.
             raise self._fail("poll timed out", exc) from exc
@@ -406,9 +411,8 @@ class Database:
             raise self._fail(what, exc) from exc
         return row[0] if row else None
 
-    @staticmethod
     def _typed(
-        conn: psycopg.Connection[Any], blockers: list[Blocker], sessions: list[Session], workers: list[Session]
+        self, conn: psycopg.Connection[Any], blockers: list[Blocker], sessions: list[Session], workers: list[Session]
     ) -> list[Blocker]:
         """Blockers with their backend_type: client sessions and workers from the poll itself; any other pid (an
         autovacuum worker, a walsender, a session newer than the poll) asked of the server, only when there is one.
@@ -417,7 +421,8 @@ class Database:
         known = {s.pid: s.backend_type for s in (*sessions, *workers)}
         unknown = sorted({b.blocker for b in blockers if b.blocker not in known and b.blocker != 0})
         if unknown:
-            rows = conn.execute(load_query("backend_types"), {"pids": unknown}).fetchall()
+            with self._guard(conn):
+                rows = conn.execute(load_query("backend_types"), {"pids": unknown}).fetchall()
             known.update({pid: kind for pid, kind in rows})
         return [replace(b, blocker_type=known.get(b.blocker)) for b in blockers]
 
