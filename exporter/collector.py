@@ -3,6 +3,10 @@
 A scrape never touches PostgreSQL: `collect()` reads the last `Published` object of each target and yields fresh
 metric families, so groups (and targets) that vanished vanish from /metrics. Every series of a target carries
 `target="NAME"` and the target's own constant labels.
+
+/metrics is written from the same series without building metric objects: each target's series are rendered to
+text when a scrape first needs them after that target published, kept until it publishes again, and joined family
+by family at the scrape. A fleet's scrape renders only the targets that polled since the last one.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from prometheus_client import Counter, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.grouping import OTHER, top_groups
@@ -99,22 +105,44 @@ class Flags:
     reload_time: float = 0.0
 
 
-class _Families:
-    """Gauge families built across targets: each family is created once, every sample gets the target's labels."""
+def _escape(value: str) -> str:
+    """A label value as the text exposition writes it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
-    def __init__(self, label_names: Sequence[str]) -> None:
-        self.base = ["target", *label_names]
-        self.families: dict[str, GaugeMetricFamily] = {}
-        self.values: list[str] = []
 
-    def at(self, target: str, labels: dict[str, str]) -> None:
-        self.values = [target, *(labels.get(n, "") for n in self.base[1:])]
+class _Series:
+    """One target's gauge series, family by family in the order first added; every sample carries the target's
+    labels (`target` and its constant labels) before its own."""
+
+    def __init__(self, base: Sequence[str], values: Sequence[str]) -> None:
+        self.base = tuple(base)
+        self.values = tuple(values)
+        self.families: dict[str, tuple[str, tuple[str, ...], list[tuple[Sequence[str], float]]]] = {}
 
     def add(self, name: str, doc: str, value: float, labels: Sequence[str] = (), values: Sequence[str] = ()) -> None:
         family = self.families.get(name)
         if family is None:
-            family = self.families[name] = GaugeMetricFamily(name, doc, labels=[*self.base, *labels])
-        family.add_metric([*self.values, *values], value)
+            family = self.families[name] = (doc, tuple(labels), [])
+        family[2].append((values, value))
+
+    def text(self) -> dict[str, tuple[str, bytes]]:
+        """Each family's help and sample lines, by name, as prometheus_client's text exposition writes them: labels
+        in name order, values escaped, numbers as Go formats them."""
+        given = zip(self.base, self.values, strict=True)
+        fixed = {n: _escape(v).replace("{", "{{").replace("}", "}}") for n, v in given}  # literal in a template
+        out: dict[str, tuple[str, bytes]] = {}
+        for name, (doc, labels, samples) in self.families.items():
+            # A template per family: the target's labels written in, the sample's own as {0}, {1}, ... in name order.
+            own = {label: f"{{{i}}}" for i, label in enumerate(labels)}
+            pairs = ",".join(f'{n}="{own[n] if n in own else fixed[n]}"' for n in sorted((*self.base, *labels)))
+            head = f"{name}{{{{{pairs}}}}} " if pairs else f"{name} "
+            lines = [head.format(*map(_escape, values)) + _number(value) + "\n" for values, value in samples]
+            out[name] = (doc, "".join(lines).encode())
+        return out
+
+
+_number = cast("Callable[[float], str]", floatToGoString)
+"""A sample's value as the text exposition writes it (Go's float formatting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +211,35 @@ _GROUP_SERIES = (
 )
 
 
+def _help(doc: str) -> str:
+    return doc.replace("\\", r"\\").replace("\n", r"\n")
+
+
+class _Metrics:
+    """Metric families already built, in the shape generate_latest() reads."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+class Exposition:
+    """A collector's text exposition for /metrics. `exposition()` gives the text of the latest publishes, rendering
+    what changed (which may take a while); `exposition.current()` gives it only if nothing changed since, and never
+    renders, so a server can answer from it without handing the request to a worker."""
+
+    def __init__(self, collector: PgparentCollector) -> None:
+        self._collector = collector
+
+    def __call__(self) -> bytes:
+        return self._collector._render()
+
+    def current(self) -> bytes | None:
+        return self._collector._current()
+
+
 class PgparentCollector(Collector):
     """Yields pgparent's metrics from the latest published poll of each target, the flags and the counters."""
 
@@ -193,9 +250,16 @@ class PgparentCollector(Collector):
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
         self._version = 0
+        self._stamps: dict[str, int] = {}
+        """Per target, the version of its latest publish: its rendered series are kept while this holds."""
+        self._texts: dict[str, tuple[int, tuple[str, ...], dict[str, tuple[str, bytes]]]] = {}
+        """Per target: the stamp and label names it was rendered with, and its families' help and sample lines."""
         self._rendered: tuple[int, bytes] | None = None
         self._render_lock = threading.Lock()
         self._publish_lock = threading.Lock()
+        self._local = threading.local()
+        self.render = Exposition(self)
+        """The text exposition for /metrics: `render()` renders what changed; `render.current()` never renders."""
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -204,13 +268,15 @@ class PgparentCollector(Collector):
 
     def publish(self, published: Published, target: str = "default") -> None:
         with self._publish_lock:
-            self.latest = {**self.latest, target: published}
             self._version += 1
+            self.latest = {**self.latest, target: published}
+            self._stamps = {**self._stamps, target: self._version}
 
     def forget(self, target: str) -> None:
         """A target removed from the config: its series go."""
         with self._publish_lock:
             self.latest = {k: v for k, v in self.latest.items() if k != target}
+            self._stamps = {k: v for k, v in self._stamps.items() if k != target}
             self._version += 1
 
     def refresh(self) -> None:
@@ -223,33 +289,81 @@ class PgparentCollector(Collector):
             self.flags = flags
             self._version += 1
 
-    def render(self) -> bytes:
+    def _render(self) -> bytes:
         """The text exposition of the latest publishes, rendered once and shared by every scrape until the next.
 
         Counters only move inside a poll cycle, which ends with a publish, so the cache is never staler than the
         snapshots it describes; scrapes then cost a memory copy however many scrapers there are. One scraper renders
         while the others wait for its result: concurrent scrapes after a publish never render the same text twice.
+        Of the targets' series, only those of targets that published since the last rendering are rendered again.
         """
         with self._render_lock:
-            version, cached = self._version, self._rendered
-            if cached is None or cached[0] != version:
-                cached = self._rendered = (version, generate_latest(self._registry))
-            return cached[1]
+            cached = self._rendered
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            with self._publish_lock:  # one consistent view of what was published
+                version, latest, stamps, flags = self._version, self.latest, self._stamps, self.flags
+            try:
+                head = self._text(latest, stamps, flags)
+            except Exception:
+                log.exception("collect_failed")
+                self.counters.scrape_errors.inc()
+                head = generate_latest(_Metrics(self._down(latest)))
+            self._local.counters_only = True  # the counters and any other collector of the registry
+            try:
+                tail = generate_latest(self._registry)
+            finally:
+                self._local.counters_only = False
+            self._rendered = (version, head + tail)
+            return self._rendered[1]
+
+    def _current(self) -> bytes | None:
+        cached = self._rendered
+        return cached[1] if cached is not None and cached[0] == self._version else None
+
+    def _text(self, latest: dict[str, Published], stamps: dict[str, int], flags: Flags) -> bytes:
+        """The process's gauges, then every target's, family by family; a target's series are rendered again only
+        when it published since, or the label names changed."""
+        names = tuple(sorted({n for p in latest.values() for n in p.labels}))
+        texts = {}
+        for target, p in sorted(latest.items()):
+            stamp = stamps.get(target, -1)
+            kept = self._texts.get(target)
+            if kept is None or kept[0] != stamp or kept[1] != names:
+                kept = (stamp, names, self._series(target, p, names).text())
+            texts[target] = kept
+        self._texts = texts  # removed targets' texts go
+        families: dict[str, tuple[str, list[bytes]]] = {}
+        for _, _, rendered in texts.values():
+            for name, (doc, lines) in rendered.items():
+                families.setdefault(name, (doc, []))[1].append(lines)
+        out = [generate_latest(_Metrics(self._process_families(flags)))]
+        for name, (doc, chunks) in families.items():
+            out.append(f"# HELP {name} {_help(doc)}\n# TYPE {name} gauge\n".encode())
+            out += chunks
+        return b"".join(out)
 
     def collect(self) -> Iterator[Metric]:
         latest, flags = self.latest, self.flags
+        if getattr(self._local, "counters_only", False):  # render() writes the rest itself
+            yield from self._counters(latest)
+            return
         try:
             families = self._families(latest, flags)
         except Exception:
             log.exception("collect_failed")
             self.counters.scrape_errors.inc()
-            families = [
-                GaugeMetricFamily("pgparent_up", "1 if the last poll of the target succeeded.", labels=["target"])
-            ]
-            for target in latest:
-                families[0].add_metric([target], 0)  # type: ignore[attr-defined]
+            families = self._down(latest)
         yield from families
         yield from self._counters(latest)
+
+    @staticmethod
+    def _down(latest: dict[str, Published]) -> list[Metric]:
+        """What a scrape whose metrics could not be built shows: every target down."""
+        up = GaugeMetricFamily("pgparent_up", "1 if the last poll of the target succeeded.", labels=["target"])
+        for target in latest:
+            up.add_metric([target], 0)
+        return [up]
 
     def _counters(self, latest: dict[str, Published]) -> Iterator[Metric]:
         """The counters, each sample with its target's constant labels added (a removed target keeps its totals)."""
@@ -266,6 +380,20 @@ class PgparentCollector(Collector):
             yield out
 
     def _families(self, latest: dict[str, Published], flags: Flags) -> list[Metric]:
+        names = tuple(sorted({n for p in latest.values() for n in p.labels}))
+        merged: dict[str, GaugeMetricFamily] = {}
+        for target, p in sorted(latest.items()):
+            series = self._series(target, p, names)
+            for name, (doc, labels, samples) in series.families.items():
+                family = merged.get(name)
+                if family is None:
+                    family = merged[name] = GaugeMetricFamily(name, doc, labels=[*series.base, *labels])
+                for values, value in samples:
+                    family.add_metric([*series.values, *values], value)
+        return [*self._process_families(flags), *merged.values()]
+
+    @staticmethod
+    def _process_families(flags: Flags) -> list[Metric]:
         fams: list[Metric] = [
             GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=flags.interval),
             GaugeMetricFamily(
@@ -282,39 +410,40 @@ class PgparentCollector(Collector):
         info = InfoMetricFamily("pgparent_build", "pgparent build information.")
         info.add_metric([], {"version": __version__})
         fams.append(info)
+        return fams
 
-        f = _Families(sorted({n for p in latest.values() for n in p.labels}))
-        for target, p in sorted(latest.items()):
-            f.at(target, p.labels)
-            f.add("pgparent_up", "1 if the last poll of the target succeeded.", int(p.up))
+    def _series(self, target: str, p: Published, names: Sequence[str]) -> _Series:
+        """The target's gauge series; `names` are the constant label names of every target."""
+        f = _Series(["target", *names], [target, *(p.labels.get(n, "") for n in names)])
+        f.add("pgparent_up", "1 if the last poll of the target succeeded.", int(p.up))
+        f.add(
+            "pgparent_last_poll_timestamp_seconds",
+            "Unix time of the target's last successful poll (0 before the first).",
+            p.last_success,
+        )
+        f.add("pgparent_poll_duration_seconds", "Duration of the target's last poll cycle.", p.poll_duration)
+        f.add("pgparent_dry_run", "1 if no rule may signal on the target (dry run).", int(p.dry_run))
+        f.add("pgparent_enforcing", "1 if this instance may signal the target's sessions now.", int(p.enforcing))
+        f.add(
+            "pgparent_leader",
+            "1 if this replica holds the target's leader lock (the one that enforces).",
+            int(p.leader),
+        )
+        for rule, n in p.violating.items():
+            f.add("pgparent_rule_violating_groups", "Groups for which the rule fires now.", n, ["rule"], [rule])
+        for rule, n in p.pending.items():
             f.add(
-                "pgparent_last_poll_timestamp_seconds",
-                "Unix time of the target's last successful poll (0 before the first).",
-                p.last_success,
+                "pgparent_rule_pending_groups",
+                "Groups that exceed the rule but not yet for its 'for:'.",
+                n,
+                ["rule"],
+                [rule],
             )
-            f.add("pgparent_poll_duration_seconds", "Duration of the target's last poll cycle.", p.poll_duration)
-            f.add("pgparent_dry_run", "1 if no rule may signal on the target (dry run).", int(p.dry_run))
-            f.add("pgparent_enforcing", "1 if this instance may signal the target's sessions now.", int(p.enforcing))
-            f.add(
-                "pgparent_leader",
-                "1 if this replica holds the target's leader lock (the one that enforces).",
-                int(p.leader),
-            )
-            for rule, n in p.violating.items():
-                f.add("pgparent_rule_violating_groups", "Groups for which the rule fires now.", n, ["rule"], [rule])
-            for rule, n in p.pending.items():
-                f.add(
-                    "pgparent_rule_pending_groups",
-                    "Groups that exceed the rule but not yet for its 'for:'.",
-                    n,
-                    ["rule"],
-                    [rule],
-                )
-            if p.up and p.grouped is not None:
-                self._group_families(f, p.grouped, p.max_groups)
-        return [*fams, *f.families.values()]
+        if p.up and p.grouped is not None:
+            self._group_families(f, p.grouped, p.max_groups)
+        return f
 
-    def _group_families(self, f: _Families, grouped: Grouped, max_groups: int) -> None:
+    def _group_families(self, f: _Series, grouped: Grouped, max_groups: int) -> None:
         sessions = ("pgparent_group_sessions", "Client sessions of a group, by state.")
         kept, folded = top_groups(grouped.groups, max_groups)
         for g in kept:

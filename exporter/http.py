@@ -310,6 +310,9 @@ class MetricsServer:
             raise UsageError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
         self._listener.setblocking(False)
         self._render = render
+        self._current: Callable[[], bytes | None] | None = getattr(render, "current", None)
+        """The render's text when nothing changed since it was rendered (collector.Exposition.current), if it has
+        one: a scrape then skips the hand-over to a worker and back."""
         self._healthy = healthy
         self._tls = tls
         self._extra_headers = dict(web.http_server_config.headers) if web is not None else {}
@@ -477,7 +480,10 @@ class MetricsServer:
             if refusal is not None:
                 return refusal
         if path == "/metrics":
-            return Response(200, CONTENT_TYPE_LATEST, await asyncio.wrap_future(self._pool.submit(self._render)))
+            body = self._current() if self._current is not None else None
+            if body is None:
+                body = await asyncio.wrap_future(self._pool.submit(self._render))
+            return Response(200, CONTENT_TYPE_LATEST, body)
         if path == "/":
             return Response(200, "text/html; charset=utf-8", LANDING)
         return Response(404, TEXT, b"not found\n")
@@ -492,8 +498,10 @@ class MetricsServer:
         ]
         if not keep:
             lines.append("Connection: close")
-        data = memoryview("\r\n".join([*lines, "", ""]).encode("latin-1") + (b"" if head else response.body))
+        data = memoryview(b"" if head else response.body)  # written in pieces, never copied whole
         async with asyncio.timeout(REQUEST_TIMEOUT):
-            for start in range(0, len(data), _CHUNK):
+            writer.write("\r\n".join([*lines, "", ""]).encode("latin-1") + data[:_CHUNK])
+            await writer.drain()
+            for start in range(_CHUNK, len(data), _CHUNK):
                 writer.write(data[start : start + _CHUNK])
                 await writer.drain()

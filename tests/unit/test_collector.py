@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
-from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import Flags, PgparentCollector, Published
+from exporter.collector import Flags, PgparentCollector, Published, _Series
 from exporter.grouping import group
 from exporter.model import Grouped
 from tests.support import require_tool
@@ -78,9 +78,9 @@ def test_hostile_names_pass_promtool() -> None:
     registry = collector.registry
     hostile = ['a"b:1', "c\\d:2", "e\nf:3", "g\th:4", "ünï:çødé", "🙂:🙃", "x{y}=z,w:5"]
     collector.publish(Published(up=True, grouped=grouped(*hostile), violating={'r"1\n': 1}))
-    text = generate_latest(registry)
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    for text in (generate_latest(registry), collector.render()):
+        result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert at(registry, "pgparent_group_sessions", {"parent": "e\nf:3", "state": "active"}) == 1
 
 
@@ -100,14 +100,14 @@ def test_concurrent_scrapes_after_a_publish_render_once() -> None:
     collector = PgparentCollector()
     collector.publish(Published(up=True, grouped=grouped(*(f"G:{n}" for n in range(300)))))
     renders: list[int] = []
-    real = collector._families
+    real = collector._series
 
-    def counted(latest: dict[str, Published], flags: Flags) -> list[Metric]:
+    def counted(target: str, p: Published, names: Sequence[str]) -> _Series:
         renders.append(1)
         time.sleep(0.05)  # a deliberately slow rendering, not a wait for an event: the others arrive meanwhile
-        return real(latest, flags)
+        return real(target, p, names)
 
-    collector._families = counted  # type: ignore[method-assign]
+    collector._series = counted  # type: ignore[method-assign]
     start = threading.Barrier(20)
     bodies: list[bytes] = []
 
@@ -141,3 +141,24 @@ def test_every_counter_is_on_the_registry() -> None:
             "pgparent_signal_failures", "pgparent_signals_deferred"} <= names
     collector.counters.polls.labels("default").inc()
     assert at(collector.registry, "pgparent_polls_total") == 1
+
+
+def test_render_writes_what_the_registry_collects() -> None:
+    """/metrics, written from each target's cached text, is byte for byte the exposition of the registry's metric
+    families: several targets with constant labels, hostile tags, folded groups, counters; and after one target
+    publishes again, only its series change."""
+    collector = PgparentCollector()
+    hostile = ['a"b:1', "c\\d:2", "e\nf:3", "x{y}=z,w:5", "{0}:{1}", "Big:1", "Big:1"]
+    collector.publish(Published(up=True, grouped=grouped(*hostile), violating={'r"{1}\n': 1}, max_groups=3,
+                                labels={"region": 'e"u{'}), "b")
+    collector.publish(Published(up=True, grouped=grouped("A:1"), labels={"zone": "z1"}), "a")
+    collector.publish(Published(up=False), "c")
+    collector.counters.signalled.labels("b", "r", "terminate", "poll").inc()
+    collector.set_flags(Flags(interval=5.0, reload_ok=True, reload_time=1.5e9))
+    assert collector.render() == generate_latest(collector.registry)
+    collector.publish(Published(up=True, grouped=grouped("A:1", "A:2")), "a")
+    assert collector.render() == generate_latest(collector.registry)
+    assert b'parent="A:2"' in collector.render() and collector.render.current() is collector.render()
+    collector.forget("b")
+    assert collector.render.current() is None
+    assert collector.render() == generate_latest(collector.registry)
