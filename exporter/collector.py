@@ -332,7 +332,9 @@ class PgparentCollector(Collector):
             if kept is None or kept[0] != stamp or kept[1] != names:
                 kept = (stamp, names, self._series(target, p, names).text())
             texts[target] = kept
-        self._texts = texts  # removed targets' texts go
+        # Removed targets' texts go. A lone target's text is the exposition itself, kept whole below; keeping it
+        # twice would only save a re-render when the counters or flags alone change.
+        self._texts = texts if len(texts) > 1 else {}
         families: dict[str, tuple[str, list[bytes]]] = {}
         for _, _, rendered in texts.values():
             for name, (doc, lines) in rendered.items():

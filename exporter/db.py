@@ -512,10 +512,17 @@ class Database:
 
 class _SessionRows:
     """The poll's row factory: each row becomes a Session as psycopg loads it (the columns are Session's fields in
-    order, then the server's now()), with the query excerpt decoded and the comment values unescaped."""
+    order, then the server's now()), with the query excerpt decoded and the comment values unescaped.
 
-    now: datetime | None = None
-    """The server's now() at the statement, from the rows read."""
+    Values that many rows repeat (backend type, database, user, address, state, wait type, query text) are kept
+    once per poll: thousands of sessions then hold a few strings instead of one each.
+    """
+
+    def __init__(self) -> None:
+        self.now: datetime | None = None
+        """The server's now() at the statement, from the rows read."""
+        self._seen: dict[object, object] = {}
+        self._texts: dict[bytes | None, str | None] = {None: None}
 
     def factory(self, cursor: Any) -> Callable[[Sequence[Any]], Session]:
         return self.row
@@ -523,9 +530,19 @@ class _SessionRows:
     def row(self, values: Sequence[Any]) -> Session:
         self.now = values[17]
         fields = list(values)
-        fields[13] = _text(fields[13])
+        once = self._seen.setdefault
+        for i in _REPEATED:
+            fields[i] = once(fields[i], fields[i])
+        query = fields[13]
+        texts = self._texts
+        fields[13] = texts[query] if query in texts else texts.setdefault(query, _text(query))
         fields[15] = tuple(map(_unescape, fields[15])) if fields[15] is not None else ()
         return Session.build(fields)
+
+
+_REPEATED = (2, 3, 4, 6, 7, 8)
+"""The poll's columns whose values many sessions share: backend_type, datname, usename, client_addr, state,
+wait_event_type."""
 
 
 def _text(data: bytes | None) -> str | None:
