@@ -526,7 +526,7 @@ class Fleet:
 
     def read_ms(self, rounds: int = 20) -> float:
         """Median time of one target's read of its database's sessions (the poll's columns, `datname =
-        current_database()`) on the first server, unloaded: the server lists every backend before the filter."""
+        current_database()`) on the first server: the server lists every backend before the filter."""
         name, cluster = self.targets[0]
         with psycopg.connect(self.local_dsn(cluster, name), autocommit=True) as conn:
             took = []
@@ -1434,13 +1434,14 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
         "per database put 5000 in each target's view, and one process took 90.8% of a core and 768 MB with a p99 "
         "gap of 16.5 s. Two targets that would read the same sessions are now refused at connect.",
         f"- **The servers' side of a read.** `pg_stat_activity` lists every backend of the server before the "
-        f"`datname` filter applies: one target's read took {few_ms} ms unloaded with {few} client backends on its "
-        f"server, {many_ms} ms with {many}. {per_server} such reads a second are about {reads_pct}% of a core per "
+        f"`datname` filter applies: one target's read took {few_ms} ms with {few} client backends on its server, "
+        f"{many_ms} ms with {many} (timed before any pgparent ran, the watch reading meanwhile). {per_server} such "
+        f"reads a second are about {reads_pct}% of a core per "
         f"server, and this benchmark's watch (one read of each server every {WATCH_EVERY:g} s) adds about "
         f"{watch_pct}%: {round(2 * (reads_pct + watch_pct) / 100, 1)} cores for the {fleet['servers']} servers, on a "
         f"machine of {fleet['cores']}, before pgparent's own CPU. In shard mode only a target's leader reads its "
-        "sessions, but every replica reads the target's `pg_locks` each interval (exporter/queries/lock_holders.sql), "
-        "a listing whose cost also grows with the server's backends.",
+        "sessions, and every replica also reads the target's `pg_locks` each interval "
+        f"(exporter/queries/lock_holders.sql): {sh['replicas'] * fleet['targets']} such reads a second more.",
         f"- **One process**: {one['cpu_pct_of_core']}% of a core "
         + ("(goal < 30%: met)" if one["cpu_pct_of_core"] < 30 else
            f"(goal < 30%: missed by {round(one['cpu_pct_of_core'] - 30, 1)} points)")
