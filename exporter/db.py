@@ -258,7 +258,7 @@ class Database:
             self.close()
             raise DatabaseUnavailable(
                 f"the answer came only as the {self.deadline:g}s deadline passed, and the connection was cut "
-                f"({self.masked}): a slow network, or this process short of CPU"
+                f"({self.masked}): a slow network, a server short of CPU, or this process short of CPU"
             )
 
     def _stalled(self) -> str:

@@ -299,6 +299,7 @@ class Monitor:
                 self._claim(caps)
             if self._was_up is not True:
                 self._log_connected(caps)
+                self._was_up = True  # so a failure from here on is logged: every database_available has its end
             leader = self._hold_leadership(caps, config)
             if self.shard is not None and not leader:
                 # Another replica polls and enforces this target; this one only keeps trying the lock.
