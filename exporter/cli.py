@@ -17,7 +17,6 @@ from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.grouping import group
 from exporter.http import Limits
 from exporter.logs import LEVELS, configure
-from exporter.render import groups_json, groups_table
 
 DEFAULT_LISTEN = ":10187"
 """9100-9999 is fully allocated to other exporters; 10187 echoes postgres_exporter's 9187 without clashing."""
@@ -161,6 +160,8 @@ def cmd_groups(args: argparse.Namespace) -> int:
         grouped = group(db.snapshot(config), config.grouping.compiled)
     finally:
         db.close()
+    from exporter.render import groups_json, groups_table  # only `pgparent groups` renders tables
+
     if args.output == "json":
         print(groups_json(grouped))
         return EXIT_OK

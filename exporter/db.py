@@ -528,21 +528,16 @@ class _SessionRows:
         return self.row
 
     def row(self, values: Sequence[Any]) -> Session:
-        self.now = values[17]
-        fields = list(values)
+        pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \
+            comments, cut, self.now = values
         once = self._seen.setdefault
-        for i in _REPEATED:
-            fields[i] = once(fields[i], fields[i])
-        query = fields[13]
         texts = self._texts
-        fields[13] = texts[query] if query in texts else texts.setdefault(query, _text(query))
-        fields[15] = tuple(map(_unescape, fields[15])) if fields[15] is not None else ()
-        return Session.build(fields)
-
-
-_REPEATED = (2, 3, 4, 6, 7, 8)
-"""The poll's columns whose values many sessions share: backend_type, datname, usename, client_addr, state,
-wait_event_type."""
+        return Session.build((
+            pid, leader, once(btype, btype), once(db, db), once(user, user), app, once(addr, addr), once(state, state),
+            once(wait, wait), started, xact, qstart, changed,
+            texts[query] if query in texts else texts.setdefault(query, _text(query)),
+            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut,
+        ))
 
 
 def _text(data: bytes | None) -> str | None:

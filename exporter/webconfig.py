@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-import bcrypt
 from pydantic import Field, field_validator, model_validator
 
 from exporter.config import StrictModel, load_yaml, parse_model
@@ -146,6 +145,8 @@ class BasicAuth:
 
     def check(self, user: str, password: str) -> bool:
         """The bcrypt check (deliberately slow: about 0.3 s at cost 12); remembers credentials that pass."""
+        import bcrypt  # here, not at the top: a daemon without basic auth never loads it
+
         secret = password.encode()
         if len(secret) > MAX_PASSWORD_BYTES:
             return False
