@@ -76,9 +76,9 @@ def test_a_session_that_changes_its_tag_is_left_alone(pg: Server, clients: Clien
 def test_for_still_delays_and_dry_run_signals_nothing(pg: Server, clients: Clients, tmp_path: Path) -> None:
     """`for:` puts the deadline at limit + for (the query lives past the limit and ends near limit + for); a dry-run
     rule audits trigger deadline and signals nothing."""
+    started = time.monotonic()  # before the query starts, so the deadline is at least 5 s after it
     [delayed] = clients.start("Deadline:1", "SELECT pg_sleep(120)")
     [spared] = clients.start("Deadline:2", "SELECT pg_sleep(120)")
-    started = time.monotonic()
     rules = (
         f"interval: {INTERVAL}\nrules:\n"
         "  - {name: delayed, match: {parent: 'Deadline:1'}, max_query_duration: 2s, for: 3s, action: terminate}\n"
