@@ -6,7 +6,7 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
     scripts/bench --only locks    # the lock step's cost alone, merged into bench/results.json and the docs
     scripts/bench --only deadlines  # reaction to a time limit with and without deadlines (bench/reaction.py)
     scripts/bench --only core     # the sizes, reaction and synthetic tables alone
-    scripts/bench --only fleet    # 50 targets on two servers: one process, shard-mode replicas, a black hole (~10 min)
+    scripts/bench --only fleet    # 50 targets on ten servers: one process, shard-mode replicas, a black hole (~8 min)
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all
 contenders alike; tables report medians and ratios.
@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -379,8 +380,16 @@ def measure_locks(dsn: str, total: int, rounds: int) -> list[dict[str, Any]]:
 
 FLEET_INTERVAL = 1.0
 WATCH_APP = "bench-watch"
-WATCH_EVERY = 0.1
-"""Seconds between the watch's reads of each server's pg_stat_activity (PollWatch)."""
+WATCH_EVERY = 0.5
+"""Seconds between the watch's reads of each server's pg_stat_activity (PollWatch). Enough to see every poll: in
+dry run with no lock waiters, once a single process leads a target, the poll is the only statement its connection
+runs (Monitor.cycle: the leadership statements come before it, nothing after it, and a held lock needs none), so
+each poll stays its connection's last query until the next poll starts, an interval or more later; a failed poll
+stays until statement_timeout (0.8 of the interval) or the client's deadline (0.9) ends it. A poll that failed
+within 0.5 s could be missed, which would merge two gaps into one longer one: an error against pgparent, never
+for it."""
+REPLICAS = 3
+"""Shard-mode replicas, each with one connection per target."""
 
 
 def mem_available_mb() -> int:
@@ -447,6 +456,32 @@ class OthersCpu:
         return round(used / (until - self._started) * 100, 1)
 
 
+class Pressure:
+    """The kernel's pressure stall information (/proc/pressure) over a stretch of time: the share of it in which
+    some task waited for CPU, I/O or memory, and for I/O and memory the share in which every task did (`full`).
+    What tells a machine-wide stall from a slow process. Empty where the kernel has no PSI."""
+
+    KINDS = ("cpu", "io", "memory")
+
+    def __init__(self) -> None:
+        self._start, self._started = self._totals(), time.monotonic()
+
+    @classmethod
+    def _totals(cls) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind in cls.KINDS:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/pressure/{kind}").read_text().splitlines():
+                    which, *fields = line.split()
+                    out[f"{kind}_{which}"] = int(dict(f.split("=") for f in fields)["total"])
+        return out
+
+    def pct(self) -> dict[str, float]:
+        """Since this was made, until now, in % of the time (cpu_full is left out: the kernel counts it as 0)."""
+        now, took = self._totals(), (time.monotonic() - self._started) * 1e6
+        return {k: round((v - self._start.get(k, v)) / took * 100, 1) for k, v in now.items() if k != "cpu_full"}
+
+
 READ_QUERY = (
     "SELECT a.pid, a.leader_pid, a.backend_type, a.datname, a.usename, a.application_name, host(a.client_addr),"
     " a.state, a.wait_event_type, a.backend_start, a.xact_start, a.query_start, a.state_change, left(a.query, 256),"
@@ -463,10 +498,14 @@ class Fleet:
     def __init__(self, servers: int, per_server: int, max_per_db: int) -> None:
         self.clusters: list[Cluster] = []
         self.targets: list[tuple[str, Cluster]] = []
+        self._admin: dict[int, psycopg.Connection[tuple[Any, ...]]] = {}
+        # The sessions, every replica's connection to each database, the benchmark's own (watch, lock counts,
+        # census), and a margin; a small shared_buffers so that ten servers fit beside 10,000 backends.
+        max_connections = per_server * (max_per_db + REPLICAS) + 20
         try:
             for s in range(servers):
-                cluster = start_cluster(settings={"max_connections": str(per_server * max_per_db + 100),
-                                                  "shared_buffers": "128MB"})
+                cluster = start_cluster(settings={"max_connections": str(max_connections),
+                                                  "shared_buffers": "16MB"})
                 self.clusters.append(cluster)
                 with psycopg.connect(cluster.dsn, autocommit=True) as admin:
                     for d in range(per_server):
@@ -487,6 +526,15 @@ class Fleet:
     @staticmethod
     def local_dsn(cluster: Cluster, dbname: str) -> str:
         return f"host={cluster.base} port={cluster.port} dbname={dbname} user={cluster.user}"
+
+    def admin(self, cluster: Cluster) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection to the server's postgres database, kept open (for the main thread's checks: a new
+        connection each 100 ms to each of ten servers would be load of its own)."""
+        conn = self._admin.get(cluster.port)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.local_dsn(cluster, "postgres"), autocommit=True, application_name=WATCH_APP)
+            self._admin[cluster.port] = conn
+        return conn
 
     def grow(self, per_db: int, min_available_mb: int) -> int:
         """Open sessions round-robin until every database has `per_db`; stop early, evenly, when the machine's
@@ -512,27 +560,27 @@ class Fleet:
         (`sessions: database`)."""
         per_db: dict[str, int] = {}
         for cluster in self.clusters:
-            with psycopg.connect(self.local_dsn(cluster, "postgres"), autocommit=True) as conn:
-                rows = conn.execute(
-                    "SELECT datname, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                    "AND application_name NOT IN (%s, %s) AND pid <> pg_backend_pid() GROUP BY 1",
-                    [APPLICATION_NAME, WATCH_APP],
-                ).fetchall()
-                per_db.update({str(name): int(n) for name, n in rows})
+            rows = self.admin(cluster).execute(
+                "SELECT datname, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND application_name NOT IN (%s, %s) GROUP BY 1",
+                [APPLICATION_NAME, WATCH_APP],
+            ).fetchall()
+            per_db.update({str(name): int(n) for name, n in rows})
         in_view = [per_db.get(name, 0) for name in self.names]
         return {"sessions_per_db": min(len(s.conns) for s in self.sessions), "backends": sum(per_db.values()),
                 "sessions_in_view": min(in_view), "sessions_in_view_max": max(in_view),
                 "available_mb": mem_available_mb()}
 
-    def read_ms(self, rounds: int = 20) -> float:
+    def read_ms(self, rounds: int = 20, query: str = READ_QUERY, params: list[str] | None = None) -> float:
         """Median time of one target's read of its database's sessions (the poll's columns, `datname =
-        current_database()`) on the first server: the server lists every backend before the filter."""
+        current_database()`), or of `query`, on the first server: the server lists every backend before the
+        filter."""
         name, cluster = self.targets[0]
         with psycopg.connect(self.local_dsn(cluster, name), autocommit=True) as conn:
             took = []
             for _ in range(rounds):
                 started = time.perf_counter()
-                conn.execute(READ_QUERY).fetchall()
+                conn.execute(query, params).fetchall()
                 took.append(time.perf_counter() - started)
         return median_ms(took)
 
@@ -552,6 +600,8 @@ class Fleet:
                                "rules": rules}, sort_keys=False)
 
     def destroy(self) -> None:
+        for conn in self._admin.values():
+            conn.close()
         for sessions in getattr(self, "sessions", []):
             sessions.close()
         for cluster in self.clusters:
@@ -560,8 +610,8 @@ class Fleet:
 
 class PollWatch(threading.Thread):
     """Each target's poll starts, seen from the outside without loading pgparent: the `query_start` of its poll
-    statement in its server's pg_stat_activity, sampled every `every` seconds. These are the server's exact
-    timestamps; at a 1 s interval sampling every 100 ms misses none."""
+    statement in its server's pg_stat_activity, sampled every `every` seconds at a fixed rate. These are the
+    server's exact timestamps; why sampling every WATCH_EVERY seconds misses none is said there."""
 
     QUERY = ("SELECT datname, extract(epoch FROM query_start)::float8 FROM pg_catalog.pg_stat_activity "
              "WHERE application_name = %s AND query ~ 'FROM\\s+pg_catalog\\.pg_stat_activity'")
@@ -576,7 +626,8 @@ class PollWatch(threading.Thread):
                        for c in fleet.clusters]
 
     def run(self) -> None:
-        while not self._done.wait(self.every):
+        next_read = time.monotonic()
+        while not self._done.wait(max(0.0, (next_read := next_read + self.every) - time.monotonic())):
             for conn in self._conns:
                 rows = conn.execute(self.QUERY, [APPLICATION_NAME]).fetchall()
                 with self._lock:
@@ -607,6 +658,13 @@ class PollWatch(threading.Thread):
                 still_open = until - (starts[-1] if starts else since)
                 out += closed + ([still_open] if still_open > max(closed, default=0.0) else [])
         return out
+
+    def longest_from(self, names: list[str], since: float, until: float) -> float | None:
+        """When (Unix time) the longest closed gap between polls of these targets in [since, until] began."""
+        with self._lock:
+            pairs = [(b - a, a) for name in names
+                     for a, b in itertools.pairwise([t for t in self.starts[name] if since <= t <= until])]
+        return max(pairs)[1] if pairs else None
 
 
 def gap_figures(gaps: list[float]) -> dict[str, float]:
@@ -748,7 +806,7 @@ def measure_fleet_single(fleet: Fleet, watch: PollWatch, tmp: Path, window: floa
         time.sleep(5)  # every loop past its first, slower, poll
         errors0 = sum(parse_series(d.scrape()[1], "pgparent_poll_errors_total").values())
         overruns0 = len(d.events("poll_overrun"))
-        elsewhere = OthersCpu(fleet)
+        elsewhere, pressure = OthersCpu(fleet), Pressure()
         t0, m0, c0 = time.time(), time.monotonic(), cpu_seconds(d.proc.pid)
         scrapes: list[float] = []
         timed_out = 0
@@ -765,7 +823,7 @@ def measure_fleet_single(fleet: Fleet, watch: PollWatch, tmp: Path, window: floa
                     timed_out += 1
             time.sleep(max(0.0, min(next_scrape, m0 + window) - time.monotonic()))
         t1, m1, c1 = time.time(), time.monotonic(), cpu_seconds(d.proc.pid)
-        rss, peak, load = rss_mb(d.proc.pid), peak_rss_mb(d.proc.pid), os.getloadavg()[0]
+        rss, peak, load, pressed = rss_mb(d.proc.pid), peak_rss_mb(d.proc.pid), os.getloadavg()[0], pressure.pct()
         last_took, body = d.scrape()
         errors = sum(parse_series(body, "pgparent_poll_errors_total").values()) - errors0
         overruns = len(d.events("poll_overrun")) - overruns0
@@ -777,6 +835,7 @@ def measure_fleet_single(fleet: Fleet, watch: PollWatch, tmp: Path, window: floa
         "window_s": round(m1 - m0, 1),
         "load_average": round(load, 2),
         "others_cpu_pct_of_core": others_pct,
+        "pressure_pct": pressed,
         "cpu_pct_of_core": round((c1 - c0) / (m1 - m0) * 100, 1),
         "rss_mb": rss,
         "rss_peak_mb": peak,
@@ -806,15 +865,19 @@ def failure_reasons(d: FleetDaemon, since: float, until: float) -> dict[str, int
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def _leaders(daemons: list[FleetDaemon]) -> tuple[dict[str, list[int]], float]:
-    """Per target, the replicas (by index) whose /metrics say pgparent_leader 1, all read at once; and the
-    seconds the slowest read took."""
+def _leaders(daemons: list[FleetDaemon], *, together: bool = True) -> tuple[dict[str, list[int]], float]:
+    """Per target, the replicas (by index) whose /metrics say pgparent_leader 1, all read at once (or, not
+    `together`, one after another: once leadership holds still, without rendering every replica's series at the
+    same moment); and the seconds the slowest read took."""
     bodies: list[tuple[float, str]] = [(0.0, "")] * len(daemons)
 
     def read(i: int) -> None:
         bodies[i] = daemons[i].scrape()
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(daemons))]
+    if not together:
+        for i in range(len(daemons)):
+            read(i)
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(daemons)) if together]
     for t in threads:
         t.start()
     for t in threads:
@@ -866,15 +929,14 @@ def _server_locks(fleet: Fleet) -> dict[str, tuple[int, int]]:
     leader, member = LOCK_KEY, member_key(LOCK_KEY)
     out = dict.fromkeys(fleet.names, (0, 0))
     for cluster in fleet.clusters:
-        with psycopg.connect(fleet.local_dsn(cluster, "postgres"), autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT d.datname, count(*) FILTER (WHERE l.mode = 'ExclusiveLock' AND l.objid::bigint = %(leader)s),"
-                " count(*) FILTER (WHERE l.mode = 'ShareLock' AND l.objid::bigint = %(member)s)"
-                "  FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid::bigint = %(high)s"
-                " GROUP BY 1",
-                {"leader": leader & 0xFFFFFFFF, "member": member & 0xFFFFFFFF, "high": (leader >> 32) & 0xFFFFFFFF},
-            ).fetchall()
+        rows = fleet.admin(cluster).execute(
+            "SELECT d.datname, count(*) FILTER (WHERE l.mode = 'ExclusiveLock' AND l.objid::bigint = %(leader)s),"
+            " count(*) FILTER (WHERE l.mode = 'ShareLock' AND l.objid::bigint = %(member)s)"
+            "  FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid::bigint = %(high)s"
+            " GROUP BY 1",
+            {"leader": leader & 0xFFFFFFFF, "member": member & 0xFFFFFFFF, "high": (leader >> 32) & 0xFFFFFFFF},
+        ).fetchall()
         out.update({name: (int(n), int(m)) for name, n, m in rows if name in out})
     return out
 
@@ -899,12 +961,14 @@ def _replica_ports(pids: list[int]) -> dict[int, int]:
 
 
 class LockCount(threading.Thread):
-    """The server's count of leader locks each replica holds, sampled every 100 ms (pg_locks joined to
-    pg_stat_activity's client_port, mapped to the replica owning that socket); keeps the most each held at once."""
+    """The server's count of leader locks each replica holds, sampled every 100 ms (the holders' pids from pg_locks,
+    each mapped once to its client_port in pg_stat_activity and so to the replica owning that socket); keeps the
+    most each held at once. pg_locks alone is cheap; pg_stat_activity lists every backend, so it is read only for
+    pids not seen before."""
 
-    QUERY = ("SELECT a.client_port FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
-             "WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.objsubid = 1 "
-             "AND l.classid::bigint = %s AND l.objid::bigint = %s")
+    QUERY = ("SELECT l.pid FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+             "AND l.mode = 'ExclusiveLock' AND l.objsubid = 1 AND l.classid::bigint = %s AND l.objid::bigint = %s")
+    PORTS = "SELECT pid, client_port FROM pg_catalog.pg_stat_activity WHERE pid = ANY(%s)"
 
     def __init__(self, fleet: Fleet, daemons: list[FleetDaemon]) -> None:
         super().__init__(daemon=True, name="lock-count")
@@ -916,13 +980,19 @@ class LockCount(threading.Thread):
 
     def run(self) -> None:
         key = [(LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF]
+        owner: list[dict[int, int | None]] = [{} for _ in self._conns]  # per server: backend pid -> replica index
         while not self._done.wait(0.1):
-            ports = _replica_ports(self.pids)
             held = [0] * len(self.pids)
-            for conn in self._conns:
-                for (port,) in conn.execute(self.QUERY, key).fetchall():
-                    if port in ports:
-                        held[ports[port]] += 1
+            for conn, known in zip(self._conns, owner, strict=True):
+                pids = [pid for (pid,) in conn.execute(self.QUERY, key).fetchall()]
+                new = [pid for pid in pids if pid not in known]
+                if new:
+                    ports = _replica_ports(self.pids)
+                    for pid, port in conn.execute(self.PORTS, [new]).fetchall():
+                        known[pid] = ports.get(port)
+                for pid in pids:
+                    if (i := known.get(pid)) is not None:
+                        held[i] += 1
             self.most = [max(m, h) for m, h in zip(self.most, held, strict=True)]
 
     def stop(self) -> list[int]:
@@ -938,8 +1008,9 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
     """`replicas` processes of `pgparent run --shard` on the same config, started together.
 
     Settling: the last leadership change (by the replicas' logs) before `hold` seconds of exactly one leader per
-    target; then `steady` seconds more, counting changes (there should be none); then the spread, from each
-    replica's pgparent_leader{target}, and the server's advisory locks. Then SIGKILL of the replica leading most,
+    target; then `steady` seconds more, counting changes (there should be none); then the server's advisory locks,
+    and the spread from each replica's pgparent_leader{target}, read one replica after another (three renders at
+    once on a small machine starved the replicas' polls past their deadline). Then SIGKILL of the replica leading most,
     and how long until every target has exactly one leader among the survivors: by their logs, by the server's
     locks (one leader lock per target database, the dead replica's member locks gone), both checked every 100 ms,
     and, with `poll_metrics`, by their /metrics read in a loop meanwhile (every 100 ms at most: a read re-renders
@@ -957,8 +1028,8 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         time.sleep(steady)
         _by_logs(daemons)
         steady_changes = sum(len(d.changes) for d in daemons) - before
-        reported, read_s = _leaders(daemons)
         server = _server_locks(fleet)
+        reported, read_s = _leaders(daemons, together=False)
         released = sum(1 for d in daemons for _, event, _ in d.changes if event == "leadership_released")
         spread = [sum(1 for v in reported.values() if v == [i]) for i in range(replicas)]
         victim = max(range(replicas), key=lambda i: spread[i])
@@ -1010,6 +1081,8 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         for d in daemons:
             for what, n in failure_reasons(d, started, time.time()).items():
                 reasons[what] = reasons.get(what, 0) + n
+        settled_at = started + (settled if settled is not None else timeout)
+        while_settling = sum(n for d in daemons for n in failure_reasons(d, started, settled_at).values())
     finally:
         for d in daemons:
             d.stop()
@@ -1039,6 +1112,7 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
         "spread_after_kill": _spread(reported_after, len(survivors)),
         "server_lock_holders_ok_after_kill": all(locks == (1, replicas - 1) for locks in server_after.values()),
         "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "failures_while_settling": while_settling,
     }
 
 
@@ -1057,17 +1131,21 @@ def measure_fleet_blackhole(fleet: Fleet, watch: PollWatch, tmp: Path, baseline:
     try:
         d.wait_polled(fleet.names)
         time.sleep(5)
+        elsewhere, pressure = OthersCpu(fleet), Pressure()
         t0 = time.time()
         time.sleep(baseline)
         t1, load_before = time.time(), os.getloadavg()[0]
+        others_before, pressure_before = elsewhere.pct_of_core(), pressure.pct()
         errors_before = d.series("pgparent_poll_errors_total")
-        elsewhere = OthersCpu(fleet)
+        elsewhere, pressure = OthersCpu(fleet), Pressure()
         stalled = time.time()
         proxy.stall()
         time.sleep(stall)
         t2, load_during = time.time(), os.getloadavg()[0]
         held = proxy.held.is_set()
         proxy.resume()
+        worst = watch.longest_from(others, stalled, t2)
+        stall_pressure = pressure.pct()
         others_pct = elsewhere.pct_of_core()
         back = d.first_event("database_available", name, t2, timeout=60)
         down = d.first_event("database_unavailable", name, stalled, timeout=0)
@@ -1080,31 +1158,38 @@ def measure_fleet_blackhole(fleet: Fleet, watch: PollWatch, tmp: Path, baseline:
         "proxy_held_traffic": held,
         "others_before": gap_figures(watch.gaps(others, t0, t1)),
         "others_during": gap_figures(watch.gaps(others, stalled, t2)),
+        "others_longest_gap_from_s": None if worst is None else round(worst - stalled, 1),
         "load_average_before": round(load_before, 2),
         "load_average_during": round(load_during, 2),
+        "others_cpu_pct_before": others_before,
+        "pressure_pct_before": pressure_before,
         "others_cpu_pct_during": others_pct,
+        "pressure_pct_during": stall_pressure,
         "others_failed_polls": int(sum(v - errors_before.get(k, 0) for k, v in errors.items() if k != name)),
         "blackholed_down_after_s": None if down is None else round(down - stalled, 2),
         "blackholed_back_after_s": None if back is None else round(back - t2, 2),
     }
 
 
-def run_fleet(quick: bool = False) -> dict[str, Any]:
-    """Two servers, 25 databases each, one target per database reading only its database's sessions, and 200
-    client sessions connected to every database (10,000 backends, or as many as the machine's memory holds): one
-    process, three shard-mode replicas, a black-holed target."""
-    per_server, per_db, window, stall = (3, 20, 10.0, 8.0) if quick else (25, 200, 60.0, 30.0)
-    fleet = Fleet(2, per_server, per_db)
-    watch = PollWatch(fleet)
-    watch.start()
+def run_fleet(quick: bool = False, *, servers: int = 10, per_server: int = 5, per_db: int = 200) -> dict[str, Any]:
+    """`servers` servers with `per_server` databases each, one target per database reading only its database's
+    sessions, and `per_db` client sessions connected to every database (by default 50 targets and 10,000 backends,
+    or as many as the machine's memory holds): one process, three shard-mode replicas, a black-holed target.
+    `quick`: 2 servers of 3 databases, 20 sessions each, short windows (a smoke run)."""
+    if quick:
+        servers, per_server, per_db = 2, 3, 20
+    window, stall = (10.0, 8.0) if quick else (60.0, 30.0)
+    fleet = Fleet(servers, per_server, per_db)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     out: dict[str, Any] = {
         "commit": commit.stdout.strip(),
         "interval_s": FLEET_INTERVAL,
         "servers": len(fleet.clusters),
+        "databases_per_server": per_server,
         "targets": len(fleet.targets),
         "cores": os.cpu_count(),
         "sessions_wanted_per_db": per_db,
+        "watch_every_s": WATCH_EVERY,
     }
     # Kept: the daemons' logs are where a missed goal's cause is read.
     tmp = Path(tempfile.mkdtemp(prefix="pgparent-fleet-"))
@@ -1117,18 +1202,31 @@ def run_fleet(quick: bool = False) -> dict[str, Any]:
         out.update(fleet.census())
         read_ms[str(out["backends"] // len(fleet.clusters))] = fleet.read_ms()
         out["read_ms_by_backends_per_server"] = read_ms
+        out["watch_read_ms"] = fleet.read_ms(query=PollWatch.QUERY, params=[APPLICATION_NAME])
         print(json.dumps(out), flush=True)
-        out["single"] = measure_fleet_single(fleet, watch, tmp, window)
+        # The watch runs only where its figures are used: shard mode has its own measures.
+        with _watching(fleet) as watch:
+            out["single"] = measure_fleet_single(fleet, watch, tmp, window)
         print(json.dumps(out["single"]), flush=True)
-        out["shard"] = measure_fleet_shard(fleet, tmp, 3, hold=3.0 if quick else 5.0, steady=round(window / 3),
-                                           timeout=180, poll_metrics=True)
+        out["shard"] = measure_fleet_shard(fleet, tmp, REPLICAS, hold=3.0 if quick else 5.0,
+                                           steady=round(window / 3), timeout=180, poll_metrics=True)
         print(json.dumps(out["shard"]), flush=True)
-        out["blackhole"] = measure_fleet_blackhole(fleet, watch, tmp, stall, stall)
+        with _watching(fleet) as watch:
+            out["blackhole"] = measure_fleet_blackhole(fleet, watch, tmp, stall, stall)
         print(json.dumps(out["blackhole"]), flush=True)
     finally:
-        watch.stop()
         fleet.destroy()
     return out
+
+
+@contextlib.contextmanager
+def _watching(fleet: Fleet) -> Iterator[PollWatch]:
+    watch = PollWatch(fleet)
+    watch.start()
+    try:
+        yield watch
+    finally:
+        watch.stop()
 
 
 def machine() -> dict[str, Any]:
@@ -1308,7 +1406,8 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
         f"`scripts/bench --only fleet` (commit {fleet['commit']}): one `pgparent run` watching {fleet['targets']} "
         f"targets, {fleet['servers']} throwaway servers with {per_server} databases each and one target per "
         f"database, each with `sessions: database` (it reads and signals only its DSN's database's sessions), at a "
-        f"{fleet['interval_s']:g} s interval with rules.yaml's rules in dry run. Every database holds "
+        f"{fleet['interval_s']:g} s interval with rules.yaml's rules in dry run (servers with shared_buffers 16MB, "
+        "so that ten fit). Every database holds "
         f"{fleet['sessions_per_db']} client sessions"
         + (f" (of the {fleet['sessions_wanted_per_db']} wanted: the machine's memory ran short)" if short else "")
         + f", {fleet['backends']} client backends in all: {fleet['sessions_in_view']} in each target's view. "
@@ -1317,9 +1416,13 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
         f"Over {one['window_s']:g} s: the process's CPU (utime + stime from /proc, as a share of one core), its RSS "
         "at the end and at its peak (VmHWM), and the gaps between consecutive polls of each target, read from the "
         "outside: the `query_start` of each target's poll statement in its server's `pg_stat_activity`, sampled "
-        f"every {WATCH_EVERY * 1000:g} ms (the server's exact timestamps, at no cost to pgparent; not free for "
-        "the servers, below). /metrics is scraped every 15 s "
-        "meanwhile, with Prometheus's default 10 s timeout. " + _shared(fleet),
+        f"every {_watch_every(fleet) * 1000:g} ms (the server's exact timestamps, at no cost to pgparent; not free "
+        "for the servers, below). That sees every poll: in dry run with no lock waiters a target's poll is the only "
+        "statement its connection runs once it holds the leader lock, so each poll stays the connection's last "
+        "query until the next one starts, and a failed poll until statement_timeout (0.8 s) or the client's "
+        "deadline (0.9 s) ends it; a miss could only merge two gaps into a longer one. The watch runs only while "
+        "one process is measured and during the black hole. /metrics is scraped every 15 s meanwhile, with "
+        "Prometheus's default 10 s timeout. " + _shared(fleet),
     ]
     if one["metrics_scrape_ms"] is not None and not one["metrics_scrapes_timed_out"]:
         scrape = f"{one['metrics_scrape_ms']} ms, {one['metrics_kb']} kB"
@@ -1340,7 +1443,8 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
         "Settled is the last leadership change in their logs (`leadership_acquired`; `_released`, `_lost`, "
         "`database_unavailable` and `database_available` end one) before "
         f"{sh['hold_s']:g} s of exactly one leader per target; the changes in the {sh['steady_s']:g} s after that "
-        "are counted, and the spread is then read from each replica's `pgparent_leader{target}`. The replica "
+        "are counted, then the server's `pg_locks` is checked and the spread read from each replica's "
+        "`pgparent_leader{target}`, one replica after another. The replica "
         "leading most is then killed with SIGKILL, and the time until every target has exactly one leader among "
         "the survivors is taken three ways: their /metrics read in a loop (every 100 ms at most), their logs, and "
         "the server's `pg_locks` (one leader lock per target database, and the dead replica's member locks gone), "
@@ -1371,12 +1475,18 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _watch_every(fleet: dict[str, Any]) -> float:
+    return float(fleet.get("watch_every_s", 0.1))  # 0.1 s before it was recorded
+
+
 def _shared(fleet: dict[str, Any]) -> str:
     """Whether the run had the machine to itself: the CPU other processes used during each part."""
+    bh = fleet["blackhole"]
     parts = [fleet["single"]["others_cpu_pct_of_core"], fleet["shard"]["others_cpu_pct_of_core"],
-             fleet["blackhole"]["others_cpu_pct_during"]]
-    figures = (f"{parts[0]}% of a core while one process was measured, {parts[1]}% during shard mode, {parts[2]}% "
-               "during the black hole")
+             bh.get("others_cpu_pct_before", 0.0), bh["others_cpu_pct_during"]]
+    figures = (f"{parts[0]}% of a core while one process was measured, {parts[1]}% during shard mode, "
+               + (f"{parts[2]}% just before the black hole and {parts[3]}% during it" if "others_cpu_pct_before" in bh
+                  else f"{parts[3]}% during the black hole"))
     if max(parts) < 5:
         return f"The run had the machine to itself: other processes used {figures}."
     return (f"The run shared the machine ({fleet['cores']} cores) with other work: other processes used "
@@ -1415,6 +1525,12 @@ def _by(value: float, limit: float) -> str:
     return f"{round(over * 1000)} ms" if over < 1 else f"{over:.1f} s"
 
 
+PREVIOUS = {"commits": "796e220 and df3a1aa", "servers": 2, "databases_per_server": 25, "read_ms_few": 0.8,
+            "read_ms_many": "20-34", "cores_asked": 2.4, "cpu_pct": 16.0, "rss_mb": 81, "gap_p99_s": 7.3,
+            "blackhole_p99_s": 4.9}
+"""The fleet run before the layout of ten servers (25 databases on each of two servers), for the note on it."""
+
+
 def fleet_notes(fleet: dict[str, Any]) -> str:
     """What the fleet figures say and why, from the figures themselves (the causes were found reading the daemons'
     logs)."""
@@ -1422,8 +1538,8 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
     one, sh, bh = fleet["single"], fleet["shard"], fleet["blackhole"]
     per_server = fleet["targets"] // fleet["servers"]
     (few, few_ms), (many, many_ms) = sorted(((int(n), ms) for n, ms in fleet["read_ms_by_backends_per_server"].items()))
-    reads_pct = round(per_server / fleet["interval_s"] * many_ms / 10)
-    watch_pct = round(many_ms / WATCH_EVERY / 10)
+    every, watch_ms = _watch_every(fleet), fleet.get("watch_read_ms", many_ms)
+    server_pct = round((per_server / fleet["interval_s"] * many_ms + watch_ms / every) / 10, 1)
     led_again = _led_again(sh)
     overloaded = one["gap_p99_s"] > limit and one["cpu_pct_of_core"] < 30
     notes = [
@@ -1435,13 +1551,28 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
         "gap of 16.5 s. Two targets that would read the same sessions are now refused at connect.",
         f"- **The servers' side of a read.** `pg_stat_activity` lists every backend of the server before the "
         f"`datname` filter applies: one target's read took {few_ms} ms with {few} client backends on its server, "
-        f"{many_ms} ms with {many} (timed before any pgparent ran, the watch reading meanwhile). {per_server} such "
-        f"reads a second are about {reads_pct}% of a core per "
-        f"server, and this benchmark's watch (one read of each server every {WATCH_EVERY:g} s) adds about "
-        f"{watch_pct}%: {round(2 * (reads_pct + watch_pct) / 100, 1)} cores for the {fleet['servers']} servers, on a "
-        f"machine of {fleet['cores']}, before pgparent's own CPU. In shard mode only a target's leader reads its "
+        f"{many_ms} ms with {many}, and the watch's read {watch_ms} ms (timed before any pgparent ran). "
+        f"{per_server} target reads a second and the watch's {1 / every:g} are about {server_pct}% of a core per "
+        f"server, {round(fleet['servers'] * server_pct / 100, 1)} cores for the {fleet['servers']} servers on a "
+        f"machine of {fleet['cores']}, besides pgparent's own CPU. In shard mode only a target's leader reads its "
         "sessions, and every replica also reads the target's `pg_locks` each interval "
-        f"(exporter/queries/lock_holders.sql): {sh['replicas'] * fleet['targets']} such reads a second more.",
+        f"(exporter/queries/lock_holders.sql): {sh['replicas'] * fleet['targets']} such reads a second in all.",
+    ]
+    if fleet.get("databases_per_server", 25) != PREVIOUS["databases_per_server"]:
+        notes.append(
+            f"- **{PREVIOUS['databases_per_server']} database targets on one server** (the layout of commits "
+            f"{PREVIOUS['commits']}: {PREVIOUS['servers']} servers of {PREVIOUS['databases_per_server']} databases, "
+            "the same 10,000 backends) ran the servers out of CPU: one target's read took "
+            f"{PREVIOUS['read_ms_few']} ms at 200 backends on its server and {PREVIOUS['read_ms_many']} ms at 5000, "
+            f"so {PREVIOUS['databases_per_server']} reads a second on each server and the watch's 10 asked about "
+            f"{PREVIOUS['cores_asked']} cores in all of a 2-core machine. pgparent met its CPU and memory goals there "
+            f"({PREVIOUS['cpu_pct']}% of a core, {PREVIOUS['rss_mb']} MB), but the p99 gap was "
+            f"{PREVIOUS['gap_p99_s']} s, shard mode never had every target led again, and the p99 gap around a black "
+            f"hole was {PREVIOUS['blackhole_p99_s']} s. That is PostgreSQL's cost of many database targets on one "
+            "server: many databases of one big server are better watched by one `sessions: server` target with "
+            "`match.database` in its rules, one read an interval."
+        )
+    notes += [
         f"- **One process**: {one['cpu_pct_of_core']}% of a core "
         + ("(goal < 30%: met)" if one["cpu_pct_of_core"] < 30 else
            f"(goal < 30%: missed by {round(one['cpu_pct_of_core'] - 30, 1)} points)")
@@ -1465,7 +1596,7 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
         f"- **Shard mode**: {_settled(sh)}, {' / '.join(map(str, sh['spread']))} targets per replica by /metrics "
         f"(share {sh['fair_share']}), {sh['changes_while_settled']} leadership changes in the {sh['steady_s']:g} s "
         "after"
-        + (". " if sh["settled_s"] is not None else
+        + ((". " + _shard_failures(sh)) if sh["settled_s"] is not None else
            f"; {sh['targets_without_leader']} targets without a leader when /metrics was read "
            f"({sh['metrics_read_s']} s a read). A failed statement closes its connection and so drops that "
            "connection's leader and member locks (`leadership_lost`): under the load above leaderships keep "
@@ -1482,20 +1613,54 @@ def fleet_notes(fleet: dict[str, Any]) -> str:
            f"{_s(sh['locks_held_again_after_kill_s'])} by pg_locks: goal (within 2 intervals) "
            + ("met." if led_again <= 2 * fleet["interval_s"] else
               f"missed by {_by(led_again, 2 * fleet['interval_s'])}."))
-        + ("" if sh["led_again_after_kill_s"] is None else
+        + ("" if sh["led_again_after_kill_s"] is None or led_again is None
+           or sh["led_again_after_kill_s"] < led_again else
            f" /metrics shows it last ({sh['metrics_read_s']} s a read of a replica's /metrics)."),
         "- **A black-holed target** hangs only its own thread until its watchdog cuts the connection, then "
         "reconnects with backoff (jittered, up to 10 s: that, not the link, decides when it is back); the other "
         "targets' loops run on threads of their own. "
-        + ("Their gaps stayed within interval + 100 ms (goal met)." if bh["others_during"]["gap_p99_s"] <= limit else
+        + (f"Their p99 gap during the stall was {bh['others_during']['gap_p99_s']} s (goal <= interval + 100 ms: "
+           "met)" + (f"; in the {bh['stall_s']:g} s just before it, {bh['others_before']['gap_p99_s']} s (max "
+                     f"{bh['others_before']['gap_max_s']} s)" if bh["others_before"]["gap_p99_s"] > limit else "")
+           + "." if bh["others_during"]["gap_p99_s"] <= limit else
            f"Their p99 gap missed interval + 100 ms by {_by(bh['others_during']['gap_p99_s'], limit)}, as it did "
            f"just before the stall (p99 {bh['others_before']['gap_p99_s']} s): the servers' load above, not the "
            "black hole."
            if bh["others_before"]["gap_p99_s"] > limit else
            f"Their p99 gap missed interval + 100 ms by {_by(bh['others_during']['gap_p99_s'], limit)} (p99 "
-           f"{bh['others_before']['gap_p99_s']} s in the {bh['stall_s']:g} s just before the stall)."),
+           f"{bh['others_before']['gap_p99_s']} s in the {bh['stall_s']:g} s just before the stall), with "
+           f"{bh['others_failed_polls']} failed polls among them." + _stall_detail(bh)),
     ]
     return "\n".join(notes) + "\n"
+
+
+def _stall_detail(bh: dict[str, Any]) -> str:
+    """When the others' longest gap began, and how much the machine stalled meanwhile (PSI), where recorded."""
+    out = ""
+    if bh.get("others_longest_gap_from_s") is not None:
+        out += f" Their longest gap began {bh['others_longest_gap_from_s']:g} s into the stall."
+    if bh.get("pressure_pct_during"):
+        pr, before = bh["pressure_pct_during"], bh.get("pressure_pct_before") or {}
+        out += (f" Over the stall some task waited for CPU {pr.get('cpu_some')}% of the time, for I/O "
+                f"{pr.get('io_some')}%, for memory {pr.get('memory_some')}% (/proc/pressure"
+                + (f"; {before.get('cpu_some')}%, {before.get('io_some')}% and {before.get('memory_some')}% just "
+                   "before it" if before else "") + ").")
+    return out
+
+
+def _shard_failures(sh: dict[str, Any]) -> str:
+    """The replicas' outages once settled, and whether pg_locks agreed before the kill."""
+    if not sh["failure_reasons"]:
+        return ""
+    agree = ("" if sh["server_lock_holders_ok"] else
+             f"; when pg_locks was read before the kill, not every target database showed one leader lock and "
+             f"{sh['replicas']} member locks")
+    total = sum(sh["failure_reasons"].values())
+    settling = sh.get("failures_while_settling")
+    when = ("" if settling is None else
+            ", all while the three processes started together and settled" if settling == total else
+            f", {settling} of them while the three processes started together and settled")
+    return f"The replicas logged {total} outages ({_reasons(sh)}){when}{agree}. "
 
 
 def _settled(shard: dict[str, Any]) -> str:
