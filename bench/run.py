@@ -7,6 +7,7 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
     scripts/bench --only deadlines  # reaction to a time limit with and without deadlines (bench/reaction.py)
     scripts/bench --only core     # the sizes, reaction and synthetic tables alone
     scripts/bench --only fleet    # 50 targets on ten servers: one process, shard-mode replicas, a black hole (~8 min)
+    scripts/bench --only handover  # shard-mode replicas joining and killed: targets handed over (bench/handover.py)
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all
 contenders alike; tables report medians and ratios.
@@ -1274,6 +1275,13 @@ def run(sizes: list[int], rounds: int, trials: int, synthetic_sizes: list[int]) 
     return results
 
 
+def run_handover() -> dict[str, Any]:
+    """Shard-mode replicas joining and killed over idle database targets (bench/handover.py)."""
+    from bench.handover import measure_handover
+
+    return measure_handover(REPO)
+
+
 def run_deadlines(trials: int = 20) -> list[dict[str, Any]]:
     """Reaction to a time limit, with deadlines and poll-only, on a server of its own (bench/reaction.py)."""
     from bench.reaction import measure
@@ -1375,10 +1383,44 @@ def write_docs(results: dict[str, Any], path: Path, plot: Path | None) -> None:
         )
     if results.get("fleet"):
         lines += fleet_lines(results["fleet"])
+    if results.get("handover"):
+        lines += handover_lines(results["handover"])
     lines += _table("## Goals", "| goal | measured | holds |",
                     [f"| {goal} | {measured} | {'yes' if ok else '**no**'} |" for goal, measured, ok in goals(results)])
     lines += ["", QUERY_NOTE, "", core_notes(results)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def handover_lines(h: dict[str, Any]) -> list[str]:
+    join, kill = h["join"], h["kill"]
+    return _table(
+        f"**Hand-over between replicas** (`scripts/bench --only handover`, bench/handover.py): {h['replicas']} "
+        f"`--shard` replicas over {h['targets']} targets, the databases of one server (`sessions: database`, no "
+        f"client sessions: the hand-over alone), at a {h['interval_s']:g} s interval, read from the server's "
+        "pg_locks every 20 ms (a replica known by its connections' client ports). A replica joins two that lead "
+        "every target; then the one leading most is killed with SIGKILL.",
+        "| step | figure |",
+        [
+            f"| join: spread as the share allows after | {_s(join['spread_after_join_s'])} (spread "
+            f"{' / '.join(map(str, join['spread']))}) |",
+            f"| join: longest any target was without a leader | {join['longest_without_leader_s']:g} s "
+            f"(goal: under 2 intervals) |",
+            f"| SIGKILL: every one of the {kill['orphaned']} orphaned targets led again after | "
+            f"{_s(kill['all_led_again_s'])} (goal: 2 intervals) |",
+            f"| SIGKILL: targets per survivor | {' / '.join(map(str, kill['spread']))} |",
+        ],
+    )
+
+
+def handover_goals(h: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    join, kill = h["join"], h["kill"]
+    two = 2 * h["interval_s"]
+    return [
+        ("a replica joining: no target without a leader for more than 2 intervals",
+         f"{join['longest_without_leader_s']:g} s", join["longest_without_leader_s"] <= two),
+        ("a replica killed: its targets led again within 2 intervals (idle targets)",
+         _s(kill["all_led_again_s"]), kill["all_led_again_s"] is not None and kill["all_led_again_s"] <= two),
+    ]
 
 
 def _s(value: float | None) -> str:
@@ -1806,6 +1848,8 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                     f"p95 {r['p95_ms']} ms over {r['trials']} trials", r["p95_ms"] <= 100))
     if results.get("fleet"):
         out += fleet_goals(results["fleet"])
+    if results.get("handover"):
+        out += handover_goals(results["handover"])
     return out
 
 
@@ -1840,7 +1884,7 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench-poll.png")
     parser.add_argument("--from-results", type=Path, help="only redraw the docs and plot from a results.json")
-    parser.add_argument("--only", choices=["core", "locks", "fleet", "deadlines"],
+    parser.add_argument("--only", choices=["core", "locks", "fleet", "deadlines", "handover"],
                         help="measure only this part, merged into --output's results (core: the sizes, reaction and "
                         "synthetic tables; fleet with --quick: a small fleet, short windows)")
     args = parser.parse_args()
@@ -1853,6 +1897,8 @@ def main() -> int:
             results["locks"] = run_locks(1000, rounds=20)
         elif args.only == "deadlines":
             results["deadlines"] = run_deadlines()
+        elif args.only == "handover":
+            results["handover"] = run_handover()
         else:
             results["fleet"] = run_fleet(quick=args.quick)
         args.output.write_text(json.dumps(results, indent=2) + "\n")
@@ -1871,6 +1917,7 @@ def main() -> int:
         results["locks"] = run_locks(1000, rounds=20)
         results["deadlines"] = run_deadlines()
         results["fleet"] = run_fleet()
+        results["handover"] = run_handover()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     if not args.quick:
         write_plot(results, args.plot)
