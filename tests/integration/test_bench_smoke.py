@@ -44,12 +44,29 @@ def test_quick_fleet_bench_merges_its_part(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert {k: v for k, v in results.items() if k != "fleet"} == {k: v for k, v in before.items() if k != "fleet"}
     fleet = results["fleet"]
-    assert fleet["targets"] == 6 and [r["layout"] for r in fleet["runs"]] == ["view", "per_db"]
-    for run in fleet["runs"]:
-        one, shard = run["single"], run["shard"]
-        for key in ("cpu_pct_of_core", "rss_peak_mb", "gap_p99_s", "polls"):
-            assert isinstance(one[key], int | float) and one[key] > 0, key
-        assert len(shard["spread"]) == 3 and len(shard["spread_after_kill"]) == 2
-        assert isinstance(shard["locks_held_again_after_kill_s"], float)
+    assert fleet["targets"] == 6 and fleet["servers"] == 2 and fleet["sessions_in_view"] > 0
+    one, shard = fleet["single"], fleet["shard"]
+    for key in ("cpu_pct_of_core", "rss_peak_mb", "gap_p99_s", "polls"):
+        assert isinstance(one[key], int | float) and one[key] > 0, key
+    assert len(shard["spread"]) == 3 and len(shard["spread_after_kill"]) == 2
+    assert isinstance(shard["locks_held_again_after_kill_s"], float)
     assert fleet["blackhole"]["proxy_held_traffic"] and fleet["blackhole"]["others_during"]["gaps"] > 0
     assert "## Fleets" in docs.read_text()
+
+
+def test_handover_bench_merges_its_part(tmp_path: Path) -> None:
+    """`bench/run.py --only handover` measures a replica joining and one killed, merged into the results it is given,
+    with its section in the docs."""
+    out, docs = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    shutil.copy(REPO / "bench" / "results.json", out)
+    before = json.loads(out.read_text())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "handover",
+                             "--output", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {k: v for k, v in results.items() if k != "handover"} == {
+        k: v for k, v in before.items() if k != "handover"}
+    handover = results["handover"]
+    assert sum(handover["join"]["spread"]) == handover["targets"] == sum(handover["kill"]["spread"])
+    assert isinstance(handover["kill"]["all_led_again_s"], float)
+    assert "Hand-over between replicas" in docs.read_text()
