@@ -1798,18 +1798,21 @@ def core_notes(results: dict[str, Any]) -> str:
             "one-regex grouping parses each name in one comprehension and files the sessions in one loop; groups are "
             "named tuples, as immutable as the frozen dataclass and built without per-field setattr; a rule looks up "
             "a parent glob without wildcards instead of testing every group, and a rule on group size alone passes "
-            "over groups within its limit without building their scope. What grows from 10k to 100k is memory "
-            "traffic: 100k sessions no longer fit the processor's caches. On this shared machine the figure moves "
-            "a lot from run to run (compare the collector-running column, the same work): the median of 5 "
-            "repetitions in one run is one sample of that spread, not a floor."
+            "over groups within its limit without building their scope. "
+            + ("Per session, 100k cost more than 10k: memory traffic, as 100k sessions no longer fit the processor's "
+               "caches. " if growth > 1.05 else "")
+            + "On this shared machine the figure moves a lot from run to run (compare the collector-running column, "
+            "the same work; runs with other work on the machine gave 84-200 ms): the median of 5 repetitions in one "
+            "run is one sample of that spread, not a floor."
         )
     return "\n".join(notes) + "\n"
 
 
 QUERY_NOTE = (
-    "The poll query (`exporter/queries/activity.sql`) reads the 16 columns pgparent uses, filters to client backends "
-    "and parallel workers on the server, and calls one function per row (`left(query, 256)`, bounding what hostile "
-    "clients can make it transfer) plus a cast of `client_addr`; the floor reads all of pg_stat_activity's columns."
+    "The poll query (`exporter/queries/activity.sql`) reads the 18 columns pgparent uses (the server's `now()` among "
+    "them) in binary, filters to client backends and parallel workers on the server, and calls one function per row "
+    "(the query text's first 256 bytes as bytes, `substring(textsend(query) ...)`, bounding what hostile clients "
+    "can make it transfer) plus a cast of `client_addr`; the floor reads all of pg_stat_activity's columns."
 )
 
 
