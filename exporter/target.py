@@ -201,7 +201,8 @@ class Monitor:
         self._retry_lock = False
         """Set when the shard's share grew: a follower tries its target's lock before its next poll."""
         if shard is not None:
-            shard.on_grow[name] = self._share_grew
+            with shard.lock:
+                shard.on_grow[name] = self._share_grew
         self.servers = servers
         self._claimed: int | None = None
         """The connection generation whose sessions are claimed in `servers`."""
@@ -244,8 +245,10 @@ class Monitor:
         self.wake.set()
 
     def close(self) -> None:
-        if self.shard is not None and self.shard.on_grow.get(self.name) == self._share_grew:
-            del self.shard.on_grow[self.name]
+        if self.shard is not None:
+            with self.shard.lock:
+                if self.shard.on_grow.get(self.name) == self._share_grew:  # not a successor's of the same name
+                    del self.shard.on_grow[self.name]
         self._release_leadership()
         if self.servers is not None:
             self.servers.release(self)

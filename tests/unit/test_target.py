@@ -69,3 +69,18 @@ def test_shard_reserves_within_the_share_and_gives_up_one_at_a_time() -> None:
     assert shard.reserve("t2")
     shard.leading |= {"t0", "t2", "t3"}
     assert [shard.give_up(t) for t in ("t0", "t2", "t3")] == [True, False, False]
+
+
+def test_shard_wakes_its_followers_when_the_share_grows() -> None:
+    """A replica gone (the share grows): every registered follower is called to try its lock now; a replica joining
+    (the share shrinks) calls nobody."""
+    now = time.monotonic()
+    shard = Shard(targets=4, window=2.0)
+    calls: list[str] = []
+    shard.on_grow = {"t0": lambda: calls.append("t0"), "t1": lambda: calls.append("t1")}
+    for i in range(4):
+        shard.seen(f"t{i}", 2, now)  # 2 replicas: share 4 -> 2, shrinking
+    assert calls == []
+    for i in range(3):
+        shard.seen(f"t{i}", 1, now)  # the other replica gone from most reads: share back to 4
+    assert sorted(calls) == ["t0", "t1"]
