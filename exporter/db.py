@@ -402,13 +402,18 @@ class Database:
             raise self._fail("poll failed", exc) from exc
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers))
 
-    def _value(self, query_name: str, key: int, what: str) -> object:
+    def _row(self, query_name: str, params: dict[str, Any], what: str) -> tuple[Any, ...] | None:
+        """The one row of `queries/<query_name>.sql` (None when it returns none); `what` names a failure."""
         conn = self._connection()
         try:
             with self._guard(conn):
-                row = conn.execute(load_query(query_name), {"key": key}).fetchone()
+                row: tuple[Any, ...] | None = conn.execute(load_query(query_name), params).fetchone()
         except psycopg.Error as exc:
             raise self._fail(what, exc) from exc
+        return row
+
+    def _value(self, query_name: str, key: int, what: str) -> object:
+        row = self._row(query_name, {"key": key}, what)
         return row[0] if row else None
 
     def _typed(
@@ -442,12 +447,7 @@ class Database:
     def lock_holders(self, member: int, leader: int) -> tuple[int, int]:
         """How many sessions hold the shared lock `member` and the exclusive lock `leader` in this database: the live
         replicas, and whether some replica leads."""
-        conn = self._connection()
-        try:
-            with self._guard(conn):
-                row = conn.execute(load_query("lock_holders"), {"member": member, "leader": leader}).fetchone()
-        except psycopg.Error as exc:
-            raise self._fail("lock count failed", exc) from exc
+        row = self._row("lock_holders", {"member": member, "leader": leader}, "lock count failed")
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def _signal_params(self, session: Session, guard: Guard) -> dict[str, Any]:
@@ -472,9 +472,7 @@ class Database:
         if session.backend_start is None:
             return "not_signalled", "backend_start unknown: cannot guard against pid reuse"
         conn = self._connection()
-        statement = sql.SQL(load_query("signal")).format(
-            function=sql.Identifier("pg_catalog", _SIGNAL_FUNCTIONS[action])
-        )
+        statement = _signal_statement(_SIGNAL_FUNCTIONS[action])
         params = self._signal_params(session, guard)
         try:
             with self._guard(conn):
@@ -498,7 +496,7 @@ class Database:
         abs(pid) in place of the signal: what a dry run audits at a deadline."""
         if session.backend_start is None:
             return False
-        statement = sql.SQL(load_query("signal")).format(function=sql.Identifier("pg_catalog", "abs"))
+        statement = _signal_statement("abs")
         conn = self._connection()
         try:
             with self._guard(conn):
@@ -508,6 +506,13 @@ class Database:
         except psycopg.Error:
             return False
         return row is not None
+
+
+@cache
+def _signal_statement(function: str) -> sql.Composed:
+    """queries/signal.sql with `pg_catalog.<function>` applied to the pid it finds (abs: a probe that signals
+    nothing)."""
+    return sql.SQL(load_query("signal")).format(function=sql.Identifier("pg_catalog", function))
 
 
 class _SessionRows:

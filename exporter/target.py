@@ -132,6 +132,7 @@ class Shard:
             return True
 
     def unreserve(self, target: str) -> None:
+        """`target` no longer counts in this replica's share: its lock was not had, or its leadership ended."""
         with self.lock:
             self.leading.discard(target)
 
@@ -219,9 +220,9 @@ class Monitor:
         self._off_reason: str | None = None
         self._thread: threading.Thread | None = None
         self._deadlines: list[tuple[float, Deadline]] = []
+        """Due moments (this process's monotonic clock) from the last poll, earliest first."""
         self._clock: tuple[datetime, float] = (datetime.now(UTC), time.monotonic())
         """The last poll's server now() and this process's monotonic clock when it was read."""
-        """Due moments (this process's monotonic clock) from the last poll, earliest first."""
         self._publish(up=False, duration=0.0)
 
     # -- schedule ----------------------------------------------------------------------------------------------
@@ -494,8 +495,7 @@ class Monitor:
     def _lost_leadership(self) -> None:
         self._lock_generation = None
         if self.shard is not None:
-            with self.shard.lock:
-                self.shard.leading.discard(self.name)
+            self.shard.unreserve(self.name)
 
     def _release_leadership(self) -> None:
         if self._lock_generation is not None and self._lock_generation == self.db.generation and self._lock_key:
