@@ -102,16 +102,27 @@ class Source:
         """The tag describes the session's current query, not the session: signals must re-check query_start."""
         return self.kind == "comment"
 
+    def read(self, session: Session) -> str | bytes | None:
+        """What this source looks at in `session`: its application_name, user or database; for a comment, the raw
+        value of its key while the session's query is live (None otherwise)."""
+        if self.kind == "comment":
+            comments = session.comments
+            return comments[self.slot] if in_query(session.state) and self.slot < len(comments) else None
+        if self.kind == "application_name":
+            return session.application_name
+        return session.usename if self.kind == "user" else session.datname
+
+    def parse(self, value: str | bytes | None) -> str | None:
+        """The parent tag in what `read` gave, or None."""
+        if value is None:
+            return None
+        if self.regex is None:
+            return comment_value(value) if isinstance(value, bytes) else None
+        return _search(self.regex, value) if isinstance(value, str) else None
+
     def parent(self, session: Session) -> str | None:
         """The parent tag this source reads from `session`, or None."""
-        if self.kind == "comment":
-            if not in_query(session.state) or self.slot >= len(session.comments):
-                return None
-            return comment_value(session.comments[self.slot])
-        assert self.regex is not None
-        if self.kind == "application_name":
-            return _search(self.regex, session.application_name)
-        return _search(self.regex, session.usename if self.kind == "user" else session.datname)
+        return self.parse(self.read(session))
 
 
 def _search(regex: re.Pattern[str], value: str | None) -> str | None:
@@ -172,28 +183,14 @@ class Sources:
     def tagger(self) -> Callable[[Session], Tagged]:
         """`tag` with per-poll memory: sessions of one job share names, users and comments, so each distinct value
         is parsed once per poll."""
-        steps: list[tuple[Source, SourceKind, re.Pattern[str] | None, int, dict[object, str | None]]] = [
-            (source, source.kind, source.regex, source.slot, {}) for source in self.sources
-        ]
+        Step = tuple[Source, Callable[[Session], str | bytes | None], Callable[[str | bytes | None], str | None],
+                     dict[str | bytes | None, str | None]]
+        steps: list[Step] = [(source, source.read, source.parse, {}) for source in self.sources]
 
         def tag(session: Session) -> Tagged:
-            parent: str | None
-            for source, kind, regex, slot, memo in steps:
-                if regex is None:  # a comment: only while its query is live
-                    comments = session.comments
-                    if session.state not in LIVE_STATES or slot >= len(comments) or comments[slot] is None:
-                        continue
-                    raw = comments[slot]
-                    parent = memo[raw] if raw in memo else memo.setdefault(raw, comment_value(raw))
-                else:
-                    text = (
-                        session.application_name
-                        if kind == "application_name"
-                        else session.usename
-                        if kind == "user"
-                        else session.datname
-                    )
-                    parent = memo[text] if text in memo else memo.setdefault(text, _search(regex, text))
+            for source, read, parse, memo in steps:
+                value = read(session)
+                parent = memo[value] if value in memo else memo.setdefault(value, parse(value))
                 if parent is not None:
                     return parent, source
             return None
