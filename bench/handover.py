@@ -107,7 +107,7 @@ def _per_replica(led: dict[str, int], replicas: list[subprocess.Popen[bytes]]) -
 
 def measure_handover(repo: Path, targets: int = 50, replicas: int = 3, interval: float = 1.0) -> dict[str, Any]:
     """Join and SIGKILL figures for `replicas` shard-mode replicas over `targets` database targets of one server."""
-    from exporter.config import LOCK_KEY
+    from exporter.core.settings import LOCK_KEY
     from exporter.pgcluster import free_port, start_cluster
 
     share_after_join = math.ceil(targets / replicas)

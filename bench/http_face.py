@@ -67,7 +67,7 @@ def serve(kind: str, port: int, options: dict[str, int]) -> None:
         waitress.serve(make_wsgi_app(registry), host="127.0.0.1", port=port, **{"threads": 2, **options})
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from exporter.http import MetricsServer
+        from exporter.face.http import MetricsServer
 
         server = MetricsServer(("127.0.0.1", port), lambda: generate_latest(registry), lambda: True)
         server.start()

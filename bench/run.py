@@ -44,14 +44,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from exporter import APPLICATION_NAME  # noqa: E402
-from exporter.collector import PgparentCollector, Published  # noqa: E402
-from exporter.config import LOCK_KEY, load_config  # noqa: E402
-from exporter.db import Database  # noqa: E402
-from exporter.grouping import group  # noqa: E402
-from exporter.model import Session, Snapshot  # noqa: E402
+from exporter.config import load_config  # noqa: E402
+from exporter.core.grouping import group  # noqa: E402
+from exporter.core.model import Session, Snapshot  # noqa: E402
+from exporter.core.policy import RuleState, evaluate  # noqa: E402
+from exporter.core.settings import LOCK_KEY  # noqa: E402
+from exporter.face.collector import PgparentCollector, Published  # noqa: E402
+from exporter.pg.database import Database  # noqa: E402
 from exporter.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
-from exporter.policy import RuleState, evaluate  # noqa: E402
-from exporter.target import gc_paused, member_key  # noqa: E402
+from exporter.run.monitor import gc_paused, member_key  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXPORTER = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from exporter.cli import main
+from exporter.cli.main import main
 
 raise SystemExit(main())

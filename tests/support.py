@@ -28,9 +28,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from exporter.config import Config
-from exporter.db import Database
-from exporter.model import Snapshot
+from exporter.core.model import Snapshot
+from exporter.core.settings import Config
+from exporter.pg.database import Database
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster, unprivileged_user
 
 T = TypeVar("T")

@@ -235,7 +235,7 @@ def process_wide_metrics() -> frozenset[str]:
     """The series pgparent exports without a `target` label: the process's own (build, config file, interval, scrape
     errors). Read from a collector publishing one target, so the list is never kept by hand; every other series
     carries `target`. The HTTP face's pgparent_http_* counters are process-wide too (`is_process_wide`)."""
-    from exporter.collector import PgparentCollector, Published
+    from exporter.face.collector import PgparentCollector, Published
 
     collector = PgparentCollector()
     collector.publish(Published(up=True), "one")

@@ -40,7 +40,7 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.config import DEFAULT_TARGET
+from exporter.core.settings import DEFAULT_TARGET
 from exporter.pgcluster import free_port
 from tests.deliverables.grafana import ALERTS, Target, substitute
 from tests.support import Client, Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name

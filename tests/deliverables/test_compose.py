@@ -11,8 +11,8 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.cli import DEFAULT_LISTEN, build_parser
-from exporter.db import resolve_dsn
+from exporter.cli.main import DEFAULT_LISTEN, build_parser
+from exporter.pg.database import resolve_dsn
 from tests.support import require_tool
 
 pytestmark = pytest.mark.deliverables

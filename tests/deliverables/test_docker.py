@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import DEFAULT_TARGET
+from exporter.core.settings import DEFAULT_TARGET
 from tests.support import Clients, Server, eventually, record_figure, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.deliverables]

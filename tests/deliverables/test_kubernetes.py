@@ -375,7 +375,7 @@ def test_deployment_is_hardened_and_probed(objects: list[Obj]) -> None:
 def test_deployment_runs_the_cli_with_the_rules_and_the_dsn_secret(objects: list[Obj]) -> None:
     """The container's args parse with pgparent's own CLI; the rules come from the generated ConfigMap and the DSN
     from the Secret's key, as $PGPARENT_DSN."""
-    from exporter.cli import build_parser
+    from exporter.cli.main import build_parser
 
     pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -418,7 +418,7 @@ def test_fleet_config_shards_targets_whose_dsn_files_the_secret_provides(fleet_o
     match.target names at least one of them."""
     from fnmatch import fnmatchcase
 
-    from exporter.config import parse_config
+    from exporter.core.settings import parse_config
 
     config = parse_config(yaml.safe_load(configmap_with(fleet_objects, "rules.yaml")["data"]["rules.yaml"]), "fleet")
     assert config.leader_election.shard is True

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from psycopg import sql
 
-from exporter.config import Config
-from exporter.daemon import Daemon
-from exporter.db import Database
+from exporter.core.settings import Config
+from exporter.pg.database import Database
+from exporter.run.daemon import Daemon
 from tests.support import Server, require_tool
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from exporter.config import Config, parse_config
-from exporter.db import COMMENT_BYTES, Database
-from exporter.grouping import group
-from exporter.sources import MAX_RAW_BYTES, comment_value
+from exporter.core.grouping import group
+from exporter.core.settings import Config, parse_config
+from exporter.core.tags import MAX_RAW_BYTES, comment_value
+from exporter.pg.database import COMMENT_BYTES, Database
 from tests.support import Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration

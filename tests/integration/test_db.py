@@ -8,10 +8,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from exporter.db import Database, mask_dsn, resolve_dsn
+from exporter.core.grouping import group
+from exporter.core.model import Grouped
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.grouping import group
-from exporter.model import Grouped
+from exporter.pg.database import Database, mask_dsn, resolve_dsn
 from tests.support import Clients, Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration

@@ -14,14 +14,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from structlog.testing import capture_logs
 
-from exporter.collector import Counters
-from exporter.config import Config, parse_config
-from exporter.daemon import Daemon
-from exporter.db import Database
-from exporter.enforcer import enforce
-from exporter.grouping import group
-from exporter.model import Session
-from exporter.policy import RuleState, evaluate
+from exporter.core.grouping import group
+from exporter.core.model import Session
+from exporter.core.policy import RuleState, evaluate
+from exporter.core.settings import Config, parse_config
+from exporter.face.collector import Counters
+from exporter.pg.database import Database
+from exporter.run.daemon import Daemon
+from exporter.run.enforcer import enforce
 from tests.support import Clients, Server, eventually, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration

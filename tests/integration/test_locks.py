@@ -15,10 +15,10 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 from psycopg import sql
 
-from exporter.cli import main
-from exporter.collector import PgparentCollector, Published
-from exporter.grouping import group
-from exporter.model import Grouped
+from exporter.cli.main import main
+from exporter.core.grouping import group
+from exporter.core.model import Grouped
+from exporter.face.collector import PgparentCollector, Published
 from tests.support import Client, Clients, Server, daemon, eventually, read_snapshot
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.collector import Counters
-from exporter.config import Config, parse_config
-from exporter.db import Database
-from exporter.enforcer import enforce
-from exporter.grouping import group
-from exporter.model import NO_GUARD, Grouped
-from exporter.policy import RuleState, evaluate
+from exporter.core.grouping import group
+from exporter.core.model import NO_GUARD, Grouped
+from exporter.core.policy import RuleState, evaluate
+from exporter.core.settings import Config, parse_config
+from exporter.face.collector import Counters
+from exporter.pg.database import Database
+from exporter.run.enforcer import enforce
 from tests.support import PgBouncer, PooledClients, Server, daemon, eventually, read_snapshot, server_session
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
-from exporter.collector import Counters
-from exporter.config import Config, parse_config
-from exporter.db import Database
-from exporter.enforcer import enforce
-from exporter.grouping import group
-from exporter.model import Grouped
-from exporter.policy import RuleState, evaluate
+from exporter.core.grouping import group
+from exporter.core.model import Grouped
+from exporter.core.policy import RuleState, evaluate
+from exporter.core.settings import Config, parse_config
+from exporter.face.collector import Counters
+from exporter.pg.database import Database
+from exporter.run.enforcer import enforce
 from tests.support import Clients, Server, eventually, read_snapshot, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration

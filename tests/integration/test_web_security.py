@@ -23,7 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bench.proc import cpu_seconds, socket_count, thread_count
-from exporter.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
+from exporter.face.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
 from tests.support import HTTP_TIMEOUT, DaemonProcess, Server, eventually, record_figure
 
 pytestmark = pytest.mark.integration

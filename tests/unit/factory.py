@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from urllib.parse import quote
 
-from exporter.model import Session, Snapshot
+from exporter.core.model import Session, Snapshot
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 _pids = count(1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from exporter.target import Backoff
+from exporter.run.monitor import Backoff
 
 
 def test_delays_grow_and_are_capped() -> None:

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import Flags, PgparentCollector, Published, _Series
-from exporter.grouping import group
-from exporter.model import Grouped
+from exporter.core.grouping import group
+from exporter.core.model import Grouped
+from exporter.face.collector import Flags, PgparentCollector, Published, _Series
 from tests.support import require_tool
 from tests.unit.factory import session, snapshot
 

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import main
-from exporter.conditions import BY_NAME, NAMES, markdown_table
-from exporter.config import (
-    DEFAULT_PATTERN,
-    LOCK_KEY,
-    Config,
-    describe,
-    load_config,
-    parse_config,
-    parse_duration,
-)
+from exporter.cli.main import main
+from exporter.config import load_config
+from exporter.core.conditions import BY_NAME, NAMES, markdown_table
+from exporter.core.settings import DEFAULT_PATTERN, LOCK_KEY, Config, describe, parse_config, parse_duration
 from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]

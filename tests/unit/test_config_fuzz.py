@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.cli import main
+from exporter.cli.main import main
 from exporter.config import load_config
-from exporter.daemon import Daemon
-from exporter.db import Database
 from exporter.errors import ConfigInvalid
+from exporter.pg.database import Database
+from exporter.run.daemon import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE: dict[str, Any] = yaml.safe_load((REPO / "rules.yaml").read_text())

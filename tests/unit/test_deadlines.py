@@ -6,11 +6,11 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from exporter.config import parse_config
-from exporter.deadlines import STRICTLY_AFTER, schedule
-from exporter.grouping import group
-from exporter.model import Blocker, Session
-from exporter.policy import RuleState, evaluate
+from exporter.core.deadlines import STRICTLY_AFTER, schedule
+from exporter.core.grouping import group
+from exporter.core.model import Blocker, Session
+from exporter.core.policy import RuleState, evaluate
+from exporter.core.settings import parse_config
 from tests.unit.factory import NOW, ago, session, snapshot
 
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from exporter.config import DEFAULT_PATTERN
-from exporter.grouping import group, parent_of, top_groups
-from exporter.model import KNOWN_STATES, Stats
+from exporter.core.grouping import group, parent_of, top_groups
+from exporter.core.model import KNOWN_STATES, Stats
+from exporter.core.settings import DEFAULT_PATTERN
 from tests.unit.factory import NOW, session, snapshot
 
 DEFAULT = re.compile(DEFAULT_PATTERN)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from exporter.config import parse_config
-from exporter.grouping import group
-from exporter.locks import build
-from exporter.model import PREPARED_XACT, Blocker, Session, Snapshot
-from exporter.policy import RuleState, evaluate
+from exporter.core.grouping import group
+from exporter.core.locks import build
+from exporter.core.model import PREPARED_XACT, Blocker, Session, Snapshot
+from exporter.core.policy import RuleState, evaluate
+from exporter.core.settings import parse_config
 from tests.unit.factory import ago, session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Config, parse_config
-from exporter.grouping import group
-from exporter.model import Session
-from exporter.policy import RuleState, evaluate, manual
+from exporter.core.grouping import group
+from exporter.core.model import Session
+from exporter.core.policy import RuleState, evaluate, manual
+from exporter.core.settings import Config, parse_config
 from tests.unit.factory import NOW, session, snapshot
 
 

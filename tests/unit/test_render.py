@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
-from exporter.grouping import group
-from exporter.render import groups_json, groups_table, psql_table, sessions_table
+from exporter.cli.render import groups_json, groups_table, psql_table, sessions_table
+from exporter.core.grouping import group
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"

@@ -7,8 +7,8 @@ from dataclasses import astuple
 
 import pytest
 
-from exporter.db import QUERY_BYTES, _text
-from exporter.model import Session
+from exporter.core.model import Session
+from exporter.pg.database import QUERY_BYTES, _text
 from tests.unit.factory import session
 
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.config import DEFAULT_PATTERN, parse_config
+from exporter.cli.render import groups_json, groups_table
+from exporter.core.grouping import group
+from exporter.core.model import NO_GUARD, Guard
+from exporter.core.policy import RuleState, evaluate, guard_for, manual
+from exporter.core.settings import DEFAULT_PATTERN, parse_config
+from exporter.core.tags import MAX_RAW_BYTES, MAX_TAG_CHARS, Sources, comment_value, in_query
 from exporter.errors import ConfigInvalid
-from exporter.grouping import group
-from exporter.model import NO_GUARD, Guard
-from exporter.policy import RuleState, evaluate, guard_for, manual
-from exporter.render import groups_json, groups_table
-from exporter.sources import MAX_RAW_BYTES, MAX_TAG_CHARS, Sources, comment_value, in_query
 from tests.unit.factory import NOW, session, snapshot, sqlcommenter
 
 COMMENT_FIRST = Sources.of([("comment", "parent"), ("application_name", DEFAULT_PATTERN)])
@@ -316,7 +316,7 @@ def test_a_transaction_rule_pins_the_transaction() -> None:
 
 def test_a_deadline_pins_the_query_of_comment_tagged_sessions() -> None:
     """At a deadline, the rest of a comment-tagged group is signalled with its own query pinned, as a poll would."""
-    from exporter.deadlines import schedule
+    from exporter.core.deadlines import schedule
 
     crossing = session("x", comments=(sqlcommenter("etl:1"),), query_age=50)
     other = session("x", comments=(sqlcommenter("etl:1"),), query_age=10)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from exporter.collector import PgparentCollector
-from exporter.config import Config
-from exporter.db import Database
-from exporter.target import Monitor, Servers, Shard
+from exporter.core.settings import Config
+from exporter.face.collector import PgparentCollector
+from exporter.pg.database import Database
+from exporter.run.monitor import Monitor, Servers, Shard
 
 
 def test_poll_counters_start_at_zero_for_each_target() -> None:

@@ -26,7 +26,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from exporter.config import StrictModel, load_yaml, parse_model
+from exporter.config import load_yaml
+from exporter.core.settings import StrictModel, parse_model
 from exporter.errors import ConfigInvalid
 
 ClientAuth = Literal[

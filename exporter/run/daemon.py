@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from exporter.collector import Flags, PgparentCollector
-from exporter.config import DEFAULT_TARGET, Config, TargetConfig, load_config
-from exporter.db import Database, read_dsn_file
+from exporter.config import load_config
+from exporter.core.settings import DEFAULT_TARGET, Config, TargetConfig
 from exporter.errors import ConfigInvalid, UsageError
-from exporter.http import Limits, MetricsServer
+from exporter.face.collector import Flags, PgparentCollector
+from exporter.face.http import Limits, MetricsServer
+from exporter.face.webconfig import WebConfig
 from exporter.logs import get_logger
-from exporter.target import Monitor, Servers, Shard
-from exporter.webconfig import WebConfig
+from exporter.pg.database import Database, read_dsn_file
+from exporter.run.monitor import Monitor, Servers, Shard
 
 log = get_logger("pgparent")
 

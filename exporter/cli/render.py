@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from exporter.model import PREPARED_XACT, Group, Grouped, LockGraph, Session, Snapshot
+from exporter.core.model import PREPARED_XACT, Group, Grouped, LockGraph, Session, Snapshot
 
 
 def _fmt_seconds(seconds: float) -> str:

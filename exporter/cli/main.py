@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter import __version__
-from exporter.config import DEFAULT_TARGET, Config, describe, load_config, warnings
-from exporter.db import Database, resolve_dsn
+from exporter.config import load_config
+from exporter.core.grouping import group
+from exporter.core.settings import DEFAULT_TARGET, Config, describe, warnings
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
-from exporter.grouping import group
-from exporter.http import Limits
+from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
+from exporter.pg.database import Database, resolve_dsn
 
 DEFAULT_LISTEN = ":10187"
 """9100-9999 is fully allocated to other exporters; 10187 echoes postgres_exporter's 9187 without clashing."""
@@ -45,7 +46,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 def _database(args: argparse.Namespace, config: Config) -> Database:
     """The server a one-shot command talks to: --target NAME of the config's targets, else --dsn / the environment."""
-    from exporter.daemon import target_database, target_dsn
+    from exporter.run.daemon import target_database, target_dsn
 
     if not config.targets:
         if args.target is not None:
@@ -160,7 +161,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
         grouped = group(db.snapshot(config), config.grouping.compiled)
     finally:
         db.close()
-    from exporter.render import groups_json, groups_table  # only `pgparent groups` renders tables
+    from exporter.cli.render import groups_json, groups_table  # only `pgparent groups` renders tables
 
     if args.output == "json":
         print(groups_json(grouped))
@@ -171,7 +172,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    from exporter.render import locks_json, locks_table
+    from exporter.cli.render import locks_json, locks_table
 
     config = _config(args.config_file)
     db = _database(args, config)
@@ -189,8 +190,8 @@ def cmd_locks(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
-    from exporter.manual import signal_group
-    from exporter.model import SignalAction
+    from exporter.cli.terminate import signal_group
+    from exporter.core.model import SignalAction
 
     config = _config(args.config_file)
     action: SignalAction = "cancel" if args.cancel else "terminate"
@@ -215,9 +216,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from exporter.daemon import Daemon, statement_timeout
-    from exporter.http import parse_listen_address
-    from exporter.webconfig import load_web_config
+    from exporter.face.http import parse_listen_address
+    from exporter.face.webconfig import load_web_config
+    from exporter.run.daemon import Daemon, statement_timeout
 
     configure(args.log_format, args.log_level)
     config = _config(args.config_file)
@@ -244,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from exporter.demo import run_demo
+    from exporter.cli.demo import run_demo
 
     return run_demo(hold=args.hold)
 

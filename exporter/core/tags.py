@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
-from exporter.model import ACTIVE_STATES, Session
+from exporter.core.model import ACTIVE_STATES, Session
 
 SourceKind = Literal["application_name", "comment", "user", "database"]
 KINDS: tuple[SourceKind, ...] = ("application_name", "comment", "user", "database")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from exporter.model import LockGraph, Session, Snapshot, Wait
+from exporter.core.model import LockGraph, Session, Snapshot, Wait
 
 
 def build(snapshot: Snapshot) -> LockGraph | None:

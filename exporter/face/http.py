@@ -37,8 +37,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.errors import UsageError
+from exporter.face.webconfig import BasicAuth, WebConfig
 from exporter.logs import get_logger
-from exporter.webconfig import BasicAuth, WebConfig
 
 log = get_logger("pgparent.http")
 

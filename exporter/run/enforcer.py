@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from exporter.collector import Counters
-from exporter.db import Database, SignalOutcome
+from exporter.core.model import NO_GUARD
+from exporter.core.policy import Decision, Target
 from exporter.errors import DatabaseUnavailable
+from exporter.face.collector import Counters
 from exporter.logs import get_logger
-from exporter.model import NO_GUARD
-from exporter.policy import Decision, Target
+from exporter.pg.database import Database, SignalOutcome
 
 AUDIT_QUERY_CHARS = 200
 """How much of the query text an audit event carries."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from exporter.locks import build
-from exporter.model import Group, Grouped, Session, Snapshot, Stats
-from exporter.sources import Source, Sources
+from exporter.core.locks import build
+from exporter.core.model import Group, Grouped, Session, Snapshot, Stats
+from exporter.core.tags import Source, Sources
 
 OTHER = "__other__"
 """The parent label that groups beyond `max_groups` fold into on /metrics."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter import render
-from exporter.collector import Counters
-from exporter.config import Config
-from exporter.db import Database
-from exporter.enforcer import enforce
-from exporter.grouping import group
-from exporter.model import SignalAction
-from exporter.policy import manual
+from exporter.cli import render
+from exporter.core.grouping import group
+from exporter.core.model import SignalAction
+from exporter.core.policy import manual
+from exporter.core.settings import Config
+from exporter.face.collector import Counters
+from exporter.pg.database import Database
+from exporter.run.enforcer import enforce
 
 
 @dataclass(frozen=True, slots=True)

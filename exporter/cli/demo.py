@@ -22,15 +22,15 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import render
-from exporter.config import Config, parse_config
-from exporter.daemon import Daemon
-from exporter.db import Database, fetch_table, run_script, run_tagged
-from exporter.grouping import group
+from exporter.cli import render
+from exporter.cli.terminate import signal_group
+from exporter.core.grouping import group
+from exporter.core.model import Grouped
+from exporter.core.settings import Config, parse_config
 from exporter.logs import configure
-from exporter.manual import signal_group
-from exporter.model import Grouped
+from exporter.pg.database import Database, fetch_table, run_script, run_tagged
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
+from exporter.run.daemon import Daemon
 
 SEED_SECONDS = 30.0
 """How long the seed's simulate_long_query() sleeps."""

@@ -29,12 +29,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
+from exporter.core.model import NO_GUARD, Blocker, Guard, Session, SignalAction, Snapshot
+from exporter.core.tags import MAX_RAW_BYTES
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.model import NO_GUARD, Blocker, Guard, Session, SignalAction, Snapshot
-from exporter.sources import MAX_RAW_BYTES
 
 if TYPE_CHECKING:
-    from exporter.config import Config
+    from exporter.core.settings import Config
 
 QUERY_BYTES = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
@@ -54,7 +54,7 @@ _SIGNAL_FUNCTIONS = {"terminate": "pg_terminate_backend", "cancel": "pg_cancel_b
 def load_query(name: str) -> str:
     """The text of `queries/<name>.sql`, read once, without its leading comment lines (they document the file, and
     need not travel to the server or show up in pg_stat_activity)."""
-    text = files("exporter").joinpath("queries", f"{name}.sql").read_text(encoding="utf-8")
+    text = files("exporter.pg").joinpath("queries", f"{name}.sql").read_text(encoding="utf-8")
     lines = text.splitlines()
     while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
         lines.pop(0)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from exporter.model import Stats
+from exporter.core.model import Stats
 
 Kind = Literal["count", "duration"]
 

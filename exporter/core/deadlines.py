@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from exporter.conditions import BY_NAME
-from exporter.config import Config
-from exporter.model import ACTIVE_STATES, Group, Grouped, Guard, Session
-from exporter.policy import CompiledRule, RuleState, Target, eligible, guard_for, rule_scope, tag_source
+from exporter.core.conditions import BY_NAME
+from exporter.core.model import ACTIVE_STATES, Group, Grouped, Guard, Session
+from exporter.core.policy import CompiledRule, RuleState, Target, eligible, guard_for, rule_scope, tag_source
+from exporter.core.settings import Config
 
 STRICTLY_AFTER = timedelta(milliseconds=1)
 """Limits are exceeded strictly: act just after the moment the value equals the limit."""

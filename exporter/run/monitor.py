@@ -17,15 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from exporter.collector import PgparentCollector, Published
-from exporter.config import Config
-from exporter.db import Capabilities, Database
-from exporter.deadlines import Deadline, schedule
-from exporter.enforcer import enforce
+from exporter.core.deadlines import Deadline, schedule
+from exporter.core.grouping import group
+from exporter.core.policy import Decision, RuleState, evaluate
+from exporter.core.settings import Config
 from exporter.errors import DatabaseUnavailable
-from exporter.grouping import group
+from exporter.face.collector import PgparentCollector, Published
 from exporter.logs import get_logger
-from exporter.policy import Decision, RuleState, evaluate
+from exporter.pg.database import Capabilities, Database
+from exporter.run.enforcer import enforce
 
 log = get_logger("pgparent")
 

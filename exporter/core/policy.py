@@ -14,9 +14,9 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from exporter.conditions import BY_NAME
-from exporter.config import Config, Protect, Rule
-from exporter.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
+from exporter.core.conditions import BY_NAME
+from exporter.core.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
+from exporter.core.settings import Config, Protect, Rule
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""

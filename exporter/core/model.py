@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
-    from exporter.sources import Source
+    from exporter.core.tags import Source
 
 SignalAction = Literal["terminate", "cancel"]
 """What pgparent can do to a session: end it (pg_terminate_backend) or interrupt its query (pg_cancel_backend)."""

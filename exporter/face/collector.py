@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.grouping import OTHER, top_groups
+from exporter.core.grouping import OTHER, top_groups
+from exporter.core.model import KNOWN_STATES, Group, Grouped
 from exporter.logs import get_logger
-from exporter.model import KNOWN_STATES, Group, Grouped
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The command line: `pgparent` and its subcommands, the terminal's tables, `terminate` and the demo."""

@@ -1,0 +1,454 @@
+"""Pure: the config's schema, duration syntax, and error reports as `FILE: dotted.path: message`. No I/O: the file
+is read by exporter/config.py.
+
+The schema is a contract shared with README.md and rules.yaml. Every model forbids unknown keys and is frozen, so a
+loaded `Config` can be handed to other threads and swapped whole on reload.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from exporter.core.conditions import BY_NAME, CONDITIONS, NAMES
+from exporter.core.model import SignalAction
+from exporter.core.tags import COMMENT_KEY, KINDS, SourceKind, Sources
+from exporter.errors import ConfigInvalid
+
+DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
+MAX_COUNT = 2**31 - 1
+"""Upper bound of counts (sessions, groups, signals): far above any max_connections, and exact as a float."""
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
+"""Units in the only order Prometheus accepts them: largest first, each at most once."""
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+
+
+def _parse_units(text: str) -> float | None:
+    """Seconds from `1h30m`-style text, units in descending order each at most once; None if it is not that."""
+    pos, seconds, last = 0, 0.0, -1
+    for part in _DURATION_PART.finditer(text):
+        rank = _UNITS.index(part.group(2))
+        if part.start() != pos or rank <= last:
+            return None
+        seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        pos, last = part.end(), rank
+    return seconds if text and pos == len(text) else None
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `30s`, `10m`, `1h30m`, `2d`, `1w`, or a plain non-negative number of seconds.
+
+    As in Prometheus, units go largest first and each at most once: `30s10m` and `1s1s` are errors.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m or 1h30m, got a boolean")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"duration must be a finite number of seconds >= 0, got a {len(str(value))}-digit number"
+            ) from None
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parsed = _parse_units(text)
+            if parsed is None:
+                raise ValueError(
+                    f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d, w, y, largest "
+                    "first, each at most once (e.g. 500ms, 1h30m)"
+                ) from None
+            seconds = parsed
+    else:
+        raise ValueError(f"expected a duration such as 30s, 10m or 1h30m, got {type(value).__name__}")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ValueError(f"duration must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+M = TypeVar("M", bound=BaseModel)
+RuleAction = Literal[SignalAction, "log"]
+"""A rule signals its group's sessions, or only logs that it fires."""
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; loaded values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parent_regex(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if "parent" not in compiled.groupindex:
+        raise ValueError("the regular expression needs a named group 'parent', e.g. ^(?P<parent>[^:]+:[^:]+)")
+    return value
+
+
+MAX_SOURCES = 8
+"""Sources per config at most: each comment key is one more expression per row of every poll."""
+
+
+class SourceSpec(StrictModel):
+    """One entry of `grouping.sources`: exactly one of its keys."""
+
+    application_name: str | None = None
+    comment: str | None = None
+    user: str | None = None
+    database: str | None = None
+
+    @field_validator("application_name", "user", "database")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        return None if value is None else _parent_regex(value)
+
+    @field_validator("comment")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not COMMENT_KEY.fullmatch(value):
+            raise ValueError(
+                f"a comment key is 1 to 64 letters, digits, '_', '.' or '-' (as sqlcommenter and marginalia write "
+                f"them), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"a source is a mapping with one key (application_name: REGEX, comment: KEY, user: REGEX or "
+                f"database: REGEX), got {type(data).__name__}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a source is exactly one of application_name: REGEX, comment: KEY, user: REGEX, database: REGEX"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    def spec(self) -> tuple[SourceKind, str]:
+        """(kind, argument) of this entry."""
+        kind = next(k for k in KINDS if getattr(self, k) is not None)
+        return kind, str(getattr(self, kind))
+
+
+class Grouping(StrictModel):
+    """Where a session's parent tag comes from (`sources`, first match wins), and the cardinality cap."""
+
+    sources: tuple[SourceSpec, ...] = ()
+    """Empty means one application_name source with `pattern`."""
+    pattern: str = DEFAULT_PATTERN
+    """Shorthand for `sources: [{application_name: PATTERN}]`."""
+    max_groups: int = Field(500, ge=1, le=MAX_COUNT)
+
+    @field_validator("pattern")
+    @classmethod
+    def _has_parent_group(cls, value: str) -> str:
+        return _parent_regex(value)
+
+    @field_validator("sources")
+    @classmethod
+    def _bounded(cls, value: tuple[SourceSpec, ...]) -> tuple[SourceSpec, ...]:
+        if len(value) > MAX_SOURCES:
+            raise ValueError(f"at most {MAX_SOURCES} sources, got {len(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sources_or_pattern(self) -> Grouping:
+        if "sources" in self.model_fields_set and not self.sources:
+            raise ValueError("sources needs at least one entry (leave it out for the default application_name pattern)")
+        if self.sources and "pattern" in self.model_fields_set:
+            raise ValueError(
+                "give sources or pattern, not both: pattern is the shorthand for sources: [{application_name: PATTERN}]"
+            )
+        return self
+
+    def specs(self) -> tuple[tuple[SourceKind, str], ...]:
+        """The sources as (kind, argument) pairs, the pattern shorthand expanded."""
+        if self.sources:
+            return tuple(s.spec() for s in self.sources)
+        return (("application_name", self.pattern),)
+
+    @cached_property
+    def compiled(self) -> Sources:
+        """The sources compiled once per loaded config (a reload builds a new one)."""
+        return Sources.of(self.specs())
+
+
+class Audit(StrictModel):
+    """What audit events may carry."""
+
+    query_text: Literal["excerpt", "none"] = "excerpt"
+    """`none`: the poll reads no query text at all, and audit events carry none (for sites where query text may hold
+    secrets). Comment tags are still read, on the server."""
+
+
+class Protect(StrictModel):
+    """Sessions never signalled, whatever a rule says. Entries are globs; a list given replaces its default."""
+
+    users: tuple[str, ...] = ("azuresu", "replication")
+    databases: tuple[str, ...] = ("azure_maintenance", "azure_sys")
+    applications: tuple[str, ...] = ("pg_dump", "pg_basebackup", "pg_restore", "pgparent")
+
+
+class Limits(StrictModel):
+    max_terminations_per_cycle: int = Field(100, ge=1, le=MAX_COUNT)
+
+
+LOCK_KEY = int.from_bytes(b"pgparent", "big")
+"""The default advisory lock key: the bytes of 'pgparent' as a bigint (8099008829985656436)."""
+
+
+class LeaderElection(StrictModel):
+    """Exactly one enforcer among replicas watching one server: the holder of a session-level advisory lock."""
+
+    enabled: bool = True
+    lock_key: int = Field(LOCK_KEY, ge=-(2**63), le=2**63 - 1)
+    shard: bool = False
+    """Replicas with the same config divide the targets: each target is polled and enforced by its lock's holder
+    only (`--shard` sets it too)."""
+
+
+class Match(StrictModel):
+    """Which groups a rule applies to: globs on the parent tag and, optionally, on database and user."""
+
+    parent: str = "*"
+    database: str | None = None
+    user: str | None = None
+    target: str = "*"
+    """A glob on the target's name: the rule applies to the servers it matches."""
+
+
+class _RuleBase(StrictModel):
+    """A group limit. It fires when any condition it sets is exceeded, for `for` seconds at every poll.
+
+    The condition fields are added from `conditions.CONDITIONS` (see `Rule` below); read them with `conditions()`.
+    """
+
+    name: str = Field(min_length=1, max_length=100)
+    match: Match = Match()
+    for_: Duration = Field(0.0, alias="for")
+    action: RuleAction = "log"
+    scope: Literal["root_blockers", "group"] = "root_blockers"
+    """When a rule fires on lock conditions only: signal the group's root blockers, or the whole group."""
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _needs_a_condition(self) -> _RuleBase:
+        if not self.conditions():
+            raise ValueError(f"a rule needs at least one condition: {', '.join(NAMES)}")
+        return self
+
+    def conditions(self) -> dict[str, float]:
+        """The conditions this rule sets, by name, in declaration order."""
+        return {name: float(value) for name in NAMES if (value := getattr(self, name)) is not None}
+
+
+_CONDITION_FIELDS: dict[str, Any] = {
+    c.name: (Duration | None, None) if c.kind == "duration" else (int | None, Field(None, ge=0, le=MAX_COUNT))
+    for c in CONDITIONS
+}
+Rule: type[_RuleBase] = create_model("Rule", __base__=_RuleBase, __module__=__name__, **_CONDITION_FIELDS)
+
+
+DEFAULT_TARGET = "default"
+"""The name of the one server given by --dsn or the environment when the config lists no targets."""
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_RESERVED_LABELS = frozenset({"target", "parent", "state", "rule", "action", "reason", "job", "instance"})
+
+
+class TargetConfig(StrictModel):
+    """One monitored server of a fleet: a unique name (the `target` label), where its DSN comes from, constant
+    labels for its series, and an optional dry run of its own."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    dsn: str | None = None
+    dsn_file: str | None = None
+    dsn_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    labels: dict[str, str] = Field(default_factory=dict)
+    dry_run: bool = False
+    sessions: Literal["server", "database"] = "server"
+    """Whose sessions the target reads and signals: every database of its server, or only its DSN's database (for a
+    fleet with a target per database of one server)."""
+
+    @model_validator(mode="after")
+    def _one_dsn_source(self) -> TargetConfig:
+        given = [k for k in ("dsn", "dsn_file", "dsn_env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"target {self.name!r} needs exactly one of dsn, dsn_file, dsn_env (got {len(given)})")
+        return self
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"label {name!r} is not a Prometheus label name")
+            if name in _RESERVED_LABELS:
+                raise ValueError(f"label {name!r} is reserved: pgparent's series already carry it")
+        return labels
+
+
+class Config(StrictModel):
+    interval: Duration = 5.0
+    dry_run: bool = False
+    deadlines: bool = True
+    """Act on a time limit at the moment it is crossed (exporter/deadlines.py); false: only at polls."""
+    grouping: Grouping = Grouping()
+    protect: Protect = Protect()
+    limits: Limits = Limits()
+    leader_election: LeaderElection = LeaderElection()
+    targets: tuple[TargetConfig, ...] = ()
+    """Servers to watch; none means the one server of --dsn / the environment, named `default`."""
+    audit: Audit = Audit()
+    rules: tuple[Rule, ...] = ()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
+        if (twice := _repeated(t.name for t in targets)) is not None:
+            raise ValueError(f"target name {twice!r} is used twice; names label series and must be unique")
+        if len({frozenset(t.labels) for t in targets}) > 1:
+            raise ValueError("every target needs the same label names (values may differ), so series line up")
+        return targets
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, value: float) -> float:
+        if value < 0.1:
+            raise ValueError("interval must be at least 100ms")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        if (twice := _repeated(r.name for r in rules)) is not None:
+            raise ValueError(f"rule name {twice!r} is used twice; names label metrics and must be unique")
+        return rules
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name given twice, if any."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """`rules.0.match.parent`; a key that is not a plain word (a user's typo may hold anything) is JSON-quoted, so
+    every error stays one parseable line."""
+    parts = [str(p) if _PLAIN_KEY.fullmatch(str(p)) else json.dumps(str(p)) for p in loc]
+    return ".".join(parts) or "(root)"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _message(error: Any) -> str:
+    msg = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return one_line(msg)
+
+
+def parse_model(model: type[M], data: object, source: str) -> M:
+    """Validate already-parsed YAML against `model`; raise ConfigInvalid listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigInvalid([f"{source}: (root): must be a mapping of settings, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigInvalid(
+            [f"{source}: {_dotted(err['loc'])}: {_message(err)}" for err in exc.errors(include_url=False)]
+        ) from None
+
+
+def parse_config(data: object, source: str) -> Config:
+    """Validate already-parsed YAML as a pgparent config; raise ConfigInvalid listing every problem."""
+    return parse_model(Config, data, source)
+
+
+def warnings(config: Config) -> list[str]:
+    """Valid settings that will not do what they seem to, one line each, for `pgparent check`."""
+    out: list[str] = []
+    for i, rule in enumerate(config.rules):
+        lock = [n for n in rule.conditions() if BY_NAME[n].blocking]
+        if lock and rule.action == "cancel":
+            out.append(
+                f"rules.{i}.action: rule {rule.name!r} cancels on {', '.join(lock)}: a blocker idle in a transaction "
+                "runs no query, so a cancel cannot release its locks; use terminate"
+            )
+    return out
+
+
+def describe(config: Config) -> list[str]:
+    """A human summary of a valid config, one line per item, for `pgparent check`."""
+    lines = [
+        f"interval {config.interval:g}s, dry_run {str(config.dry_run).lower()}, "
+        f"max_groups {config.grouping.max_groups}, "
+        f"max_terminations_per_cycle {config.limits.max_terminations_per_cycle}",
+        "grouping sources, first match wins: " + "; ".join(f"{k} {a}" for k, a in config.grouping.specs()),
+        f"audit query_text {config.audit.query_text}",
+    ]
+    if config.leader_election.enabled:
+        lines.append(
+            f"leader election: session advisory lock {config.leader_election.lock_key}; pgparent's DSN must reach "
+            "PostgreSQL directly, not through a transaction pooler such as PgBouncer (the lock would stay on a pooled "
+            "server connection: a replica that detects one does not enforce)"
+        )
+    if config.targets:
+        shard = ", divided among replicas (shard)" if config.leader_election.shard else ""
+        lines.append(f"{len(config.targets)} target(s){shard}:")
+        for t in config.targets:
+            source = f"dsn_file {t.dsn_file}" if t.dsn_file else f"dsn_env {t.dsn_env}" if t.dsn_env else "dsn"
+            labels = "".join(f", {k}={v}" for k, v in sorted(t.labels.items()))
+            lines.append(f"  - {t.name}: {source}{labels}{' (dry run)' if t.dry_run else ''}")
+    lines.append(f"{len(config.rules)} rule(s):")
+    for rule in config.rules:
+        match = ", ".join(
+            f"{k}={v}" for k, v in rule.match.model_dump().items() if v is not None and not (k == "target" and v == "*")
+        )
+        conds = ", ".join(f"{k} > {v:g}" for k, v in rule.conditions().items())
+        extra = f" for {rule.for_:g}s" if rule.for_ else ""
+        dry = " (dry run)" if rule.dry_run or config.dry_run else ""
+        lock = any(BY_NAME[n].blocking for n in rule.conditions()) and rule.action != "log"
+        scope = f" ({rule.scope.replace('_', ' ')} on lock conditions)" if lock else ""
+        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{scope}{dry}")
+    return lines
