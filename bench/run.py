@@ -45,14 +45,15 @@ sys.path.insert(0, str(REPO))
 
 from exporter import APPLICATION_NAME  # noqa: E402
 from exporter.config import load_config  # noqa: E402
-from exporter.core.grouping import group  # noqa: E402
+from exporter.core.assess import assess  # noqa: E402
 from exporter.core.model import Session, Snapshot  # noqa: E402
-from exporter.core.policy import RuleState, evaluate  # noqa: E402
+from exporter.core.policy import RuleState  # noqa: E402
 from exporter.core.settings import LOCK_KEY  # noqa: E402
 from exporter.face.collector import PgparentCollector, Published  # noqa: E402
 from exporter.pg.database import Database  # noqa: E402
 from exporter.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
-from exporter.run.monitor import gc_paused, member_key  # noqa: E402
+from exporter.run.leadership import member_key  # noqa: E402
+from exporter.run.monitor import gc_paused  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXPORTER = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")
@@ -176,11 +177,10 @@ def measure_size(n: int, dsn: str, rounds: int, pgp: tuple[subprocess.Popen[byte
             floor.append(time.perf_counter() - t)
 
             t = time.perf_counter()
-            snap = db.snapshot(config)
-            grouped = group(snap, config.grouping.compiled)
-            decision = evaluate(grouped, config, state)
+            assessed = assess(db.snapshot(config.poll), config, state, deadlines=True)  # as the daemon's cycle runs it
+            decision = assessed.decision
             state = decision.state
-            collector.publish(Published(up=True, grouped=grouped, violating=decision.violating,
+            collector.publish(Published(up=True, grouped=assessed.grouped, violating=decision.violating,
                                         pending=decision.pending))
             poll.append(time.perf_counter() - t)
 
@@ -192,7 +192,7 @@ def measure_size(n: int, dsn: str, rounds: int, pgp: tuple[subprocess.Popen[byte
     db.close()
     row: dict[str, Any] = {
         "n": n,
-        "groups": len(grouped.groups),
+        "groups": len(assessed.grouped.groups),
         "floor_ms": median_ms(floor),
         "poll_ms": median_ms(poll),
         "poll_over_floor": round(statistics.median(poll) / statistics.median(floor), 2),
@@ -276,11 +276,11 @@ def measure_synthetic(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         times, paused = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            evaluate(group(snap, config.grouping.compiled), config, RuleState())
+            assess(snap, config, deadlines=True)
             times.append(time.perf_counter() - t)
             t = time.perf_counter()
             with gc_paused():  # as the daemon runs it
-                evaluate(group(snap, config.grouping.compiled), config, RuleState())
+                assess(snap, config, deadlines=True)
             paused.append(time.perf_counter() - t)
         out.append({
             "sessions": n,
@@ -352,8 +352,7 @@ def measure_locks(dsn: str, total: int, rounds: int) -> list[dict[str, Any]]:
             for name, db in (("with", with_step), ("without", without)):
                 t = time.perf_counter()
                 with gc_paused():
-                    grouped = group(db.snapshot(config), config.grouping.compiled)
-                    evaluate(grouped, config, RuleState())
+                    grouped = assess(db.snapshot(config.poll), config).grouped
                     if grouped.locks is not None:
                         blocked = len(grouped.locks.waits)
                 timings[name].append(time.perf_counter() - t)

@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from exporter.core.model import Snapshot
+from exporter.core.model import Reading, Snapshot
 from exporter.core.settings import Config
 from exporter.pg.database import Database
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster, unprivileged_user
@@ -114,7 +114,7 @@ def read_snapshot(dsn: str, config: Config | None = None) -> Snapshot:
     """One poll of the server at `dsn` as the daemon reads it with `config`, on a connection of its own."""
     db = Database(dsn)
     try:
-        return db.snapshot(config)
+        return db.snapshot(config.poll if config is not None else Reading())
     finally:
         db.close()
 

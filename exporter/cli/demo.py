@@ -24,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import render
 from exporter.cli.terminate import signal_group
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import Grouped
 from exporter.core.settings import Config, parse_config
 from exporter.logs import configure
-from exporter.pg.database import Database, fetch_table, run_script, run_tagged
+from exporter.pg.database import Database
+from exporter.pg.scripts import fetch_table, run_script, run_tagged
 from exporter.pgcluster import Cluster, ClusterError, free_port, start_cluster
 from exporter.run.daemon import Daemon
 
@@ -145,11 +146,11 @@ def _round_by_hand(dsn: str, config: Config) -> bool:
     clients = _launch(dsn)
     db = Database(dsn)
     try:
-        snapshot = db.snapshot(config)
+        snapshot = db.snapshot(config.poll)
         deadline = time.monotonic() + 10
-        while not _all_running(grouped := group(snapshot, config.grouping.compiled)) and time.monotonic() < deadline:
+        while not _all_running(grouped := assess(snapshot, config).grouped) and time.monotonic() < deadline:
             time.sleep(0.1)
-            snapshot = db.snapshot(config)
+            snapshot = db.snapshot(config.poll)
         _say("   validate the active sessions: the seed's listing (pg_stat_activity, application_name LIKE")
         _say("   'FakeParent:%'), from pgparent's poll:")
         _show(render.sessions_table(s for s in snapshot.sessions if s.application_name.startswith("FakeParent:")))

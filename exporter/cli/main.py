@@ -12,12 +12,13 @@ from typing import Any
 
 from exporter import __version__
 from exporter.config import load_config
-from exporter.core.grouping import group
+from exporter.core.assess import Assessment, assess
 from exporter.core.settings import DEFAULT_TARGET, Config, describe, warnings
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
-from exporter.pg.database import Database, resolve_dsn
+from exporter.pg.database import Database
+from exporter.pg.dsn import resolve_dsn
 
 DEFAULT_LISTEN = ":10187"
 """9100-9999 is fully allocated to other exporters; 10187 echoes postgres_exporter's 9187 without clashing."""
@@ -154,13 +155,19 @@ def _config(path: str | None) -> Config:
     return load_config(path) if path else Config()
 
 
-def cmd_groups(args: argparse.Namespace) -> int:
-    config = _config(args.config_file)
+def _assessed(args: argparse.Namespace, config: Config) -> Assessment:
+    """One poll of the server the command names, through the pipeline the daemon runs."""
     db = _database(args, config)
     try:
-        grouped = group(db.snapshot(config), config.grouping.compiled)
+        snapshot = db.snapshot(config.poll)
     finally:
         db.close()
+    return assess(snapshot, config, target=args.target or DEFAULT_TARGET)
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    config = _config(args.config_file)
+    grouped = _assessed(args, config).grouped
     from exporter.cli.render import groups_json, groups_table  # only `pgparent groups` renders tables
 
     if args.output == "json":
@@ -175,16 +182,11 @@ def cmd_locks(args: argparse.Namespace) -> int:
     from exporter.cli.render import locks_json, locks_table
 
     config = _config(args.config_file)
-    db = _database(args, config)
-    try:
-        snapshot = db.snapshot(config)
-    finally:
-        db.close()
-    grouped = group(snapshot, config.grouping.compiled)
+    assessed = _assessed(args, config)
     if args.output == "json":
-        print(locks_json(grouped, snapshot))
+        print(locks_json(assessed.grouped, assessed.snapshot))
         return EXIT_OK
-    for line in locks_table(grouped, snapshot):
+    for line in locks_table(assessed.grouped, assessed.snapshot):
         print(line)
     return EXIT_OK
 

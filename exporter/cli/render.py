@@ -188,11 +188,11 @@ def nothing_to_signal(parent: str, action: str, protected: int, unguarded: int) 
     return f"no client session of {parent} to {action}{left_alone}"
 
 
-def signal_total(parent: str, action: str, targets: int, done: int, failed: int, skipped: int, dry_run: bool) -> str:
+def signal_total(parent: str, action: str, chosen: int, done: int, failed: int, skipped: int, dry_run: bool) -> str:
     """The closing line of `pgparent terminate`: how many of the group's sessions were signalled, failed, spared."""
     verb = {"terminate": "terminated", "cancel": "cancelled"}[action]
     return (
-        f"total: {done} of {targets} session(s) of {parent} {'would be ' if dry_run else ''}{verb}; {failed} failed; "
+        f"total: {done} of {chosen} session(s) of {parent} {'would be ' if dry_run else ''}{verb}; {failed} failed; "
         f"{skipped} left alone (protected or unguarded)"
     )
 

@@ -1,7 +1,8 @@
 """An operator's request to signal one group (`pgparent terminate PARENT`), shared by cli and demo.
 
-Poll once, let `policy.manual` choose the group's eligible sessions under the same protections as the daemon, signal
-them through the enforcer (audited and counted like the daemon's), and print one line per session and a total.
+Poll once through the pipeline (exporter/core/assess.py), let `policy.manual` choose the group's eligible sessions
+under the same protections as the daemon, signal them through the enforcer (audited and counted like the daemon's),
+and print one line per session and a total.
 """
 
 from __future__ import annotations
@@ -10,20 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.cli import render
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import SignalAction
 from exporter.core.policy import manual
-from exporter.core.settings import Config
-from exporter.face.collector import Counters
+from exporter.core.settings import DEFAULT_TARGET, Config
+from exporter.face.counters import Counters
 from exporter.pg.database import Database
-from exporter.run.enforcer import enforce
+from exporter.run.enforcer import Enforcer
 
 
 @dataclass(frozen=True, slots=True)
 class ManualResult:
     """How a request to signal one group went."""
 
-    targets: int
+    signals: int
     """Sessions chosen for the signal."""
     done: int
     """Sessions signalled (or, in a dry run, that would have been)."""
@@ -40,25 +41,22 @@ def signal_group(
     *,
     dry_run: bool = False,
     out: Callable[[str], None] = print,
-    target: str = "default",
+    target: str = DEFAULT_TARGET,
 ) -> ManualResult:
-    """Signal every eligible client session of the group `parent`, writing each result and a total to `out`."""
-    snapshot = db.snapshot(config)
-    grouped = group(snapshot, config.grouping.compiled)
-    decision = manual(grouped, parent, action, config.protect, dry_run=dry_run)
+    """Signal every eligible client session of the group `parent` of the server named `target`, writing each
+    result and a total to `out`."""
+    assessed = assess(db.snapshot(config.poll), config, target=target)
+    decision = manual(assessed.grouped, parent, action, config.protect, dry_run=dry_run)
     skipped = decision.protected + decision.unguarded
-    if not decision.targets:
+    if not decision.signals:
         out(render.nothing_to_signal(parent, action, decision.protected, decision.unguarded))
-        return ManualResult(targets=0, done=0, failed=0, skipped=skipped)
-    results = enforce(
+        return ManualResult(signals=0, done=0, failed=0, skipped=skipped)
+    results = Enforcer(db, Counters(), target).enforce(
         decision,
-        db,
-        Counters(),
-        snapshot.now,
+        assessed.snapshot.now,
         on_result=lambda fields, result: out(render.signal_line(fields, result)),
-        server=target,
     )
     done = results.get("ok", 0) + results.get("dry_run", 0)
     failed = sum(n for r, n in results.items() if r not in ("ok", "dry_run"))
-    out(render.signal_total(parent, action, len(decision.targets), done, failed, skipped, dry_run))
-    return ManualResult(targets=len(decision.targets), done=done, failed=failed, skipped=skipped)
+    out(render.signal_total(parent, action, len(decision.signals), done, failed, skipped, dry_run))
+    return ManualResult(signals=len(decision.signals), done=done, failed=failed, skipped=skipped)

@@ -1,7 +1,11 @@
-"""The rule conditions, declared once: config validation, the `Rule` model, policy and the README table follow.
+"""Pure: the rule conditions, declared once: the config schema, the `Rule` model, policy, deadlines, the guards of a
+signal and the README table follow.
 
 Each condition names a statistic of a group (`model.Stats`) and a limit; a rule fires when a statistic it sets exceeds
-its limit. Adding a condition here adds its config key, its validation, its evaluation and its documentation.
+its limit. A duration condition names the moment of a session it measures from (`model.Moment`): a group's statistic
+is the longest time since that moment among its sessions, a deadline is the moment plus the limit, and a deadline's
+signal is guarded by that moment. Adding a condition here adds its config key, its validation, its evaluation, its
+deadline, its guard and its documentation.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from exporter.core.model import Stats
+from exporter.core.model import CONNECTED, IDLE_IN_TRANSACTION, QUERY, TRANSACTION, Moment, Stats
 
 Kind = Literal["count", "duration"]
 
@@ -24,14 +28,25 @@ class Condition:
     measure: Callable[[Stats], float]
     doc: str
     blocking: bool = False
-    """A lock condition: when only such conditions fire, a rule signals the group's root blockers, not all of it."""
-    transaction: bool = False
-    """Measures an open transaction: a signal for it must still find the very transaction (xact_start)."""
+    """A lock condition: when only such conditions fire, a rule signals the group's root blockers, not all of it. Its
+    duration runs from the longest wait on the group, which only a poll can read again: its deadline asks for a
+    poll."""
+    moment: Moment | None = None
+    """The moment of a session a duration measures from; a deadline signals the session whose moment crosses first,
+    guarded by that very moment (`Moment.pin`)."""
+    keeps: Moment | None = None
+    """What a poll's signal for this condition must still find: the very transaction it measured (xact_start)."""
 
     @property
     def time_based(self) -> bool:
         """A duration grows with the clock alone; a count changes only when sessions come, go or change state."""
         return self.kind == "duration"
+
+
+def _since(moment: Moment) -> Callable[[Stats], float]:
+    """A group's longest time since `moment` among its sessions."""
+    stat = moment.stat
+    return lambda s: float(getattr(s, stat))
 
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -40,23 +55,27 @@ CONDITIONS: tuple[Condition, ...] = (
         "max_active_sessions", "count", lambda s: float(s.active), "sessions running a query (state `active`)"
     ),
     Condition(
-        "max_query_duration", "duration", lambda s: s.max_query_duration, "the longest running query (`query_start`)"
+        "max_query_duration", "duration", _since(QUERY), "the longest running query (`query_start`)", moment=QUERY
     ),
     Condition(
         "max_transaction_duration",
         "duration",
-        lambda s: s.max_transaction_duration,
+        _since(TRANSACTION),
         "the longest open transaction (`xact_start`)",
-        transaction=True,
+        moment=TRANSACTION,
+        keeps=TRANSACTION,
     ),
     Condition(
         "max_idle_in_transaction",
         "duration",
-        lambda s: s.max_idle_in_transaction,
+        _since(IDLE_IN_TRANSACTION),
         "the longest spell `idle in transaction` (since `state_change`)",
-        transaction=True,
+        moment=IDLE_IN_TRANSACTION,
+        keeps=TRANSACTION,
     ),
-    Condition("max_group_age", "duration", lambda s: s.age, "since the group's oldest session connected"),
+    Condition(
+        "max_group_age", "duration", _since(CONNECTED), "since the group's oldest session connected", moment=CONNECTED
+    ),
     Condition(
         "max_blocking_sessions",
         "count",

@@ -1,12 +1,12 @@
-"""Pure: split a snapshot into groups by the parent tag its sources give (see exporter/sources.py). No I/O, no clock."""
+"""Pure: split a snapshot into groups by the parent tag its sources give (exporter/core/tags.py), each group with
+the poll's blocking forest (exporter/core/locks.py, built by the pipeline). No I/O, no clock."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 
-from exporter.core.locks import build
-from exporter.core.model import Group, Grouped, Session, Snapshot, Stats
+from exporter.core.model import Group, Grouped, LockGraph, Session, Snapshot, Stats, TagSource
 from exporter.core.tags import Source, Sources
 
 OTHER = "__other__"
@@ -22,8 +22,11 @@ def parent_of(application_name: str, pattern: re.Pattern[str]) -> str | None:
     return parent or None
 
 
-def group(snapshot: Snapshot, sources: Sources | str | re.Pattern[str]) -> Grouped:
-    """Group client sessions by parent tag; attribute parallel workers to their leader's group.
+def group(
+    snapshot: Snapshot, sources: Sources | str | re.Pattern[str], locks: LockGraph | None = None
+) -> Grouped:
+    """Group client sessions by parent tag; attribute parallel workers to their leader's group; hand each group the
+    poll's blocking forest `locks` (`locks.build(snapshot)`; None: no session waited on a lock).
 
     `sources` is the config's compiled `grouping` (`config.grouping.compiled`), or, for a quick call, one regex on
     application_name. Workers are never sessions: they are counted per group and never offered to rules. A worker
@@ -34,8 +37,8 @@ def group(snapshot: Snapshot, sources: Sources | str | re.Pattern[str]) -> Group
     compiled = sources if isinstance(sources, Sources) else Sources.application_name(sources)
     regex = compiled.only_application_name
     if regex is not None:
-        return _group_by_name(snapshot, regex, compiled.sources[0])
-    return _group_by_sources(snapshot, compiled)
+        return _group_by_name(snapshot, regex, compiled.sources[0], locks)
+    return _group_by_sources(snapshot, compiled, locks)
 
 
 def _workers(
@@ -53,7 +56,7 @@ def _workers(
     return workers, untagged
 
 
-def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -> Grouped:
+def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source, locks: LockGraph | None) -> Grouped:
     """The common case, kept tight: one regex on application_name, then each session filed under its tag."""
     sessions = snapshot.sessions
     search = regex.search
@@ -78,10 +81,10 @@ def _group_by_name(snapshot: Snapshot, regex: re.Pattern[str], source: Source) -
         leaders = {w.leader_pid for w in snapshot.workers if w.leader_pid is not None}
         parent_by_pid = {s.pid: p for s, p in zip(sessions, parents, strict=True) if s.pid in leaders}
     workers, untagged_workers = _workers(snapshot, parent_by_pid, lambda w: parent_of(w.application_name, regex))
-    return _grouped(snapshot, members, untagged, workers, untagged_workers, hidden, (source,))
+    return _grouped(snapshot, locks, members, untagged, workers, untagged_workers, hidden, (source.origin,))
 
 
-def _group_by_sources(snapshot: Snapshot, sources: Sources) -> Grouped:
+def _group_by_sources(snapshot: Snapshot, sources: Sources, locks: LockGraph | None) -> Grouped:
     """Any list of sources: the first that tags a session wins; groups remember which sources tagged them."""
     members: dict[str, list[Session]] = {}
     masks: dict[str, int] = {}  # per group, a bit per source that tagged one of its sessions
@@ -119,34 +122,34 @@ def _group_by_sources(snapshot: Snapshot, sources: Sources) -> Grouped:
 
     workers, untagged_workers = _workers(snapshot, parent_by_pid, own_tag)
 
-    used: dict[str, tuple[Source, ...]] = {}
-    tagged_by: dict[str, dict[int, Source]] = {}
+    used: dict[str, tuple[TagSource, ...]] = {}
+    tagged_by: dict[str, dict[int, TagSource]] = {}
     for parent, mask in masks.items():
-        used[parent] = tuple(src for src, bit in bits.items() if mask & bit)
+        used[parent] = tuple(src.origin for src, bit in bits.items() if mask & bit)
         if len(used[parent]) > 1:  # a mixed group: say which source tagged each session (tags are memoized)
-            tagged_by[parent] = {s.pid: found[1] for s in members[parent] if (found := tag(s)) is not None}
-    return _grouped(snapshot, members, untagged, workers, untagged_workers, hidden, (), used, tagged_by, missed)
+            tagged_by[parent] = {s.pid: found[1].origin for s in members[parent] if (found := tag(s)) is not None}
+    return _grouped(snapshot, locks, members, untagged, workers, untagged_workers, hidden, (), used, tagged_by, missed)
 
 
 def _grouped(
     snapshot: Snapshot,
+    locks: LockGraph | None,
     members: dict[str, list[Session]],
     untagged: list[Session],
     workers: dict[str, int],
     untagged_workers: int,
     hidden: int,
-    every: tuple[Source, ...],
-    used: dict[str, tuple[Source, ...]] | None = None,
-    tagged_by: dict[str, dict[int, Source]] | None = None,
+    every: tuple[TagSource, ...],
+    used: dict[str, tuple[TagSource, ...]] | None = None,
+    tagged_by: dict[str, dict[int, TagSource]] | None = None,
     missed: int = 0,
 ) -> Grouped:
     """The groups and the untagged rest; `every` is the sources of every group, unless `used` says per group."""
     now = snapshot.now
-    locks = build(snapshot)
     used = used or {}
     tagged_by = tagged_by or {}
     build_group = Group.build
-    no_tags: dict[int, Source] = {}
+    no_tags: dict[int, TagSource] = {}
     groups = {
         parent: build_group(
             parent, tuple(rows), now, workers.get(parent, 0), locks, used.get(parent, every),

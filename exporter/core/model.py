@@ -1,16 +1,14 @@
-"""Frozen records that flow through pgparent: a session row, a poll's snapshot, a group and its statistics."""
+"""Pure: the frozen records that flow through pgparent (a session row, a poll's snapshot, a group and its statistics)
+and the moments of a session that durations are measured from, declared once."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, NamedTuple
-
-if TYPE_CHECKING:
-    from exporter.core.tags import Source
+from typing import Literal, NamedTuple
 
 SignalAction = Literal["terminate", "cancel"]
 """What pgparent can do to a session: end it (pg_terminate_backend) or interrupt its query (pg_cancel_backend)."""
@@ -86,12 +84,65 @@ class Guard:
     xact_start: datetime | None = None
     state_change: datetime | None = None
     exceeded: float | None = None
-    """Seconds the guarded moment (query_start, else xact_start, else state_change, else backend_start) must lie in
-    the past on the server's clock at the signal: a deadline acts only once its limit is really crossed."""
+    """Seconds `since` must lie in the past on the server's clock at the signal: a deadline acts only once its limit
+    is really crossed."""
+    since: datetime | None = None
+    """The moment `exceeded` is measured from: the crossing session's moment of the condition (`Moment.of`)."""
 
 
 NO_GUARD = Guard()
 """Only pid, backend_start and application_name are checked."""
+
+MomentColumn = Literal["query_start", "xact_start", "state_change", "backend_start"]
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """A moment of a session that a duration is measured from: the pg_stat_activity column holding it, the states in
+    which the session has it, and the `Stats` field that holds a set's longest time since it.
+
+    Declared once here; the statistics, the conditions (exporter/core/conditions.py), the deadlines and the guards of
+    the signal statement all read it from these declarations.
+    """
+
+    stat: str
+    column: MomentColumn
+    states: frozenset[str] | None = None
+    """The states in which a session has this moment; None: every state (when the column is set)."""
+    prefix: str | None = None
+    """Or: the states that start with this (`idle in transaction`, with or without `(aborted)`)."""
+
+    def of(self, session: Session) -> datetime | None:
+        """The session's moment, or None when it has none now (a query's start counts only while it runs)."""
+        state = session.state
+        if self.states is not None and state not in self.states:
+            return None
+        if self.prefix is not None and (state is None or not state.startswith(self.prefix)):
+            return None
+        value: datetime | None = getattr(session, self.column)
+        return value
+
+    def pin(self, value: datetime | None, onto: Guard = NO_GUARD) -> Guard:
+        """`onto`, also holding only while a session is still at this very moment `value` (the same query,
+        transaction or idle spell; for the session's own start, pid and backend_start already are)."""
+        if value is None or self.column == "backend_start":
+            return onto
+        if self.column == "query_start":
+            return replace(onto, query_start=value)
+        if self.column == "xact_start":
+            return replace(onto, xact_start=value)
+        return replace(onto, state_change=value)
+
+
+QUERY = Moment("max_query_duration", "query_start", states=ACTIVE_STATES)
+"""Since the running query started."""
+TRANSACTION = Moment("max_transaction_duration", "xact_start")
+"""Since the open transaction began."""
+IDLE_IN_TRANSACTION = Moment("max_idle_in_transaction", "state_change", prefix="idle in transaction")
+"""Since the session last went idle inside its transaction."""
+CONNECTED = Moment("age", "backend_start")
+"""Since the session connected."""
+MOMENTS: tuple[Moment, ...] = (QUERY, TRANSACTION, IDLE_IN_TRANSACTION, CONNECTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +215,15 @@ class LockGraph:
 
 
 @dataclass(frozen=True, slots=True)
+class Reading:
+    """What a poll reads beyond the fixed columns (`Config.poll`): the comment keys the tag sources need, and the
+    query excerpt unless `audit.query_text` is none."""
+
+    comment_keys: tuple[str, ...] = ()
+    query_text: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one poll read: client sessions and parallel workers, with the server's clock at that moment, and for the
     sessions that waited on a heavyweight lock, their blockers (read only when some session waited)."""
@@ -201,8 +261,8 @@ class Stats:
         the poll saw lock waits, how many sessions the set blocks and for how long."""
         blocked = blocking = 0
         max_blocking = 0.0
+        sessions = tuple(sessions)
         if locks is not None:
-            sessions = tuple(sessions)
             pids = [s.pid for s in sessions]
             waits, downstream = locks.waits, locks.downstream
             # Most groups neither wait nor block: two set lookups per session, nothing built.
@@ -212,7 +272,6 @@ class Stats:
                 blocking, max_blocking = len(victims), locks.longest(victims)
         by_state = dict.fromkeys(KNOWN_STATES, 0)
         count = active = waiting = 0
-        oldest_query = oldest_xact = oldest_idle_xact = oldest_start = None
         for s in sessions:
             count += 1
             state = s.state if s.state is not None else UNKNOWN_STATE
@@ -221,35 +280,30 @@ class Stats:
                 active += 1
                 if s.wait_event_type == "Lock":
                     waiting += 1
-                if s.query_start is not None and (oldest_query is None or s.query_start < oldest_query):
-                    oldest_query = s.query_start
-            elif (
-                state.startswith("idle in transaction")
-                and s.state_change is not None
-                and (oldest_idle_xact is None or s.state_change < oldest_idle_xact)
-            ):
-                oldest_idle_xact = s.state_change
-            if s.xact_start is not None and (oldest_xact is None or s.xact_start < oldest_xact):
-                oldest_xact = s.xact_start
-            if s.backend_start is not None and (oldest_start is None or s.backend_start < oldest_start):
-                oldest_start = s.backend_start
-
-        def since(moment: datetime | None) -> float:
-            return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
-
+        longest: dict[str, float] = {}
+        for moment in MOMENTS:
+            oldest = min((m for s in sessions if (m := moment.of(s)) is not None), default=None)
+            longest[moment.stat] = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
         return cls(
             sessions=count,
             by_state=by_state,
             active=active,
             waiting=waiting,
-            max_query_duration=since(oldest_query),
-            max_transaction_duration=since(oldest_xact),
-            max_idle_in_transaction=since(oldest_idle_xact),
-            age=since(oldest_start),
             blocked=blocked,
             blocking=blocking,
             max_blocking=max_blocking,
+            **longest,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TagSource:
+    """Which configured source tagged a session, as its group remembers it (exporter/core/tags.py compiles them)."""
+
+    label: str
+    """How `pgparent groups` and the audit name it: `application_name`, `user`, `database`, `comment:KEY`."""
+    query_scoped: bool = False
+    """The tag describes the session's current query, not the session: signals must re-check query_start."""
 
 
 class _GroupFields(NamedTuple):
@@ -259,9 +313,9 @@ class _GroupFields(NamedTuple):
     workers: int = 0
     locks: LockGraph | None = None
     """The poll's blocking forest, when some session waited on a lock."""
-    sources: tuple[Source, ...] = ()
+    sources: tuple[TagSource, ...] = ()
     """The sources that tagged the group's sessions, in config order."""
-    tagged_by: Mapping[int, Source] = MappingProxyType({})
+    tagged_by: Mapping[int, TagSource] = MappingProxyType({})
     """pid -> the source that tagged it, kept only when the group's sessions came from more than one source."""
 
 
@@ -285,13 +339,13 @@ class Group(_GroupFields):
         now: datetime,
         workers: int,
         locks: LockGraph | None,
-        sources: tuple[Source, ...],
-        tagged_by: Mapping[int, Source],
+        sources: tuple[TagSource, ...],
+        tagged_by: Mapping[int, TagSource],
     ) -> Group:
         """The same record as `Group(...)`, without the keyword handling of a named tuple's __new__."""
         return tuple.__new__(cls, (parent, sessions, now, workers, locks, sources, tagged_by))
 
-    def source_of(self, pid: int) -> Source | None:
+    def source_of(self, pid: int) -> TagSource | None:
         """The source that tagged the group's session `pid` (None for a group built without sources)."""
         return self.tagged_by.get(pid) or (self.sources[0] if self.sources else None)
 

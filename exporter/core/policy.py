@@ -1,7 +1,9 @@
 """Pure: decide which sessions to signal, from groups, rules and the previous poll's rule state.
 
 No I/O and no clock reads: the server's clock comes in with the snapshot, and the state a rule's `for:` needs comes in
-as `RuleState` and goes out as a new one. The enforcer carries out the decision.
+as `RuleState` and goes out as a new one. One walk of rules x groups decides what to signal now and which (rule,
+group) pairs a time limit may fire before the next poll (`Decision.watched`, for exporter/core/deadlines.py). The
+enforcer carries out the decision.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One session to signal for one rule, with why; `dry_run` targets are reported and never signalled."""
+class Signal:
+    """One session to signal for one rule, with why; a `dry_run` signal is reported and never sent."""
 
     rule: str
     action: SignalAction
@@ -63,10 +65,24 @@ class RuleState:
 
 
 @dataclass(frozen=True, slots=True)
+class Watched:
+    """A (rule, group) pair in the rule's scope and not firing, whose time limits may be crossed before the next
+    poll: what exporter/core/deadlines.py schedules, without walking rules x groups again."""
+
+    rule: CompiledRule
+    group: Group
+    sessions: tuple[Session, ...]
+    """The group's sessions the rule looks at (narrowed by its database and user globs)."""
+    pending_since: datetime | None
+    """Since when the rule's condition holds while it waits out `for:`; None when it does not hold now."""
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    targets: tuple[Target, ...]
+    signals: tuple[Signal, ...]
     """What to signal this cycle, at most `max_terminations_per_cycle` of them that are not dry-run."""
-    deferred: tuple[Target, ...]
+    deferred: tuple[Signal, ...]
     """Over the per-cycle cap: left for the next poll."""
     firing: tuple[Firing, ...]
     started: tuple[Firing, ...]
@@ -80,18 +96,25 @@ class Decision:
     unguarded: int
     """Sessions of firing groups left alone because their backend_start is hidden (no pg_read_all_stats)."""
     state: RuleState
-    unreleased: tuple[Target, ...] = ()
+    unreleased: tuple[Signal, ...] = ()
     """Root blockers a `cancel` rule cannot release: they run no query (idle in a transaction), so a cancel would do
     nothing; audited, never signalled."""
+    watched: tuple[Watched, ...] = ()
+    """Pairs a deadline may fire before the next poll (only when `evaluate` was asked to watch)."""
+
+    @property
+    def acts(self) -> bool:
+        """Whether carrying the decision out does anything: signals, deferrals or blockers to audit."""
+        return bool(self.signals or self.deferred or self.unreleased)
 
     @classmethod
-    def only(cls, targets: tuple[Target, ...], cap: int | None = None, protected: int = 0, unguarded: int = 0
+    def only(cls, signals: tuple[Signal, ...], cap: int | None = None, protected: int = 0, unguarded: int = 0
              ) -> Decision:
-        """A decision that only signals `targets` (an operator's request, a deadline): no rule state, no firing;
+        """A decision that only sends `signals` (an operator's request, a deadline): no rule state, no firing;
         with `cap`, real signals beyond it are deferred."""
-        chosen, deferred = _plan(list(targets), cap) if cap is not None else (targets, ())
+        chosen, deferred = _plan(list(signals), cap) if cap is not None else (signals, ())
         return cls(
-            targets=chosen,
+            signals=chosen,
             deferred=deferred,
             firing=(),
             started=(),
@@ -138,10 +161,10 @@ def guard_for(
     - A session `grp` got from a query comment (a query-scoped tag) is signalled only while that query runs
       (query_start), or while it still sits idle in the very transaction around it (state_change): the comment
       described that query, and the server connection may serve another client now.
-    - A rule that fired on a transaction duration (`exceeded` names a condition that measures the transaction) ends
-      only the very transaction it measured (xact_start).
+    - A rule that fired on a condition whose declaration says what it `keeps` (a transaction duration) ends only
+      the very transaction it measured (xact_start).
     """
-    query_start = state_change = xact_start = None
+    query_start = state_change = None
     if action == "cancel":
         query_start = session.query_start
     source = grp.source_of(session.pid) if grp is not None else None
@@ -150,11 +173,12 @@ def guard_for(
             query_start = session.query_start
         else:
             state_change = session.state_change
-    if any(BY_NAME[n].transaction for n in exceeded if n in BY_NAME):
-        xact_start = session.xact_start
-    if query_start is None and state_change is None and xact_start is None:
-        return NO_GUARD
-    return Guard(query_start=query_start, xact_start=xact_start, state_change=state_change)
+    guard = Guard(query_start=query_start, state_change=state_change)
+    for name in exceeded:
+        kept = BY_NAME[name].keeps if name in BY_NAME else None
+        if kept is not None:
+            guard = kept.pin(kept.of(session), guard)
+    return guard
 
 
 def tag_source(grp: Group | None, session: Session) -> str | None:
@@ -186,6 +210,11 @@ class CompiledRule:
     size_only: float | None = None
     """The limit when `max_sessions` is the rule's one condition and no database or user glob narrows its groups:
     a group no larger than this is passed over without building its scope."""
+
+    @property
+    def timed(self) -> dict[str, float]:
+        """The rule's time limits (durations), by condition name: what a deadline may act on between polls."""
+        return {n: limit for n, limit in self.conditions.items() if BY_NAME[n].time_based}
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
@@ -267,8 +296,8 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
     as the daemon, with no per-cycle cap (an operator asked for this group by name)."""
     grp = grouped.groups.get(parent)
     chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
-    targets = tuple(
-        Target(
+    signals = tuple(
+        Signal(
             MANUAL_RULE,
             action,
             parent,
@@ -280,19 +309,27 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
         )
         for s in chosen
     )
-    return Decision.only(targets, protected=protected, unguarded=unguarded)
+    return Decision.only(signals, protected=protected, unguarded=unguarded)
 
 
 def evaluate(
-    grouped: Grouped, config: Config, state: RuleState, force_dry_run: bool = False, target: str = "default"
+    grouped: Grouped,
+    config: Config,
+    state: RuleState,
+    force_dry_run: bool = False,
+    target: str = "default",
+    *,
+    watch: bool = False,
 ) -> Decision:
     """Evaluate every rule that applies to the server `target` (its `match.target` glob) against every group; return
-    what to signal and the rule state for the next poll."""
+    what to signal and the rule state for the next poll, and, with `watch`, the pairs whose time limits a deadline
+    may act on before the next poll."""
     now = grouped.now
     since: dict[tuple[str, str], datetime] = {}
     firing: list[Firing] = []
-    candidates: list[Target] = []
-    unreleased: list[Target] = []
+    candidates: list[Signal] = []
+    unreleased: list[Signal] = []
+    watched: list[Watched] = []
     violating = {r.name: 0 for r in config.rules}
     pending = {r.name: 0 for r in config.rules}
     protected = unguarded = 0
@@ -304,6 +341,7 @@ def evaluate(
             continue
         dry = force_dry_run or config.dry_run or rule.dry_run
         size_only = compiled.size_only
+        timed = watch and rule.action != "log" and compiled.timed
         for grp in compiled.groups(grouped.groups):
             if size_only is not None and len(grp.sessions) <= size_only:
                 continue  # what rule_scope and _exceeded would find, without building either
@@ -313,6 +351,8 @@ def evaluate(
             sessions, measured = scope
             exceeded = _exceeded(compiled.conditions, len(sessions), measured)
             if not exceeded:
+                if timed:
+                    watched.append(Watched(compiled, grp, sessions, None, dry))
                 continue
             reasons = tuple(exceeded.values())
             key = (rule.name, grp.parent)
@@ -320,6 +360,8 @@ def evaluate(
             since[key] = started_at
             if (now - started_at).total_seconds() < rule.for_:
                 pending[rule.name] += 1
+                if timed:
+                    watched.append(Watched(compiled, grp, sessions, started_at, dry))
                 continue
             violating[rule.name] += 1
             firing.append(Firing(rule.name, grp.parent, rule.action, reasons, dry))
@@ -330,7 +372,7 @@ def evaluate(
                 pool = _root_blockers(sessions, grp)  # end what blocks, not the group's innocent members
                 if rule.action == "cancel":
                     unreleased += [
-                        Target(rule.name, rule.action, grp.parent, s, reasons, dry, *_blocking_of(s, grp))
+                        Signal(rule.name, rule.action, grp.parent, s, reasons, dry, *_blocking_of(s, grp))
                         for s in pool
                         if s.state not in ACTIVE_STATES
                     ]
@@ -338,7 +380,7 @@ def evaluate(
             protected += n_protected
             unguarded += n_unguarded
             candidates += [
-                Target(
+                Signal(
                     rule.name,
                     rule.action,
                     grp.parent,
@@ -352,10 +394,10 @@ def evaluate(
                 for s in chosen
             ]
 
-    targets, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
+    signals, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
     firing_keys = frozenset((f.rule, f.parent) for f in firing)
     return Decision(
-        targets=targets,
+        signals=signals,
         deferred=deferred,
         firing=tuple(firing),
         started=tuple(f for f in firing if (f.rule, f.parent) not in state.firing),
@@ -366,25 +408,26 @@ def evaluate(
         unguarded=unguarded,
         state=RuleState(since=since, firing=firing_keys),
         unreleased=tuple(unreleased),
+        watched=tuple(watched),
     )
 
 
-def _plan(candidates: list[Target], cap: int) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
+def _plan(candidates: list[Signal], cap: int) -> tuple[tuple[Signal, ...], tuple[Signal, ...]]:
     """One signal per pid (terminate before cancel, then rule order); real signals capped at `cap` per cycle."""
-    ordered = sorted(candidates, key=lambda t: t.action != "terminate")  # stable: keeps rule order within an action
+    ordered = sorted(candidates, key=lambda c: c.action != "terminate")  # stable: keeps rule order within an action
     seen: set[int] = set()
-    targets: list[Target] = []
-    deferred: list[Target] = []
+    chosen: list[Signal] = []
+    deferred: list[Signal] = []
     real = 0
-    for t in ordered:
-        if t.session.pid in seen:
+    for c in ordered:
+        if c.session.pid in seen:
             continue
-        seen.add(t.session.pid)
-        if t.dry_run:
-            targets.append(t)
+        seen.add(c.session.pid)
+        if c.dry_run:
+            chosen.append(c)
         elif real < cap:
-            targets.append(t)
+            chosen.append(c)
             real += 1
         else:
-            deferred.append(t)
-    return tuple(targets), tuple(deferred)
+            deferred.append(c)
+    return tuple(chosen), tuple(deferred)

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from exporter.core.conditions import BY_NAME, CONDITIONS, NAMES
-from exporter.core.model import SignalAction
+from exporter.core.model import Reading, SignalAction
 from exporter.core.tags import COMMENT_KEY, KINDS, SourceKind, Sources
 from exporter.errors import ConfigInvalid
 
@@ -330,6 +330,11 @@ class Config(StrictModel):
     """Servers to watch; none means the one server of --dsn / the environment, named `default`."""
     audit: Audit = Audit()
     rules: tuple[Rule, ...] = ()
+
+    @cached_property
+    def poll(self) -> Reading:
+        """What the poll reads for this config (exporter/pg/database.py: `Database.snapshot`)."""
+        return Reading(self.grouping.compiled.comment_keys, self.audit.query_text == "excerpt")
 
     @field_validator("targets")
     @classmethod

@@ -1,4 +1,5 @@
-"""Pure: where a session's parent tag comes from, compiled once per config. No I/O, no clock.
+"""Pure: where a session's parent tag comes from (application_name, comment, user, database), compiled once per
+config. No I/O, no clock.
 
 A source reads one thing of a session: its `application_name`, `user` or `database` through a regex with a named
 group `parent`, or the value of one key in a SQL comment of its current query (`comment`). `Sources` tries them in
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
-from exporter.core.model import ACTIVE_STATES, Session
+from exporter.core.model import ACTIVE_STATES, Session, TagSource
 
 SourceKind = Literal["application_name", "comment", "user", "database"]
 KINDS: tuple[SourceKind, ...] = ("application_name", "comment", "user", "database")
@@ -91,16 +92,23 @@ class Source:
     regex: re.Pattern[str] | None = None
     slot: int = 0
     """For a comment source: the index of its key in `Sources.comment_keys` (and in `Session.comments`)."""
+    origin: TagSource = field(init=False)
+    """What a group remembers of this source: its label, and whether its tag describes the current query."""
+
+    def __post_init__(self) -> None:
+        comment = self.kind == "comment"
+        label = f"comment:{self.argument}" if comment else self.kind
+        object.__setattr__(self, "origin", TagSource(label, query_scoped=comment))
 
     @property
     def label(self) -> str:
         """How `pgparent groups` and the audit name it: `application_name`, `user`, `database`, `comment:KEY`."""
-        return f"comment:{self.argument}" if self.kind == "comment" else self.kind
+        return self.origin.label
 
     @property
     def query_scoped(self) -> bool:
         """The tag describes the session's current query, not the session: signals must re-check query_start."""
-        return self.kind == "comment"
+        return self.origin.query_scoped
 
     def read(self, session: Session) -> str | bytes | None:
         """What this source looks at in `session`: its application_name, user or database; for a comment, the raw

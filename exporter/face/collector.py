@@ -1,4 +1,5 @@
-"""Prometheus metrics: a custom collector over the latest published poll of every target, and the counters.
+"""Prometheus metrics: a custom collector over the latest published poll of every target, the flags and the counters
+(every family declared in exporter/face/counters.py).
 
 A scrape never touches PostgreSQL: `collect()` reads the last `Published` object of each target and yields fresh
 metric families, so groups (and targets) that vanished vanish from /metrics. Every series of a target carries
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from prometheus_client import Counter, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -25,54 +25,11 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.core.grouping import OTHER, top_groups
 from exporter.core.model import KNOWN_STATES, Group, Grouped
+from exporter.face import counters as m
+from exporter.face.counters import Counters, Family
 from exporter.logs import get_logger
 
 log = get_logger(__name__)
-
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters start with the process
-
-
-class Counters:
-    """The daemon's counters: prometheus_client metrics, written by the poll loops, read by scrapes.
-
-    Every counter incremented anywhere is one of these, so every one is exported. They live on a registry of their
-    own; the collector re-emits them with each target's constant labels added.
-    """
-
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=False)
-        self.polls = Counter("pgparent_polls", "Poll cycles completed, successful or not.", ["target"], registry=r)
-        self.poll_errors = Counter("pgparent_poll_errors", "Polls that failed.", ["target"], registry=r)
-        self.signalled = Counter(
-            "pgparent_signalled_sessions",
-            "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll or deadline).",
-            ["target", "rule", "action", "trigger"],
-            registry=r,
-        )
-        self.signal_failures = Counter(
-            "pgparent_signal_failures",
-            "Signals not delivered, by rule, reason and trigger (poll or deadline).",
-            ["target", "rule", "reason", "trigger"],
-            registry=r,
-        )
-        self.deferred = Counter(
-            "pgparent_signals_deferred",
-            "Signals postponed by max_terminations_per_cycle.",
-            ["target", "rule"],
-            registry=r,
-        )
-        self.deadline_wakeups = Counter(
-            "pgparent_deadline_wakeups",
-            "Times a target's loop woke between polls for a limit crossed at a moment the last poll foresaw.",
-            ["target"],
-            registry=r,
-        )
-        self.scrape_errors = Counter(
-            "pgparent_scrape_errors",
-            "Scrapes whose metrics could not be built (they reported pgparent_up 0).",
-            registry=r,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Published:
@@ -119,11 +76,12 @@ class _Series:
         self.values = tuple(values)
         self.families: dict[str, tuple[str, tuple[str, ...], list[tuple[Sequence[str], float]]]] = {}
 
-    def add(self, name: str, doc: str, value: float, labels: Sequence[str] = (), values: Sequence[str] = ()) -> None:
-        family = self.families.get(name)
-        if family is None:
-            family = self.families[name] = (doc, tuple(labels), [])
-        family[2].append((values, value))
+    def add(self, family: Family, value: float, *values: str) -> None:
+        """One sample of the declared `family`, its own label values in the order the declaration names them."""
+        samples = self.families.get(family.name)
+        if samples is None:
+            samples = self.families[family.name] = (family.help, family.labels, [])
+        samples[2].append((values, value))
 
     def text(self) -> dict[str, tuple[str, bytes]]:
         """Each family's help and sample lines, by name, as prometheus_client's text exposition writes them: labels
@@ -147,11 +105,10 @@ _number = cast("Callable[[float], str]", floatToGoString)
 
 @dataclass(frozen=True, slots=True)
 class _GroupSeries:
-    """One per-group gauge: its name and help, its value for a group, and how folded groups combine into __other__
+    """One per-group gauge: its declaration, its value for a group, and how folded groups combine into __other__
     (counts add up; durations keep the worst)."""
 
-    name: str
-    help: str
+    family: Family
     value: Callable[[Group], float]
     fold: Callable[[list[float]], float]
 
@@ -165,49 +122,15 @@ def _total(values: list[float]) -> float:
 
 
 _GROUP_SERIES = (
-    _GroupSeries(
-        "pgparent_group_parallel_workers", "Parallel workers serving a group's sessions.", lambda g: g.workers, _total
-    ),
-    _GroupSeries(
-        "pgparent_group_waiting_sessions",
-        "Active sessions of a group waiting on a lock.",
-        lambda g: g.stats.waiting,
-        _total,
-    ),
-    _GroupSeries(
-        "pgparent_group_blocked_sessions",
-        "Sessions of a group waiting on a lock held by another session.",
-        lambda g: g.stats.blocked,
-        _total,
-    ),
-    _GroupSeries(
-        "pgparent_group_blocking_sessions",
-        "Sessions of other groups, untagged ones included, waiting on a group's sessions, directly or through a "
-        "chain.",
-        lambda g: g.stats.blocking,
-        _total,  # a waiter held up by two folded groups counts twice: an upper bound
-    ),
-    _GroupSeries(
-        "pgparent_group_max_blocking_seconds",
-        "The longest any session has been waiting on a group's sessions (through a chain included).",
-        lambda g: g.stats.max_blocking,
-        _worst,
-    ),
-    _GroupSeries(
-        "pgparent_group_max_query_duration_seconds",
-        "Longest running query of a group.",
-        lambda g: g.stats.max_query_duration,
-        _worst,
-    ),
-    _GroupSeries(
-        "pgparent_group_max_transaction_duration_seconds",
-        "Longest open transaction of a group.",
-        lambda g: g.stats.max_transaction_duration,
-        _worst,
-    ),
-    _GroupSeries(
-        "pgparent_group_age_seconds", "Time since the group's oldest session started.", lambda g: g.stats.age, _worst
-    ),
+    _GroupSeries(m.GROUP_WORKERS, lambda g: g.workers, _total),
+    _GroupSeries(m.GROUP_WAITING, lambda g: g.stats.waiting, _total),
+    _GroupSeries(m.GROUP_BLOCKED, lambda g: g.stats.blocked, _total),
+    # A waiter held up by two folded groups counts twice: an upper bound.
+    _GroupSeries(m.GROUP_BLOCKING, lambda g: g.stats.blocking, _total),
+    _GroupSeries(m.GROUP_MAX_BLOCKING, lambda g: g.stats.max_blocking, _worst),
+    _GroupSeries(m.GROUP_MAX_QUERY, lambda g: g.stats.max_query_duration, _worst),
+    _GroupSeries(m.GROUP_MAX_TRANSACTION, lambda g: g.stats.max_transaction_duration, _worst),
+    _GroupSeries(m.GROUP_AGE, lambda g: g.stats.age, _worst),
 )
 
 
@@ -362,7 +285,7 @@ class PgparentCollector(Collector):
     @staticmethod
     def _down(latest: dict[str, Published]) -> list[Metric]:
         """What a scrape whose metrics could not be built shows: every target down."""
-        up = GaugeMetricFamily("pgparent_up", "1 if the last poll of the target succeeded.", labels=["target"])
+        up = GaugeMetricFamily(m.UP.name, m.UP.help, labels=["target"])
         for target in latest:
             up.add_metric([target], 0)
         return [up]
@@ -397,19 +320,11 @@ class PgparentCollector(Collector):
     @staticmethod
     def _process_families(flags: Flags) -> list[Metric]:
         fams: list[Metric] = [
-            GaugeMetricFamily("pgparent_poll_interval_seconds", "Configured poll interval.", value=flags.interval),
-            GaugeMetricFamily(
-                "pgparent_config_last_reload_successful",
-                "1 if the last config (re)load succeeded.",
-                value=int(flags.reload_ok),
-            ),
-            GaugeMetricFamily(
-                "pgparent_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
-                value=flags.reload_time,
-            ),
+            GaugeMetricFamily(m.POLL_INTERVAL.name, m.POLL_INTERVAL.help, value=flags.interval),
+            GaugeMetricFamily(m.RELOAD_OK.name, m.RELOAD_OK.help, value=int(flags.reload_ok)),
+            GaugeMetricFamily(m.RELOAD_TIME.name, m.RELOAD_TIME.help, value=flags.reload_time),
         ]
-        info = InfoMetricFamily("pgparent_build", "pgparent build information.")
+        info = InfoMetricFamily(m.BUILD.name, m.BUILD.help)
         info.add_metric([], {"version": __version__})
         fams.append(info)
         return fams
@@ -417,74 +332,42 @@ class PgparentCollector(Collector):
     def _series(self, target: str, p: Published, names: Sequence[str]) -> _Series:
         """The target's gauge series; `names` are the constant label names of every target."""
         f = _Series(["target", *names], [target, *(p.labels.get(n, "") for n in names)])
-        f.add("pgparent_up", "1 if the last poll of the target succeeded.", int(p.up))
-        f.add(
-            "pgparent_last_poll_timestamp_seconds",
-            "Unix time of the target's last successful poll (0 before the first).",
-            p.last_success,
-        )
-        f.add("pgparent_poll_duration_seconds", "Duration of the target's last poll cycle.", p.poll_duration)
-        f.add("pgparent_dry_run", "1 if no rule may signal on the target (dry run).", int(p.dry_run))
-        f.add("pgparent_enforcing", "1 if this instance may signal the target's sessions now.", int(p.enforcing))
-        f.add(
-            "pgparent_leader",
-            "1 if this replica holds the target's leader lock (the one that enforces).",
-            int(p.leader),
-        )
+        f.add(m.UP, int(p.up))
+        f.add(m.LAST_POLL, p.last_success)
+        f.add(m.POLL_DURATION, p.poll_duration)
+        f.add(m.DRY_RUN, int(p.dry_run))
+        f.add(m.ENFORCING, int(p.enforcing))
+        f.add(m.LEADER, int(p.leader))
         for rule, n in p.violating.items():
-            f.add("pgparent_rule_violating_groups", "Groups for which the rule fires now.", n, ["rule"], [rule])
+            f.add(m.VIOLATING, n, rule)
         for rule, n in p.pending.items():
-            f.add(
-                "pgparent_rule_pending_groups",
-                "Groups that exceed the rule but not yet for its 'for:'.",
-                n,
-                ["rule"],
-                [rule],
-            )
+            f.add(m.PENDING, n, rule)
         if p.up and p.grouped is not None:
             self._group_families(f, p.grouped, p.max_groups)
         return f
 
     def _group_families(self, f: _Series, grouped: Grouped, max_groups: int) -> None:
-        sessions = ("pgparent_group_sessions", "Client sessions of a group, by state.")
         kept, folded = top_groups(grouped.groups, max_groups)
         for g in kept:
             for state, n in g.stats.by_state.items():
-                f.add(*sessions, n, ["parent", "state"], [g.parent, state])
+                f.add(m.GROUP_SESSIONS, n, g.parent, state)
         if folded:
             by_state: dict[str, int] = dict.fromkeys(KNOWN_STATES, 0)
             for g in folded:
                 for state, n in g.stats.by_state.items():
                     by_state[state] = by_state.get(state, 0) + n
             for state, n in by_state.items():
-                f.add(*sessions, n, ["parent", "state"], [OTHER, state])
+                f.add(m.GROUP_SESSIONS, n, OTHER, state)
         for spec in _GROUP_SERIES:
             for g in kept:
-                f.add(spec.name, spec.help, spec.value(g), ["parent"], [g.parent])
+                f.add(spec.family, spec.value(g), g.parent)
             if folded:
-                f.add(spec.name, spec.help, spec.fold([spec.value(g) for g in folded]), ["parent"], [OTHER])
-        f.add(
-            "pgparent_untagged_blocking_sessions",
-            "Sessions waiting on untagged sessions, directly or through a chain.",
-            grouped.untagged.blocking,
-        )
-        f.add(
-            "pgparent_prepared_transactions_blocking_sessions",
-            "Sessions waiting on prepared transactions, directly or through a chain.",
-            grouped.prepared_blocking,
-        )
+                f.add(spec.family, spec.fold([spec.value(g) for g in folded]), OTHER)
+        f.add(m.UNTAGGED_BLOCKING, grouped.untagged.blocking)
+        f.add(m.PREPARED_BLOCKING, grouped.prepared_blocking)
         for state, n in grouped.untagged.by_state.items():
-            f.add("pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", n, ["state"], [state])
-        f.add("pgparent_groups", "Tagged groups seen by the last poll.", len(grouped.groups))
-        f.add(
-            "pgparent_hidden_sessions",
-            "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
-            grouped.hidden,
-        )
-        f.add(
-            "pgparent_comment_tags_missed_sessions",
-            "Sessions whose query text PostgreSQL cut at track_activity_query_size before a comment source could read "
-            "a comment at its end (0 without comment sources).",
-            grouped.comment_missed,
-        )
-        f.add("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.', len(folded))
+            f.add(m.UNTAGGED, n, state)
+        f.add(m.GROUPS, len(grouped.groups))
+        f.add(m.HIDDEN, grouped.hidden)
+        f.add(m.COMMENT_MISSED, grouped.comment_missed)
+        f.add(m.GROUPS_DROPPED, len(folded))

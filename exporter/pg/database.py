@@ -1,4 +1,5 @@
-"""The only module that speaks SQL: connection settings, DSN handling, the poll, and the guarded signal statement.
+"""The monitoring connection: its settings and watchdog, the server's capabilities, the poll, and the guarded signal
+statement (exporter/pg/queries/signal.sql says which race each of its clauses closes).
 
 Driver errors are translated here: callers see `DatabaseUnavailable` (never a password in its message) or a
 `SignalOutcome`. The monitoring connection is autocommit, so every poll sees a fresh pg_stat_activity and `now()`, and
@@ -7,116 +8,38 @@ the session never sits "idle in transaction".
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
-from importlib.resources import files
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
-from exporter.core.model import NO_GUARD, Blocker, Guard, Session, SignalAction, Snapshot
+from exporter.core.model import NO_GUARD, Blocker, Guard, Reading, Session, SignalAction, Snapshot
 from exporter.core.tags import MAX_RAW_BYTES
-from exporter.errors import DatabaseUnavailable, UsageError
-
-if TYPE_CHECKING:
-    from exporter.core.settings import Config
-
-QUERY_BYTES = 256
-"""How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
+from exporter.errors import DatabaseUnavailable
+from exporter.pg.dsn import mask_dsn, parse_dsn, scrub
+from exporter.pg.rows import QUERY_BYTES, SessionRows
+from exporter.pg.statements import load_query
 
 COMMENT_BYTES = 1024
 """How far into the query text, from either end, the poll looks for a comment: sqlcommenter comments with a
 traceparent and a few keys take a few hundred bytes."""
 
-_ESCAPE = re.compile(rb"\\(\\|[0-7]{3})")
-
 SignalOutcome = Literal["ok", "gone", "not_signalled", "permission_denied", "error"]
 
 _SIGNAL_FUNCTIONS = {"terminate": "pg_terminate_backend", "cancel": "pg_cancel_backend"}
-
-
-@cache
-def load_query(name: str) -> str:
-    """The text of `queries/<name>.sql`, read once, without its leading comment lines (they document the file, and
-    need not travel to the server or show up in pg_stat_activity)."""
-    text = files("exporter.pg").joinpath("queries", f"{name}.sql").read_text(encoding="utf-8")
-    lines = text.splitlines()
-    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("--")):
-        lines.pop(0)
-    return "\n".join(lines) + "\n"
-
-
-def read_dsn_file(path: str, origin: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UsageError(f"{origin} {path}: cannot read: {reason}") from None
-    if not text:
-        raise UsageError(f"{origin} {path}: the file is empty")
-    return text
-
-
-def resolve_dsn(cli_dsn: str | None, cli_dsn_file: str | None = None) -> str:
-    """The DSN, from the first of: --dsn, --dsn.file, $PGPARENT_DSN, $PGPARENT_DSN_FILE, $DATA_SOURCE_NAME; else ""
-    (libpq then reads PGHOST, PGUSER, PGPASSWORD, PGPASSFILE, ...). A file keeps the secret out of `ps` and the
-    environment."""
-    if cli_dsn:
-        return cli_dsn
-    if cli_dsn_file:
-        return read_dsn_file(cli_dsn_file, "--dsn.file")
-    if env := os.environ.get("PGPARENT_DSN"):
-        return env
-    if env_file := os.environ.get("PGPARENT_DSN_FILE"):
-        return read_dsn_file(env_file, "PGPARENT_DSN_FILE")
-    return os.environ.get("DATA_SOURCE_NAME", "")
-
-
-def _parse(dsn: str) -> dict[str, Any]:
-    try:
-        return conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        # libpq's message quotes the text it choked on, which may hold the password: say nothing of it.
-        raise UsageError("invalid DSN: expected 'key=value ...' pairs or a postgresql:// URI") from None
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ****, for logs and errors; '(libpq defaults)' when empty."""
-    if not dsn:
-        return "(libpq defaults)"
-    try:
-        params = _parse(dsn)
-    except UsageError:
-        return "(unparseable DSN)"
-    if "password" in params:
-        params["password"] = "****"  # noqa: S105 - a mask, not a secret
-    return make_conninfo(**params)
-
-
-def _scrub(message: str, dsn: str) -> str:
-    """Remove the DSN's password, and PGPASSWORD, from a driver message, should libpq ever echo one."""
-    secrets = [os.environ.get("PGPASSWORD", "")]
-    with contextlib.suppress(psycopg.ProgrammingError):  # an unparseable DSN never reaches a connection attempt
-        secrets.append(str(conninfo_to_dict(dsn).get("password", "")))
-    for secret in secrets:
-        if len(secret) >= 3:
-            message = message.replace(secret, "****")
-    return message.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +148,7 @@ class Database:
     ) -> None:
         """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way);
         `database_only` reads and signals only the sessions of the DSN's database (a target's `sessions: database`)."""
-        _parse(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
+        parse_dsn(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
         self.database_only = database_only
         self.read_blockers = read_blockers
@@ -277,13 +200,13 @@ class Database:
     def _fail(self, what: str, exc: Exception) -> DatabaseUnavailable:
         stalled = self._stalled()
         self.close()
-        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {_scrub(str(exc), self.dsn)}")
+        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {scrub(str(exc), self.dsn)}")
 
     def connect(self) -> Capabilities:
         """Open the connection (if not open) and read the server's capabilities."""
         if self.connected and self.capabilities is not None:
             return self.capabilities
-        params = _parse(self.dsn)
+        params = parse_dsn(self.dsn)
         extra: dict[str, Any] = {"application_name": APPLICATION_NAME}
         # Detect a dead peer in seconds rather than the kernel's two hours; a DSN's own values win.
         defaults = {
@@ -352,17 +275,16 @@ class Database:
             composed = self._poll_sql[(comments, query_text)] = sql.SQL(load_query("activity")).format(**parts)
         return composed
 
-    def snapshot(self, config: Config | None = None) -> Snapshot:
+    def snapshot(self, reading: Reading = Reading()) -> Snapshot:  # noqa: B008 - a frozen record
         """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`; then, only if
         some client session waits on a heavyweight lock, who blocks those sessions (one more statement).
 
-        `config` says what to read beyond the fixed columns: the comment keys its sources need, and the query excerpt
-        unless `audit.query_text` is none (default: no comments, the excerpt).
+        `reading` says what to read beyond the fixed columns (`Config.poll`): the comment keys the tag sources need,
+        and the query excerpt unless `audit.query_text` is none (default: no comments, the excerpt).
         """
         conn = self._connection()
         assert self._blocking_sql is not None and self.capabilities is not None
-        keys = config.grouping.compiled.comment_keys if config is not None else ()
-        query_text = config is None or config.audit.query_text == "excerpt"
+        keys, query_text = reading.comment_keys, reading.query_text
         params: dict[str, Any] = {"query_bytes": QUERY_BYTES}
         if keys:
             params |= {
@@ -372,7 +294,7 @@ class Database:
                 "value_chars": 4 * (MAX_RAW_BYTES + 1),  # escaped: a byte takes up to 4 characters
             }
         try:
-            reader = _SessionRows()
+            reader = SessionRows()
             # Binary results: timestamps and the query bytes arrive as they are stored, with no text to parse.
             cur = conn.cursor(row_factory=reader.factory, binary=True)
             # Behind a transaction pooler a prepared statement may not exist on the next server connection.
@@ -460,7 +382,7 @@ class Database:
             "xact_start": guard.xact_start,
             "state_change": guard.state_change,
             "exceeded": guard.exceeded,
-            "since": guard.query_start or guard.xact_start or guard.state_change or session.backend_start,
+            "since": guard.since,
         }
 
     def signal(self, action: SignalAction, session: Session, guard: Guard = NO_GUARD) -> tuple[SignalOutcome, str]:
@@ -479,11 +401,11 @@ class Database:
                 row = conn.execute(statement, params).fetchone()
         except pgerrors.InsufficientPrivilege as exc:
             # Not a member of pg_signal_backend, or the target is a superuser's session: count it and go on.
-            return "permission_denied", _scrub(str(exc), self.dsn)
+            return "permission_denied", scrub(str(exc), self.dsn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._fail("signal failed", exc) from exc
         except psycopg.Error as exc:
-            return "error", _scrub(str(exc), self.dsn)
+            return "error", scrub(str(exc), self.dsn)
         if row is None:
             return "gone", (
                 "no session with that pid, backend_start and application_name"
@@ -515,91 +437,3 @@ def _signal_statement(function: str) -> sql.Composed:
     return sql.SQL(load_query("signal")).format(function=sql.Identifier("pg_catalog", function))
 
 
-class _SessionRows:
-    """The poll's row factory: each row becomes a Session as psycopg loads it (the columns are Session's fields in
-    order, then the server's now()), with the query excerpt decoded and the comment values unescaped.
-
-    Values that many rows repeat (backend type, database, user, address, state, wait type, query text) are kept
-    once per poll: thousands of sessions then hold a few strings instead of one each.
-    """
-
-    def __init__(self) -> None:
-        self.now: datetime | None = None
-        """The server's now() at the statement, from the rows read."""
-        self._seen: dict[object, object] = {}
-        self._texts: dict[bytes | None, str | None] = {None: None}
-
-    def factory(self, cursor: Any) -> Callable[[Sequence[Any]], Session]:
-        return self.row
-
-    def row(self, values: Sequence[Any]) -> Session:
-        pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \
-            comments, cut, self.now = values
-        once = self._seen.setdefault
-        texts = self._texts
-        return Session.build((
-            pid, leader, once(btype, btype), once(db, db), once(user, user), app, once(addr, addr), once(state, state),
-            once(wait, wait), started, xact, qstart, changed,
-            texts[query] if query in texts else texts.setdefault(query, _text(query)),
-            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut,
-        ))
-
-
-def _text(data: bytes | None) -> str | None:
-    """Query text bytes as str: what is not UTF-8 becomes U+FFFD (a session of a database in another encoding may
-    leave such bytes), and a character cut at the end by the byte bound is dropped."""
-    if data is None:
-        return None
-    try:
-        return data.decode()  # nearly always: valid and whole, decoded alike either way
-    except UnicodeDecodeError:
-        return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=len(data) < QUERY_BYTES)
-
-
-def _unescape(value: str | None) -> bytes | None:
-    """A value the poll sent in encode(..., 'escape') form (\\ooo for bytes >= 0x80, \\\\ for a backslash) back
-    as the bytes the session wrote."""
-    if value is None:
-        return None
-    return _ESCAPE.sub(
-        lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 8)]), value.encode("latin-1")
-    )
-
-
-def run_script(dsn: str, name: str, **values: object) -> None:
-    """Run `queries/<name>.sql` (one or more statements) in one autocommit session; each `{key}` in the file is
-    replaced by `values[key]` as an SQL literal."""
-    statement = sql.SQL(load_query(name)).format(**{k: sql.Literal(v) for k, v in values.items()})
-    try:
-        with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            conn.execute(statement)
-    except psycopg.Error as exc:
-        raise DatabaseUnavailable(f"{name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc
-
-
-def run_tagged(dsn: str, application_name: str, query_name: str) -> Literal["completed", "terminated", "cancelled"]:
-    """A client workload: run `queries/<query_name>.sql`, whose `{application_name}` is replaced by the tag (the
-    file tags its own session with `SET application_name = ...`), in a new session, and say how it ended. Used by
-    the demo to play the part of an application's sessions."""
-    statement = sql.SQL(load_query(query_name).strip()).format(application_name=sql.Literal(application_name))
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            # No parameters: sent as one simple query, as `psql -c` sends it, so pg_stat_activity shows it whole.
-            conn.execute(statement)
-    except pgerrors.QueryCanceled:
-        return "cancelled"
-    except (pgerrors.AdminShutdown, psycopg.OperationalError):
-        # pg_terminate_backend ends the session with AdminShutdown, seen by the client as a lost connection.
-        return "terminated"
-    return "completed"
-
-
-def fetch_table(dsn: str, query_name: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The column names and every row of `queries/<query_name>.sql`, read in one short autocommit session."""
-    try:
-        with psycopg.connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-            cur = conn.execute(load_query(query_name).encode())
-            columns = [c.name for c in cur.description or ()]
-            return columns, cur.fetchall()
-    except psycopg.Error as exc:
-        raise DatabaseUnavailable(f"{query_name}.sql failed ({mask_dsn(dsn)}): {_scrub(str(exc), dsn)}") from exc

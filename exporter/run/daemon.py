@@ -22,8 +22,11 @@ from exporter.face.collector import Flags, PgparentCollector
 from exporter.face.http import Limits, MetricsServer
 from exporter.face.webconfig import WebConfig
 from exporter.logs import get_logger
-from exporter.pg.database import Database, read_dsn_file
-from exporter.run.monitor import Monitor, Servers, Shard
+from exporter.pg.database import Database
+from exporter.pg.dsn import read_dsn_file
+from exporter.run.leadership import Shard
+from exporter.run.monitor import Monitor
+from exporter.run.servers import Servers
 
 log = get_logger("pgparent")
 

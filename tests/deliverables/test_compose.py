@@ -12,7 +12,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.cli.main import DEFAULT_LISTEN, build_parser
-from exporter.pg.database import resolve_dsn
+from exporter.pg.dsn import resolve_dsn
 from tests.support import require_tool
 
 pytestmark = pytest.mark.deliverables

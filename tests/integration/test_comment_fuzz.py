@@ -183,7 +183,7 @@ def test_hostile_comments_read_exactly_as_specified(
 ) -> None:
     """Whatever the text, the poll succeeds and reads, for each key, exactly what the specification says."""
     pids = _run(ascii_pool, texts)
-    snapshot = poller.snapshot(CONFIG)
+    snapshot = poller.snapshot(CONFIG.poll)
     assert poller.capabilities is not None
     cut_bytes = poller.capabilities.track_activity_query_size - 4
     by_pid = {s.pid: s for s in snapshot.sessions}
@@ -231,6 +231,6 @@ def test_encoded_values_read_back_as_themselves(
         conn.execute("BEGIN")
         conn.execute(text.encode())
         pid = conn.info.backend_pid
-        session = next(s for s in poller.snapshot(CONFIG).sessions if s.pid == pid)
+        session = next(s for s in poller.snapshot(CONFIG.poll).sessions if s.pid == pid)
         conn.execute("ROLLBACK")
     assert comment_value(session.comments[0] if session.comments else None) == value, text

@@ -11,7 +11,8 @@ from psycopg import sql
 from exporter.core.grouping import group
 from exporter.core.model import Grouped
 from exporter.errors import DatabaseUnavailable, UsageError
-from exporter.pg.database import Database, mask_dsn, resolve_dsn
+from exporter.pg.database import Database
+from exporter.pg.dsn import mask_dsn, resolve_dsn
 from tests.support import Clients, Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration

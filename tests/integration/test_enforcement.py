@@ -14,14 +14,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from structlog.testing import capture_logs
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import Session
-from exporter.core.policy import RuleState, evaluate
-from exporter.core.settings import Config, parse_config
-from exporter.face.collector import Counters
+from exporter.core.policy import RuleState
+from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.face.counters import Counters
 from exporter.pg.database import Database
 from exporter.run.daemon import Daemon
-from exporter.run.enforcer import enforce
+from exporter.run.enforcer import Enforcer
 from tests.support import Clients, Server, eventually, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration
@@ -69,9 +69,9 @@ def _one_cycle(dsn: str, config: Config, state: RuleState | None = None, force_d
     counters = Counters()
     try:
         with capture_logs() as events:
-            snapshot = db.snapshot()
-            decision = evaluate(group(snapshot, config.grouping.pattern), config, state or RuleState(), force_dry_run)
-            enforce(decision, db, counters, snapshot.now)
+            assessed = assess(db.snapshot(), config, state, dry_run=force_dry_run)
+            decision = assessed.decision
+            Enforcer(db, counters, DEFAULT_TARGET).enforce(decision, assessed.snapshot.now)
     finally:
         db.close()
     return counters, [dict(e) for e in events], decision.state
@@ -240,7 +240,7 @@ def test_dry_run_signals_nothing_and_audits(pg: Server, clients: Clients, where:
     assert not [m for m in counters.signalled.collect() for x in m.samples]
     db = Database(pg.dsn)
     try:
-        assert group(db.snapshot(), config.grouping.pattern).groups[f"Dry:{where}"].stats.sessions == 2
+        assert assess(db.snapshot(), config).grouped.groups[f"Dry:{where}"].stats.sessions == 2
     finally:
         db.close()
     assert not any(c.done for c in group2)

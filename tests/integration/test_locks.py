@@ -16,8 +16,9 @@ from prometheus_client.registry import CollectorRegistry
 from psycopg import sql
 
 from exporter.cli.main import main
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import Grouped
+from exporter.core.settings import Config
 from exporter.face.collector import PgparentCollector, Published
 from tests.support import Client, Clients, Server, daemon, eventually, read_snapshot
 
@@ -103,7 +104,7 @@ def start_chain(pg: Server, clients: Clients, table: str, a_tag: str = "LockA:1"
 
 
 def _grouped(dsn: str) -> Grouped:
-    return group(read_snapshot(dsn), PATTERN)
+    return assess(read_snapshot(dsn), Config()).grouped
 
 
 def test_chain_metrics_count_each_waiter_against_every_blocker_upstream(

@@ -12,13 +12,12 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import NO_GUARD, Grouped
-from exporter.core.policy import RuleState, evaluate
-from exporter.core.settings import Config, parse_config
-from exporter.face.collector import Counters
+from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.face.counters import Counters
 from exporter.pg.database import Database
-from exporter.run.enforcer import enforce
+from exporter.run.enforcer import Enforcer
 from tests.support import PgBouncer, PooledClients, Server, daemon, eventually, read_snapshot, server_session
 
 pytestmark = pytest.mark.integration
@@ -35,7 +34,7 @@ def _config(rules: list[dict[str, Any]] | None = None, sources: list[dict[str, s
 
 def _grouped(pg: Server, config: Config) -> Grouped:
     # pgparent's own connection goes to PostgreSQL directly
-    return group(read_snapshot(pg.dsn, config), config.grouping.compiled)
+    return assess(read_snapshot(pg.dsn, config), config).grouped
 
 
 def test_clients_tagged_by_name_and_by_comment_are_grouped(
@@ -65,7 +64,7 @@ def test_idle_server_connections_are_not_counted_in_comment_groups(
     snapshot = read_snapshot(pg.dsn, config)
     seen = {s.pid: s for s in snapshot.sessions}
     assert seen[idle[0]].state == "idle" and mark in (seen[idle[0]].query or "")  # the comment is there, and stale
-    assert "Pool:idle" not in group(snapshot, config.grouping.compiled).groups
+    assert "Pool:idle" not in assess(snapshot, config).grouped.groups
 
 
 def test_a_cancel_cancels_one_clients_query_and_never_anothers(
@@ -110,23 +109,23 @@ def test_a_signal_for_a_query_that_moved_on_is_left_alone(
                            "action": "cancel"}])
         db = Database(pg.dsn)
         try:
-            snapshot = db.snapshot(config)
-            decision = evaluate(group(snapshot, config.grouping.compiled), config, RuleState())
-            (target,) = decision.targets
-            assert target.session.pid == held[0] and target.guard.query_start == held[2]
+            assessed = assess(db.snapshot(config.poll), config)
+            decision = assessed.decision
+            (signal,) = decision.signals
+            assert signal.session.pid == held[0] and signal.guard.query_start == held[2]
             # Between the poll and the signal: A's query ends, and the pooler gives the connection to B.
             admin.execute("SELECT pg_advisory_unlock(4242)")
             eventually(lambda: a.outcome == "completed", what="A's query done")
             moved = eventually(lambda: server_session(pg.dsn, "Race%3AB"), what="B's query on the same connection")
             assert moved[0] == held[0] and moved[1] == held[1] and moved[2] != held[2]
             with capture_logs() as events:
-                results = enforce(decision, db, Counters(), snapshot.now)
+                results = Enforcer(db, Counters(), DEFAULT_TARGET).enforce(decision, assessed.snapshot.now)
             assert results == {"gone": 1}
             (audit,) = [e for e in events if e["event"] == "session_signal"]
             assert audit["result"] == "gone" and "guard" in (audit["detail"] or "")
             assert b.outcome is None and server_session(pg.dsn, "Race%3AB") is not None
-            # The control: without the query_start check the same target's signal lands on B's query.
-            assert db.signal("cancel", target.session, NO_GUARD) == ("ok", "")
+            # The control: without the query_start check the same signal lands on B's query.
+            assert db.signal("cancel", signal.session, NO_GUARD) == ("ok", "")
         finally:
             db.close()
     eventually(lambda: b.outcome == "cancelled", what="B's query cancelled by the unguarded signal")

@@ -17,13 +17,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
+from exporter.core.assess import assess
 from exporter.core.grouping import group
 from exporter.core.model import Grouped
-from exporter.core.policy import RuleState, evaluate
-from exporter.core.settings import Config, parse_config
-from exporter.face.collector import Counters
+from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.face.counters import Counters
 from exporter.pg.database import Database
-from exporter.run.enforcer import enforce
+from exporter.run.enforcer import Enforcer
 from tests.support import Clients, Server, eventually, read_snapshot, role_and_database, unique_name
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def _config(**top: Any) -> Config:
 def _grouped(dsn: str, config: Config) -> Grouped:
     db = Database(dsn)
     try:
-        return group(db.snapshot(config), config.grouping.compiled)
+        return assess(db.snapshot(config.poll), config).grouped
     finally:
         db.close()
 
@@ -180,11 +180,11 @@ def test_audit_query_text_none_reads_no_query_text(pg: Server, clients: Clients)
                              "action": "terminate", "dry_run": True}])
     db = Database(pg.dsn)
     try:
-        snapshot = db.snapshot(config)
+        snapshot = db.snapshot(config.poll)
         assert snapshot.sessions and all(s.query is None for s in snapshot.sessions)
         with capture_logs() as events:
-            decision = evaluate(group(snapshot, config.grouping.compiled), config, RuleState())
-            enforce(decision, db, Counters(), snapshot.now)
+            decision = assess(snapshot, config).decision
+            Enforcer(db, Counters(), DEFAULT_TARGET).enforce(decision, snapshot.now)
     finally:
         db.close()
     (audit,) = [e for e in events if e["event"] == "session_signal"]

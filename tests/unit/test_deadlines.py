@@ -6,18 +6,17 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from exporter.core.deadlines import STRICTLY_AFTER, schedule
-from exporter.core.grouping import group
+from exporter.core.assess import assess
+from exporter.core.deadlines import STRICTLY_AFTER
 from exporter.core.model import Blocker, Session
-from exporter.core.policy import RuleState, evaluate
+from exporter.core.policy import RuleState
 from exporter.core.settings import parse_config
 from tests.unit.factory import NOW, ago, session, snapshot
 
 
 def _schedule(rule: dict[str, Any], *sessions: Session, state: RuleState | None = None) -> Any:
     config = parse_config({"rules": [{"name": "r", "action": "terminate", **rule}]}, "test")
-    grouped = group(snapshot(*sessions), config.grouping.pattern)
-    return schedule(grouped, config, state or RuleState())
+    return list(assess(snapshot(*sessions), config, state, deadlines=True).deadlines)
 
 
 def test_a_query_crosses_its_limit_at_its_start_plus_the_limit() -> None:
@@ -59,7 +58,7 @@ def test_each_time_condition_guards_its_own_moment() -> None:
 
 def test_firing_and_protected_groups_are_left_to_the_poll() -> None:
     """A group already firing, or whose crossing session is protected, gets no deadline."""
-    s = session("g:1", query_age=1)
+    s = session("g:1", query_age=6)
     assert _schedule({"max_query_duration": "5s"}, s, state=RuleState(firing=frozenset({("r", "g:1")}))) == []
     assert _schedule({"max_query_duration": "5s"}, session("g:1", user="azuresu")) == []
 
@@ -78,7 +77,7 @@ def test_lock_wait_deadlines_ask_for_an_early_poll() -> None:
                    blockers=(Blocker(waiter.pid, holder.pid, "client backend", ago(2), None, None, None),))
     config = parse_config({"rules": [{"name": "r", "match": {"parent": "A:*"}, "max_blocking_duration": "10s",
                                       "action": "terminate"}]}, "test")
-    [d] = schedule(group(snap, config.grouping.pattern), config, RuleState())
+    [d] = assess(snap, config, deadlines=True).deadlines
     assert d.poll and d.at == ago(2) + timedelta(seconds=10) + STRICTLY_AFTER
 
 
@@ -86,7 +85,7 @@ def test_deadlines_agree_with_the_poll() -> None:
     """Evaluated at the deadline's moment, the poll fires the rule; just before it, not."""
     s = session("g:1", query_age=2)
     config = parse_config({"rules": [{"name": "r", "max_query_duration": "5s", "action": "terminate"}]}, "test")
-    [d] = schedule(group(snapshot(s), config.grouping.pattern), config, RuleState())
+    [d] = assess(snapshot(s), config, deadlines=True).deadlines
     before, at = d.at - NOW - timedelta(milliseconds=2), d.at - NOW
-    assert evaluate(group(snapshot(s, now=NOW + before), config.grouping.pattern), config, RuleState()).targets == ()
-    assert evaluate(group(snapshot(s, now=NOW + at), config.grouping.pattern), config, RuleState()).targets
+    assert assess(snapshot(s, now=NOW + before), config).decision.signals == ()
+    assert assess(snapshot(s, now=NOW + at), config).decision.signals

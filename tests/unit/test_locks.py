@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.locks import build
 from exporter.core.model import PREPARED_XACT, Blocker, Session, Snapshot
-from exporter.core.policy import RuleState, evaluate
-from exporter.core.settings import parse_config
+from exporter.core.settings import Config, parse_config
 from tests.unit.factory import ago, session, snapshot
 
-PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
+CONFIG = Config()
+"""The default grouping: the parent tag is the application_name up to its second colon."""
 
 
 def waits(snap: Snapshot, *edges: tuple[Session | int, Session | int, float]) -> Snapshot:
@@ -40,7 +40,7 @@ def chain() -> tuple[list[Session], Snapshot]:
 def test_a_chain_counts_each_waiter_against_every_blocker_up_to_the_root() -> None:
     """A blocks 4, B blocks 1 (its own member queued behind it does not count), C blocks 0; all roads lead to A."""
     (a, _, b1, b2, c, u), snap = chain()
-    grouped = group(snap, PATTERN)
+    grouped = assess(snap, CONFIG).grouped
     stats = {p: grouped.groups[p].stats for p in ("A:1", "B:1", "C:1")}
     assert [stats[p].blocking for p in ("A:1", "B:1", "C:1")] == [4, 1, 0]
     assert [stats[p].blocked for p in ("A:1", "B:1", "C:1")] == [0, 2, 1]
@@ -54,7 +54,7 @@ def test_a_chain_counts_each_waiter_against_every_blocker_up_to_the_root() -> No
 
 def test_no_waiter_means_no_graph_and_zero_counts() -> None:
     """A poll with no lock waits builds nothing and every blocking figure is zero."""
-    grouped = group(snapshot(session("A:1"), session("B:1")), PATTERN)
+    grouped = assess(snapshot(session("A:1"), session("B:1")), CONFIG).grouped
     assert grouped.locks is None
     assert grouped.groups["A:1"].stats.blocking == 0 and grouped.prepared_blocking == 0
 
@@ -63,7 +63,7 @@ def test_cycles_end_the_walk() -> None:
     """A deadlock not yet broken (X waits on Y, Y on X) has no root; counting terminates and nothing is a root."""
     x, y, z = session("X:1", wait="Lock"), session("Y:1", wait="Lock"), session("Z:1", wait="Lock")
     snap = waits(snapshot(x, y, z), (x, y, 2), (y, x, 3), (z, x, 1))
-    grouped = group(snap, PATTERN)
+    grouped = assess(snap, CONFIG).grouped
     locks = grouped.locks
     assert locks is not None
     assert locks.roots[x.pid] == frozenset() and locks.roots[z.pid] == frozenset()
@@ -82,7 +82,7 @@ def test_prepared_transactions_and_other_processes_are_roots_but_not_sessions() 
             Blocker(w2.pid, 4242, "autovacuum worker", ago(3), "relation", "t", "AccessExclusiveLock"),
         ),
     )
-    grouped = group(snap, PATTERN)
+    grouped = assess(snap, CONFIG).grouped
     assert grouped.prepared_blocking == 1
     locks = grouped.locks
     assert locks is not None and locks.is_root(PREPARED_XACT) and locks.blocker_types[4242] == "autovacuum worker"
@@ -93,21 +93,21 @@ def test_wait_start_falls_back_to_query_start() -> None:
     a, w = session("A:1", state="idle in transaction"), session("B:1", wait="Lock", query_age=25)
     snap = replace(snapshot(a, w), blockers=(Blocker(w.pid, a.pid, "client backend", None, None, None, None),))
     assert build(snap) is not None
-    assert group(snap, PATTERN).groups["A:1"].stats.max_blocking == 25
+    assert assess(snap, CONFIG).grouped.groups["A:1"].stats.max_blocking == 25
 
 
 def _run(rules: list[dict[str, Any]], snap: Snapshot) -> Any:
     config = parse_config({"rules": rules}, "test")
-    return evaluate(group(snap, config.grouping.pattern), config, RuleState())
+    return assess(snap, config).decision
 
 
 def test_a_blocking_rule_signals_the_root_blockers_only() -> None:
     """max_blocking_duration fires on A and signals its root blocker, not its idle member, with the audit figures."""
     (a, a_idle, *_), snap = chain()
     d = _run([{"name": "r", "match": {"parent": "A:*"}, "max_blocking_duration": "30s", "action": "terminate"}], snap)
-    assert [t.session.pid for t in d.targets] == [a.pid]
-    assert d.targets[0].blocking_sessions == 4 and d.targets[0].max_blocking_seconds == 40
-    assert a_idle.pid not in {t.session.pid for t in d.targets}
+    assert [t.session.pid for t in d.signals] == [a.pid]
+    assert d.signals[0].blocking_sessions == 4 and d.signals[0].max_blocking_seconds == 40
+    assert a_idle.pid not in {t.session.pid for t in d.signals}
 
 
 def test_scope_group_and_mixed_conditions_signal_the_whole_group() -> None:
@@ -117,14 +117,14 @@ def test_scope_group_and_mixed_conditions_signal_the_whole_group() -> None:
     whole = _run([{**base, "max_blocking_sessions": 3, "scope": "group"}], snap)
     mixed = _run([{**base, "max_blocking_sessions": 3, "max_group_age": "1s"}], snap)
     for d in (whole, mixed):
-        assert {t.session.pid for t in d.targets} == {a.pid, a_idle.pid}
+        assert {t.session.pid for t in d.signals} == {a.pid, a_idle.pid}
 
 
 def test_a_cancel_rule_cannot_release_an_idle_blocker() -> None:
     """cancel on a lock condition signals nothing for a blocker idle in a transaction, and says so (unreleased)."""
     (a, *_), snap = chain()
     d = _run([{"name": "r", "match": {"parent": "A:*"}, "max_blocking_sessions": 1, "action": "cancel"}], snap)
-    assert d.targets == () and [t.session.pid for t in d.unreleased] == [a.pid]
+    assert d.signals == () and [t.session.pid for t in d.unreleased] == [a.pid]
 
 
 def test_protected_blocker_is_never_a_target() -> None:
@@ -133,11 +133,11 @@ def test_protected_blocker_is_never_a_target() -> None:
     w = session("B:1", wait="Lock")
     snap = waits(snapshot(a, w), (w, a, 50))
     d = _run([{"name": "r", "max_blocking_duration": "1s", "action": "terminate"}], snap)
-    assert d.targets == () and d.protected == 1 and d.violating == {"r": 1}
+    assert d.signals == () and d.protected == 1 and d.violating == {"r": 1}
 
 
 def test_lock_conditions_do_not_fire_without_waits() -> None:
     """A group that blocks nobody does not exceed max_blocking_sessions 0."""
     d = _run([{"name": "r", "max_blocking_sessions": 0, "action": "terminate"}], snapshot(session("A:1")))
-    assert d.violating == {"r": 0} and d.targets == ()
+    assert d.violating == {"r": 0} and d.signals == ()
 

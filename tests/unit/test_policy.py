@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import Session
-from exporter.core.policy import RuleState, evaluate, manual
+from exporter.core.policy import RuleState, manual
 from exporter.core.settings import Config, parse_config
 from tests.unit.factory import NOW, session, snapshot
 
@@ -24,7 +24,7 @@ def rule(**fields: Any) -> dict[str, Any]:
 
 def run(config: Config, *sessions: Session, state: RuleState | None = None, dry: bool = False, now: Any = NOW
         ) -> Any:
-    return evaluate(group(snapshot(*sessions, now=now), config.grouping.pattern), config, state or RuleState(), dry)
+    return assess(snapshot(*sessions, now=now), config, state, dry_run=dry).decision
 
 
 @pytest.mark.parametrize(
@@ -46,16 +46,16 @@ def test_each_condition_fires_only_when_exceeded(condition: str, limit: Any, ove
     config = cfg(rule(**{condition: limit}))
     fired = run(config, *over)
     assert fired.violating == {"r": 1}
-    assert {t.session.pid for t in fired.targets} == {s.pid for s in over}
-    assert fired.targets[0].reasons[0].startswith(condition)
+    assert {t.session.pid for t in fired.signals} == {s.pid for s in over}
+    assert fired.signals[0].reasons[0].startswith(condition)
     calm = run(config, *at_limit)
-    assert calm.violating == {"r": 0} and calm.targets == ()
+    assert calm.violating == {"r": 0} and calm.signals == ()
 
 
 def test_parent_glob_selects_groups() -> None:
     """match.parent is a glob on the tag: etl:* matches etl:1, not report:1."""
     decision = run(cfg(rule(match={"parent": "etl:*"}, max_sessions=0)), session("etl:1"), session("report:1"))
-    assert {t.parent for t in decision.targets} == {"etl:1"}
+    assert {t.parent for t in decision.signals} == {"etl:1"}
 
 
 @pytest.mark.parametrize("glob", ["etl:1", "etl:[1]", "etl:?"])
@@ -65,7 +65,7 @@ def test_parent_glob_without_wildcards_is_the_exact_tag(glob: str) -> None:
     sessions = [session("etl:1"), session("etl:10"), session("ETL:1"), session("etl:2")]
     decision = run(cfg(rule(match={"parent": glob}, max_sessions=0)), *sessions)
     expected = {"etl:1", "etl:2"} if glob == "etl:?" else {"etl:1"}
-    assert {t.parent for t in decision.targets} == expected
+    assert {t.parent for t in decision.signals} == expected
 
 
 def test_size_only_rule_fires_as_every_rule_does() -> None:
@@ -83,7 +83,7 @@ def test_database_and_user_narrow_the_sessions_and_the_stats() -> None:
     """match.database/user make the rule see only those sessions: counted, measured and signalled."""
     rows = [session("g:1", db="prod"), session("g:1", db="prod", user="bob"), session("g:1", db="dev")]
     config = cfg(rule(match={"parent": "g:*", "database": "prod"}, max_sessions=1))
-    assert {t.session.datname for t in run(config, *rows).targets} == {"prod"}
+    assert {t.session.datname for t in run(config, *rows).signals} == {"prod"}
     config = cfg(rule(match={"parent": "g:*", "database": "prod", "user": "bob"}, max_sessions=1))
     assert run(config, *rows).violating == {"r": 0}  # only one session of bob in prod: not more than 1
 
@@ -93,11 +93,11 @@ def test_for_waits_then_fires_and_resets() -> None:
     config = cfg(rule(max_sessions=0, **{"for": "30s"}))
     s = session("g:1")
     first = run(config, s)
-    assert first.pending == {"r": 1} and first.targets == () and first.violating == {"r": 0}
+    assert first.pending == {"r": 1} and first.signals == () and first.violating == {"r": 0}
     later = run(config, s, state=first.state, now=NOW + timedelta(seconds=29))
-    assert later.pending == {"r": 1} and later.targets == ()
+    assert later.pending == {"r": 1} and later.signals == ()
     due = run(config, s, state=later.state, now=NOW + timedelta(seconds=30))
-    assert due.violating == {"r": 1} and len(due.targets) == 1
+    assert due.violating == {"r": 1} and len(due.signals) == 1
     assert [f.parent for f in due.started] == ["g:1"]
     gone = run(config, session("other:1", state="idle"), state=due.state, now=NOW + timedelta(seconds=31))
     assert gone.resolved == (("r", "g:1"),)
@@ -109,9 +109,9 @@ def test_cancel_targets_only_active_sessions_and_log_targets_none() -> None:
     """cancel signals running queries only; log reports the violation and signals nothing."""
     rows = [session("g:1"), session("g:1", state="idle"), session("g:1", state="idle in transaction")]
     cancel = run(cfg(rule(max_sessions=0, action="cancel")), *rows)
-    assert [t.session.state for t in cancel.targets] == ["active"]
+    assert [t.session.state for t in cancel.signals] == ["active"]
     log = run(cfg(rule(max_sessions=0, action="log")), *rows)
-    assert log.targets == () and log.violating == {"r": 1} and log.firing[0].action == "log"
+    assert log.signals == () and log.violating == {"r": 1} and log.firing[0].action == "log"
 
 
 def test_protected_unguarded_and_untagged_sessions_are_never_targets() -> None:
@@ -125,10 +125,10 @@ def test_protected_unguarded_and_untagged_sessions_are_never_targets() -> None:
     ]
     config = cfg(rule(max_sessions=0), protect={"users": ["azure*"], "databases": ["azure_sys"]})
     decision = run(config, *rows)
-    assert [t.session.pid for t in decision.targets] == [rows[3].pid]
+    assert [t.session.pid for t in decision.signals] == [rows[3].pid]
     assert decision.protected == 2 and decision.unguarded == 1
     by_app = run(cfg(rule(max_sessions=0), protect={"applications": ["g:1*"]}), session("g:1"))
-    assert by_app.targets == () and by_app.protected == 1
+    assert by_app.signals == () and by_app.protected == 1
 
 
 def test_one_signal_per_pid_terminate_first() -> None:
@@ -138,16 +138,16 @@ def test_one_signal_per_pid_terminate_first() -> None:
         {"name": "t", "match": {"parent": "g:*"}, "max_sessions": 0, "action": "terminate"},
     )
     decision = run(config, session("g:1"), session("h:1"))
-    assert sorted((t.rule, t.parent) for t in decision.targets) == [("c", "h:1"), ("t", "g:1")]
+    assert sorted((t.rule, t.parent) for t in decision.signals) == [("c", "h:1"), ("t", "g:1")]
 
 
 def test_cap_defers_the_rest_and_dry_run_is_not_capped() -> None:
     """max_terminations_per_cycle caps real signals; the rest are deferred; dry-run targets are neither."""
     rows = [session("g:1") for _ in range(5)]
     decision = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows)
-    assert len(decision.targets) == 2 and len(decision.deferred) == 3
+    assert len(decision.signals) == 2 and len(decision.deferred) == 3
     dry = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows, dry=True)
-    assert len(dry.targets) == 5 and dry.deferred == () and all(t.dry_run for t in dry.targets)
+    assert len(dry.signals) == 5 and dry.deferred == () and all(t.dry_run for t in dry.signals)
 
 
 @pytest.mark.parametrize("where", ["global", "rule", "force"])
@@ -155,15 +155,15 @@ def test_dry_run_flags_every_target(where: str) -> None:
     """Global dry_run, a rule's dry_run and --dry-run each mark the targets dry-run."""
     config = cfg(rule(max_sessions=0, dry_run=where == "rule"), dry_run=where == "global")
     decision = run(config, session("g:1"), dry=where == "force")
-    assert [t.dry_run for t in decision.targets] == [True]
+    assert [t.dry_run for t in decision.signals] == [True]
 
 
 def test_manual_targets_one_group_with_the_same_protections() -> None:
     """`terminate PARENT` picks that group's sessions only, minus protected and unguarded ones, uncapped."""
     rows = [session("g:1") for _ in range(150)] + [session("g:1", user="replication"), session("g:2")]
     config = cfg()
-    decision = manual(group(snapshot(*rows), config.grouping.pattern), "g:1", "terminate", config.protect)
-    assert len(decision.targets) == 150 and decision.protected == 1
-    assert {t.rule for t in decision.targets} == {"manual"}
-    empty = manual(group(snapshot(*rows), config.grouping.pattern), "nope:0", "terminate", config.protect)
-    assert empty.targets == ()
+    decision = manual(assess(snapshot(*rows), config).grouped, "g:1", "terminate", config.protect)
+    assert len(decision.signals) == 150 and decision.protected == 1
+    assert {t.rule for t in decision.signals} == {"manual"}
+    empty = manual(assess(snapshot(*rows), config).grouped, "nope:0", "terminate", config.protect)
+    assert empty.signals == ()

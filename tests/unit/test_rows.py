@@ -8,7 +8,7 @@ from dataclasses import astuple
 import pytest
 
 from exporter.core.model import Session
-from exporter.pg.database import QUERY_BYTES, _text
+from exporter.pg.rows import QUERY_BYTES, _text
 from tests.unit.factory import session
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.cli.render import groups_json, groups_table
+from exporter.core.assess import assess
 from exporter.core.grouping import group
 from exporter.core.model import NO_GUARD, Guard
 from exporter.core.policy import RuleState, evaluate, guard_for, manual
@@ -293,12 +294,12 @@ def test_a_query_tag_pins_the_query_or_the_idle_spell() -> None:
         "t",
     )
     decision = evaluate(grouped, config, RuleState())
-    by_pid = {t.session.pid: t for t in decision.targets}
+    by_pid = {t.session.pid: t for t in decision.signals}
     assert by_pid[running.pid].guard.query_start == running.query_start
     assert by_pid[running.pid].tag_source == "comment:parent"
     assert by_pid[named.pid].guard == NO_GUARD and by_pid[named.pid].tag_source == "application_name"
     asked = manual(grouped, "etl:1", "terminate", config.protect)
-    assert {t.session.pid: t.guard for t in asked.targets}[waiting.pid] == Guard(state_change=waiting.state_change)
+    assert {t.session.pid: t.guard for t in asked.signals}[waiting.pid] == Guard(state_change=waiting.state_change)
 
 
 def test_a_transaction_rule_pins_the_transaction() -> None:
@@ -307,26 +308,23 @@ def test_a_transaction_rule_pins_the_transaction() -> None:
     grouped = group(snapshot(s, now=NOW + timedelta(seconds=1)), DEFAULT_PATTERN)
     for condition in ("max_transaction_duration", "max_idle_in_transaction"):
         config = parse_config({"rules": [{"name": "r", condition: "1m", "action": "terminate"}]}, "t")
-        (target,) = evaluate(grouped, config, RuleState()).targets
-        assert target.guard == Guard(xact_start=s.xact_start), condition
+        (signal,) = evaluate(grouped, config, RuleState()).signals
+        assert signal.guard == Guard(xact_start=s.xact_start), condition
     config = parse_config({"rules": [{"name": "r", "max_sessions": 0, "action": "terminate"}]}, "t")
-    (target,) = evaluate(grouped, config, RuleState()).targets
-    assert target.guard == NO_GUARD
+    (signal,) = evaluate(grouped, config, RuleState()).signals
+    assert signal.guard == NO_GUARD
 
 
 def test_a_deadline_pins_the_query_of_comment_tagged_sessions() -> None:
     """At a deadline, the rest of a comment-tagged group is signalled with its own query pinned, as a poll would."""
-    from exporter.core.deadlines import schedule
-
     crossing = session("x", comments=(sqlcommenter("etl:1"),), query_age=50)
     other = session("x", comments=(sqlcommenter("etl:1"),), query_age=10)
-    grouped = group(snapshot(crossing, other), COMMENT_FIRST)
     config = parse_config(
         {"grouping": {"sources": [{"comment": "parent"}, {"application_name": DEFAULT_PATTERN}]},
          "rules": [{"name": "long", "max_query_duration": "1m", "action": "terminate"}]},
         "t",
     )
-    (deadline,) = schedule(grouped, config, RuleState())
+    (deadline,) = assess(snapshot(crossing, other), config, deadlines=True).deadlines
     assert deadline.crossing is not None and deadline.crossing.session.pid == crossing.pid
     assert deadline.crossing.tag_source == "comment:parent"
     (rest,) = deadline.others

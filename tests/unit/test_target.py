@@ -8,7 +8,9 @@ import time
 from exporter.core.settings import Config
 from exporter.face.collector import PgparentCollector
 from exporter.pg.database import Database
-from exporter.run.monitor import Monitor, Servers, Shard
+from exporter.run.leadership import Shard
+from exporter.run.monitor import Monitor
+from exporter.run.servers import Servers
 
 
 def test_poll_counters_start_at_zero_for_each_target() -> None:

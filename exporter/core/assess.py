@@ -1,0 +1,55 @@
+"""Pure: the pipeline, the one place that runs pgparent's stages in order over a poll's snapshot.
+
+    snapshot -> locks.build (the blocking forest) -> grouping.group (groups, given the forest)
+             -> policy.evaluate (signals, rule state, the pairs to watch) -> deadlines.schedule
+
+The daemon's cycle, `pgparent groups | locks | terminate`, the demo, the tests and the benchmark all call `assess`;
+none of them assembles the stages by hand. No I/O, no clock: the server's clock comes in with the snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter.core.deadlines import Deadline, schedule
+from exporter.core.grouping import group
+from exporter.core.locks import build
+from exporter.core.model import Grouped, LockGraph, Snapshot
+from exporter.core.policy import Decision, RuleState, evaluate
+from exporter.core.settings import DEFAULT_TARGET, Config
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What one poll's snapshot comes to under one config: its groups, its blocking forest, what to signal now and
+    when to act next without a poll."""
+
+    snapshot: Snapshot
+    grouped: Grouped
+    decision: Decision
+    deadlines: tuple[Deadline, ...] = ()
+    """Earliest first; empty unless asked for (`assess(..., deadlines=True)`) and `config.deadlines` is on."""
+
+    @property
+    def locks(self) -> LockGraph | None:
+        """The poll's blocking forest; None when no session waited on a lock."""
+        return self.grouped.locks
+
+
+def assess(
+    snapshot: Snapshot,
+    config: Config,
+    state: RuleState | None = None,
+    target: str = DEFAULT_TARGET,
+    *,
+    dry_run: bool = False,
+    deadlines: bool = False,
+) -> Assessment:
+    """Group `snapshot`, read its locks, evaluate the rules that apply to the server `target` against the previous
+    poll's `state`, and, with `deadlines` (the target enforces and `config.deadlines` is on), schedule the time
+    limits that may be crossed before the next poll. `dry_run` makes every signal a dry run."""
+    grouped = group(snapshot, config.grouping.compiled, build(snapshot))
+    watch = deadlines and config.deadlines
+    decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=watch)
+    timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if watch else ()
+    return Assessment(snapshot, grouped, decision, timed)

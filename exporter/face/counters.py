@@ -1,0 +1,160 @@
+"""Every metric pgparent exports, declared once (name, help, type, labels), and the counters outcomes are counted in.
+
+The collector's fast text renderer, its metric families for prometheus_client, and the counters below all read their
+names, help texts and label names from these declarations; nothing else spells a metric's name. The counters live
+here, not in the collector or the HTTP face: the enforcer and the loops report outcomes to them, scrapes read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import Counter, disable_created_metrics
+from prometheus_client.registry import CollectorRegistry
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters start with the process
+
+MetricType = Literal["gauge", "counter", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: its name (a counter's without `_total`), help, type, and its own label names (a target's
+    series also carry `target` and the target's constant labels first)."""
+
+    name: str
+    help: str
+    type: MetricType = "gauge"
+    labels: tuple[str, ...] = ()
+
+    def counter(self, registry: CollectorRegistry) -> Counter:
+        """The prometheus_client counter of this declaration, registered in `registry`."""
+        assert self.type == "counter", self.name
+        return Counter(self.name, self.help, list(self.labels), registry=registry)
+
+
+def _gauge(name: str, help: str, *labels: str) -> Family:
+    return Family(name, help, "gauge", labels)
+
+
+def _counter(name: str, help: str, *labels: str) -> Family:
+    return Family(name, help, "counter", labels)
+
+
+# The process's own gauges.
+POLL_INTERVAL = _gauge("pgparent_poll_interval_seconds", "Configured poll interval.")
+RELOAD_OK = _gauge("pgparent_config_last_reload_successful", "1 if the last config (re)load succeeded.")
+RELOAD_TIME = _gauge(
+    "pgparent_config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load."
+)
+BUILD = Family("pgparent_build", "pgparent build information.", "info")
+
+# Each target's gauges.
+UP = _gauge("pgparent_up", "1 if the last poll of the target succeeded.")
+LAST_POLL = _gauge(
+    "pgparent_last_poll_timestamp_seconds", "Unix time of the target's last successful poll (0 before the first)."
+)
+POLL_DURATION = _gauge("pgparent_poll_duration_seconds", "Duration of the target's last poll cycle.")
+DRY_RUN = _gauge("pgparent_dry_run", "1 if no rule may signal on the target (dry run).")
+ENFORCING = _gauge("pgparent_enforcing", "1 if this instance may signal the target's sessions now.")
+LEADER = _gauge("pgparent_leader", "1 if this replica holds the target's leader lock (the one that enforces).")
+VIOLATING = _gauge("pgparent_rule_violating_groups", "Groups for which the rule fires now.", "rule")
+PENDING = _gauge("pgparent_rule_pending_groups", "Groups that exceed the rule but not yet for its 'for:'.", "rule")
+
+# Each target's groups.
+GROUP_SESSIONS = _gauge("pgparent_group_sessions", "Client sessions of a group, by state.", "parent", "state")
+GROUP_WORKERS = _gauge("pgparent_group_parallel_workers", "Parallel workers serving a group's sessions.", "parent")
+GROUP_WAITING = _gauge("pgparent_group_waiting_sessions", "Active sessions of a group waiting on a lock.", "parent")
+GROUP_BLOCKED = _gauge(
+    "pgparent_group_blocked_sessions", "Sessions of a group waiting on a lock held by another session.", "parent"
+)
+GROUP_BLOCKING = _gauge(
+    "pgparent_group_blocking_sessions",
+    "Sessions of other groups, untagged ones included, waiting on a group's sessions, directly or through a chain.",
+    "parent",
+)
+GROUP_MAX_BLOCKING = _gauge(
+    "pgparent_group_max_blocking_seconds",
+    "The longest any session has been waiting on a group's sessions (through a chain included).",
+    "parent",
+)
+GROUP_MAX_QUERY = _gauge("pgparent_group_max_query_duration_seconds", "Longest running query of a group.", "parent")
+GROUP_MAX_TRANSACTION = _gauge(
+    "pgparent_group_max_transaction_duration_seconds", "Longest open transaction of a group.", "parent"
+)
+GROUP_AGE = _gauge("pgparent_group_age_seconds", "Time since the group's oldest session started.", "parent")
+UNTAGGED_BLOCKING = _gauge(
+    "pgparent_untagged_blocking_sessions", "Sessions waiting on untagged sessions, directly or through a chain."
+)
+PREPARED_BLOCKING = _gauge(
+    "pgparent_prepared_transactions_blocking_sessions",
+    "Sessions waiting on prepared transactions, directly or through a chain.",
+)
+UNTAGGED = _gauge("pgparent_untagged_sessions", "Client sessions with no parent tag, by state.", "state")
+GROUPS = _gauge("pgparent_groups", "Tagged groups seen by the last poll.")
+HIDDEN = _gauge(
+    "pgparent_hidden_sessions",
+    "Client sessions whose details the monitoring role cannot see (no pg_read_all_stats); never signalled.",
+)
+COMMENT_MISSED = _gauge(
+    "pgparent_comment_tags_missed_sessions",
+    "Sessions whose query text PostgreSQL cut at track_activity_query_size before a comment source could read a "
+    "comment at its end (0 without comment sources).",
+)
+GROUPS_DROPPED = _gauge("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.')
+
+# Counters.
+POLLS = _counter("pgparent_polls", "Poll cycles completed, successful or not.", "target")
+POLL_ERRORS = _counter("pgparent_poll_errors", "Polls that failed.", "target")
+SIGNALLED = _counter(
+    "pgparent_signalled_sessions",
+    "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll or deadline).",
+    "target", "rule", "action", "trigger",
+)
+SIGNAL_FAILURES = _counter(
+    "pgparent_signal_failures",
+    "Signals not delivered, by rule, reason and trigger (poll or deadline).",
+    "target", "rule", "reason", "trigger",
+)
+DEFERRED = _counter(
+    "pgparent_signals_deferred", "Signals postponed by max_terminations_per_cycle.", "target", "rule"
+)
+DEADLINE_WAKEUPS = _counter(
+    "pgparent_deadline_wakeups",
+    "Times a target's loop woke between polls for a limit crossed at a moment the last poll foresaw.",
+    "target",
+)
+SCRAPE_ERRORS = _counter(
+    "pgparent_scrape_errors", "Scrapes whose metrics could not be built (they reported pgparent_up 0)."
+)
+HTTP_AUTH_FAILURES = _counter(
+    "pgparent_http_auth_failures",
+    "Requests to the HTTP face refused for their credentials, by reason (busy: 503, too many checks at once).",
+    "reason",
+)
+HTTP_ERRORS = _counter(
+    "pgparent_http_errors", "Requests answered 500 because handling them failed (each logged with its traceback)."
+)
+
+FAMILIES: tuple[Family, ...] = tuple(v for v in tuple(globals().values()) if isinstance(v, Family))
+"""Every declaration above, in the order written."""
+
+
+class Counters:
+    """The daemon's counters: prometheus_client metrics of the declarations above, written by the loops and the
+    enforcer, read by scrapes.
+
+    Every counter incremented anywhere is one of these, so every one is exported. They live on a registry of their
+    own; the collector re-emits them with each target's constant labels added.
+    """
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self.polls = POLLS.counter(r)
+        self.poll_errors = POLL_ERRORS.counter(r)
+        self.signalled = SIGNALLED.counter(r)
+        self.signal_failures = SIGNAL_FAILURES.counter(r)
+        self.deferred = DEFERRED.counter(r)
+        self.deadline_wakeups = DEADLINE_WAKEUPS.counter(r)
+        self.scrape_errors = SCRAPE_ERRORS.counter(r)
