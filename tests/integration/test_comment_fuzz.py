@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.settings import Config, parse_config
 from exporter.core.tags import MAX_RAW_BYTES, comment_value
 from exporter.pg.database import COMMENT_BYTES, Database
@@ -196,7 +196,7 @@ def test_hostile_comments_read_exactly_as_specified(
         expected = reference(stored[pid], cut_bytes)
         assert (session.comments if any(session.comments) else ()) == (expected if any(expected) else ()), stored[pid]
         assert all(len(raw) <= 4 * (MAX_RAW_BYTES + 1) for raw in session.comments if raw is not None)
-    group(snapshot, CONFIG.grouping.compiled)  # and grouping takes whatever was read
+    assess(snapshot, CONFIG)  # and the pipeline takes whatever was read
 
 
 # --- round trip --------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from exporter.core.grouping import group
+from exporter.core.assess import assess
 from exporter.core.model import Grouped
+from exporter.core.settings import Config
 from exporter.errors import DatabaseUnavailable, UsageError
 from exporter.pg.database import Database
 from exporter.pg.dsn import mask_dsn, resolve_dsn
@@ -17,7 +18,6 @@ from tests.support import Clients, Server, eventually, unique_name
 
 pytestmark = pytest.mark.integration
 
-PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
 
 
 def test_capabilities_detect_version_dependent_columns(pg: Server) -> None:
@@ -45,7 +45,7 @@ def test_snapshot_sees_tagged_sessions_and_excludes_its_own(pg: Server, clients:
     assert {c.pid for c in started} <= pids
     assert own not in pids
     assert all(s.backend_type == "client backend" for s in snap.sessions)
-    assert group(snap, PATTERN).groups["FakeParent:1001"].stats.sessions == 2
+    assert assess(snap, Config()).grouped.groups["FakeParent:1001"].stats.sessions == 2
 
 
 def test_poll_connection_is_autocommit_so_now_moves(pg: Server) -> None:
@@ -100,7 +100,7 @@ def test_parallel_workers_are_attributed_to_the_leader_and_not_counted(
         try:
 
             def grouped_with_workers() -> Grouped | None:
-                g = group(db.snapshot(), PATTERN)
+                g = assess(db.snapshot(), Config()).grouped
                 etl = g.groups.get("etl:7")
                 return g if etl is not None and etl.workers >= 1 else None
 

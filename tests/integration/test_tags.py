@@ -18,7 +18,6 @@ from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
 from exporter.core.assess import assess
-from exporter.core.grouping import group
 from exporter.core.model import Grouped
 from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
 from exporter.face.counters import Counters
@@ -96,7 +95,7 @@ def test_a_comment_cut_at_track_activity_query_size_is_missed_not_guessed(pg: Se
     by_pid = {s.pid: s for s in snapshot.sessions}
     assert cut.pid is not None and first.pid is not None
     assert by_pid[cut.pid].query_cut and by_pid[first.pid].query_cut
-    g = group(snapshot, config.grouping.compiled)
+    g = assess(snapshot, config).grouped
     assert "Long:1" not in g.groups and [s.pid for s in g.groups["Long:2"].sessions] == [first.pid]
     assert g.comment_missed == 1
 
