@@ -35,7 +35,7 @@ EXPOSE 10187
 # It probes the default port: if you change --web.listen-address, override the health check too.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10187/healthz', timeout=4)"]
-# pgparent runs as PID 1 and installs its own SIGTERM/SIGINT handlers (exporter/daemon.py): it exits 0 within 2 s of
+# pgparent runs as PID 1 and installs its own SIGTERM/SIGINT handlers (exporter/run/daemon.py): it exits 0 within 2 s of
 # `docker stop`, so no init shim is needed.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["pgparent"]
