@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -14,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.core.grouping import group
 from exporter.core.model import Grouped
 from exporter.face.collector import Flags, PgparentCollector, Published, _Series
+from exporter.face.counters import FAMILIES
 from tests.support import require_tool
 from tests.unit.factory import session, snapshot
 
@@ -162,3 +165,15 @@ def test_render_writes_what_the_registry_collects() -> None:
     collector.forget("b")
     assert collector.render.current() is None
     assert collector.render() == generate_latest(collector.registry)
+
+
+def test_the_readme_lists_every_declared_metric_with_its_labels() -> None:
+    """README's metrics table is exactly the families declared in exporter/face/counters.py, each with the label
+    names its declaration gives (a target's `target` and constant labels aside)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:3] for line in readme.splitlines() if re.match(r"\| `pgparent_[a-z_]+` \|", line)]
+    listed = {name.strip(" `"): tuple(filter(None, map(str.strip, labels.split(",")))) for name, labels in rows}
+    suffix = {"counter": "_total", "info": "_info", "gauge": ""}
+    declared = {f.name + suffix[f.type]: f.labels for f in FAMILIES}
+    declared["pgparent_build_info"] = ("version",)  # the info metric's one label is its value
+    assert listed == {n: tuple(labels for labels in ls if labels != "target") for n, ls in declared.items()}
