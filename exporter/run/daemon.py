@@ -110,7 +110,6 @@ class Daemon:
     def _sharding(self, config: Config) -> bool:
         return self.force_shard or config.leader_election.shard
 
-    # -- targets -------------------------------------------------------------------------------------------------
     def _resolve(self, config: Config, source: str) -> dict[str, tuple[TargetConfig | None, str | None]]:
         """Each target's config and DSN (None: the default target's own Database); every problem at once."""
         if not config.targets:
@@ -180,7 +179,7 @@ class Daemon:
 
         threading.Thread(target=finish, name=f"retire-{name}", daemon=True).start()
 
-    # -- signals: flags only -------------------------------------------------------------------------------------
+    # Signal handlers only set flags: the main loop (run) does the work.
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
 
@@ -198,12 +197,10 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
-    # -- health ----------------------------------------------------------------------------------------------------
     def healthy(self) -> bool:
         """Every target's loop ticked recently (a database may be down: that is `pgparent_up`, not liveness)."""
         return all(m.healthy() for m in list(self.monitors.values()))
 
-    # -- running ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve /metrics and poll until SIGTERM/SIGINT; reload on SIGHUP. Call from the main thread."""
         self.install_signal_handlers()
