@@ -210,11 +210,8 @@ class CompiledRule:
     size_only: float | None = None
     """The limit when `max_sessions` is the rule's one condition and no database or user glob narrows its groups:
     a group no larger than this is passed over without building its scope."""
-
-    @property
-    def timed(self) -> dict[str, float]:
-        """The rule's time limits (durations), by condition name: what a deadline may act on between polls."""
-        return {n: limit for n, limit in self.conditions.items() if BY_NAME[n].time_based}
+    timed: dict[str, float] = field(default_factory=dict)
+    """The rule's time limits (durations), by condition name: what a deadline may act on between polls."""
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
@@ -227,7 +224,8 @@ class CompiledRule:
         exact = m.parent if m.parent is not None and not _GLOB_MAGIC.search(m.parent) else None
         narrowed = database is not None or user is not None
         size_only = conditions["max_sessions"] if list(conditions) == ["max_sessions"] and not narrowed else None
-        return cls(rule, conditions, parent, database, user, exact, size_only)
+        timed = {n: limit for n, limit in conditions.items() if BY_NAME[n].time_based}
+        return cls(rule, conditions, parent, database, user, exact, size_only, timed)
 
     def applies_to(self, target: str) -> bool:
         """Whether the rule covers the server named `target` (its `match.target` glob)."""
