@@ -12,38 +12,20 @@ figures need nothing from the replicas themselves.
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bench.harness import Daemon, local_ports, server
+from exporter.core.settings import LOCK_KEY
+
 SAMPLE = 0.02
-
-
-def _sockets(pid: int) -> set[int]:
-    """The local ports of `pid`'s TCP connections (IPv4, loopback)."""
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        try:
-            link = str(fd.readlink())
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes:
-            ports.add(int(fields[1].split(":")[1], 16))
-    return ports
 
 
 class Locks:
@@ -90,7 +72,7 @@ class Locks:
         self._stop.set()
         self._thread.join()
 
-    def wait(self, check: Any, timeout: float) -> float | None:
+    def wait(self, check: Callable[[dict[str, int]], bool], timeout: float) -> float | None:
         """Seconds until `check(latest)` holds for a read made since the call, or None after `timeout`."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
@@ -100,85 +82,65 @@ class Locks:
         return None
 
 
-def _per_replica(led: dict[str, int], replicas: list[subprocess.Popen[bytes]]) -> list[int]:
-    ports = [_sockets(r.pid) if r.poll() is None else set() for r in replicas]
+def _per_replica(led: dict[str, int], replicas: list[Daemon]) -> list[int]:
+    ports = [local_ports(r.pid) if r.proc.poll() is None else set() for r in replicas]
     return [sum(1 for port in led.values() if port in p) for p in ports]
 
 
-def measure_handover(repo: Path, targets: int = 50, replicas: int = 3, interval: float = 1.0) -> dict[str, Any]:
-    """Join and SIGKILL figures for `replicas` shard-mode replicas over `targets` database targets of one server."""
-    from exporter.core.settings import LOCK_KEY
-    from exporter.pgcluster import free_port, start_cluster
-
+def run(targets: int = 50, replicas: int = 3, interval: float = 1.0) -> dict[str, Any]:
+    """Join and SIGKILL figures for `replicas` shard-mode replicas over `targets` database targets of one server
+    (results.json's `handover`)."""
     share_after_join = math.ceil(targets / replicas)
-    cluster = start_cluster(settings={"max_connections": str(targets * (replicas + 1) + 50)})
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        names = [f"handover_{i:02d}" for i in range(targets)]
-        with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-            for name in names:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        tmp = Path(tempfile.mkdtemp(prefix="pgparent-handover-"))
-        config = tmp / "fleet.yaml"
-        config.write_text(f"interval: {interval:g}s\nleader_election: {{shard: true}}\ntargets:\n" + "".join(
-            f"  - {{name: {n}, dsn: '{cluster.dsn_for(n)}', sessions: database}}\n" for n in names))
+    daemons: list[Daemon] = []
+    with server(max_connections=str(targets * (replicas + 1) + 50)) as cluster:
+        try:
+            names = [f"handover_{i:02d}" for i in range(targets)]
+            with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+                for name in names:
+                    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            tmp = Path(tempfile.mkdtemp(prefix="pgparent-handover-"))
+            config = f"interval: {interval:g}s\nleader_election: {{shard: true}}\ntargets:\n" + "".join(
+                f"  - {{name: {n}, dsn: '{cluster.dsn_for(n)}', sessions: database}}\n" for n in names)
 
-        def start(i: int) -> subprocess.Popen[bytes]:
-            log = (tmp / f"replica-{i}.log").open("wb")
-            return subprocess.Popen(
-                [sys.executable, "-m", "exporter", "run", "--config.file", str(config), "--log.format", "json",
-                 "--web.listen-address", f"127.0.0.1:{free_port()}"], cwd=repo, stdout=log, stderr=log)
-
-        locks = Locks(cluster.dsn, LOCK_KEY, names).start()
-        procs += [start(i) for i in range(replicas - 1)]
-        all_led = locks.wait(lambda led: len(led) == targets, timeout=60)
-        time.sleep(3 * interval)  # the first replicas settle their shares
-        locks.longest_unled, locks.unled_since = 0.0, {}
-        procs.append(start(replicas - 1))
-        joined_at = time.monotonic()
-        spread_in = locks.wait(
-            lambda led: len(led) == targets and max(_per_replica(led, procs)) <= share_after_join
-            and min(_per_replica(led, procs)) > 0, timeout=60)
-        time.sleep(5 * interval)
-        join = {
-            "replicas_before": replicas - 1,
-            "all_led_at_start_s": all_led,
-            "spread_after_join_s": spread_in,
-            "longest_without_leader_s": round(locks.longest_unled, 3),
-            "still_unled": sorted(locks.unled_since),
-            "spread": _per_replica(locks.latest, procs),
-            "watched_s": round(time.monotonic() - joined_at, 1),
-        }
-        spread = _per_replica(locks.latest, procs)
-        victim = procs[spread.index(max(spread))]
-        gone = _sockets(victim.pid)
-        victim.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        led_again = locks.wait(lambda led: len(led) == targets and not gone & set(led.values()), timeout=30)
-        victim.wait()
-        time.sleep(3 * interval)
-        kill = {
-            "orphaned": max(spread),
-            "all_led_again_s": led_again,
-            "after_interval_ratio": round(led_again / interval, 2) if led_again is not None else None,
-            "spread": [n for n, p in zip(_per_replica(locks.latest, procs), procs, strict=True) if p is not victim],
-            "watched_s": round(time.monotonic() - killed_at, 1),
-        }
-        locks.stop()
-        return {"targets": targets, "replicas": replicas, "interval_s": interval, "join": join, "kill": kill,
-                "logs": str(tmp)}
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(10)
-        cluster.destroy()
-
-
-if __name__ == "__main__":
-    import json
-
-    REPO = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(REPO))
-    print(json.dumps(measure_handover(REPO), indent=2))
+            locks = Locks(cluster.dsn, LOCK_KEY, names).start()
+            daemons += [Daemon(tmp, config) for _ in range(replicas - 1)]
+            all_led = locks.wait(lambda led: len(led) == targets, timeout=60)
+            time.sleep(3 * interval)  # the first replicas settle their shares
+            locks.longest_unled, locks.unled_since = 0.0, {}
+            daemons.append(Daemon(tmp, config))
+            joined_at = time.monotonic()
+            spread_in = locks.wait(
+                lambda led: len(led) == targets and max(_per_replica(led, daemons)) <= share_after_join
+                and min(_per_replica(led, daemons)) > 0, timeout=60)
+            time.sleep(5 * interval)
+            join = {
+                "replicas_before": replicas - 1,
+                "all_led_at_start_s": all_led,
+                "spread_after_join_s": spread_in,
+                "longest_without_leader_s": round(locks.longest_unled, 3),
+                "still_unled": sorted(locks.unled_since),
+                "spread": _per_replica(locks.latest, daemons),
+                "watched_s": round(time.monotonic() - joined_at, 1),
+            }
+            spread = _per_replica(locks.latest, daemons)
+            victim = daemons[spread.index(max(spread))]
+            gone = local_ports(victim.pid)
+            victim.proc.kill()
+            killed_at = time.monotonic()
+            led_again = locks.wait(lambda led: len(led) == targets and not gone & set(led.values()), timeout=30)
+            victim.proc.wait()
+            time.sleep(3 * interval)
+            kill = {
+                "orphaned": max(spread),
+                "all_led_again_s": led_again,
+                "after_interval_ratio": round(led_again / interval, 2) if led_again is not None else None,
+                "spread": [n for n, d in zip(_per_replica(locks.latest, daemons), daemons, strict=True)
+                           if d is not victim],
+                "watched_s": round(time.monotonic() - killed_at, 1),
+            }
+            locks.stop()
+            return {"targets": targets, "replicas": replicas, "interval_s": interval, "join": join, "kill": kill,
+                    "logs": str(tmp)}
+        finally:
+            for d in daemons:
+                d.stop(10)

@@ -36,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from bench.proc import cpu_seconds, socket_count, thread_count
+from bench.harness import cpu_seconds, socket_count, thread_count
 
 Figures = dict[str, Any]
 

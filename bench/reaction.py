@@ -9,8 +9,6 @@ reaction is the server-clock time from query_start + limit to the first read tha
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,31 +17,23 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.harness import Daemon, server
+from bench.stats import percentile
+
 MARGIN = 1.0
 """The rule's max_query_duration is the interval plus this: every query is seen by a poll before it crosses (a query
 that starts and crosses between two polls is the poll's to find)."""
+CONFIGURATIONS = ((5.0, True), (1.0, True), (5.0, False))
+"""(interval, deadlines) side by side: deadlines at a 5 s and a 1 s interval, poll only at 5 s."""
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
-
-
-def _daemon(dsn: str, interval: float, deadlines: bool, tmp: Path, repo: Path) -> subprocess.Popen[bytes]:
-    from exporter.pgcluster import free_port
-
-    config = tmp / f"react-{interval:g}-{deadlines}.yaml"
-    config.write_text(
+def _daemon(dsn: str, interval: float, deadlines: bool, tmp: Path) -> Daemon:
+    config = (
         f"interval: {interval:g}s\ndeadlines: {str(deadlines).lower()}\nrules:\n"
         f"  - {{name: react, match: {{parent: 'React:*'}}, max_query_duration: {interval + MARGIN:g}s, "
         "action: terminate}\n"
     )
-    port = free_port()
-    return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--config.file", str(config), "--dsn", dsn,
-         "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", "--log.level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo,
-    )
+    return Daemon(tmp, config, dsn=dsn, log_level="warning", keep_log=False)
 
 
 def _run_trials(dsn: str, interval: float, trials: int) -> list[float]:
@@ -90,18 +80,17 @@ def _run_trials(dsn: str, interval: float, trials: int) -> list[float]:
     return list(reactions.values())
 
 
-def measure(dsn: str, repo: Path, trials: int = 20) -> list[dict[str, Any]]:
-    """Reaction p50/p95/max for: deadlines at 5 s, deadlines at 1 s, poll only at 5 s."""
+def measure(dsn: str, trials: int = 20) -> list[dict[str, Any]]:
+    """Reaction p50/p95/max for each of CONFIGURATIONS."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for interval, deadlines in ((5.0, True), (1.0, True), (5.0, False)):
-            proc = _daemon(dsn, interval, deadlines, Path(tmp), repo)
+        for interval, deadlines in CONFIGURATIONS:
+            daemon = _daemon(dsn, interval, deadlines, Path(tmp))
             try:
                 time.sleep(2.0)  # the daemon's start
                 times = _run_trials(dsn, interval, trials)
             finally:
-                proc.terminate()
-                proc.wait(10)
+                daemon.stop(10)
             out.append({
                 "interval_s": interval,
                 "deadlines": deadlines,
@@ -114,3 +103,9 @@ def measure(dsn: str, repo: Path, trials: int = 20) -> list[dict[str, Any]]:
             })
             print(out[-1], flush=True)
     return out
+
+
+def run(trials: int = 20) -> list[dict[str, Any]]:
+    """The deadlines part (`--only deadlines`, results.json's `deadlines`): on a server of its own."""
+    with server() as cluster:
+        return measure(cluster.dsn, trials)

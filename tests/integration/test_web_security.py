@@ -22,7 +22,7 @@ import bcrypt
 import pytest
 from structlog.testing import capture_logs
 
-from bench.proc import cpu_seconds, socket_count, thread_count
+from bench.harness import cpu_seconds, socket_count, thread_count
 from exporter.face.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
 from tests.support import HTTP_TIMEOUT, DaemonProcess, Server, eventually, record_figure
 
