@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import h11
 import pytest
 
+from exporter.errors import ConfigInvalid
 from exporter.face.http import _CHUNK, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, RequestHeads, read_request
-from exporter.face.webconfig import HTTPServerConfig, WebConfig
+from exporter.face.webconfig import HTTPServerConfig, WebConfig, load_web_config
 from tests.support import HTTP_TIMEOUT
 
 BODY = bytes(range(256)) * (3 * _CHUNK // 256 + 7)
@@ -206,3 +208,21 @@ def test_web_config_headers_are_on_every_answer_and_refusals_close(server: Metri
         assert header(landing, b"x-frame-options") == header(refused, b"x-frame-options") == b"deny"
         assert (header(refused, b"connection"), body) == (b"close", b"Request Header Fields Too Large\n")
         assert closed_by_server(sock, buffered)
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ('{X-Bad: "a\\nb"}', "http_server_config.headers: 'X-Bad': not a valid HTTP header"),
+        ("{'X Bad': a}", "'X Bad': not a valid HTTP header"),
+        ("{Content-Length: '5'}", "Content-Length: set by pgparent for each response"),
+    ],
+)
+def test_web_config_headers_h11_cannot_send_are_config_errors(tmp_path: Path, headers: str, says: str) -> None:
+    """An extra header that h11 would refuse to write, or one that frames the body, is a config error naming it,
+    not a failure of every request."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"http_server_config:\n  headers: {headers}\n")
+    with pytest.raises(ConfigInvalid) as invalid:
+        load_web_config(path)
+    assert str(invalid.value).startswith(f"{path}: ") and says in str(invalid.value), str(invalid.value)
