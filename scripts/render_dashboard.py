@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exporter.core.settings import DEFAULT_TARGET  # noqa: E402
 from tests.deliverables.grafana import load_dashboard, panels, substitute  # noqa: E402 - needs ROOT on sys.path
 from tests.deliverables.stack import JOB, LOCK_KEY, LONG_QUERY, LiveStack, live_stack  # noqa: E402
 from tests.support import make_server  # noqa: E402
@@ -101,8 +102,10 @@ def fetch(stack: LiveStack, start: float, end: float) -> list[PanelData]:
     for panel in panels(load_dashboard()):
         data = PanelData(panel)
         for target in panel.get("targets", []):
+            # The daemon's one target selected, as LiveStack.expr does: left at its ".+" default, `literal` would
+            # escape it into a selector that matches nothing.
             expr = substitute(target["expr"], job=JOB, instance=stack.instance, rate_interval=RATE_INTERVAL,
-                              literal=True)
+                              target=DEFAULT_TARGET, literal=True)
             result = stack.prometheus.query_range(expr, start, end, STEP)
             for r in result:
                 data.series.append(Series(
