@@ -2,23 +2,23 @@
 
 Starts the live stack of tests/deliverables/stack.py (a throwaway PostgreSQL with tagged sessions, `pgparent run`,
 Prometheus scraping it every second), adds some churn for a while so the graphs have shape, queries every panel
-target over the run, draws an HTML page of inline SVG charts laid out on the dashboard's 24-column grid (titles,
-axes, legends; no JavaScript, nothing fetched), and screenshots it with headless Chromium.
+target over the run, and draws the panels with matplotlib where the dashboard's 24-column grid puts them, in Grafana's
+dark theme: titles, axes in each panel's unit, table legends (Last *, Max) sorted as configured, stat tiles coloured
+by their value mappings and thresholds.
 
 Usage: .venv/bin/python scripts/render_dashboard.py [--seconds 75] [--output docs/dashboard.png]
 (--help for the rest).
-Needs `prometheus` and `chromium` (Debian packages). Everything temporary lives in a fresh directory under $TMPDIR.
+Needs matplotlib (the bench extra, which scripts/bench installs: .venv/bin/python -m pip install -e '.[bench]') and
+`prometheus` (Debian package). Everything temporary lives in a fresh directory under $TMPDIR.
 """
-
 from __future__ import annotations
 
 import argparse
-import html
+import io
 import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,14 +27,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+try:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+    from matplotlib.transforms import IdentityTransform
+except ModuleNotFoundError:
+    raise SystemExit("matplotlib is missing: .venv/bin/python -m pip install -e '.[bench]'") from None
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exporter.core.settings import DEFAULT_TARGET  # noqa: E402
 from tests.deliverables.grafana import load_dashboard, panels, substitute  # noqa: E402 - needs ROOT on sys.path
 from tests.deliverables.stack import JOB, LOCK_KEY, LONG_QUERY, LiveStack, live_stack  # noqa: E402
 from tests.support import make_server  # noqa: E402
 
 WIDTH = 1600
+DPI = 100
+"""The figure's pixels per inch: the layout below is in pixels, and the PNG is WIDTH pixels wide."""
 PAD = 12
 HEADER = 86
 ROW = 34
@@ -101,8 +113,10 @@ def fetch(stack: LiveStack, start: float, end: float) -> list[PanelData]:
     for panel in panels(load_dashboard()):
         data = PanelData(panel)
         for target in panel.get("targets", []):
+            # The daemon's one target selected, as LiveStack.expr does: left at its ".+" default, `literal` would
+            # escape it into a selector that matches nothing.
             expr = substitute(target["expr"], job=JOB, instance=stack.instance, rate_interval=RATE_INTERVAL,
-                              literal=True)
+                              target=DEFAULT_TARGET, literal=True)
             result = stack.prometheus.query_range(expr, start, end, STEP)
             for r in result:
                 data.series.append(Series(
@@ -163,8 +177,49 @@ def nice_ticks(top: float, unit: str, count: int = 4) -> list[float]:
 
 # -- drawing ---------------------------------------------------------------------------------------------------------
 
-def _esc(s: str) -> str:
-    return html.escape(s, quote=True)
+def pt(px: float) -> float:
+    """A size in pixels (fonts, line widths, as the layout is measured) in matplotlib's points."""
+    return px * 72 / DPI
+
+
+class Page:
+    """A matplotlib figure addressed in pixels from its top-left corner, as the dashboard's grid is laid out."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor=BG)
+        self.width, self.height = width, height
+
+    def _frac(self, x: float, y: float) -> tuple[float, float]:
+        return x / self.width, 1 - y / self.height
+
+    def text(self, x: float, y: float, text: str, size: float, color: str = TEXT, *, anchor: str = "left",
+             bold: bool = False) -> None:
+        """Text whose baseline starts (or, by `anchor`, is centred or ends) at (x, y)."""
+        self.fig.text(*self._frac(x, y), text, color=color, fontsize=pt(size), ha=anchor, va="baseline",
+                      fontweight="bold" if bold else "normal")
+
+    def rect(self, x: float, y: float, w: float, h: float, fill: str, *, edge: str | None = None,
+             radius: float = 3.0) -> None:
+        # Drawn in display pixels (the figure's dpi is the output's), so rounded corners stay round; beneath the
+        # charts' axes (zorder 0), which a panel's background would otherwise cover.
+        box = FancyBboxPatch((x, self.height - y - h), w, h, boxstyle=f"round,pad=0,rounding_size={radius}",
+                             transform=IdentityTransform(), facecolor=fill, edgecolor=edge or "none",
+                             linewidth=pt(1), zorder=-1)
+        self.fig.patches.append(box)
+
+    def axes(self, x: float, y: float, w: float, h: float) -> Axes:
+        left, top = self._frac(x, y)
+        ax = self.fig.add_axes((left, top - h / self.height, w / self.width, h / self.height))
+        ax.set_facecolor("none")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.tick_params(length=0, labelcolor=MUTED, labelsize=pt(11), pad=pt(6))
+        ax.grid(color=GRID, linewidth=pt(1))
+        ax.set_axisbelow(True)
+        return ax
+
+    def no_data(self, x: float, y: float, w: float, h: float) -> None:
+        self.text(x + w / 2, y + h / 2, "No data", 14, MUTED, anchor="center")
 
 
 def _override(panel: dict[str, Any], ref: str, prop: str) -> Any:
@@ -190,18 +245,17 @@ def _style(data: PanelData) -> None:
         s.fill = (own_fill if own_fill is not None else fill) / 100
 
 
-def draw_timeseries(data: PanelData, x: float, y: float, w: float, h: float, t0: float, t1: float) -> str:
+def draw_timeseries(page: Page, data: PanelData, x: float, y: float, w: float, h: float, t0: float,
+                    t1: float) -> None:
     panel = data.panel
     defaults = panel["fieldConfig"]["defaults"]
     unit, decimals = defaults.get("unit", "short"), defaults.get("decimals")
     stacked = defaults.get("custom", {}).get("stacking", {}).get("mode") == "normal"
     legend = panel.get("options", {}).get("legend", {})
     _style(data)
-    out: list[str] = []
     if not data.series:
-        out.append(f'<text x="{x + w / 2}" y="{y + h / 2}" fill="{MUTED}" font-size="14" '
-                   f'text-anchor="middle">No data</text>')
-        return "".join(out)
+        page.no_data(x, y, w, h)
+        return
 
     times = sorted({t for s in data.series for t in s.points})
     lower: dict[int, dict[float, float]] = {}
@@ -233,41 +287,28 @@ def draw_timeseries(data: PanelData, x: float, y: float, w: float, h: float, t0:
         plot_x, plot_y, plot_w, plot_h = x + 58, y + 6, w - 70, h - legend_h - 26
         lx, ly, lw = x + 8, y + h - legend_h + 4, w - 16
 
-    def px(t: float) -> float:
-        return plot_x + (t - t0) / (t1 - t0) * plot_w
-
-    def py(v: float) -> float:
-        return plot_y + plot_h - v / ticks[-1] * plot_h
-
-    for tick in ticks:
-        yy = py(tick)
-        out.append(f'<line x1="{plot_x}" x2="{plot_x + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="{GRID}"/>')
-        out.append(f'<text x="{plot_x - 6}" y="{yy + 4:.1f}" fill="{MUTED}" font-size="11" text-anchor="end">'
-                   f"{_esc(fmt_value(tick, unit, decimals if decimals is not None and tick == int(tick) else None))}"
-                   "</text>")
-    first = math.ceil(t0 / 15) * 15
-    for tt in range(int(first), int(t1) + 1, 15):
-        xx = px(tt)
-        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{plot_y}" y2="{plot_y + plot_h}" stroke="{GRID}"/>')
-        label = datetime.fromtimestamp(tt).strftime("%H:%M:%S")
-        out.append(f'<text x="{xx:.1f}" y="{plot_y + plot_h + 15}" fill="{MUTED}" font-size="11" '
-                   f'text-anchor="middle">{label}</text>')
+    ax = page.axes(plot_x, plot_y, plot_w, plot_h)
+    ax.set_xlim(t0, t1)
+    ax.set_ylim(0, ticks[-1])
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: fmt_value(v, unit, decimals if decimals is not None and v == int(v) else None)))
+    ax.xaxis.set_major_locator(FixedLocator(range(math.ceil(t0 / 15) * 15, int(t1) + 1, 15)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: datetime.fromtimestamp(t).strftime("%H:%M:%S")))
 
     for i, s in enumerate(data.series):
         if s.fill > 0:
             for seg in _segments(sorted(upper[i]), STEP):
-                edge = [(px(t), py(upper[i][t])) for t in seg] + [(px(t), py(lower[i][t])) for t in reversed(seg)]
-                poly = " ".join(f"{a:.1f},{b:.1f}" for a, b in edge)
-                out.append(f'<polygon points="{poly}" fill="{s.color}" fill-opacity="{s.fill:.2f}" stroke="none"/>')
+                ax.fill_between(seg, [lower[i][t] for t in seg], [upper[i][t] for t in seg], color=s.color,
+                                alpha=s.fill, linewidth=0)
         for seg in _segments(sorted(s.points), STEP):
-            top_pts = [(px(t), py(upper[i][t])) for t in seg]
-            line = " ".join(f"{a:.1f},{b:.1f}" for a, b in top_pts)
-            dash = ' stroke-dasharray="7,5"' if s.dash else ""
+            values = [upper[i][t] for t in seg]
             if len(seg) == 1:
-                a, b = top_pts[0]
-                out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="1.5" fill="{s.color}"/>')
+                ax.plot(seg, values, "o", color=s.color, markersize=pt(3), markeredgewidth=0)
             else:
-                out.append(f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.5"{dash}/>')
+                # Dashes of 7 and gaps of 5 pixels, as Grafana's dashed line style (in units of the line's width).
+                style: str | tuple[float, tuple[float, float]] = (0, (7 / 1.5, 5 / 1.5)) if s.dash else "-"
+                ax.plot(seg, values, color=s.color, linewidth=pt(1.5), linestyle=style, solid_joinstyle="round")
 
     # The legend table: name, then Last * and Max as Grafana's table legend shows them, sorted as configured.
     cols = [("Last *" if c == "lastNotNull" else c.title()) for c in calcs]
@@ -278,22 +319,18 @@ def draw_timeseries(data: PanelData, x: float, y: float, w: float, h: float, t0:
     col_w = 78.0
     name_w = lw - col_w * len(cols) - 20
     for j, c in enumerate(cols):
-        out.append(f'<text x="{lx + 20 + name_w + col_w * (j + 1) - 4:.1f}" y="{ly + 11}" fill="{MUTED}" '
-                   f'font-size="11" text-anchor="end">{c}</text>')
+        page.text(lx + 20 + name_w + col_w * (j + 1) - 4, ly + 11, c, 11, MUTED, anchor="right")
     shown = legend_rows if len(legend_rows) <= max_rows else legend_rows[: max_rows - 1]
     for k, s in enumerate(shown):
         yy = ly + (k + 1) * line_h + 11
-        out.append(f'<rect x="{lx}" y="{yy - 7}" width="14" height="4" rx="1" fill="{s.color}"/>')
-        out.append(f'<text x="{lx + 20}" y="{yy}" fill="{TEXT}" font-size="12">{_esc(_clip(s.name, name_w))}</text>')
+        page.rect(lx, yy - 7, 14, 4, s.color, radius=1)
+        page.text(lx + 20, yy, _clip(s.name, name_w), 12)
         for j, c in enumerate(calcs):
-            v = _calc(s, c)
-            out.append(f'<text x="{lx + 20 + name_w + col_w * (j + 1) - 4:.1f}" y="{yy}" fill="{TEXT}" '
-                       f'font-size="12" text-anchor="end">{_esc(fmt_value(v, unit, decimals))}</text>')
+            page.text(lx + 20 + name_w + col_w * (j + 1) - 4, yy, fmt_value(_calc(s, c), unit, decimals), 12,
+                      anchor="right")
     if len(shown) < len(data.series):
-        yy = ly + (len(shown) + 1) * line_h + 11
-        out.append(f'<text x="{lx + 20}" y="{yy}" fill="{MUTED}" font-size="12">'
-                   f"… and {len(data.series) - len(shown)} more</text>")
-    return "".join(out)
+        page.text(lx + 20, ly + (len(shown) + 1) * line_h + 11, f"… and {len(data.series) - len(shown)} more", 12,
+                  MUTED)
 
 
 def _calc(s: Series, calc: str) -> float:
@@ -317,14 +354,13 @@ def _segments(ts: list[float], step: float) -> list[list[float]]:
     return segs
 
 
-def draw_stat(data: PanelData, x: float, y: float, w: float, h: float) -> str:
+def draw_stat(page: Page, data: PanelData, x: float, y: float, w: float, h: float) -> None:
     panel = data.panel
     defaults = panel["fieldConfig"]["defaults"]
     data.series.sort(key=lambda s: (s.ref, s.name))
     if not data.series:
-        return (f'<text x="{x + w / 2}" y="{y + h / 2}" fill="{MUTED}" font-size="14" text-anchor="middle">'
-                "No data</text>")
-    out: list[str] = []
+        page.no_data(x, y, w, h)
+        return
     n = len(data.series)
     horizontal = panel.get("options", {}).get("orientation") == "horizontal"
     for i, s in enumerate(data.series):
@@ -344,81 +380,61 @@ def draw_stat(data: PanelData, x: float, y: float, w: float, h: float) -> str:
         if horizontal:  # one row per value: the name on the left, the value on the right
             row_h = (h - 8 - 6 * (n - 1)) / n
             ty = y + 2 + i * (row_h + 6)
-            out.append(f'<rect x="{x + 8}" y="{ty:.1f}" width="{w - 16:.1f}" height="{row_h:.1f}" rx="3" '
-                       f'fill="{fill}"/>')
+            page.rect(x + 8, ty, w - 16, row_h, fill)
             size = min(30.0, row_h * 0.62)
-            out.append(f'<text x="{x + 20}" y="{ty + row_h / 2 + 5:.1f}" fill="#ffffff" font-size="14">'
-                       f"{_esc(_clip(s.name, w - 120, 7.8))}</text>")
-            out.append(f'<text x="{x + w - 22:.1f}" y="{ty + row_h / 2 + size * 0.36:.1f}" fill="#ffffff" '
-                       f'font-size="{size:.0f}" font-weight="600" text-anchor="end">{_esc(text)}</text>')
+            page.text(x + 20, ty + row_h / 2 + 5, _clip(s.name, w - 120, 7.8), 14, "#ffffff")
+            page.text(x + w - 22, ty + row_h / 2 + size * 0.36, text, size, "#ffffff", anchor="right", bold=True)
             continue
         tile_w = (w - 8 * (n + 1)) / n
         tx = x + 8 + i * (tile_w + 8)
-        out.append(f'<rect x="{tx:.1f}" y="{y + 4}" width="{tile_w:.1f}" height="{h - 12}" rx="3" fill="{fill}"/>')
-        out.append(f'<text x="{tx + tile_w / 2:.1f}" y="{y + 4 + (h - 12) * 0.36:.1f}" fill="#ffffff" '
-                   f'font-size="12" text-anchor="middle">{_esc(_clip(s.name, tile_w - 8, 6.8))}</text>')
-        out.append(f'<text x="{tx + tile_w / 2:.1f}" y="{y + 4 + (h - 12) * 0.72:.1f}" fill="#ffffff" '
-                   f'font-size="{min(40, tile_w / 3.2):.0f}" font-weight="600" text-anchor="middle">'
-                   f"{_esc(text)}</text>")
-    return "".join(out)
+        page.rect(tx, y + 4, tile_w, h - 12, fill)
+        page.text(tx + tile_w / 2, y + 4 + (h - 12) * 0.36, _clip(s.name, tile_w - 8, 6.8), 12, "#ffffff",
+                  anchor="center")
+        page.text(tx + tile_w / 2, y + 4 + (h - 12) * 0.72, text, min(40, tile_w / 3.2), "#ffffff", anchor="center",
+                  bold=True)
 
 
-def render_html(datas: list[PanelData], t0: float, t1: float, instance: str) -> tuple[str, int]:
+def render(datas: list[PanelData], t0: float, t1: float, instance: str) -> Page:
+    """The dashboard as Grafana lays it out: a header with the variables, then each panel on the 24-column grid."""
     col = (WIDTH - 2 * PAD) / 24
     bottom = max(d.panel["gridPos"]["y"] + d.panel["gridPos"]["h"] for d in datas)
-    height = int(HEADER + bottom * ROW + PAD)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'font-family="Inter, \'DejaVu Sans\', \'Liberation Sans\', sans-serif">',
-             f'<rect width="{WIDTH}" height="{height}" fill="{BG}"/>']
-    span = round(t1 - t0)
-    parts.append(f'<text x="{PAD + 4}" y="30" fill="{TEXT}" font-size="20" font-weight="600">pgparent</text>')
-    parts.append(f'<text x="{WIDTH - PAD - 4}" y="30" fill="{MUTED}" font-size="13" text-anchor="end">'
-                 f"Last {span} s · refresh 30s · UTC{datetime.now().astimezone().strftime('%z')}</text>")
-    chips = [("Data source", "Prometheus"), ("Job", JOB), ("Instance", instance)]
+    page = Page(WIDTH, int(HEADER + bottom * ROW + PAD))
+    page.text(PAD + 4, 30, "pgparent", 20, bold=True)
+    page.text(WIDTH - PAD - 4, 30, f"Last {round(t1 - t0)} s · refresh 30s · "
+              f"UTC{datetime.now().astimezone().strftime('%z')}", 13, MUTED, anchor="right")
     cx = PAD + 4.0
+    chips = (("Data source", "Prometheus"), ("Job", JOB), ("Instance", instance), ("Target", DEFAULT_TARGET))
     for label, value in chips:
         wl, wv = 8 + 7.2 * len(label), 14 + 7.2 * len(value)
-        parts.append(f'<rect x="{cx}" y="46" width="{wl + wv}" height="26" rx="2" fill="{PANEL_BG}" '
-                     f'stroke="{BORDER}"/>')
-        parts.append(f'<rect x="{cx}" y="46" width="{wl}" height="26" rx="2" fill="#22252b"/>')
-        parts.append(f'<text x="{cx + 6}" y="63" fill="{TEXT}" font-size="12">{_esc(label)}</text>')
-        parts.append(f'<text x="{cx + wl + 7}" y="63" fill="{TEXT}" font-size="12">{_esc(value)}</text>')
+        page.rect(cx, 46, wl + wv, 26, PANEL_BG, edge=BORDER, radius=2)
+        page.rect(cx, 46, wl, 26, "#22252b", radius=2)
+        page.text(cx + 6, 63, label, 12)
+        page.text(cx + wl + 7, 63, value, 12)
         cx += wl + wv + 10
-    parts.append(f'<text x="{WIDTH - PAD - 4}" y="63" fill="{MUTED}" font-size="12" text-anchor="end">'
-                 "drawn from live Prometheus data by scripts/render_dashboard.py</text>")
+    page.text(WIDTH - PAD - 4, 63, "drawn from live Prometheus data by scripts/render_dashboard.py", 12, MUTED,
+              anchor="right")
     for d in datas:
         g = d.panel["gridPos"]
         x, y = PAD + g["x"] * col + GAP / 2, HEADER + g["y"] * ROW + GAP / 2
         w, h = g["w"] * col - GAP, g["h"] * ROW - GAP
-        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="3" fill="{PANEL_BG}" '
-                     f'stroke="{BORDER}"/>')
-        parts.append(f'<text x="{x + 10:.1f}" y="{y + 20:.1f}" fill="{TEXT}" font-size="14" font-weight="600">'
-                     f"{_esc(d.panel['title'])}</text>")
+        page.rect(x, y, w, h, PANEL_BG, edge=BORDER)
+        page.text(x + 10, y + 20, d.panel["title"], 14, bold=True)
         body_y, body_h = y + 28, h - 32
         if d.panel["type"] == "stat":
-            parts.append(draw_stat(d, x, body_y, w, body_h))
+            draw_stat(page, d, x, body_y, w, body_h)
         else:
-            parts.append(draw_timeseries(d, x, body_y, w, body_h, t0, t1))
-    parts.append("</svg>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>pgparent dashboard</title>"
+            draw_timeseries(page, d, x, body_y, w, body_h, t0, t1)
+    return page
+
+
+def html_page(page: Page) -> str:
+    """The picture as an HTML page of one inline SVG (--keep-html)."""
+    svg = io.StringIO()
+    page.fig.savefig(svg, format="svg", dpi=DPI, facecolor=BG)
+    text = svg.getvalue()
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>pgparent dashboard</title>"
             f"<style>html,body{{margin:0;padding:0;background:{BG}}}</style></head><body>"
-            + "".join(parts) + "</body></html>")
-    return page, height
-
-
-def screenshot(page: Path, png: Path, height: int, tmp: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium is missing: apt-get install -y chromium")
-    profile = tmp / "chromium-profile"
-    profile.mkdir()
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",
-           f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={WIDTH},{height}", page.as_uri()]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0 or not png.exists():
-        raise SystemExit(f"chromium failed ({result.returncode}): {result.stderr[-2000:]}")
+            + text[text.index("<svg"):] + "</body></html>")
 
 
 def _save(path: Path, datas: list[PanelData], start: float, end: float, instance: str) -> None:
@@ -442,7 +458,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=75.0, help="how long the stack runs before the picture")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "dashboard.png")
-    parser.add_argument("--keep-html", type=Path, metavar="FILE", help="also write the HTML page here")
+    parser.add_argument("--keep-html", type=Path, metavar="FILE",
+                        help="also write the picture here as an HTML page (inline SVG)")
     parser.add_argument("--save-data", type=Path, metavar="FILE", help="also write the queried data here (JSON)")
     parser.add_argument("--from-data", type=Path, metavar="FILE",
                         help="draw data saved by --save-data instead of running the stack (to work on the drawing)")
@@ -464,14 +481,12 @@ def main() -> int:
                 server.destroy()
             if args.save_data:
                 _save(args.save_data, datas, start, end, instance)
-        page, height = render_html(datas, start, end, instance)
-        html_path = tmp / "dashboard.html"
-        html_path.write_text(page, encoding="utf-8")
+        page = render(datas, start, end, instance)
         if args.keep_html:
-            shutil.copyfile(html_path, args.keep_html)
+            args.keep_html.write_text(html_page(page), encoding="utf-8")
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        screenshot(html_path, args.output.resolve(), height, tmp)
-        print(f"wrote {args.output} ({WIDTH}x{height})")
+        page.fig.savefig(args.output, dpi=DPI, facecolor=BG)
+        print(f"wrote {args.output} ({page.width}x{page.height})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

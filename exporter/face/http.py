@@ -2,14 +2,29 @@
 
 One thread runs an asyncio loop that accepts connections, does TLS handshakes and reads request heads, so a slow or
 silent client costs a socket and a few KiB, never a thread. What takes time runs on a fixed pool of `Limits.workers`
-threads: renders, and bcrypt checks. Everything a client can make the server hold is bounded:
+threads: renders, and bcrypt checks.
+
+HTTP/1.1 is h11's, driven by that loop (h11 does no I/O): the grammar of request lines and headers (400 for what it
+refuses), Content-Length and Transfer-Encoding, keep-alive (HTTP/1.0, `Connection: close`), the request/response
+cycle that keeps pipelined requests in order, and the response heads. pgparent's own part is `RequestHeads`, which
+takes each request head whole off the connection's bytes before h11 reads it, for three reasons:
+
+- the limits below. h11 bounds only the bytes it buffers for an incomplete head (`max_incomplete_event_size`): a
+  head that arrives complete in one read passes whatever its size, and it counts neither line lengths nor headers.
+- an HTTP/1.1 head without Host. RFC 9112 section 3.2 makes it a 400 and h11 refuses it, before the limits could be
+  applied; pgparent serves one site and never reads Host, and answers such heads (a probe typed into nc, say), so an
+  empty Host line is supplied.
+- empty lines before a request line, which RFC 9112 section 2.2 says to ignore and h11 refuses.
+
+Everything a client can make the server hold is bounded:
 
 - open connections: `Limits.max_connections`. At the cap, the connection that has waited longest for a request (a
   silent or trickling client, or an idle keep-alive one) is closed to make room; when every connection is in the middle
   of a request, new ones wait in the kernel's listen backlog (BACKLOG).
 - time: REQUEST_TIMEOUT for the TLS handshake and the whole request head (on a keep-alive connection, from the end of
   the previous response), and again for writing a response.
-- request heads: MAX_LINE bytes a line, MAX_HEAD bytes and MAX_HEADERS headers in all (431 past them).
+- request heads: MAX_LINE bytes a line, MAX_HEAD bytes and MAX_HEADERS headers in all (431 past them). Request bodies
+  are never read: a request that has one is answered and its connection closed.
 - password checks: one at a time (`Gatekeeper`). Credentials that passed before skip the queue.
 """
 
@@ -21,7 +36,6 @@ import binascii
 import concurrent.futures
 import contextlib
 import errno
-import re
 import socket
 import ssl
 import threading
@@ -29,8 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
+import h11
 from prometheus_client import Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
@@ -54,13 +69,14 @@ TEXT = "text/plain; charset=utf-8"
 REQUEST_TIMEOUT = 10.0
 """Seconds a client may take to handshake and send a request head, or to read a response."""
 MAX_LINE = 8192
+"""Bytes a line of a request head may have (its line ending aside)."""
 MAX_HEAD = 32768
+"""Bytes a request head may have in all, its blank line included."""
 MAX_HEADERS = 100
 BACKLOG = 128
 """The listen backlog: a burst of scrapers queues in the kernel instead of being dropped (the default is 5)."""
 _CHUNK = 65536
 """Responses are written in pieces of this size, so a client that reads slowly holds one piece, not a copy of all."""
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ACCEPT_RETRY = 0.1
 """Seconds to wait before accepting again when the process is out of file descriptors."""
 WARN_EVERY = 10.0
@@ -104,73 +120,83 @@ class Response:
 UNAUTHORIZED = Response(401, TEXT, b"unauthorized\n", {"WWW-Authenticate": 'Basic realm="pgparent"'})
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str]
-    """Lower-cased names; the first of repeated headers."""
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def keep_alive(self) -> bool:
-        """HTTP/1.1 without `Connection: close`, and no request body (bodies are never read, so the connection ends)."""
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        has_body = self.headers.get("content-length", "0") != "0" or "transfer-encoding" in self.headers
-        return self.version == "HTTP/1.1" and "close" not in tokens and not has_body
+def _too_large() -> h11.RemoteProtocolError:
+    return h11.RemoteProtocolError(
+        "request head too large", error_status_hint=HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    )
 
 
-class BadRequest(Exception):
-    """A request head the server refuses to read on: answered with `status`, then the connection is closed."""
+class RequestHeads:
+    """Request heads taken whole off one connection's bytes, within MAX_LINE, MAX_HEAD and MAX_HEADERS, for h11.
 
-    def __init__(self, status: HTTPStatus) -> None:
-        super().__init__(status.phrase)
-        self.status = status
+    Bytes after a head (the next pipelined request, or a body, which is never read) stay for the next one. Each byte is
+    scanned once as it arrives, so a client sending a byte at a time costs no rescan of what it sent before.
+    """
 
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0
+        """Where the line being read begins."""
+        self._searched = 0
+        """How far the buffer has been searched for a line's end."""
+        self._lines = 0
+        """Complete lines of this head so far, the request line included."""
+        self._host = False
 
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """The next request head; None when the client closed the connection (between requests or in the middle of one)."""
-    size = 0
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
 
-    async def line() -> bytes:
-        nonlocal size
-        try:
-            data = await reader.readline()
-        except ValueError:  # longer than the reader's limit, MAX_LINE
-            raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
-        size += len(data)
-        if size > MAX_HEAD:
-            raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        return data if data.endswith(b"\n") else b""  # b"": end of stream, perhaps halfway through a line
+    def next(self) -> bytes | None:
+        """The next head, blank line included, with a Host line if it had none; None until more bytes are fed.
 
-    first = await line()
-    while first in (b"\r\n", b"\n"):  # RFC 9112 section 2.2: empty lines before a request line are ignored
-        first = await line()
-    if not first:
+        Raises `h11.RemoteProtocolError` with status 431 as soon as the head being read passes a limit.
+        """
+        buffer = self._buffer
+        while (end := buffer.find(b"\n", self._searched)) >= 0:
+            length = end - self._start - (end > self._start and buffer[end - 1] == ord("\r"))
+            if end + 1 > MAX_HEAD or length > MAX_LINE:
+                raise _too_large()
+            if length == 0 and self._lines == 0:  # an empty line before the request line: ignored
+                del buffer[: end + 1]
+                self._searched = 0
+                continue
+            if length == 0:
+                return self._take(self._start, end + 1)
+            if self._lines > 0 and buffer[self._start : self._start + 5].lower() == b"host:":
+                self._host = True
+            self._lines += 1
+            if self._lines > MAX_HEADERS + 1:
+                raise _too_large()
+            self._start = self._searched = end + 1
+        if len(buffer) - self._start > MAX_LINE or len(buffer) > MAX_HEAD:
+            raise _too_large()
+        self._searched = len(buffer)
         return None
-    parts = first.decode("latin-1").rstrip("\r\n").split(" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
-        raise BadRequest(HTTPStatus.BAD_REQUEST)
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        newer = re.fullmatch(r"HTTP/[2-9](\.\d)?", version)
-        raise BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED if newer else HTTPStatus.BAD_REQUEST)
-    headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS + 1):
-        raw = await line()
-        if raw in (b"\r\n", b"\n"):
-            return Request(method, target, version, headers)
-        if not raw:
-            return None
-        name, sep, value = raw.decode("latin-1").partition(":")
-        if not sep or not _TOKEN.fullmatch(name):  # also refuses folded lines and a space before the colon
-            raise BadRequest(HTTPStatus.BAD_REQUEST)
-        headers.setdefault(name.lower(), value.strip())
-    raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+
+    def _take(self, blank: int, size: int) -> bytes:
+        """The head of `size` bytes, its blank line at `blank`; a Host line goes last, so that it cannot turn a folded
+        first header line (which h11 refuses) into a continuation of itself."""
+        head = bytes(self._buffer[:blank]) + (b"" if self._host else b"Host: \r\n") + bytes(self._buffer[blank:size])
+        del self._buffer[:size]
+        self._start = self._searched = self._lines = 0
+        self._host = False
+        return head
+
+
+def read_request(connection: h11.Connection, head: bytes) -> h11.Request:
+    """The request of a whole head, read by h11; after it the client's state says whether a body follows (SEND_BODY,
+    never read) or not (DONE). Raises `h11.RemoteProtocolError` (400) for a head h11 refuses."""
+    connection.receive_data(head)
+    event = connection.next_event()
+    if not isinstance(event, h11.Request):  # a whole head is one Request: RequestHeads ends heads where h11 does
+        raise h11.RemoteProtocolError("incomplete request head", error_status_hint=HTTPStatus.BAD_REQUEST)
+    connection.next_event()  # EndOfMessage unless a body follows: the client's state then moves to DONE
+    return event
+
+
+def header(request: h11.Request, name: bytes) -> str | None:
+    """The first `name` header of a request (lower-case, as h11 gives names), if it has one."""
+    return next((value.decode("latin-1") for key, value in request.headers if key == name), None)
 
 
 def basic_credentials(header: str) -> tuple[str, str] | None:
@@ -406,6 +432,8 @@ class MetricsServer:
         task = asyncio.current_task()
         assert task is not None
         writer: asyncio.StreamWriter | None = None
+        connection = h11.Connection(h11.SERVER)
+        heads = RequestHeads()
         deadline = loop.time() + REQUEST_TIMEOUT
         clean = False
         try:
@@ -416,19 +444,21 @@ class MetricsServer:
                     async with asyncio.timeout_at(deadline):
                         if writer is None:
                             reader, writer = await self._streams(sock)
-                        request = await read_request(reader)
+                        head = await self._next_head(reader, heads)
                 finally:
                     self._waiting.pop(task, None)
-                if request is None:
+                if head is None:
                     break
-                if not await self._respond(writer, request, client):
+                if not await self._respond(writer, connection, read_request(connection, head), client):
                     break
                 deadline = loop.time() + REQUEST_TIMEOUT
             clean = True
-        except BadRequest as exc:
+        except h11.RemoteProtocolError as exc:  # a head h11 or the limits refuse: answered, then the connection closed
             if writer is not None:
+                status = HTTPStatus(exc.error_status_hint)
+                refusal = Response(status, TEXT, f"{status.phrase}\n".encode())
                 with contextlib.suppress(TimeoutError, OSError):
-                    await self._write(writer, Response(exc.status, TEXT, f"{exc}\n".encode()), head=False, keep=False)
+                    await self._write(writer, connection, refusal, head=False, close=True)
                     clean = True
         except (TimeoutError, OSError) as exc:  # too slow, a failed TLS handshake, a reset: close and move on
             log.debug("http_connection_dropped", client=client, reason=type(exc).__name__, error=str(exc))
@@ -443,6 +473,16 @@ class MetricsServer:
             self._open -= 1
             room.set()
 
+    @staticmethod
+    async def _next_head(reader: asyncio.StreamReader, heads: RequestHeads) -> bytes | None:
+        """The next request head; None when the client closed the connection (between requests or in one)."""
+        while (head := heads.next()) is None:
+            data = await reader.read(MAX_LINE)
+            if not data:
+                return None
+            heads.feed(data)
+        return head
+
     async def _streams(self, sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Streams over the accepted socket, after the TLS handshake when there is one."""
         loop = asyncio.get_running_loop()
@@ -456,27 +496,41 @@ class MetricsServer:
             )
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def _respond(self, writer: asyncio.StreamWriter, request: Request, client: str) -> bool:
+    async def _respond(
+        self, writer: asyncio.StreamWriter, connection: h11.Connection, request: h11.Request, client: str
+    ) -> bool:
         """Answer one request; True if the connection stays open for another."""
         try:
             response = await self._answer(request, client)
         except Exception:  # the request's edge: one failed request is a 500 and a logged traceback, never a hang-up
             self._errors.inc()
-            log.warning("http_request_failed", method=request.method, path=request.path, client=client, exc_info=True)
+            log.warning(
+                "http_request_failed",
+                method=request.method.decode("latin-1"),
+                path=_path(request),
+                client=client,
+                exc_info=True,
+            )
             response = Response(500, TEXT, b"internal server error\n")
-        keep = request.keep_alive
-        await self._write(writer, response, head=request.method == "HEAD", keep=keep)
-        return keep
+        # A body after the head is never read, so the connection cannot carry another request.
+        unread_body = connection.their_state is not h11.DONE
+        await self._write(writer, connection, response, head=request.method == b"HEAD", close=unread_body)
+        if connection.our_state is h11.DONE and connection.their_state is h11.DONE:
+            connection.start_next_cycle()
+            return True
+        return False  # h11 says the connection ends: HTTP/1.0, `Connection: close` on either side, or a body unread
 
-    async def _answer(self, request: Request, client: str) -> Response:
-        if request.method not in ("GET", "HEAD"):
+    async def _answer(self, request: h11.Request, client: str) -> Response:
+        if request.http_version not in (b"1.0", b"1.1"):  # h11 reads any HTTP/d.d request line
+            return Response(505, TEXT, b"HTTP version not supported\n", {"Connection": "close"})
+        if request.method not in (b"GET", b"HEAD"):
             return Response(405, TEXT, b"method not allowed\n", {"Allow": "GET, HEAD"})
-        path = request.path
+        path = _path(request)
         if path == "/healthz":  # liveness probes carry no credentials; it reveals only "ok"
             ok = self._healthy()
             return Response(200 if ok else 503, TEXT, b"ok\n" if ok else b"poll loop stalled\n")
         if self._gate is not None:
-            refusal = await self._gate.refusal(request.headers.get("authorization"), client)
+            refusal = await self._gate.refusal(header(request, b"authorization"), client)
             if refusal is not None:
                 return refusal
         if path == "/metrics":
@@ -488,20 +542,38 @@ class MetricsServer:
             return Response(200, "text/html; charset=utf-8", LANDING)
         return Response(404, TEXT, b"not found\n")
 
-    async def _write(self, writer: asyncio.StreamWriter, response: Response, *, head: bool, keep: bool) -> None:
-        lines = [
-            f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
-            f"Date: {formatdate(usegmt=True)}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            *(f"{name}: {value}" for name, value in {**self._extra_headers, **response.headers}.items()),
+    async def _write(
+        self, writer: asyncio.StreamWriter, connection: h11.Connection, response: Response, *, head: bool, close: bool
+    ) -> None:
+        """Write a response; h11 writes its head (adding `Connection: close` when keep-alive is off) and frames the
+        body, which goes out in _CHUNK pieces, never copied whole."""
+        headers = [
+            ("Date", formatdate(usegmt=True)),
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            *{**self._extra_headers, **response.headers}.items(),
         ]
-        if not keep:
-            lines.append("Connection: close")
-        data = memoryview(b"" if head else response.body)  # written in pieces, never copied whole
+        if close:
+            headers.append(("Connection", "close"))
+        status = HTTPStatus(response.status)
+        start = connection.send(h11.Response(status_code=status, headers=headers, reason=status.phrase))
+        body = memoryview(b"" if head else response.body)
         async with asyncio.timeout(REQUEST_TIMEOUT):
-            writer.write("\r\n".join([*lines, "", ""]).encode("latin-1") + data[:_CHUNK])
+            writer.writelines([start, *_piece(connection, body[:_CHUNK])])
             await writer.drain()
-            for start in range(_CHUNK, len(data), _CHUNK):
-                writer.write(data[start : start + _CHUNK])
+            for offset in range(_CHUNK, len(body), _CHUNK):
+                writer.writelines(_piece(connection, body[offset : offset + _CHUNK]))
                 await writer.drain()
+        connection.send(h11.EndOfMessage())
+
+
+def _path(request: h11.Request) -> str:
+    return request.target.split(b"?", 1)[0].decode("latin-1")
+
+
+def _piece(connection: h11.Connection, data: memoryview) -> list[bytes]:
+    """A piece of a body as h11 frames it (with Content-Length, the piece itself: a view, not a copy)."""
+    if not data:
+        return []
+    # h11 takes any bytes-like object (its Data docs) and passes it through uncopied; its annotation says bytes.
+    return connection.send_with_data_passthrough(h11.Data(data=cast(bytes, data))) or []

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
+import h11
 from pydantic import Field, field_validator, model_validator
 
 from exporter.config import load_yaml
@@ -34,6 +35,7 @@ ClientAuth = Literal[
     "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
 ]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 MAX_PASSWORD_BYTES = 72
 """bcrypt reads at most this much of a password; bcrypt 5 raises for longer ones instead of truncating them."""
@@ -62,6 +64,20 @@ class TLSServerConfig(StrictModel):
 
 class HTTPServerConfig(StrictModel):
     headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every response. h11 writes the responses and refuses a header it finds invalid, so each is checked
+    here, where it is a config error, instead of failing every request."""
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if name.lower() in _FRAMING:
+                raise ValueError(f"{name}: set by pgparent for each response (how its body is framed)")
+            try:
+                h11.Response(status_code=200, headers=[(name, value)])
+            except h11.LocalProtocolError as exc:
+                raise ValueError(f"{name!r}: not a valid HTTP header ({exc})") from None
+        return headers
 
 
 class WebConfig(StrictModel):
