@@ -28,8 +28,8 @@ class Family:
     type: MetricType = "gauge"
     labels: tuple[str, ...] = ()
 
-    def counter(self, registry: CollectorRegistry) -> Counter:
-        """The prometheus_client counter of this declaration, registered in `registry`."""
+    def counter(self, registry: CollectorRegistry | None) -> Counter:
+        """The prometheus_client counter of this declaration, registered in `registry` (None: in none)."""
         assert self.type == "counter", self.name
         return Counter(self.name, self.help, list(self.labels), registry=registry)
 

@@ -46,12 +46,12 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import h11
-from prometheus_client import Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.errors import UsageError
+from exporter.face.counters import HTTP_AUTH_FAILURES, HTTP_ERRORS
 from exporter.face.webconfig import BasicAuth, WebConfig
 from exporter.logs import get_logger
 
@@ -233,12 +233,7 @@ class Gatekeeper:
         self._auth = auth
         self._pool = pool
         self._turns = asyncio.Semaphore(self.CHECKS_AT_ONCE)
-        self.failures = Counter(
-            "pgparent_http_auth_failures",
-            "Requests to the HTTP face refused for their credentials, by reason (busy: 503, too many checks at once).",
-            ["reason"],
-            registry=registry,
-        )
+        self.failures = HTTP_AUTH_FAILURES.counter(registry)
         for reason in self.REASONS:
             self.failures.labels(reason)
         self._unlogged: dict[str, int] = {}
@@ -345,11 +340,7 @@ class MetricsServer:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="http-worker")
         users = web.basic_auth_users if web is not None else {}
         self._gate = Gatekeeper(BasicAuth(users), self._pool, registry) if users else None
-        self._errors = Counter(
-            "pgparent_http_errors",
-            "Requests answered 500 because handling them failed (each logged with its traceback).",
-            registry=registry,
-        )
+        self._errors = HTTP_ERRORS.counter(registry)
         self._open = 0
         self._waiting: dict[asyncio.Task[None], None] = {}
         """Connections waiting for a request head, oldest first: the ones closed to make room at the cap."""
