@@ -1120,11 +1120,11 @@ def measure_fleet_shard(fleet: Fleet, tmp: Path, replicas: int, *, hold: float, 
 
 def measure_fleet_blackhole(fleet: Fleet, watch: PollWatch, tmp: Path, baseline: float,
                             stall: float) -> dict[str, Any]:
-    """One target's DSN through a proxy that stops forwarding (tests/support.py's StallingProxy: a network black
+    """One target's DSN through a proxy that stops forwarding (harness/proxy.py's StallingProxy: a network black
     hole): the other targets' gaps between polls before and during the stall, and, by the daemon's log, how soon
     the black-holed target is reported unavailable and how soon it is back once the proxy forwards again. /metrics
     is read only outside the stall, so the measurement adds no load during it."""
-    from tests.support import StallingProxy
+    from harness.proxy import StallingProxy
 
     name, cluster = fleet.targets[0]
     others = fleet.names[1:]
@@ -1505,7 +1505,7 @@ def fleet_lines(fleet: dict[str, Any]) -> list[str]:
     before, during = bh["others_before"], bh["others_during"]
     lines += [
         "",
-        "**A black-holed target**: one target's DSN goes through a TCP proxy (tests/support.py's `StallingProxy`) "
+        "**A black-holed target**: one target's DSN goes through a TCP proxy (harness/proxy.py's `StallingProxy`) "
         f"that stops forwarding for {bh['stall_s']:g} s without closing anything, as a dead link does. The other "
         f"{fleet['targets'] - 1} targets' gaps between polls: p99 {before['gap_p99_s']} s (max "
         f"{before['gap_max_s']} s) just before, p99 **{during['gap_p99_s']} s** (max {during['gap_max_s']} s) "

@@ -14,7 +14,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.core.grouping import group
 from exporter.core.model import Grouped
 from exporter.face.collector import Flags, PgparentCollector, Published, _Series
-from tests.support import require_tool
+from tests.support.tools import require_tool
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"

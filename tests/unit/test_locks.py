@@ -10,7 +10,7 @@ from exporter.core.grouping import group
 from exporter.core.locks import build
 from exporter.core.model import PREPARED_XACT, Blocker, Session, Snapshot
 from exporter.core.policy import RuleState, evaluate
-from exporter.core.settings import parse_config
+from tests.support.config import make_config
 from tests.unit.factory import ago, session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
@@ -97,7 +97,7 @@ def test_wait_start_falls_back_to_query_start() -> None:
 
 
 def _run(rules: list[dict[str, Any]], snap: Snapshot) -> Any:
-    config = parse_config({"rules": rules}, "test")
+    config = make_config(*rules)
     return evaluate(group(snap, config.grouping.pattern), config, RuleState())
 
 
