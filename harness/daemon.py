@@ -150,12 +150,8 @@ class DaemonProcess:
     def new_logs(self) -> list[dict[str, Any]]:
         """The log lines completed since the previous call (the first call: since the start), parsed as by `logs`:
         a cheap way to follow a long-running daemon's log."""
-        with self.log_path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        return [_event(line) for line in data[:end].decode(errors="replace").splitlines()]
+        events, self._offset = read_log(self.log_path, self._offset)
+        return events
 
     # Signals
 
@@ -173,6 +169,16 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def read_log(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The JSON log lines of file `path` from byte `offset` up to its last complete line, parsed as by
+    `DaemonProcess.logs`, and the offset to read on from (a line still being written is left for the next read)."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    return [_event(line) for line in data[:end].decode(errors="replace").splitlines()], offset + end
 
 
 def _event(line: str) -> dict[str, Any]:
