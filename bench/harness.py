@@ -29,7 +29,7 @@ from psycopg import sql
 from exporter.pgcluster import Cluster, free_port, start_cluster
 
 if TYPE_CHECKING:
-    from tests.support import StallingProxy
+    from harness.proxy import StallingProxy
 
 __all__ = [
     "EXPORTER",
@@ -122,7 +122,7 @@ def end_client_sessions(dsn: str) -> None:
 def stalling_proxy(port: int) -> StallingProxy:
     """A TCP proxy to `port` on 127.0.0.1 that can stop forwarding without closing anything: a network black hole
     (the tests' own, imported only when a part needs one)."""
-    from tests.support import StallingProxy
+    from harness.proxy import StallingProxy
 
     return StallingProxy(port)
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from exporter.core.settings import DEFAULT_TARGET  # noqa: E402
 from tests.deliverables.grafana import load_dashboard, panels, substitute  # noqa: E402 - needs ROOT on sys.path
 from tests.deliverables.stack import JOB, LOCK_KEY, LONG_QUERY, LiveStack, live_stack  # noqa: E402
-from tests.support import make_server  # noqa: E402
+from tests.support.servers import make_server  # noqa: E402
 
 WIDTH = 1600
 DPI = 100

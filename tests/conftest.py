@@ -1,63 +1,25 @@
-"""Fixtures: a real PostgreSQL for the whole run (and a private one for tests that stop it), client sessions."""
+"""The suite's fixtures, one plugin per concern under tests/support/ (see its docstring), and the modules' order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import psycopg
 import pytest
 
-from tests.support import Clients, PgBouncer, PooledClients, Server, make_server
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.roles",
+    "tests.support.sessions",
+    "tests.support.pgbouncer",
+    "tests.support.daemon",
+    "tests.support.proxy",
+]
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[Server]:
-    """The shared server. Tests must not stop it; use `private_pg` for that."""
-    server = make_server()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def private_pg() -> Iterator[Server]:
-    """A server of this test's own, which it may stop and restart."""
-    server = make_server()
-    if not server.restartable:
-        server.destroy()
-        pytest.skip("PGPARENT_TEST_DSN points at a server the tests cannot stop or restart")
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def clients(pg: Server) -> Iterator[Clients]:
-    with Clients(pg.dsn) as c:
-        yield c
-
-
-@pytest.fixture
-def admin(pg: Server) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """An autocommit superuser connection to the shared server."""
-    with psycopg.connect(pg.dsn, autocommit=True, application_name="pgparent-tests-admin") as conn:
-        yield conn
-
-
-@pytest.fixture
-def pgbouncer(pg: Server) -> Iterator[PgBouncer]:
-    """A real PgBouncer in transaction mode in front of the shared server, of this test's own: its server connections
-    are gone when the test ends (an idle one keeps its last client's application_name, and would be grouped)."""
-    bouncer = PgBouncer(pg)
-    try:
-        yield bouncer
-    finally:
-        bouncer.stop(pg)
-
-
-@pytest.fixture
-def pooled(pg: Server) -> Iterator[PooledClients]:
-    with PooledClients(pg.dsn) as c:
-        yield c
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, then the other modules that need a server, then the rest, each module's tests
+    in their own order. pytest-xdist hands whole modules to its workers in this order (--dist loadfile), so the
+    long ones start first instead of one of them running alone at the end."""
+    rank: dict[object, int] = {}
+    for item in items:
+        here = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("integration") else 2
+        rank[item.path] = min(rank.get(item.path, 2), here)
+    items.sort(key=lambda item: rank[item.path])  # stable: the order within each rank is kept

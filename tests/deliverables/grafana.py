@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import require_tool
+from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "pgparent.json"

@@ -38,12 +38,16 @@ from typing import Any
 import psycopg
 import yaml
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from exporter.core.settings import DEFAULT_TARGET
 from exporter.pgcluster import free_port
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
 from tests.deliverables.grafana import ALERTS, Target, substitute
-from tests.support import Client, Clients, DaemonProcess, Server, daemon, eventually, require_tool, unique_name
+from tests.support.roles import Roles, unique_name
+from tests.support.servers import Server
+from tests.support.sessions import Client, Clients
+from tests.support.tools import require_tool
 
 JOB = "pgparent"
 SCRAPE_INTERVAL = "1s"
@@ -201,27 +205,6 @@ class LiveStack:
                           target=DEFAULT_TARGET, literal=True)
 
 
-def _roles(server: Server, app: str, monitor: str) -> tuple[str, str]:
-    """(application DSN, monitoring DSN): a plain role, and the least-privilege role of docs/least-privilege.sql."""
-    dbname = conninfo_to_dict(server.dsn).get("dbname") or "postgres"
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        for role, password in ((app, APP_PASSWORD), (monitor, MONITOR_PASSWORD)):
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
-            )
-        conn.execute(sql.SQL("GRANT pg_monitor, pg_signal_backend TO {}").format(sql.Identifier(monitor)))
-    return (
-        server.dsn_for(str(dbname), user=app, password=APP_PASSWORD),
-        server.dsn_for(str(dbname), user=monitor, password=MONITOR_PASSWORD),
-    )
-
-
-def _drop_roles(server: Server, *roles: str) -> None:
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        for role in roles:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-
 def _rows(server: Server, table: str, app: str) -> None:
     """The lock scenario's table, rows 1 to 3, which the application role may lock and update."""
     with psycopg.connect(server.dsn, autocommit=True) as conn:
@@ -302,12 +285,15 @@ def live_stack(server: Server, tmp: Path) -> Iterator[LiveStack]:
     """The scenario's sessions, `pgparent run` as the least-privilege role, and Prometheus scraping it; all stopped,
     closed and dropped on exit. The roles have names of their own: roles are server-wide."""
     with ExitStack() as stack:
-        app, monitor = unique_name("pgp_dash_app"), unique_name("pgp_dash_monitor")
-        stack.callback(_drop_roles, server, app, monitor)
-        app_dsn, monitor_dsn = _roles(server, app, monitor)
+        roles = Roles(server)
+        stack.callback(roles.drop)
+        # A plain role, and a monitoring one with the privileges docs/least-privilege.sql grants.
+        app = roles.login("pgp_dash_app", APP_PASSWORD)
+        monitor = roles.login("pgp_dash_monitor", MONITOR_PASSWORD, member_of=("pg_monitor", "pg_signal_backend"))
+        app_dsn = app.dsn
         table, gid = unique_name("pgp_dash_rows"), unique_name("pgp_dash_prepared")
         stack.callback(_drop_rows, server, table)  # after the rollback below: the prepared transaction locks it
-        _rows(server, table, app)
+        _rows(server, table, app.name)
         stack.callback(_rollback_prepared, server, gid)
         prepared = _prepare(server, app_dsn, table, gid)
         clients = Clients(server.dsn)
@@ -316,7 +302,7 @@ def live_stack(server: Server, tmp: Path) -> Iterator[LiveStack]:
         stack.callback(held.close)
         start_scenario(clients, held, app_dsn)
         start_lock_chains(server, clients, held, app_dsn, table, prepared)
-        d = stack.enter_context(daemon(tmp, DAEMON_RULES, monitor_dsn))
+        d = stack.enter_context(DaemonProcess(tmp, DAEMON_RULES, monitor.dsn))
         prometheus = Prometheus(tmp, f"127.0.0.1:{d.port}", [ALERTS])
         stack.callback(prometheus.stop)
         yield LiveStack(server, d, prometheus, clients, held, app_dsn, prepared)

@@ -17,7 +17,7 @@ from tests.deliverables.grafana import (
     selectors,
     target_dropped,
 )
-from tests.support import require_tool
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.deliverables
 

@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from exporter.cli.main import DEFAULT_LISTEN, build_parser
 from exporter.pg.dsn import resolve_dsn
-from tests.support import require_tool
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.deliverables
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.waiting import eventually
 from tests.deliverables.grafana import Target, iter_alerts, load_dashboard, targets
 from tests.deliverables.stack import JOB, LiveStack, live_stack, wait_for_data
-from tests.support import Server, eventually
+from tests.support.servers import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.deliverables]
 

@@ -37,7 +37,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.core.settings import DEFAULT_TARGET
-from tests.support import Clients, Server, eventually, record_figure, require_tool
+from harness.waiting import eventually
+from tests.support.figures import record_figure
+from tests.support.servers import Server
+from tests.support.sessions import Clients
+from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.deliverables]
 

@@ -31,7 +31,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from tests.support import require_tool
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.deliverables
 

@@ -15,9 +15,11 @@ from psycopg import sql
 from exporter.core.settings import Config
 from exporter.pg.database import Database
 from exporter.run.daemon import Daemon
-from tests.support import Server, require_tool
+from tests.support.servers import Server
+from tests.support.tools import require_tool
 
-pytestmark = pytest.mark.integration
+# per_major: the server clips and rewrites application_name differently by major
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 POOL = 6
 

@@ -1,4 +1,7 @@
-"""The benchmark harness runs end to end (smoke runs: no timing is asserted, only that every figure is there)."""
+"""The benchmark harness runs end to end (smoke runs: no timing is asserted, only that every figure is there).
+
+They run once, on the servers the benchmark starts itself: of PGPARENT_TEST_PG_MAJOR when it is set (cluster_env),
+else of the first binaries found. Which major does not change what they prove, so they are not `per_major`."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import cluster_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +24,7 @@ def test_quick_bench_produces_every_section(tmp_path: Path) -> None:
     """`bench/run.py --quick` measures floor, poll, both scrapes, memory, reaction and synthetic grouping."""
     out = tmp_path / "results.json"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--output", str(out)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=cluster_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
     (size,) = results["sizes"]
@@ -39,7 +44,7 @@ def test_quick_fleet_bench_merges_its_part(tmp_path: Path) -> None:
     before = json.loads(out.read_text())
     result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "fleet", "--quick",
                              "--output", str(out), "--docs", str(docs)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=cluster_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
     assert {k: v for k, v in results.items() if k != "fleet"} == {k: v for k, v in before.items() if k != "fleet"}
@@ -61,7 +66,8 @@ def test_handover_bench_merges_its_part(tmp_path: Path) -> None:
     shutil.copy(REPO / "bench" / "results.json", out)
     before = json.loads(out.read_text())
     result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "handover",
-                             "--output", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=600)
+                             "--output", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=600,
+                            env=cluster_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
     assert {k: v for k, v in results.items() if k != "handover"} == {

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from exporter.pgcluster import free_port
-from tests.support import Clients, Server, eventually
+from harness.waiting import eventually
+from tests.support.servers import Server
+from tests.support.sessions import Clients
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +24,7 @@ def pgparent(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           env={**clean, **(env or {})})
 
 
+@pytest.mark.per_major
 def test_groups_table_and_json(pg: Server, clients: Clients) -> None:
     """`groups` lists each group with its session count, as a table and as JSON."""
     clients.start("Grp:1", n=3)
@@ -39,6 +42,7 @@ def test_groups_table_and_json(pg: Server, clients: Clients) -> None:
     assert by_parent["Grp:2"]["states"] == {"idle": 1}
 
 
+@pytest.mark.per_major
 def test_groups_honours_the_config_pattern(pg: Server, clients: Clients, tmp_path: Path) -> None:
     """With --config.file, `groups` parses tags with that file's pattern."""
     clients.start("tenant=acme;job=9")
@@ -48,6 +52,7 @@ def test_groups_honours_the_config_pattern(pg: Server, clients: Clients, tmp_pat
     assert [g["parent"] for g in json.loads(out.stdout)["groups"]] == ["acme"]
 
 
+@pytest.mark.per_major
 def test_terminate_signals_the_group_and_prints_each(pg: Server, clients: Clients) -> None:
     """`terminate PARENT` ends every session of that group only, printing one line each and a total."""
     doomed = clients.start("Term:1", n=2)
@@ -64,6 +69,7 @@ def test_terminate_signals_the_group_and_prints_each(pg: Server, clients: Client
     assert {a["rule"] for a in audits} == {"manual"} and len(audits) == 2
 
 
+@pytest.mark.per_major
 def test_terminate_dry_run_and_cancel(pg: Server, clients: Clients) -> None:
     """--dry-run signals nothing; --cancel interrupts running queries and leaves the sessions connected."""
     sessions = clients.start("Term:2", n=2)
@@ -75,6 +81,7 @@ def test_terminate_dry_run_and_cancel(pg: Server, clients: Clients) -> None:
     eventually(lambda: all(c.outcome == "cancelled" for c in sessions), what="queries cancelled")
 
 
+@pytest.mark.per_major
 def test_terminate_unknown_group_is_a_no_op(pg: Server) -> None:
     """Naming a group that has no sessions signals nothing and says so."""
     out = pgparent("terminate", "Nobody:0", "--dsn", pg.dsn)
@@ -91,6 +98,7 @@ def test_bad_dsn_is_one_clear_line(pg: Server, command: str) -> None:
     assert "hunter2-pw" not in out.stderr + out.stdout and "Traceback" not in out.stderr
 
 
+@pytest.mark.per_major
 def test_unreachable_host_and_wrong_password(pg: Server) -> None:
     """A closed port and a wrong password each exit 1 with one line naming the problem, password masked."""
     closed = pgparent("groups", "--dsn", f"host=127.0.0.1 port={free_port()} user=u password=pw-closed-1")

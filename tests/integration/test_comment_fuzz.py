@@ -26,9 +26,12 @@ from exporter.core.assess import assess
 from exporter.core.settings import Config, parse_config
 from exporter.core.tags import MAX_RAW_BYTES, comment_value
 from exporter.pg.database import COMMENT_BYTES, Database
-from tests.support import Server, eventually, unique_name
+from harness.waiting import eventually
+from tests.support.roles import unique_name
+from tests.support.servers import Server
 
-pytestmark = pytest.mark.integration
+# per_major: the comments are read by SQL on the server
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 KEYS = ("parent", "job.id")
 POOL = 4

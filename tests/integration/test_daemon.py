@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Clients, Server, daemon, eventually, record_figure, require_tool
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.figures import record_figure
+from tests.support.servers import Server
+from tests.support.sessions import Clients
+from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,10 +28,11 @@ rules:
 """
 
 
+@pytest.mark.per_major
 def test_starts_with_database_down_then_reports_up(private_pg: Server, tmp_path: Path) -> None:
     """With PostgreSQL down at start the daemon serves up 0 and polls errors; once it starts, up goes 1."""
     private_pg.stop()
-    with daemon(tmp_path, RULES.format(name="r1"), private_pg.dsn) as d:
+    with DaemonProcess(tmp_path, RULES.format(name="r1"), private_pg.dsn) as d:
         assert d.sample("pgparent_up") == 0
         d.wait_polls(2, failed=True)  # an outage of more than one poll, counted, and logged once below
         assert d.sample("pgparent_group_sessions") is None
@@ -41,7 +47,7 @@ def test_starts_with_database_down_then_reports_up(private_pg: Server, tmp_path:
 
 def test_sighup_good_reload_swaps_rules(pg: Server, tmp_path: Path, clients: Clients) -> None:
     """A valid file on SIGHUP replaces the rules: the new rule's series appear, the old ones go."""
-    with daemon(tmp_path, RULES.format(name="old"), pg.dsn) as d:
+    with DaemonProcess(tmp_path, RULES.format(name="old"), pg.dsn) as d:
         eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "old"}) is not None, what="old rule")
         d.config.write_text(RULES.format(name="new"))
         d.send(signal.SIGHUP)
@@ -57,7 +63,7 @@ def test_sighup_good_reload_swaps_rules(pg: Server, tmp_path: Path, clients: Cli
 
 def test_sighup_bad_reload_keeps_old_rules(pg: Server, tmp_path: Path, clients: Clients) -> None:
     """An invalid file on SIGHUP is rejected and logged, the reload gauge goes 0, and the old rules keep enforcing."""
-    with daemon(tmp_path, RULES.format(name="old"), pg.dsn) as d:
+    with DaemonProcess(tmp_path, RULES.format(name="old"), pg.dsn) as d:
         eventually(lambda: d.sample("pgparent_up") == 1, what="up")
         d.config.write_text("interval: 1s\nrules:\n  - name: broken\n    max_sessions: -1\n    bogus: 1\n")
         d.send(signal.SIGHUP)
@@ -74,7 +80,7 @@ def test_sighup_bad_reload_keeps_old_rules(pg: Server, tmp_path: Path, clients: 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stops_cleanly_within_two_seconds(pg: Server, tmp_path: Path, signum: int) -> None:
     """SIGTERM and SIGINT end the daemon with exit 0 in under two seconds."""
-    with daemon(tmp_path, RULES.format(name="r"), pg.dsn) as d:
+    with DaemonProcess(tmp_path, RULES.format(name="r"), pg.dsn) as d:
         eventually(lambda: d.sample("pgparent_up") == 1, what="up")
         sent = time.monotonic()
         d.send(signum)
@@ -88,7 +94,7 @@ def test_stops_cleanly_within_two_seconds(pg: Server, tmp_path: Path, signum: in
 
 def test_landing_page_and_healthz(pg: Server, tmp_path: Path) -> None:
     """/ links /metrics, /healthz answers ok, unknown paths are 404."""
-    with daemon(tmp_path, RULES.format(name="r"), pg.dsn) as d:
+    with DaemonProcess(tmp_path, RULES.format(name="r"), pg.dsn) as d:
         status, body = d.get("/")
         assert status == 200 and 'href="metrics"' in body
         assert d.get("/healthz") == (200, "ok\n")
@@ -106,13 +112,14 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.per_major
 @pytest.mark.deliverables
 def test_exposition_with_hostile_names_passes_promtool(pg: Server, tmp_path: Path, clients: Clients) -> None:
     """Application names with quotes, backslashes, newlines, tabs and non-ASCII still give a valid exposition."""
     promtool = require_tool("promtool")
     for name in HOSTILE:
         clients.start(name)
-    with daemon(tmp_path, "interval: 0.5s\n", pg.dsn) as d:
+    with DaemonProcess(tmp_path, "interval: 0.5s\n", pg.dsn) as d:
         eventually(lambda: (d.sample("pgparent_groups") or 0) >= len(HOSTILE), what="all hostile groups seen")
         text = d.metrics()
     result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)

@@ -14,12 +14,16 @@ from exporter.core.settings import Config
 from exporter.errors import DatabaseUnavailable, UsageError
 from exporter.pg.database import Database
 from exporter.pg.dsn import mask_dsn, resolve_dsn
-from tests.support import Clients, Server, eventually, unique_name
+from harness.waiting import eventually
+from tests.support.roles import unique_name
+from tests.support.servers import Server
+from tests.support.sessions import Clients
 
 pytestmark = pytest.mark.integration
 
 
 
+@pytest.mark.per_major
 def test_capabilities_detect_version_dependent_columns(pg: Server) -> None:
     """leader_pid and query_id are detected from the catalog, matching the server's version."""
     db = Database(pg.dsn)
@@ -32,6 +36,7 @@ def test_capabilities_detect_version_dependent_columns(pg: Server) -> None:
     assert caps.can_read_all_stats and caps.can_signal and not caps.in_recovery
 
 
+@pytest.mark.per_major
 def test_snapshot_sees_tagged_sessions_and_excludes_its_own(pg: Server, clients: Clients) -> None:
     """A poll lists other client sessions with their tags, never its own connection."""
     started = clients.start("FakeParent:1001", n=2)
@@ -48,6 +53,7 @@ def test_snapshot_sees_tagged_sessions_and_excludes_its_own(pg: Server, clients:
     assert assess(snap, Config()).grouped.groups["FakeParent:1001"].stats.sessions == 2
 
 
+@pytest.mark.per_major
 def test_poll_connection_is_autocommit_so_now_moves(pg: Server) -> None:
     """Two polls on one connection see two different server clocks and leave no open transaction behind."""
     db = Database(pg.dsn)
@@ -68,6 +74,7 @@ def test_poll_connection_is_autocommit_so_now_moves(pg: Server) -> None:
     assert row == ("idle", None)
 
 
+@pytest.mark.per_major
 def test_own_connection_is_named_pgparent(pg: Server) -> None:
     """The daemon's own session carries application_name 'pgparent'."""
     db = Database(pg.dsn)
@@ -81,6 +88,7 @@ def test_own_connection_is_named_pgparent(pg: Server) -> None:
     assert row == ("pgparent",)
 
 
+@pytest.mark.per_major
 def test_parallel_workers_are_attributed_to_the_leader_and_not_counted(
     pg: Server, clients: Clients, admin: psycopg.Connection[tuple[object, ...]]
 ) -> None:
@@ -128,6 +136,7 @@ def test_unreachable_server_raises_database_unavailable_without_password(pg: Ser
     assert "password=****" in str(caught.value)
 
 
+@pytest.mark.per_major
 def test_wrong_password_message_never_holds_it(pg: Server) -> None:
     """Authentication failure is reported, and the wrong password never appears in the message."""
     db = Database(pg.dsn_for("postgres", password="not-the-password-42"))

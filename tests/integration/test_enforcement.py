@@ -3,63 +3,40 @@ the per-cycle cap, `for:`, dry runs, and the audit event."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from structlog.testing import capture_logs
 
 from exporter.core.assess import assess
 from exporter.core.model import Session
 from exporter.core.policy import RuleState
-from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.face.counters import Counters
 from exporter.pg.database import Database
 from exporter.run.daemon import Daemon
 from exporter.run.enforcer import Enforcer
-from tests.support import Clients, Server, eventually, role_and_database, unique_name
+from harness.waiting import eventually
+from tests.support.config import make_config
+from tests.support.roles import Role, Roles
+from tests.support.servers import Server
+from tests.support.sessions import Clients
 
-pytestmark = pytest.mark.integration
+# per_major: the signal statement and its guards run on the server
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 APP_PASSWORD = "app-pw-1"
 MONITOR_PASSWORD = "monitor-pw-1"
+INTERVAL = "1s"
 
 
-@pytest.fixture(scope="module")
-def roles(pg: Server) -> Iterator[dict[str, str]]:
-    """A plain application role for client sessions, and a least-privilege monitoring role, of this module's own."""
-    app, monitor = unique_name("pgp_app"), unique_name("pgp_monitor")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        for role, password in ((app, APP_PASSWORD), (monitor, MONITOR_PASSWORD)):
-            create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
-            conn.execute(create.format(sql.Identifier(role), sql.Literal(password)))
-        conn.execute(sql.SQL("GRANT pg_monitor, pg_signal_backend TO {}").format(sql.Identifier(monitor)))
-    try:
-        yield {
-            "app": pg.dsn_for("postgres", user=app, password=APP_PASSWORD),
-            "monitor": pg.dsn_for("postgres", user=monitor, password=MONITOR_PASSWORD),
-        }
-    finally:
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            for role in (app, monitor):
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-
-@pytest.fixture
-def protectable(pg: Server) -> Iterator[tuple[str, str]]:
-    """(database, role) of this test's own, for the protect lists; dropped once their sessions have ended."""
-    database, role = unique_name("azure_sys"), unique_name("replication")
-    with role_and_database(pg.dsn, role, database, "r-pw"):
-        yield database, role
-
-
-def _config(rules: list[dict[str, Any]], **top: Any) -> Config:
-    return parse_config({"interval": "1s", "rules": rules, **top}, "test")
+def _app_and_monitor(roles: Roles) -> tuple[Role, Role]:
+    """A plain application role for client sessions, and a monitoring role with pg_monitor and pg_signal_backend."""
+    return (roles.login("pgp_app", APP_PASSWORD),
+            roles.login("pgp_monitor", MONITOR_PASSWORD, member_of=("pg_monitor", "pg_signal_backend")))
 
 
 def _one_cycle(dsn: str, config: Config, state: RuleState | None = None, force_dry_run: bool = False
@@ -112,24 +89,21 @@ def test_guard_skips_a_pid_whose_backend_start_differs(pg: Server, clients: Clie
     eventually(lambda: victim.outcome == "terminated", what="the real session terminated")
 
 
-def test_a_database_only_connection_reads_and_signals_only_its_database(pg: Server, clients: Clients) -> None:
+def test_a_database_only_connection_reads_and_signals_only_its_database(
+    pg: Server, clients: Clients, roles: Roles
+) -> None:
     """`sessions: database`: the poll lists only the DSN's database's sessions, and the signal statement itself
     refuses a session of another database, even when handed its exact pid, backend_start and tag."""
     (victim,) = clients.start("FakeParent:1")
     assert victim.pid is not None
     seen = _session_of(pg.dsn, victim.pid)
-    name = unique_name("pgp_elsewhere")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db = Database(pg.dsn_for(name), database_only=True)
+    db = Database(pg.dsn_for(roles.database("pgp_elsewhere")), database_only=True)
     try:
         assert victim.pid not in {s.pid for s in db.snapshot().sessions}
         assert db.signal("terminate", seen)[0] == "gone"
         assert not victim.done
     finally:
         db.close()
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_guard_never_signals_non_client_backends_or_itself(pg: Server) -> None:
@@ -160,14 +134,15 @@ def test_guard_never_signals_non_client_backends_or_itself(pg: Server) -> None:
 
 
 def test_a_permission_error_on_one_session_does_not_stop_the_others(
-    pg: Server, clients: Clients, roles: dict[str, str]
+    pg: Server, clients: Clients, roles: Roles
 ) -> None:
     """As a least-privilege role, a superuser's session in the group is refused and counted; the rest are ended."""
-    plain = clients.start("FakeParent:2", n=2, dsn=roles["app"])
+    app, monitor = _app_and_monitor(roles)
+    plain = clients.start("FakeParent:2", n=2, dsn=app.dsn)
     superuser = clients.start("FakeParent:2")
-    config = _config([{"name": "kill2", "match": {"parent": "FakeParent:2"}, "max_sessions": 0,
-                       "action": "terminate"}])
-    counters, events, _ = _one_cycle(roles["monitor"], config)
+    config = make_config({"name": "kill2", "match": {"parent": "FakeParent:2"}, "max_sessions": 0,
+                          "action": "terminate"}, interval=INTERVAL)
+    counters, events, _ = _one_cycle(monitor.dsn, config)
     results = sorted(e["result"] for e in _signals(events))
     assert results == ["ok", "ok", "permission_denied"]
     assert _count(counters, "pgparent_signalled_sessions_total", rule="kill2", action="terminate") == 2
@@ -177,18 +152,19 @@ def test_a_permission_error_on_one_session_does_not_stop_the_others(
 
 
 def test_protected_untagged_and_own_sessions_are_never_signalled(
-    pg: Server, clients: Clients, protectable: tuple[str, str]
+    pg: Server, clients: Clients, roles: Roles
 ) -> None:
     """A rule over every group leaves protected users, databases, applications and untagged sessions alone."""
-    database, user = protectable
+    database, user = roles.database("azure_sys"), roles.login("replication", "r-pw")
     victim = clients.start("Prot:1")
     by_db = clients.start("Prot:1", dsn=pg.dsn_for(database))
-    by_user = clients.start("Prot:1", dsn=pg.dsn_for("postgres", user=user, password="r-pw"))
+    by_user = clients.start("Prot:1", dsn=user.dsn)
     by_app = clients.start("pg_dump")
     untagged = clients.start("psql")
-    config = _config(
-        [{"name": "all", "match": {"parent": "*"}, "max_sessions": 0, "action": "terminate"}],
-        protect={"users": [user], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
+    config = make_config(
+        {"name": "all", "match": {"parent": "*"}, "max_sessions": 0, "action": "terminate"},
+        interval=INTERVAL,
+        protect={"users": [user.name], "databases": ["azure_*"], "applications": ["pg_dump", "Prot:1:x"]},
     )
     _, events, _ = _one_cycle(pg.dsn, config)
     signalled = {e["pid"] for e in _signals(events)}
@@ -202,8 +178,8 @@ def test_protected_untagged_and_own_sessions_are_never_signalled(
 def test_max_terminations_per_cycle_holds(pg: Server, clients: Clients) -> None:
     """With a cap of 2, a group of 5 loses 2 sessions per poll; the rest are deferred and logged."""
     group5 = clients.start("Cap:1", n=5)
-    config = _config([{"name": "cap", "match": {"parent": "Cap:1"}, "max_sessions": 0, "action": "terminate"}],
-                     limits={"max_terminations_per_cycle": 2})
+    config = make_config({"name": "cap", "match": {"parent": "Cap:1"}, "max_sessions": 0, "action": "terminate"},
+                         interval=INTERVAL, limits={"max_terminations_per_cycle": 2})
     counters, events, _ = _one_cycle(pg.dsn, config)
     assert [e["result"] for e in _signals(events)] == ["ok", "ok"]
     assert _count(counters, "pgparent_signals_deferred_total", rule="cap") == 3
@@ -217,8 +193,8 @@ def test_max_terminations_per_cycle_holds(pg: Server, clients: Clients) -> None:
 def test_for_holds_before_acting(pg: Server, clients: Clients) -> None:
     """A rule with `for: 1s` signals nothing on the first poll, and acts once the condition held that long."""
     (victim,) = clients.start("For:1")
-    config = _config([{"name": "wait", "match": {"parent": "For:1"}, "max_sessions": 0, "for": "1s",
-                       "action": "terminate"}])
+    config = make_config({"name": "wait", "match": {"parent": "For:1"}, "max_sessions": 0, "for": "1s",
+                          "action": "terminate"}, interval=INTERVAL)
     _, events, state = _one_cycle(pg.dsn, config)
     assert _signals(events) == []
     assert not victim.done
@@ -234,7 +210,7 @@ def test_dry_run_signals_nothing_and_audits(pg: Server, clients: Clients, where:
                             "action": "terminate"}
     if where == "rule":
         rule["dry_run"] = True
-    config = _config([rule], dry_run=where == "global")
+    config = make_config(rule, interval=INTERVAL, dry_run=where == "global")
     counters, events, _ = _one_cycle(pg.dsn, config, force_dry_run=where == "flag")
     assert [e["result"] for e in _signals(events)] == ["dry_run", "dry_run"]
     assert not [m for m in counters.signalled.collect() for x in m.samples]
@@ -246,19 +222,20 @@ def test_dry_run_signals_nothing_and_audits(pg: Server, clients: Clients, where:
     assert not any(c.done for c in group2)
 
 
-def test_audit_event_has_every_field(pg: Server, clients: Clients, roles: dict[str, str]) -> None:
+def test_audit_event_has_every_field(pg: Server, clients: Clients, roles: Roles) -> None:
     """One session_signal event per signal, carrying rule, parent, pid, backend_start, user, database, client
     address, state, durations, truncated query, action and result."""
     long_query = "SELECT pg_sleep(60) /* " + "x" * 400 + " */"
-    (victim,) = clients.start("Audit:1", long_query, dsn=roles["app"])
+    app = roles.login("pgp_app", APP_PASSWORD)
+    (victim,) = clients.start("Audit:1", long_query, dsn=app.dsn)
     eventually(lambda: _session_of(pg.dsn, victim.pid or 0).state == "active", what="query running")
-    config = _config([{"name": "audit", "match": {"parent": "Audit:*"}, "max_query_duration": 0,
-                       "action": "terminate"}])
+    config = make_config({"name": "audit", "match": {"parent": "Audit:*"}, "max_query_duration": 0,
+                          "action": "terminate"}, interval=INTERVAL)
     _, events, _ = _one_cycle(pg.dsn, config)
     (event,) = _signals(events)
     assert event["rule"] == "audit" and event["parent"] == "Audit:1" and event["pid"] == victim.pid
     assert event["backend_start"] == victim.backend_start.isoformat()
-    assert event["user"] == conninfo_to_dict(roles["app"])["user"] and event["database"] == "postgres"
+    assert event["user"] == app.name and event["database"] == "postgres"
     assert event["client_addr"] == "127.0.0.1"
     assert event["state"] == "active" and event["action"] == "terminate" and event["result"] == "ok"
     assert event["query_seconds"] >= 0 and event["session_seconds"] >= event["query_seconds"]
@@ -272,7 +249,8 @@ def test_cancel_interrupts_active_queries_and_keeps_sessions(pg: Server, clients
     busy = clients.start("Cancel:1", "SELECT pg_sleep(60)")
     (idle,) = clients.start("Cancel:1", "SELECT 1", hold=True)
     assert idle.executed.wait(10)
-    config = _config([{"name": "c", "match": {"parent": "Cancel:1"}, "max_active_sessions": 0, "action": "cancel"}])
+    config = make_config({"name": "c", "match": {"parent": "Cancel:1"}, "max_active_sessions": 0, "action": "cancel"},
+                         interval=INTERVAL)
     _, events, _ = _one_cycle(pg.dsn, config)
     assert [(e["pid"], e["result"]) for e in _signals(events)] == [(busy[0].pid, "ok")]
     eventually(lambda: busy[0].outcome == "cancelled", what="query cancelled")
@@ -283,7 +261,8 @@ def test_cancel_interrupts_active_queries_and_keeps_sessions(pg: Server, clients
 def test_daemon_cycle_counts_outcomes_on_metrics(pg: Server, clients: Clients) -> None:
     """A daemon cycle that terminates a group publishes the counter and the violating gauge."""
     clients.start("Cyc:1", n=3)
-    config = _config([{"name": "cyc", "match": {"parent": "Cyc:1"}, "max_sessions": 2, "action": "terminate"}])
+    config = make_config({"name": "cyc", "match": {"parent": "Cyc:1"}, "max_sessions": 2, "action": "terminate"},
+                         interval=INTERVAL)
     daemon = Daemon(config, Database(pg.dsn))
     try:
         daemon.cycle()

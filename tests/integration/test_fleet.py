@@ -4,37 +4,43 @@ shard mode dividing the targets; reload adding and removing targets while anothe
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from tests.support import Clients, DaemonProcess, Server, daemon, eventually, unique_name
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.config import config_text
+from tests.support.daemon import Daemons
+from tests.support.roles import Roles
+from tests.support.servers import Server
+from tests.support.sessions import Clients
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# per_major: leader locks, per-database reads and refusals are the server's
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.per_major]
 
 
-def _target(name: str, dsn: str, sessions: str | None = None, **labels: str) -> str:
-    extra = f", labels: {{{', '.join(f'{k}: {v}' for k, v in labels.items())}}}" if labels else ""
-    extra += f", sessions: {sessions}" if sessions else ""
-    return f"  - {{name: {name}, dsn: '{dsn}'{extra}}}\n"
+INTERVAL = "500ms"
+
+
+def _target(name: str, dsn: str, sessions: str | None = None, **labels: str) -> dict[str, Any]:
+    """One entry of a config's `targets`."""
+    return {"name": name, "dsn": dsn, **({"labels": labels} if labels else {}),
+            **({"sessions": sessions} if sessions else {})}
+
+
+def _terminate(name: str, parent: str, *, target: str | None = None, max_sessions: int = 1) -> dict[str, Any]:
+    """A rule terminating the sessions of groups matching `parent` (on `target` only, if given) beyond
+    `max_sessions`."""
+    match = {"parent": parent, **({"target": target} if target else {})}
+    return {"name": name, "match": match, "max_sessions": max_sessions, "action": "terminate"}
 
 
 @pytest.fixture
-def databases(pg: Server) -> Iterator[list[str]]:
+def databases(roles: Roles) -> list[str]:
     """Four databases of this test's own on the shared server: four targets with `sessions: database`."""
-    names = [unique_name(f"fleet{i}") for i in range(4)]
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield names
-    finally:
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            for name in names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return [roles.database(f"fleet{i}") for i in range(4)]
 
 
 def _leaders(d: DaemonProcess) -> set[str]:
@@ -44,16 +50,11 @@ def _leaders(d: DaemonProcess) -> set[str]:
 def test_two_servers_two_targets_isolated(pg: Server, private_pg: Server, clients: Clients, tmp_path: Path) -> None:
     """Series carry their target and labels; a rule narrowed by match.target signals on its target only; stopping
     one server leaves the other's polls and enforcement going (up 0 for one, 1 and advancing for the other)."""
-    config = (
-        "interval: 500ms\ntargets:\n"
-        + _target("east", pg.dsn, region="eu")
-        + _target("west", private_pg.dsn, region="us")
-        + "rules:\n"
-        "  - {name: west-only, match: {parent: 'Fleet:*', target: west}, max_sessions: 1, action: terminate}\n"
-    )
+    targets = [_target("east", pg.dsn, region="eu"), _target("west", private_pg.dsn, region="us")]
+    config = config_text(_terminate("west-only", "Fleet:*", target="west"), interval=INTERVAL, targets=targets)
     east = clients.start("Fleet:1", n=2)
     west = clients.start("Fleet:1", n=2, dsn=private_pg.dsn)
-    with daemon(tmp_path, config, pg.dsn) as d:
+    with DaemonProcess(tmp_path, config, pg.dsn) as d:
         eventually(lambda: all(c.done for c in west), timeout=30, what="west's group terminated")
         d.wait_polls(3)
         assert not any(c.done for c in east)
@@ -71,52 +72,45 @@ def test_two_servers_two_targets_isolated(pg: Server, private_pg: Server, client
         assert d.sample("pgparent_up", {"target": "east"}) == 1
         assert (d.sample("pgparent_last_poll_timestamp_seconds", {"target": "east"}) or 0) > before
         late = clients.start("Fleet:2", n=2)
-        rules = config.replace("target: west}", "target: '*'}").replace("'Fleet:*'", "'Fleet:2'")
-        d.config.write_text(rules)
+        d.config.write_text(config_text(_terminate("west-only", "Fleet:2", target="*"), interval=INTERVAL,
+                                        targets=targets))
         d.send(signal.SIGHUP)
         eventually(lambda: all(c.done for c in late), timeout=30, what="east enforced while west is down")
         assert not any(c.done for c in east)
 
 
 def _shard_config(pg: Server, databases: list[str]) -> str:
-    return "interval: 500ms\nleader_election: {shard: true}\ntargets:\n" + "".join(
-        _target(f"t{i}", pg.dsn_for(db), "database") for i, db in enumerate(databases)
-    )
+    return config_text(interval=INTERVAL, leader_election={"shard": True},
+                       targets=[_target(f"t{i}", pg.dsn_for(db), "database") for i, db in enumerate(databases)])
 
 
 def test_two_replicas_in_shard_mode_divide_four_targets(
-    pg: Server, databases: list[str], clients: Clients, tmp_path: Path
+    pg: Server, databases: list[str], clients: Clients, daemons: Daemons
 ) -> None:
     """Every target has exactly one leader and each replica leads some; group series come only from the leader;
     after one replica is killed the survivor leads all four within 2 intervals and exports their groups."""
     config = _shard_config(pg, databases)
     for db in databases:
         clients.start("Shard:1", dsn=pg.dsn_for(db))
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = DaemonProcess(tmp_path / "a", config, pg.dsn)
-    b = DaemonProcess(tmp_path / "b", config, pg.dsn)
-    try:
-        def divided() -> bool:
-            la, lb = _leaders(a), _leaders(b)
-            return la.isdisjoint(lb) and la | lb == {"t0", "t1", "t2", "t3"} and bool(la) and bool(lb)
+    a, b = daemons.start(config, pg.dsn), daemons.start(config, pg.dsn)
 
-        eventually(divided, timeout=30, what="four targets divided between two replicas")
-        a.wait_polls(3)
-        assert divided()
-        for d in (a, b):
-            groups = {labels["target"] for labels, _ in d.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
-            assert groups == _leaders(d)
-        a.proc.send_signal(signal.SIGKILL)
-        a.proc.wait(10)
-        eventually(lambda: _leaders(b) == {"t0", "t1", "t2", "t3"}, timeout=15, interval=0.1,
-                   what="the survivor leads all four within a few intervals")
-        b.wait_polls(2)
-        groups = {labels["target"] for labels, _ in b.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
-        assert groups == {"t0", "t1", "t2", "t3"}
-    finally:
-        a.stop()
-        b.stop()
+    def divided() -> bool:
+        la, lb = _leaders(a), _leaders(b)
+        return la.isdisjoint(lb) and la | lb == {"t0", "t1", "t2", "t3"} and bool(la) and bool(lb)
+
+    eventually(divided, timeout=30, what="four targets divided between two replicas")
+    a.wait_polls(3)
+    assert divided()
+    for d in (a, b):
+        groups = {labels["target"] for labels, _ in d.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
+        assert groups == _leaders(d)
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    eventually(lambda: _leaders(b) == {"t0", "t1", "t2", "t3"}, timeout=15, interval=0.1,
+               what="the survivor leads all four within a few intervals")
+    b.wait_polls(2)
+    groups = {labels["target"] for labels, _ in b.samples("pgparent_group_sessions", {"parent": "Shard:1"})}
+    assert groups == {"t0", "t1", "t2", "t3"}
 
 
 def test_reload_adds_and_removes_targets_while_another_is_enforced(
@@ -125,11 +119,12 @@ def test_reload_adds_and_removes_targets_while_another_is_enforced(
     """A target added by SIGHUP is polled; a removed one's series go; the unchanged one keeps its connection and
     goes on enforcing (its leadership never lapses)."""
     keep, add, drop = (pg.dsn_for(db) for db in databases[:3])
-    rule = "rules:\n  - {name: cap, match: {parent: 'Reload:*'}, max_sessions: 1, action: terminate}\n"
-    head = "interval: 500ms\ntargets:\n"
-    before = head + _target("keep", keep, "database") + _target("drop", drop, "database") + rule
-    after = head + _target("keep", keep, "database") + _target("add", add, "database") + rule
-    with daemon(tmp_path, before, pg.dsn) as d:
+    rule = _terminate("cap", "Reload:*")
+    before = config_text(rule, interval=INTERVAL, targets=[_target("keep", keep, "database"),
+                                                           _target("drop", drop, "database")])
+    after = config_text(rule, interval=INTERVAL, targets=[_target("keep", keep, "database"),
+                                                          _target("add", add, "database")])
+    with DaemonProcess(tmp_path, before, pg.dsn) as d:
         eventually(lambda: _leaders(d) == {"keep", "drop"}, what="both targets led")
         d.config.write_text(after)
         d.send(signal.SIGHUP)
@@ -150,13 +145,11 @@ def test_targets_of_one_server_read_and_signal_only_their_database(
     """Two targets on databases of one server with `sessions: database`: each counts only its database's sessions,
     and a rule narrowed to one target never signals a session of the other database, whatever its tag."""
     a, b = (pg.dsn_for(db) for db in databases[:2])
-    config = (
-        "interval: 500ms\ntargets:\n" + _target("a", a, "database") + _target("b", b, "database")
-        + "rules:\n  - {name: a-only, match: {parent: 'Same:*', target: a}, max_sessions: 1, action: terminate}\n"
-    )
+    config = config_text(_terminate("a-only", "Same:*", target="a"), interval=INTERVAL,
+                         targets=[_target("a", a, "database"), _target("b", b, "database")])
     in_a = clients.start("Same:1", n=2, dsn=a)
     in_b = clients.start("Same:1", n=2, dsn=b)
-    with daemon(tmp_path, config, pg.dsn) as d:
+    with DaemonProcess(tmp_path, config, pg.dsn) as d:
         eventually(lambda: all(c.done for c in in_a), timeout=30, what="a's group terminated")
         d.wait_polls(3, target="b")
         assert not any(c.done for c in in_b)
@@ -173,8 +166,8 @@ def test_two_targets_reading_the_same_sessions_are_refused(
     sessions twice: the second to connect is not polled (up 0, an error naming the first), the first goes on; once a
     reload gives both `sessions: database`, both are polled."""
     a, b = (pg.dsn_for(db) for db in databases[:2])
-    config = "interval: 500ms\ntargets:\n" + _target("whole", a) + _target("part", b, "database")
-    with daemon(tmp_path, config, pg.dsn) as d:
+    config = config_text(interval=INTERVAL, targets=[_target("whole", a), _target("part", b, "database")])
+    with DaemonProcess(tmp_path, config, pg.dsn) as d:
         refused = eventually(
             lambda: next((e for e in d.events("database_unavailable") if "already reads" in e["error"]), None),
             what="one of the two refused",
@@ -184,7 +177,8 @@ def test_two_targets_reading_the_same_sessions_are_refused(
         d.wait_polls(3, target=kept)
         assert d.sample("pgparent_up", {"target": kept}) == 1
         assert d.sample("pgparent_up", {"target": refused["target"]}) == 0
-        d.config.write_text(config.replace(f"dsn: '{a}'}}", f"dsn: '{a}', sessions: database}}"))
+        d.config.write_text(config_text(interval=INTERVAL, targets=[_target("whole", a, "database"),
+                                                                    _target("part", b, "database")]))
         d.send(signal.SIGHUP)
         eventually(lambda: d.sample("pgparent_up", {"target": "whole"}) == 1
                    and d.sample("pgparent_up", {"target": "part"}) == 1, timeout=30, what="both polled")

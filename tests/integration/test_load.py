@@ -20,7 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from exporter.pgcluster import Cluster
-from tests.support import HTTP_TIMEOUT, DaemonProcess, daemon, eventually, make_server, record_figure
+from harness.daemon import HTTP_TIMEOUT, DaemonProcess
+from harness.waiting import eventually
+from tests.support.figures import record_figure
+from tests.support.servers import make_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,7 +87,7 @@ def poll_state(d: DaemonProcess) -> tuple[float, float, float]:
 
 def test_keeps_polling_under_1000_sessions_and_50_scrapers(loaded: Cluster, tmp_path: Path) -> None:
     """All 1000 sessions are grouped, 30 polls go on while 50 concurrent scrapers hammer /metrics, with zero errors."""
-    with daemon(tmp_path, f"interval: {INTERVAL}s\n", loaded.dsn) as d:
+    with DaemonProcess(tmp_path, f"interval: {INTERVAL}s\n", loaded.dsn) as d:
         eventually(lambda: d.sample("pgparent_groups") == GROUPS, timeout=30, what="250 groups")
         text = d.metrics()
         total = sum(

@@ -20,9 +20,14 @@ from exporter.core.assess import assess
 from exporter.core.model import Grouped
 from exporter.core.settings import Config
 from exporter.face.collector import PgparentCollector, Published
-from tests.support import Client, Clients, Server, daemon, eventually, read_snapshot
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.roles import Roles
+from tests.support.servers import Server
+from tests.support.sessions import Client, Clients, read_snapshot
 
-pytestmark = pytest.mark.integration
+# per_major: pg_locks, waitstart and blocking pids are the server's
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
 
@@ -191,7 +196,7 @@ rules:
     max_blocking_duration: 1s
     action: terminate
 """
-    with daemon(tmp_path, rules, pg.dsn) as d:
+    with DaemonProcess(tmp_path, rules, pg.dsn) as d:
         eventually(lambda: not _alive(pg.dsn, chain.a.pid), timeout=30, what="A's blocking session terminated")
         for w in chain.waiters():
             eventually(lambda w=w: w.done, timeout=30, what="waiter completed")  # type: ignore[misc]
@@ -215,7 +220,7 @@ interval: 500ms
 rules:
   - {name: blocker, match: {parent: "LockA:*"}, max_blocking_sessions: 3, action: terminate, scope: group}
 """
-    with daemon(tmp_path, rules, pg.dsn) as d:
+    with DaemonProcess(tmp_path, rules, pg.dsn) as d:
         eventually(lambda: not _alive(pg.dsn, chain.a.pid) and not _alive(pg.dsn, chain.a_idle.pid), timeout=30,
                    what="both of A's sessions terminated")
         # A session ends as its signal is sent; its audit line is written just after, so wait for both lines.
@@ -226,31 +231,24 @@ rules:
 
 @pytest.mark.slow
 def test_protected_blocker_is_reported_never_signalled(
-    pg: Server, clients: Clients, table: str, tmp_path: Path
+    pg: Server, clients: Clients, table: str, roles: Roles, tmp_path: Path
 ) -> None:
     """A root blocker whose user is protected shows in the metrics and is never signalled, however long it blocks."""
-    role = f"pgp_locks_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD 'pw-locks'").format(sql.Identifier(role)))
-    try:
-        chain = start_chain(pg, clients, table, a_dsn=pg.dsn_for("postgres", user=role, password="pw-locks"))
-        rules = f"""
+    role = roles.login("pgp_locks", "pw-locks", superuser=True)
+    chain = start_chain(pg, clients, table, a_dsn=role.dsn)
+    rules = f"""
 interval: 500ms
-protect: {{users: ["{role}"]}}
+protect: {{users: ["{role.name}"]}}
 rules:
   - {{name: blocker, match: {{parent: "LockA:*"}}, max_blocking_duration: 500ms, action: terminate}}
 """
-        with daemon(tmp_path, rules, pg.dsn) as d:
-            eventually(lambda: d.sample("pgparent_group_blocking_sessions", {"parent": "LockA:1"}) == 4,
-                       what="A's blocking reported")
-            eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "blocker"}) == 1)
-            d.wait_polls(3)
-            assert d.events("session_signal") == []
-        assert _alive(pg.dsn, chain.a.pid)
-    finally:
-        clients.cleanup()
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    with DaemonProcess(tmp_path, rules, pg.dsn) as d:
+        eventually(lambda: d.sample("pgparent_group_blocking_sessions", {"parent": "LockA:1"}) == 4,
+                   what="A's blocking reported")
+        eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "blocker"}) == 1)
+        d.wait_polls(3)
+        assert d.events("session_signal") == []
+    assert _alive(pg.dsn, chain.a.pid)
 
 
 @pytest.mark.slow
@@ -272,7 +270,7 @@ interval: 500ms
 rules:
   - {name: blocker, max_blocking_sessions: 0, action: terminate}
 """
-        with daemon(tmp_path, rules, pg.dsn) as d:
+        with DaemonProcess(tmp_path, rules, pg.dsn) as d:
             eventually(lambda: d.sample("pgparent_prepared_transactions_blocking_sessions") == 1)
             d.wait_polls(3)
             assert d.events("session_signal") == []
@@ -293,7 +291,7 @@ interval: 100ms
 rules:
   - {name: blocker, max_blocking_duration: 1h, action: terminate}
 """
-    with daemon(tmp_path, rules, pg.dsn) as d:
+    with DaemonProcess(tmp_path, rules, pg.dsn) as d:
         d.wait_polls(2)
         gate = threading.Barrier(2)
         results: list[str] = []

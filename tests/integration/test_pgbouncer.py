@@ -14,22 +14,24 @@ from structlog.testing import capture_logs
 
 from exporter.core.assess import assess
 from exporter.core.model import NO_GUARD, Grouped
-from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.face.counters import Counters
 from exporter.pg.database import Database
 from exporter.run.enforcer import Enforcer
-from tests.support import PgBouncer, PooledClients, Server, daemon, eventually, read_snapshot, server_session
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.config import make_config
+from tests.support.pgbouncer import PgBouncer, PooledClients
+from tests.support.servers import Server
+from tests.support.sessions import read_snapshot, server_session
 
-pytestmark = pytest.mark.integration
+# per_major: the signal statement's guards, and the pooler seen from the server
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 SOURCES = [{"comment": "parent"}, {"application_name": r"^(?P<parent>[^:]+:[^:]+)"}]
 ADD_HOST_PATTERN = r"^(?P<parent>[^: ]+:[^: ]+)"
 """The pattern docs/tagging.md gives for application_name_add_host = 1: tags without spaces, so the appended
 ` - host:port` (or what the 63-byte cut leaves of it) is never part of the parent."""
-
-
-def _config(rules: list[dict[str, Any]] | None = None, sources: list[dict[str, str]] | None = None) -> Config:
-    return parse_config({"grouping": {"sources": sources or SOURCES}, "rules": rules or []}, "test")
 
 
 def _grouped(pg: Server, config: Config) -> Grouped:
@@ -46,7 +48,7 @@ def test_clients_tagged_by_name_and_by_comment_are_grouped(
     pooled.start(pgbouncer.dsn_for("postgres", "other"), "SELECT pg_sleep(60) /*parent='Bouncer%3Acomment'*/")
     eventually(lambda: server_session(pg.dsn, "by name") and server_session(pg.dsn, "Bouncer%3Acomment"),
                what="both queries running on server connections")
-    g = _grouped(pg, _config())
+    g = _grouped(pg, make_config(grouping={"sources": SOURCES}))
     assert len(g.groups["Bouncer:name"].sessions) == 1 and len(g.groups["Bouncer:comment"].sessions) == 1
     assert [s.label for s in g.groups["Bouncer:name"].sources] == ["application_name"]
     assert [s.label for s in g.groups["Bouncer:comment"].sources] == ["comment:parent"]
@@ -60,7 +62,7 @@ def test_idle_server_connections_are_not_counted_in_comment_groups(
     mark = "Pool%3Aidle"
     pooled.start(pgbouncer.dsn_for("postgres"), f"SELECT 1 /*parent='{mark}'*/", hold=True)
     idle = eventually(lambda: server_session(pg.dsn, mark, state="idle"), what="the server connection idle in the pool")
-    config = _config()
+    config = make_config(grouping={"sources": SOURCES})
     snapshot = read_snapshot(pg.dsn, config)
     seen = {s.pid: s for s in snapshot.sessions}
     assert seen[idle[0]].state == "idle" and mark in (seen[idle[0]].query or "")  # the comment is there, and stale
@@ -82,7 +84,7 @@ def test_a_cancel_cancels_one_clients_query_and_never_anothers(
         "rules:\n  - name: cancel-victim\n    match: {parent: 'Cancel:victim'}\n    max_query_duration: 0s\n"
         "    action: cancel\n"
     )
-    with daemon(tmp_path, rules, pg.dsn) as d:
+    with DaemonProcess(tmp_path, rules, pg.dsn) as d:
         eventually(lambda: victim.outcome == "cancelled", timeout=30, what="the victim's query cancelled")
         d.wait_polls(3)
         (audit,) = [e for e in d.events("session_signal") if e.get("result") == "ok"]
@@ -105,8 +107,8 @@ def test_a_signal_for_a_query_that_moved_on_is_left_alone(
         a = pooled.start(one, "SELECT pg_advisory_xact_lock(4242) /*parent='Race%3AA'*/")
         held = eventually(lambda: server_session(pg.dsn, "Race%3AA"), what="A's query waiting on the server")
         b = pooled.start(one, "SELECT pg_sleep(60) /*parent='Race%3AB'*/")  # queued: the pool's one connection is A's
-        config = _config([{"name": "cancel-a", "match": {"parent": "Race:A"}, "max_query_duration": "0s",
-                           "action": "cancel"}])
+        config = make_config({"name": "cancel-a", "match": {"parent": "Race:A"}, "max_query_duration": "0s",
+                              "action": "cancel"}, grouping={"sources": SOURCES})
         db = Database(pg.dsn)
         try:
             assessed = assess(db.snapshot(config.poll), config)
@@ -136,7 +138,7 @@ def test_the_daemon_through_the_pooler_monitors_but_does_not_lead(
 ) -> None:
     """pgparent's DSN pointing at PgBouncer: it detects the pooler (the pid its connection announced is not its
     server session's), says so, polls, and refuses the leader lock, so it never enforces from there."""
-    with daemon(tmp_path, "interval: 0.5s\n", pgbouncer.dsn_for("postgres")) as d:
+    with DaemonProcess(tmp_path, "interval: 0.5s\n", pgbouncer.dsn_for("postgres")) as d:
         d.wait_polls(2)
         assert d.sample("pgparent_up") == 1
         assert d.sample("pgparent_leader") == 0 and d.sample("pgparent_enforcing") == 0
@@ -166,7 +168,7 @@ def test_application_name_add_host_is_coped_with(pg: Server, add_host_bouncer: P
         (name,) = conn.execute("SELECT application_name FROM pg_stat_activity WHERE query LIKE '%%add_host 1'"
                                ).fetchone() or ("",)
     assert name.startswith("FakeParent:1001 - 127.0.0.1:")
-    default = _grouped(pg, _config(sources=[{"application_name": r"^(?P<parent>[^:]+:[^:]+)"}]))
+    default = _grouped(pg, make_config(grouping={"sources": [{"application_name": r"^(?P<parent>[^:]+:[^:]+)"}]}))
     assert "FakeParent:1001 - 127.0.0.1" in default.groups  # what the default pattern makes of it
-    coping = _grouped(pg, _config(sources=[{"application_name": ADD_HOST_PATTERN}]))
+    coping = _grouped(pg, make_config(grouping={"sources": [{"application_name": ADD_HOST_PATTERN}]}))
     assert len(coping.groups["FakeParent:1001"].sessions) == 1 and len(coping.groups["etl:42"].sessions) == 1

@@ -3,29 +3,24 @@ connection slots, a monitoring role missing privileges, a standby server, secret
 
 from __future__ import annotations
 
-import re
 import signal
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.pgcluster import Cluster
-from tests.support import (
-    Clients,
-    DaemonProcess,
-    Server,
-    StallingProxy,
-    daemon,
-    eventually,
-    make_server,
-    record_figure,
-    unique_name,
-)
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.config import config_text
+from tests.support.daemon import Daemons
+from tests.support.figures import record_figure
+from tests.support.proxy import Proxied
+from tests.support.roles import Roles
+from tests.support.servers import Server, make_server
+from tests.support.sessions import Clients
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,128 +29,87 @@ MONITOR_PW = "monitor-Secret-77"
 APP_PW = "app-Secret-78"
 
 
-def setup_roles(server: Server) -> dict[str, str]:
+def monitoring_roles(roles: Roles) -> dict[str, str]:
     """The documented least-privilege role (docs/least-privilege.sql), a plain application role, and two roles that
-    each lack one of the monitoring privileges, under names of their own; a DSN for each, by purpose."""
-    names = {purpose: unique_name(f"pgp_{purpose}") for purpose in ("monitor", "app", "nostats", "nosignal")}
-    script = (REPO / "docs" / "least-privilege.sql").read_text().replace("change-me", MONITOR_PW)
-    script = re.sub(r"\bpgparent\b", names["monitor"], script)
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute(script.encode())
-        for purpose, password, grant in (("app", APP_PW, ""), ("nostats", MONITOR_PW, " IN ROLE pg_signal_backend"),
-                                         ("nosignal", MONITOR_PW, " IN ROLE pg_monitor")):
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}" + grant).format(
-                sql.Identifier(names[purpose]), sql.Literal(password)))
+    each lack one of the monitoring privileges; a DSN for each, by purpose."""
     return {
-        purpose: server.dsn_for("postgres", user=name, password=APP_PW if purpose == "app" else MONITOR_PW)
-        for purpose, name in names.items()
+        "monitor": roles.least_privilege("pgp_monitor", MONITOR_PW).dsn,
+        "app": roles.login("pgp_app", APP_PW).dsn,
+        "nostats": roles.login("pgp_nostats", MONITOR_PW, member_of=["pg_signal_backend"]).dsn,
+        "nosignal": roles.login("pgp_nosignal", MONITOR_PW, member_of=["pg_monitor"]).dsn,
     }
 
 
-def drop_roles(server: Server, dsns: Iterable[str]) -> None:
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        for dsn in dsns:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(str(conninfo_to_dict(dsn)["user"]))))
-
-
-@pytest.fixture(scope="module")
-def roles(pg: Server) -> Iterator[dict[str, str]]:
-    """setup_roles on the shared server, dropped after this module."""
-    dsns = setup_roles(pg)
-    try:
-        yield dsns
-    finally:
-        drop_roles(pg, dsns.values())
-
-
-def rules(parent: str, interval: float = 0.5, extra: str = "") -> str:
-    return (
-        f"interval: {interval}s\n{extra}rules:\n  - name: kill\n    match: {{parent: \"{parent}\"}}\n"
-        "    max_sessions: 0\n    action: terminate\n"
-    )
+def rules(parent: str, interval: float = 0.5) -> str:
+    """A rules file that ends every session of the groups matching `parent` (rule `kill`), polled every `interval`."""
+    return config_text({"name": "kill", "match": {"parent": parent}, "max_sessions": 0, "action": "terminate"},
+                       interval=f"{interval}s")
 
 
 def signalled_pids(*daemons: DaemonProcess) -> list[int]:
     return [e["pid"] for d in daemons for e in d.events("session_signal") if e["result"] == "ok"]
 
 
-def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: dict[str, str], tmp_path: Path,
+@pytest.mark.per_major
+def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: Roles, daemons: Daemons,
                                                       clients: Clients) -> None:
     """Three replicas: only the leader signals; kill -9 the leader and another takes over within two intervals; no
     session is signalled twice."""
+    dsns = monitoring_roles(roles)
     interval = 1.0
-    replicas = []
-    for n in range(3):
-        (tmp_path / str(n)).mkdir()
-        replicas.append(DaemonProcess(tmp_path / str(n), rules("HA:*", interval), roles["monitor"]))
-    try:
-        def one_leader() -> DaemonProcess | None:
-            leaders = [d for d in replicas if d.sample("pgparent_leader") == 1]
-            others = [d for d in replicas if d.sample("pgparent_leader") == 0]
-            return leaders[0] if len(leaders) == 1 and len(others) == 2 else None
+    replicas = [daemons.start(rules("HA:*", interval), dsns["monitor"]) for _ in range(3)]
 
-        leader = eventually(one_leader, what="exactly one leader")
-        assert leader.sample("pgparent_enforcing") == 1
-        followers = [d for d in replicas if d is not leader]
-        # A superuser's session, which the monitoring role may not signal: its group stays violating on every
-        # replica, the leader tries to end it each poll, and the others, seeing the same, never try.
-        clients.start("HA:0")
-        eventually(lambda: all(d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1 for d in replicas),
-                   what="every replica sees HA:0 violate the rule")
-        eventually(lambda: [e for e in leader.events("session_signal") if e["result"] == "permission_denied"],
-                   what="the leader tried to signal HA:0")
-        for d in followers:
-            d.wait_polls(3)
-        assert all(d.events("session_signal") == [] for d in followers)
-        first = clients.start("HA:1", n=3, dsn=roles["app"])
-        eventually(lambda: all(c.outcome == "terminated" for c in first), what="leader terminated HA:1")
-        assert all(d.events("session_signal") == [] for d in followers)
+    def one_leader() -> DaemonProcess | None:
+        leaders = [d for d in replicas if d.sample("pgparent_leader") == 1]
+        others = [d for d in replicas if d.sample("pgparent_leader") == 0]
+        return leaders[0] if len(leaders) == 1 and len(others) == 2 else None
 
-        leader.proc.kill()
-        killed = time.monotonic()
-        leader.proc.wait(5)
-        survivors = [d for d in replicas if d is not leader]
-        new_leader = eventually(
-            lambda: next((d for d in survivors if d.sample("pgparent_leader") == 1), None), timeout=10,
-            interval=0.02, what="a new leader",
-        )
-        takeover = time.monotonic() - killed
-        record_figure("ha", takeover_seconds=round(takeover, 2), interval_seconds=interval)
-        assert takeover <= 2 * interval, f"takeover took {takeover:.2f}s"
-        assert sum(d.sample("pgparent_leader") == 1 for d in survivors) == 1
+    leader = eventually(one_leader, what="exactly one leader")
+    assert leader.sample("pgparent_enforcing") == 1
+    followers = [d for d in replicas if d is not leader]
+    # A superuser's session, which the monitoring role may not signal: its group stays violating on every
+    # replica, the leader tries to end it each poll, and the others, seeing the same, never try.
+    clients.start("HA:0")
+    eventually(lambda: all(d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1 for d in replicas),
+               what="every replica sees HA:0 violate the rule")
+    eventually(lambda: [e for e in leader.events("session_signal") if e["result"] == "permission_denied"],
+               what="the leader tried to signal HA:0")
+    for d in followers:
+        d.wait_polls(3)
+    assert all(d.events("session_signal") == [] for d in followers)
+    first = clients.start("HA:1", n=3, dsn=dsns["app"])
+    eventually(lambda: all(c.outcome == "terminated" for c in first), what="leader terminated HA:1")
+    assert all(d.events("session_signal") == [] for d in followers)
 
-        second = clients.start("HA:2", n=3, dsn=roles["app"])
-        eventually(lambda: all(c.outcome == "terminated" for c in second), what="new leader terminated HA:2")
-        # A session ends as its signal is sent; its audit line is written just after, so wait for the lines.
-        pids = eventually(lambda: (p if len(p := signalled_pids(*replicas)) >= 6 else None),
-                          what="an audit line for each of the six signals")
-        assert sorted(pids) == sorted(c.pid or 0 for c in first + second)
-        assert len(pids) == len(set(pids))
-        assert all(e["event"] != "session_signal" for d in survivors if d is not new_leader for e in d.logs())
-    finally:
-        for d in replicas:
-            d.stop()
+    leader.proc.kill()
+    killed = time.monotonic()
+    leader.proc.wait(5)
+    survivors = [d for d in replicas if d is not leader]
+    new_leader = eventually(
+        lambda: next((d for d in survivors if d.sample("pgparent_leader") == 1), None), timeout=10,
+        interval=0.02, what="a new leader",
+    )
+    takeover = time.monotonic() - killed
+    record_figure("ha", takeover_seconds=round(takeover, 2), interval_seconds=interval)
+    assert takeover <= 2 * interval, f"takeover took {takeover:.2f}s"
+    assert sum(d.sample("pgparent_leader") == 1 for d in survivors) == 1
+
+    second = clients.start("HA:2", n=3, dsn=dsns["app"])
+    eventually(lambda: all(c.outcome == "terminated" for c in second), what="new leader terminated HA:2")
+    # A session ends as its signal is sent; its audit line is written just after, so wait for the lines.
+    pids = eventually(lambda: (p if len(p := signalled_pids(*replicas)) >= 6 else None),
+                      what="an audit line for each of the six signals")
+    assert sorted(pids) == sorted(c.pid or 0 for c in first + second)
+    assert len(pids) == len(set(pids))
+    assert all(e["event"] != "session_signal" for d in survivors if d is not new_leader for e in d.logs())
 
 
-@pytest.fixture
-def proxied(pg: Server) -> Iterator[tuple[StallingProxy, str]]:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(pg.dsn)
-    proxy = StallingProxy(int(str(params["port"])))
-    params["port"] = str(proxy.port)
-    try:
-        yield proxy, make_conninfo("", **params)
-    finally:
-        proxy.close()
-
-
-def test_network_black_hole_is_detected_and_survived(proxied: tuple[StallingProxy, str], tmp_path: Path) -> None:
+def test_network_black_hole_is_detected_and_survived(stalling_proxy: Proxied, tmp_path: Path) -> None:
     """A link that stops forwarding without closing: the hung poll is cut within two intervals (up 0), and the daemon
     recovers once packets flow again."""
-    proxy, dsn = proxied
+    proxy, dsn = stalling_proxy.proxy, stalling_proxy.dsn
     interval = 1.0
-    with daemon(tmp_path, rules("Nobody:*", interval), dsn) as d:
+    with DaemonProcess(tmp_path, rules("Nobody:*", interval), dsn) as d:
         eventually(lambda: d.sample("pgparent_up") == 1, what="up through the proxy")
         d.wait_polls(2)  # a few good polls first
         proxy.stall()
@@ -183,11 +137,12 @@ def test_network_black_hole_is_detected_and_survived(proxied: tuple[StallingProx
         record_figure("black_hole", sigterm_while_hung_seconds=round(time.monotonic() - sent, 2))
 
 
+@pytest.mark.per_major
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_server_restart_recovery_time(private_pg: Server, tmp_path: Path, mode: str) -> None:
     """Stopped (fast or immediate) and restarted under a running daemon: no crash, up 1 then 0 then 1, one event
     each way; measured seconds from the server accepting again to up 1."""
-    with daemon(tmp_path, rules("Nobody:*", 1.0), private_pg.dsn) as d:
+    with DaemonProcess(tmp_path, rules("Nobody:*", 1.0), private_pg.dsn) as d:
         eventually(lambda: d.sample("pgparent_up") == 1, what="up")
         private_pg.stop(mode)
         eventually(lambda: d.sample("pgparent_up") == 0, what="down")
@@ -204,13 +159,14 @@ def test_server_restart_recovery_time(private_pg: Server, tmp_path: Path, mode: 
         ]
 
 
+@pytest.mark.per_major
 def test_full_connection_slots_report_down_and_recover(tmp_path: Path) -> None:
     """With max_connections reached, the daemon reports up 0 with a clear event, and recovers when a slot frees."""
     server = make_server(settings={"max_connections": "8", "superuser_reserved_connections": "3"})
     try:
         if not isinstance(server, Cluster):
             pytest.skip("needs a local cluster to set max_connections")
-        dsns = setup_roles(server)  # dropped with the server
+        dsns = monitoring_roles(Roles(server))  # dropped with the server
         held = []
         while True:
             try:
@@ -218,7 +174,7 @@ def test_full_connection_slots_report_down_and_recover(tmp_path: Path) -> None:
             except psycopg.OperationalError:
                 break
         assert len(held) == 5
-        with daemon(tmp_path, rules("Nobody:*", 0.5), dsns["monitor"]) as d:
+        with DaemonProcess(tmp_path, rules("Nobody:*", 0.5), dsns["monitor"]) as d:
             eventually(lambda: d.events("database_unavailable"), what="unavailable event")
             assert d.sample("pgparent_up") == 0
             error = d.events("database_unavailable")[0]["error"]
@@ -233,13 +189,15 @@ def test_full_connection_slots_report_down_and_recover(tmp_path: Path) -> None:
         server.destroy()
 
 
+@pytest.mark.per_major
 def test_role_without_read_all_stats_never_signals_hidden_sessions(
-    pg: Server, roles: dict[str, str], tmp_path: Path, clients: Clients
+    pg: Server, roles: Roles, tmp_path: Path, clients: Clients
 ) -> None:
     """Without pg_read_all_stats other roles' sessions lack backend_start: pgparent says so (metric and one event)
     and never signals them, even when a rule fires on their group."""
-    hidden = clients.start("Hide:1", n=2, dsn=roles["app"])
-    with daemon(tmp_path, rules("Hide:*"), roles["nostats"]) as d:
+    dsns = monitoring_roles(roles)
+    hidden = clients.start("Hide:1", n=2, dsn=dsns["app"])
+    with DaemonProcess(tmp_path, rules("Hide:*"), dsns["nostats"]) as d:
         eventually(lambda: (d.sample("pgparent_hidden_sessions") or 0) >= 2, what="hidden sessions counted")
         eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1, what="rule fires")
         d.wait_polls(3)  # two whole polls more, with the rule firing: still nothing signalled, nothing logged again
@@ -249,12 +207,14 @@ def test_role_without_read_all_stats_never_signals_hidden_sessions(
     assert not any(c.done for c in hidden)
 
 
+@pytest.mark.per_major
 def test_role_without_signal_backend_counts_failures_and_keeps_going(
-    pg: Server, roles: dict[str, str], tmp_path: Path, clients: Clients
+    pg: Server, roles: Roles, tmp_path: Path, clients: Clients
 ) -> None:
     """Without pg_signal_backend each refused signal is counted by reason, and the daemon keeps polling."""
-    victims = clients.start("NoSig:1", n=2, dsn=roles["app"])
-    with daemon(tmp_path, rules("NoSig:*"), roles["nosignal"]) as d:
+    dsns = monitoring_roles(roles)
+    victims = clients.start("NoSig:1", n=2, dsn=dsns["app"])
+    with DaemonProcess(tmp_path, rules("NoSig:*"), dsns["nosignal"]) as d:
         eventually(
             lambda: (d.sample("pgparent_signal_failures_total", {"rule": "kill", "reason": "permission_denied"})
                      or 0) >= 4,
@@ -265,6 +225,7 @@ def test_role_without_signal_backend_counts_failures_and_keeps_going(
     assert not any(c.done for c in victims)
 
 
+@pytest.mark.per_major
 def test_standby_is_monitored_but_never_enforced(private_pg: Server, tmp_path: Path) -> None:
     """On a hot standby the metrics work, pgparent_enforcing is 0 with a logged reason, and nothing is signalled."""
     if not isinstance(private_pg, Cluster):
@@ -275,7 +236,7 @@ def test_standby_is_monitored_but_never_enforced(private_pg: Server, tmp_path: P
         clients = Clients(standby.dsn)
         try:
             sessions = clients.start("Replica:1", n=2)
-            with daemon(tmp_path, rules("Replica:*"), standby.dsn) as d:
+            with DaemonProcess(tmp_path, rules("Replica:*"), standby.dsn) as d:
                 eventually(lambda: d.sample("pgparent_group_sessions", {"parent": "Replica:1", "state": "active"}) == 2,
                            what="standby sessions on /metrics")
                 eventually(lambda: d.sample("pgparent_rule_violating_groups", {"rule": "kill"}) == 1, what="fires")
@@ -291,10 +252,12 @@ def test_standby_is_monitored_but_never_enforced(private_pg: Server, tmp_path: P
         standby.destroy()
 
 
-def test_secrets_never_appear_in_logs_errors_or_metrics(pg: Server, roles: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.per_major
+def test_secrets_never_appear_in_logs_errors_or_metrics(pg: Server, roles: Roles, tmp_path: Path) -> None:
     """With the DSN from --dsn.file, PGPARENT_DSN_FILE or PGPASSFILE, no password reaches logs, output or /metrics,
     including when authentication fails."""
-    good = roles["monitor"]
+    dsns = monitoring_roles(roles)
+    good = dsns["monitor"]
     user = conninfo_to_dict(good)["user"]
     dsn_file = tmp_path / "dsn"
     dsn_file.write_text(good + "\n")
@@ -319,7 +282,7 @@ def test_secrets_never_appear_in_logs_errors_or_metrics(pg: Server, roles: dict[
         assert MONITOR_PW not in d.log_path.read_text() + d.out_path.read_text()
     wrong = pg.dsn_for("postgres", user=str(user), password="Wrong-Secret-99")
     (tmp_path / "wrong").mkdir()
-    with daemon(tmp_path / "wrong", rules("Nobody:*"), wrong) as d:
+    with DaemonProcess(tmp_path / "wrong", rules("Nobody:*"), wrong) as d:
         eventually(lambda: d.events("database_unavailable"), what="auth failure logged")
         assert "Wrong-Secret-99" not in d.log_path.read_text() + d.metrics()
         assert "password=****" in d.log_path.read_text()

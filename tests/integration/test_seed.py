@@ -16,7 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import Client, Clients, Server, daemon, eventually
+from harness.daemon import DaemonProcess
+from harness.waiting import eventually
+from tests.support.servers import Server, cluster_env
+from tests.support.sessions import Client, Clients
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,6 +96,7 @@ def assert_seed_rows(dsn: str, completed: int) -> None:
     assert all(d.startswith("Long query complete at ") for d in descriptions[3:]), descriptions
 
 
+@pytest.mark.per_major
 def test_seed_by_hand_groups_then_terminate(seed_db: str) -> None:
     """`pgparent groups` shows the seed's two groups of two; `pgparent terminate FakeParent:1001` ends that group only,
     so only FakeParent:2002 writes its rows."""
@@ -121,11 +125,12 @@ def test_seed_by_hand_groups_then_terminate(seed_db: str) -> None:
     assert_seed_rows(seed_db, completed=2)
 
 
+@pytest.mark.per_major
 def test_seed_by_rule_through_cli_and_http(seed_db: str, tmp_path: Path) -> None:
     """The rule ends FakeParent:1001 within its limit plus two intervals; FakeParent:2002 completes and writes rows."""
     clients = Clients(seed_db)
     try:
-        with daemon(tmp_path, SEED_RULES, seed_db) as d:
+        with DaemonProcess(tmp_path, SEED_RULES, seed_db) as d:
             eventually(lambda: d.sample("pgparent_up") == 1, what="daemon up")
             started = time.monotonic()
             doomed, survivors = start_seed_sessions(clients)
@@ -157,7 +162,7 @@ def test_demo_plays_the_seed_scenario_in_its_terms() -> None:
     seed's table (three demo rows, one row per FakeParent:2002 session), exits 0 and removes its server."""
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "demo"], capture_output=True, text=True, timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        env=cluster_env({k: v for k, v in os.environ.items() if not k.startswith("PG")}),
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr

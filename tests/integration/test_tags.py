@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -19,19 +17,20 @@ from structlog.testing import capture_logs
 
 from exporter.core.assess import assess
 from exporter.core.model import Grouped
-from exporter.core.settings import DEFAULT_TARGET, Config, parse_config
+from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.face.counters import Counters
 from exporter.pg.database import Database
 from exporter.run.enforcer import Enforcer
-from tests.support import Clients, Server, eventually, read_snapshot, role_and_database, unique_name
+from harness.waiting import eventually
+from tests.support.config import make_config
+from tests.support.roles import Roles, unique_name
+from tests.support.servers import Server
+from tests.support.sessions import Clients, read_snapshot
 
-pytestmark = pytest.mark.integration
+# per_major: comments, encodings and query cuts are the server's
+pytestmark = [pytest.mark.integration, pytest.mark.per_major]
 
 SOURCES = {"sources": [{"comment": "parent"}, {"comment": "job"}, {"application_name": r"^(?P<parent>[^:]+:[^:]+)"}]}
-
-
-def _config(**top: Any) -> Config:
-    return parse_config({"grouping": SOURCES, **top}, "test")
 
 
 def _grouped(dsn: str, config: Config) -> Grouped:
@@ -53,7 +52,7 @@ def test_comment_tags_in_either_form_at_either_end(pg: Server, clients: Clients)
     clients.start("web:1", "/*parent:Cm:2,action:index*/ SELECT pg_sleep(60)")
     clients.start("web:1", "SELECT pg_sleep(60) /*job='nightly'*/;")
     clients.start("web:1", "SELECT pg_sleep(60) /* a note */")
-    config = _config()
+    config = make_config(grouping=SOURCES)
 
     def polled() -> Grouped | None:
         g = _grouped(pg.dsn, config)
@@ -73,7 +72,7 @@ def test_idle_sessions_are_not_counted_by_their_last_comment(pg: Server, clients
     (idle,) = clients.start("psql", "SELECT 1 /*parent='Idle%3A1'*/", hold=True)
     (in_tx,) = clients.start("psql", "BEGIN; SELECT 1 /*parent='Idle%3A1'*/", hold=True)
     assert idle.executed.wait(10) and in_tx.executed.wait(10)
-    g = _grouped(pg.dsn, _config())
+    g = _grouped(pg.dsn, make_config(grouping=SOURCES))
     grp = g.groups["Idle:1"]
     assert [s.pid for s in grp.sessions] == [in_tx.pid]
     assert grp.sessions[0].state == "idle in transaction"
@@ -90,7 +89,7 @@ def test_a_comment_cut_at_track_activity_query_size_is_missed_not_guessed(pg: Se
     filler = "x" * (size + 100)
     (cut,) = clients.start("psql", f"SELECT pg_sleep(60), '{filler}' /*parent='Long%3A1'*/")
     (first,) = clients.start("psql", f"/*parent='Long%3A2'*/ SELECT pg_sleep(60), '{filler}'")
-    config = _config()
+    config = make_config(grouping=SOURCES)
     snapshot = read_snapshot(pg.dsn, config)
     by_pid = {s.pid: s for s in snapshot.sessions}
     assert cut.pid is not None and first.pid is not None
@@ -113,7 +112,7 @@ def test_hostile_encodings_survive_the_poll(pg: Server) -> None:
         conns[0].pgconn.send_query(b"SELECT pg_sleep(60) /*parent='\xff\xfe'*/")
         conns[1].pgconn.send_query(b"SELECT pg_sleep(60) /*parent='caf\xc3\xa9',job:\xc3*/")
         conns[2].pgconn.send_query(b"SELECT pg_sleep(60), '\xff' /*parent:Enc:3*/")
-        config = _config()
+        config = make_config(grouping=SOURCES)
 
         def polled() -> Grouped | None:
             g = _grouped(pg.dsn, config)
@@ -134,23 +133,16 @@ def test_hostile_encodings_survive_the_poll(pg: Server) -> None:
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(database)))
 
 
-@pytest.fixture
-def tagged_role(pg: Server) -> Iterator[tuple[str, str]]:
-    """A role and a database named like a team's job (etl_<id>, tenant_<id>), dropped afterwards."""
-    role, database = unique_name("etl"), unique_name("tenant")
-    with role_and_database(pg.dsn, role, database, "etl-pw", superuser=True):
-        yield role, database
-
-
-def test_user_and_database_sources(pg: Server, clients: Clients, tagged_role: tuple[str, str]) -> None:
-    """`user:` and `database:` sources tag sessions by role and by database."""
-    role, database = tagged_role
-    clients.start("psql", dsn=pg.dsn_for("postgres", user=role, password="etl-pw"))
+def test_user_and_database_sources(pg: Server, clients: Clients, roles: Roles) -> None:
+    """`user:` and `database:` sources tag sessions by role and by database (a role and a database named like a
+    team's job: etl_<id>, tenant_<id>)."""
+    role, database = roles.login("etl", "etl-pw", superuser=True), roles.database("tenant")
+    clients.start("psql", dsn=role.dsn)
     clients.start("psql", dsn=pg.dsn_for(database))
-    config = parse_config({"grouping": {"sources": [{"user": r"^etl_(?P<parent>\w+)$"},
-                                                    {"database": r"^(?P<parent>tenant_\w+)$"}]}}, "test")
+    config = make_config(grouping={"sources": [{"user": r"^etl_(?P<parent>\w+)$"},
+                                               {"database": r"^(?P<parent>tenant_\w+)$"}]})
     g = _grouped(pg.dsn, config)
-    assert _sources(g)[role.removeprefix("etl_")] == ["user"]
+    assert _sources(g)[role.name.removeprefix("etl_")] == ["user"]
     assert _sources(g)[database] == ["database"]
 
 
@@ -174,9 +166,8 @@ def test_audit_query_text_none_reads_no_query_text(pg: Server, clients: Clients)
     """With audit.query_text: none the poll reads no query text at all and audit events carry none; comment tags
     are still read (on the server)."""
     clients.start("psql", "SELECT pg_sleep(60), 'password=hunter2' /*parent='Secret%3A1'*/")
-    config = _config(audit={"query_text": "none"},
-                     rules=[{"name": "audit", "match": {"parent": "Secret:*"}, "max_sessions": 0,
-                             "action": "terminate", "dry_run": True}])
+    config = make_config({"name": "audit", "match": {"parent": "Secret:*"}, "max_sessions": 0, "action": "terminate",
+                          "dry_run": True}, grouping=SOURCES, audit={"query_text": "none"})
     db = Database(pg.dsn)
     try:
         snapshot = db.snapshot(config.poll)

@@ -22,9 +22,12 @@ import bcrypt
 import pytest
 from structlog.testing import capture_logs
 
-from bench.harness import cpu_seconds, socket_count, thread_count
 from exporter.face.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
-from tests.support import HTTP_TIMEOUT, DaemonProcess, Server, eventually, record_figure
+from harness.daemon import HTTP_TIMEOUT, DaemonProcess
+from harness.proc import cpu_seconds, socket_count, thread_count
+from harness.waiting import eventually
+from tests.support.figures import record_figure
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from exporter.core.grouping import group
 from exporter.core.model import Grouped
 from exporter.face.collector import Flags, PgparentCollector, Published, _Series
 from exporter.face.counters import FAMILIES
-from tests.support import require_tool
+from tests.support.tools import require_tool
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"

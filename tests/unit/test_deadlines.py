@@ -10,12 +10,12 @@ from exporter.core.assess import assess
 from exporter.core.deadlines import STRICTLY_AFTER
 from exporter.core.model import Blocker, Session
 from exporter.core.policy import RuleState
-from exporter.core.settings import parse_config
+from tests.support.config import make_config
 from tests.unit.factory import NOW, ago, session, snapshot
 
 
 def _schedule(rule: dict[str, Any], *sessions: Session, state: RuleState | None = None) -> Any:
-    config = parse_config({"rules": [{"name": "r", "action": "terminate", **rule}]}, "test")
+    config = make_config({"name": "r", "action": "terminate", **rule})
     return list(assess(snapshot(*sessions), config, state, deadlines=True).deadlines)
 
 
@@ -75,8 +75,8 @@ def test_lock_wait_deadlines_ask_for_an_early_poll() -> None:
     holder, waiter = session("A:1", state="idle in transaction"), session("B:1", wait="Lock")
     snap = replace(snapshot(holder, waiter),
                    blockers=(Blocker(waiter.pid, holder.pid, "client backend", ago(2), None, None, None),))
-    config = parse_config({"rules": [{"name": "r", "match": {"parent": "A:*"}, "max_blocking_duration": "10s",
-                                      "action": "terminate"}]}, "test")
+    config = make_config({"name": "r", "match": {"parent": "A:*"}, "max_blocking_duration": "10s",
+                          "action": "terminate"})
     [d] = assess(snap, config, deadlines=True).deadlines
     assert d.poll and d.at == ago(2) + timedelta(seconds=10) + STRICTLY_AFTER
 
@@ -84,7 +84,7 @@ def test_lock_wait_deadlines_ask_for_an_early_poll() -> None:
 def test_deadlines_agree_with_the_poll() -> None:
     """Evaluated at the deadline's moment, the poll fires the rule; just before it, not."""
     s = session("g:1", query_age=2)
-    config = parse_config({"rules": [{"name": "r", "max_query_duration": "5s", "action": "terminate"}]}, "test")
+    config = make_config({"name": "r", "max_query_duration": "5s", "action": "terminate"})
     [d] = assess(snapshot(s), config, deadlines=True).deadlines
     before, at = d.at - NOW - timedelta(milliseconds=2), d.at - NOW
     assert assess(snapshot(s, now=NOW + before), config).decision.signals == ()

@@ -13,7 +13,7 @@ import pytest
 from exporter.errors import ConfigInvalid
 from exporter.face.http import _CHUNK, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, RequestHeads, read_request
 from exporter.face.webconfig import HTTPServerConfig, WebConfig, load_web_config
-from tests.support import HTTP_TIMEOUT
+from harness.daemon import HTTP_TIMEOUT
 
 BODY = bytes(range(256)) * (3 * _CHUNK // 256 + 7)
 """A /metrics text of several _CHUNK pieces and a partial one, every byte value in it."""

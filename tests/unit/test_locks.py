@@ -9,7 +9,8 @@ from typing import Any
 from exporter.core.assess import assess
 from exporter.core.locks import build
 from exporter.core.model import PREPARED_XACT, Blocker, Session, Snapshot
-from exporter.core.settings import Config, parse_config
+from exporter.core.settings import Config
+from tests.support.config import make_config
 from tests.unit.factory import ago, session, snapshot
 
 CONFIG = Config()
@@ -97,7 +98,7 @@ def test_wait_start_falls_back_to_query_start() -> None:
 
 
 def _run(rules: list[dict[str, Any]], snap: Snapshot) -> Any:
-    config = parse_config({"rules": rules}, "test")
+    config = make_config(*rules)
     return assess(snap, config).decision
 
 

@@ -10,12 +10,9 @@ import pytest
 from exporter.core.assess import assess
 from exporter.core.model import Session
 from exporter.core.policy import RuleState, manual
-from exporter.core.settings import Config, parse_config
+from exporter.core.settings import Config
+from tests.support.config import make_config
 from tests.unit.factory import NOW, session, snapshot
-
-
-def cfg(*rules: dict[str, Any], **top: Any) -> Config:
-    return parse_config({"rules": list(rules), **top}, "test")
 
 
 def rule(**fields: Any) -> dict[str, Any]:
@@ -43,7 +40,7 @@ def run(config: Config, *sessions: Session, state: RuleState | None = None, dry:
 def test_each_condition_fires_only_when_exceeded(condition: str, limit: Any, over: list[Session],
                                                  at_limit: list[Session]) -> None:
     """Every condition fires strictly above its limit, never at it."""
-    config = cfg(rule(**{condition: limit}))
+    config = make_config(rule(**{condition: limit}))
     fired = run(config, *over)
     assert fired.violating == {"r": 1}
     assert {t.session.pid for t in fired.signals} == {s.pid for s in over}
@@ -54,7 +51,7 @@ def test_each_condition_fires_only_when_exceeded(condition: str, limit: Any, ove
 
 def test_parent_glob_selects_groups() -> None:
     """match.parent is a glob on the tag: etl:* matches etl:1, not report:1."""
-    decision = run(cfg(rule(match={"parent": "etl:*"}, max_sessions=0)), session("etl:1"), session("report:1"))
+    decision = run(make_config(rule(match={"parent": "etl:*"}, max_sessions=0)), session("etl:1"), session("report:1"))
     assert {t.parent for t in decision.signals} == {"etl:1"}
 
 
@@ -63,7 +60,7 @@ def test_parent_glob_without_wildcards_is_the_exact_tag(glob: str) -> None:
     """A parent glob with no wildcard names one tag exactly (not a prefix, not another case); one with a wildcard
     is still a glob."""
     sessions = [session("etl:1"), session("etl:10"), session("ETL:1"), session("etl:2")]
-    decision = run(cfg(rule(match={"parent": glob}, max_sessions=0)), *sessions)
+    decision = run(make_config(rule(match={"parent": glob}, max_sessions=0)), *sessions)
     expected = {"etl:1", "etl:2"} if glob == "etl:?" else {"etl:1"}
     assert {t.parent for t in decision.signals} == expected
 
@@ -73,24 +70,24 @@ def test_size_only_rule_fires_as_every_rule_does() -> None:
     narrows the sessions it counts."""
     sessions = [*(session("a:1") for _ in range(3)), *(session("b:1") for _ in range(2)),
                 *(session("c:1") for _ in range(4))]
-    decision = run(cfg(rule(max_sessions=2)), *sessions)
+    decision = run(make_config(rule(max_sessions=2)), *sessions)
     assert [f.parent for f in decision.firing] == ["a:1", "c:1"] and decision.violating == {"r": 2}
-    narrowed = run(cfg(rule(match={"parent": "*", "database": "other"}, max_sessions=2)), *sessions)
+    narrowed = run(make_config(rule(match={"parent": "*", "database": "other"}, max_sessions=2)), *sessions)
     assert narrowed.violating == {"r": 0}
 
 
 def test_database_and_user_narrow_the_sessions_and_the_stats() -> None:
     """match.database/user make the rule see only those sessions: counted, measured and signalled."""
     rows = [session("g:1", db="prod"), session("g:1", db="prod", user="bob"), session("g:1", db="dev")]
-    config = cfg(rule(match={"parent": "g:*", "database": "prod"}, max_sessions=1))
+    config = make_config(rule(match={"parent": "g:*", "database": "prod"}, max_sessions=1))
     assert {t.session.datname for t in run(config, *rows).signals} == {"prod"}
-    config = cfg(rule(match={"parent": "g:*", "database": "prod", "user": "bob"}, max_sessions=1))
+    config = make_config(rule(match={"parent": "g:*", "database": "prod", "user": "bob"}, max_sessions=1))
     assert run(config, *rows).violating == {"r": 0}  # only one session of bob in prod: not more than 1
 
 
 def test_for_waits_then_fires_and_resets() -> None:
     """With for: 30s the rule is pending until the condition held 30 s, and starts over when it stops holding."""
-    config = cfg(rule(max_sessions=0, **{"for": "30s"}))
+    config = make_config(rule(max_sessions=0, **{"for": "30s"}))
     s = session("g:1")
     first = run(config, s)
     assert first.pending == {"r": 1} and first.signals == () and first.violating == {"r": 0}
@@ -108,9 +105,9 @@ def test_for_waits_then_fires_and_resets() -> None:
 def test_cancel_targets_only_active_sessions_and_log_targets_none() -> None:
     """cancel signals running queries only; log reports the violation and signals nothing."""
     rows = [session("g:1"), session("g:1", state="idle"), session("g:1", state="idle in transaction")]
-    cancel = run(cfg(rule(max_sessions=0, action="cancel")), *rows)
+    cancel = run(make_config(rule(max_sessions=0, action="cancel")), *rows)
     assert [t.session.state for t in cancel.signals] == ["active"]
-    log = run(cfg(rule(max_sessions=0, action="log")), *rows)
+    log = run(make_config(rule(max_sessions=0, action="log")), *rows)
     assert log.signals == () and log.violating == {"r": 1} and log.firing[0].action == "log"
 
 
@@ -123,17 +120,17 @@ def test_protected_unguarded_and_untagged_sessions_are_never_targets() -> None:
         session("g:1"),
         session("psql"),
     ]
-    config = cfg(rule(max_sessions=0), protect={"users": ["azure*"], "databases": ["azure_sys"]})
+    config = make_config(rule(max_sessions=0), protect={"users": ["azure*"], "databases": ["azure_sys"]})
     decision = run(config, *rows)
     assert [t.session.pid for t in decision.signals] == [rows[3].pid]
     assert decision.protected == 2 and decision.unguarded == 1
-    by_app = run(cfg(rule(max_sessions=0), protect={"applications": ["g:1*"]}), session("g:1"))
+    by_app = run(make_config(rule(max_sessions=0), protect={"applications": ["g:1*"]}), session("g:1"))
     assert by_app.signals == () and by_app.protected == 1
 
 
 def test_one_signal_per_pid_terminate_first() -> None:
     """A session claimed by a cancel rule and a terminate rule gets one signal: terminate."""
-    config = cfg(
+    config = make_config(
         {"name": "c", "match": {"parent": "*"}, "max_sessions": 0, "action": "cancel"},
         {"name": "t", "match": {"parent": "g:*"}, "max_sessions": 0, "action": "terminate"},
     )
@@ -144,16 +141,16 @@ def test_one_signal_per_pid_terminate_first() -> None:
 def test_cap_defers_the_rest_and_dry_run_is_not_capped() -> None:
     """max_terminations_per_cycle caps real signals; the rest are deferred; dry-run targets are neither."""
     rows = [session("g:1") for _ in range(5)]
-    decision = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows)
+    decision = run(make_config(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows)
     assert len(decision.signals) == 2 and len(decision.deferred) == 3
-    dry = run(cfg(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows, dry=True)
+    dry = run(make_config(rule(max_sessions=0), limits={"max_terminations_per_cycle": 2}), *rows, dry=True)
     assert len(dry.signals) == 5 and dry.deferred == () and all(t.dry_run for t in dry.signals)
 
 
 @pytest.mark.parametrize("where", ["global", "rule", "force"])
 def test_dry_run_flags_every_target(where: str) -> None:
     """Global dry_run, a rule's dry_run and --dry-run each mark the targets dry-run."""
-    config = cfg(rule(max_sessions=0, dry_run=where == "rule"), dry_run=where == "global")
+    config = make_config(rule(max_sessions=0, dry_run=where == "rule"), dry_run=where == "global")
     decision = run(config, session("g:1"), dry=where == "force")
     assert [t.dry_run for t in decision.signals] == [True]
 
@@ -161,7 +158,7 @@ def test_dry_run_flags_every_target(where: str) -> None:
 def test_manual_targets_one_group_with_the_same_protections() -> None:
     """`terminate PARENT` picks that group's sessions only, minus protected and unguarded ones, uncapped."""
     rows = [session("g:1") for _ in range(150)] + [session("g:1", user="replication"), session("g:2")]
-    config = cfg()
+    config = make_config()
     decision = manual(assess(snapshot(*rows), config).grouped, "g:1", "terminate", config.protect)
     assert len(decision.signals) == 150 and decision.protected == 1
     assert {t.rule for t in decision.signals} == {"manual"}
