@@ -2,8 +2,8 @@
 and postgres_exporter as processes, their /metrics read over HTTP, and what Linux's /proc says about a process or the
 machine.
 
-Every part of bench/ (and the HTTP tests, for the /proc counts) starts, reads and counts processes through this module
-only, so that moving to a harness shared with the tests is a change to this one file.
+Every part of bench/ starts, reads and counts processes through this module; what the tests need too (the /proc
+readers, the stalling proxy) comes from the shared harness/ package.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import psycopg
 from psycopg import sql
 
 from exporter.pgcluster import Cluster, free_port, start_cluster
+from harness.metrics import series as parse_series
+from harness.proc import cpu_seconds, peak_rss_mb, rss_mb, socket_count, thread_count
 
 if TYPE_CHECKING:
     from harness.proxy import StallingProxy
@@ -128,20 +129,6 @@ def stalling_proxy(port: int) -> StallingProxy:
 
 
 # Processes serving /metrics.
-
-def parse_series(body: str, name: str) -> dict[str, float]:
-    """The samples of gauge or counter `name` in an exposition, by target (a line scan: large expositions parse
-    slowly)."""
-    out: dict[str, float] = {}
-    prefix = name + "{"
-    for line in body.splitlines():
-        if line.startswith(prefix):
-            labels, value = line.rsplit(" ", 1)
-            found = re.search(r'target="([^"]*)"', labels)
-            if found:
-                out[found.group(1)] = float(value)
-    return out
-
 
 class Served:
     """A process serving /metrics on a local port."""
@@ -272,43 +259,6 @@ def postgres_exporter(cluster: Cluster) -> Served | None:
 
 
 # /proc: one process.
-
-def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory now (VmRSS), in MB."""
-    return _status_mb(pid, "VmRSS")
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The most resident memory the process has had (VmHWM), in MB."""
-    return _status_mb(pid, "VmHWM")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used, in seconds (utime + stime of /proc/PID/stat)."""
-    # The command name in parentheses may hold spaces: the fields are counted from after its closing one.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def socket_count(pid: int) -> int:
-    """Sockets the process holds open (its listeners, its PostgreSQL connections, its clients' connections)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # a descriptor closed between the listing and the read
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
-
 
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
