@@ -19,7 +19,7 @@ from exporter.core.policy import RuleState, evaluate, guard_for, manual
 from exporter.core.settings import DEFAULT_PATTERN, parse_config
 from exporter.core.tags import MAX_RAW_BYTES, MAX_TAG_CHARS, Sources, comment_value, in_query
 from exporter.errors import ConfigInvalid
-from tests.unit.factory import NOW, session, snapshot, sqlcommenter
+from tests.unit.factory import NOW, printable, session, snapshot, sqlcommenter
 
 COMMENT_FIRST = Sources.of([("comment", "parent"), ("application_name", DEFAULT_PATTERN)])
 
@@ -70,7 +70,7 @@ def test_unreadable_comment_values_tag_nothing(raw: bytes | None) -> None:
     assert comment_value(raw) is None
 
 
-@given(st.text(min_size=1, max_size=MAX_TAG_CHARS).filter(str.isprintable))
+@given(st.text(printable, min_size=1, max_size=MAX_TAG_CHARS))
 def test_sqlcommenter_round_trip(value: str) -> None:
     """Any printable value, encoded as sqlcommenter encodes it, decodes back to itself."""
     assert comment_value(sqlcommenter(value)) == value
