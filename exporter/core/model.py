@@ -3,10 +3,11 @@ and the moments of a session that durations are measured from, declared once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import cached_property
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Literal, NamedTuple
 
@@ -122,6 +123,20 @@ class Moment:
         value: datetime | None = getattr(session, self.column)
         return value
 
+    def oldest(self, sessions: Sequence[Session]) -> datetime | None:
+        """The earliest of the sessions' moments (`of` over a set, in one comprehension: Stats.of runs it for every
+        moment of every group of a poll)."""
+        get = _COLUMN_GETTERS[self.column]
+        states, prefix = self.states, self.prefix
+        if states is not None:
+            values = [v for s in sessions if s.state in states and (v := get(s)) is not None]
+        elif prefix is not None:
+            values = [v for s in sessions if (st := s.state) is not None and st.startswith(prefix)
+                      and (v := get(s)) is not None]
+        else:
+            values = [v for s in sessions if (v := get(s)) is not None]
+        return min(values, default=None)
+
     def pin(self, value: datetime | None, onto: Guard = NO_GUARD) -> Guard:
         """`onto`, also holding only while a session is still at this very moment `value` (the same query,
         transaction or idle spell; for the session's own start, pid and backend_start already are)."""
@@ -143,6 +158,9 @@ IDLE_IN_TRANSACTION = Moment("max_idle_in_transaction", "state_change", prefix="
 CONNECTED = Moment("age", "backend_start")
 """Since the session connected."""
 MOMENTS: tuple[Moment, ...] = (QUERY, TRANSACTION, IDLE_IN_TRANSACTION, CONNECTED)
+_COLUMN_GETTERS: dict[str, Callable[[Session], datetime | None]] = {
+    column: attrgetter(column) for column in ("query_start", "xact_start", "state_change", "backend_start")
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +300,7 @@ class Stats:
                     waiting += 1
         longest: dict[str, float] = {}
         for moment in MOMENTS:
-            oldest = min((m for s in sessions if (m := moment.of(s)) is not None), default=None)
+            oldest = moment.oldest(sessions)
             longest[moment.stat] = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
         return cls(
             sessions=count,
