@@ -41,7 +41,11 @@ def test_starts_with_database_down_then_reports_up(private_pg: Server, tmp_path:
         started = time.monotonic()
         eventually(lambda: d.sample("pgparent_up") == 1, timeout=30, interval=0.05, what="up after server start")
         record_figure("down_at_start", up_after_server_start_seconds=round(time.monotonic() - started, 2))
-        assert len(d.events("database_unavailable")) == 1  # logged once per outage, not once per poll
+        # Logged once per outage, not once per poll: one line before the first `database_available`, however many
+        # polls failed. (What follows is another outage: on a loaded machine the new server's first answers can miss
+        # the 0.5 s interval's deadline, and that is logged as it should be.)
+        events = [e["event"] for e in d.logs() if e.get("event") in ("database_unavailable", "database_available")]
+        assert events[:2] == ["database_unavailable", "database_available"], events
         assert d.proc.poll() is None
 
 
