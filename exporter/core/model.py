@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cached_property
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 SignalAction = Literal["terminate", "cancel"]
 """What pgparent can do to a session: end it (pg_terminate_backend) or interrupt its query (pg_cancel_backend)."""
@@ -159,7 +159,7 @@ CONNECTED = Moment("age", "backend_start")
 """Since the session connected."""
 MOMENTS: tuple[Moment, ...] = (QUERY, TRANSACTION, IDLE_IN_TRANSACTION, CONNECTED)
 _COLUMN_GETTERS: dict[str, Callable[[Session], datetime | None]] = {
-    column: attrgetter(column) for column in ("query_start", "xact_start", "state_change", "backend_start")
+    column: attrgetter(column) for column in get_args(MomentColumn)
 }
 
 

@@ -7,9 +7,11 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.core.grouping import group, parent_of, top_groups
-from exporter.core.model import KNOWN_STATES, Stats
+from exporter.core.model import KNOWN_STATES, MOMENTS, Session, Stats
 from exporter.core.settings import DEFAULT_PATTERN
 from tests.unit.factory import NOW, session, snapshot
 
@@ -288,3 +290,19 @@ def test_top_groups_cap_of_one() -> None:
     rows = [session("small:1"), session("large:1"), session("large:1")]
     kept, folded = top_groups(group(snapshot(*rows), DEFAULT).groups, 1)
     assert [k.parent for k in kept] == ["large:1"] and [f.parent for f in folded] == ["small:1"]
+
+
+_ages = st.none() | st.floats(0, 1000)
+_sessions = st.lists(st.builds(
+    lambda state, q, x, i, a: session("Job:1", state=state, query_age=q, xact_age=x, idle_since=i, age=a),
+    st.sampled_from([*KNOWN_STATES, "idle in transaction (aborted)", "fastpath function call", None]),
+    _ages, _ages, _ages, _ages,
+), max_size=6)
+
+
+@given(_sessions)
+def test_a_sets_oldest_moment_is_the_earliest_of_its_sessions_moments(sessions: list[Session]) -> None:
+    """`Moment.oldest` (what Stats.of reads) agrees with `Moment.of` (what deadlines and guards read), session by
+    session: one declaration of which states have which moment."""
+    for moment in MOMENTS:
+        assert moment.oldest(sessions) == min((m for s in sessions if (m := moment.of(s)) is not None), default=None)
