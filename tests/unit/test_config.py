@@ -416,6 +416,7 @@ def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> Non
         "interval 5s, dry_run false, max_groups 500, max_terminations_per_cycle 100",
         f"grouping sources, first match wins: application_name {DEFAULT_PATTERN}",
         "audit query_text excerpt",
+        "cost: proc auto, backend_stats auto, series of absent groups kept 900s",
         f"leader election: session advisory lock {LOCK_KEY}; pgparent's DSN must reach PostgreSQL directly, not "
         "through a transaction pooler such as PgBouncer (the lock would stay on a pooled server connection: a "
         "replica that detects one does not enforce)",

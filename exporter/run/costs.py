@@ -1,0 +1,69 @@
+"""One target's cost sources and ledger: at each new connection, whether this host shows the server's processes
+(exporter/host/procfs.py) and whether the server has PostgreSQL 18's per-backend counters; at each poll, what to read
+of them (the processes `cost.wanted` names, the host's memory), and the ledger carried from poll to poll.
+
+The ledger (`CostState`, exporter/core/cost.py) belongs to the target, not to a connection: a reconnect, or a server
+restart, keeps every counter where it was, and new backends start from their own first reading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.core.cost import REASONS, SOURCES, CostState, Samples, Sources, StatsReading, stats_reading, wanted
+from exporter.core.model import Snapshot
+from exporter.core.settings import CostSettings
+from exporter.host.procfs import Found, ServerProcesses, find_server
+from exporter.pg.database import Capabilities
+
+
+def backend_stats_reason(caps: Capabilities, settings: CostSettings) -> str | None:
+    """Why the server gives no per-backend counters (None: it does)."""
+    if settings.backend_stats == "off":
+        return "off"
+    if caps.backend_stats is None or caps.server_version_num < 180000:
+        return "needs_pg18"
+    return None if caps.backend_stats else "no_privilege"
+
+
+def find(caps: Capabilities, settings: CostSettings) -> Found:
+    """What cost sources this host and server give the connection `caps` describes."""
+    return find_server(caps.server_pid, caps.server_pid_started, caps.server_started, enabled=settings.proc == "auto",
+                       backend_stats=backend_stats_reason(caps, settings))
+
+
+class Costs:
+    """A target's cost sources (found again at each new connection or settings change) and its ledger."""
+
+    def __init__(self, log: Any = None) -> None:
+        self.log = log
+        self.state = CostState()
+        self.sources = Sources.of()
+        self._found_for: tuple[int, CostSettings] | None = None
+        self._procs: ServerProcesses | None = None
+
+    def connected(self, caps: Capabilities, generation: int, settings: CostSettings) -> None:
+        """Find the sources again when the connection (`generation`) or the settings changed; log them when they
+        differ from the last ones found."""
+        if self._found_for == (generation, settings):
+            return
+        self._found_for = (generation, settings)
+        found = find(caps, settings)
+        self._procs = ServerProcesses(found) if found.proc else None
+        if found.sources != self.sources and self.log is not None:
+            said = {s: "available" if r is None else f"{r}: {REASONS[r]}"
+                    for s in SOURCES for r in (found.sources.unavailable.get(s),)}
+            self.log.info("cost_sources", **said, postmaster=found.postmaster,
+                          memory_cgroups=[str(p) for p in found.cgroups])
+        self.sources = found.sources
+
+    def stats_reading(self) -> StatsReading | None:
+        """What the next poll reads of PostgreSQL 18's counters."""
+        return stats_reading(self.state, self.sources)
+
+    def sample(self, snapshot: Snapshot) -> Samples:
+        """What the operating system says at this poll: the wanted processes and the host's memory."""
+        procs = self._procs
+        if procs is None:
+            return Samples(self.sources)
+        return Samples(self.sources, procs.read(wanted(snapshot, self.state)), procs.host_memory())
