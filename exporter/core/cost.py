@@ -77,12 +77,12 @@ def wait_label(wait_event_type: str | None) -> str:
     return _WAIT_LABEL.get(wait_event_type, OTHER_WAIT)
 
 
-def is_backend(started: float, ppid: int, backend_start: datetime, postmaster: int, slack: float = START_SLACK
+def is_backend(started: float, ppid: int, backend_start: float, postmaster: int, slack: float = START_SLACK
                ) -> bool:
-    """Whether a process (`started`: its start time in Unix seconds, `ppid`: its parent) is the backend of a session
-    that started at `backend_start`, of the server whose postmaster is `postmaster`: never another process's numbers.
-    """
-    return ppid == postmaster and abs(started - backend_start.timestamp()) <= slack
+    """Whether a process (`started`: its start time, `ppid`: its parent) is the backend of a session that started at
+    `backend_start` (Unix seconds both), of the server whose postmaster is `postmaster`: never another process's
+    numbers."""
+    return ppid == postmaster and abs(started - backend_start) <= slack
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +105,10 @@ class Sources:
 NOT_CONNECTED = Sources.of()
 
 
-@dataclass(frozen=True, slots=True)
-class ProcSample:
+class ProcSample(NamedTuple):
     """One backend process as /proc showed it at this poll, proven to be the session that started at
-    `backend_start` (exporter/host/procfs.py reads it only then)."""
+    `backend_start` (exporter/host/procfs.py reads it only then). A named tuple: a poll builds one per process read.
+    """
 
     backend_start: datetime
     cpu_ns: int
@@ -140,8 +140,15 @@ class Samples:
     host: HostMemory | None = None
 
 
+Figures = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None]
+"""A process's last readings: CPU ns, private memory, bytes read and written (/proc); WAL bytes, bytes read and
+written or extended (PostgreSQL 18's counters). None: never read."""
+_NONE: Figures = (None, None, None, None, None, None, None)
+
+
 class _Proc(NamedTuple):
-    """What the ledger remembers of one tagged process from its last poll."""
+    """What the ledger remembers of one tagged process from its last poll (built with tuple.__new__: a poll builds
+    one per active process)."""
 
     backend_start: datetime
     label: str
@@ -150,14 +157,24 @@ class _Proc(NamedTuple):
     wait: str
     read_at: datetime | None
     """When /proc was last read for it (None: never)."""
-    cpu: int | None
-    memory: int | None
-    read: int | None
-    written: int | None
-    wal: int | None
-    """PostgreSQL 18's counters of the backend: WAL bytes, bytes read, bytes written (with extends)."""
-    pg_read: int | None
-    pg_written: int | None
+    figures: Figures
+
+    @property
+    def memory(self) -> int | None:
+        return self.figures[1]
+
+
+def _add(counter: dict[str, float], label: str, before: int | None, after: int | None, fresh: bool,
+         unit: float = 1.0) -> None:
+    """Add a process's increase of one of its counters since `before`; all of `after` for a `fresh` process (started
+    since the previous poll); nothing for a counter that went down (reset)."""
+    if after is None:
+        return
+    if before is not None:
+        if after > before:
+            counter[label] = counter.get(label, 0.0) + (after - before) * unit
+    elif fresh and after > 0:
+        counter[label] = counter.get(label, 0.0) + after * unit
 
 
 Counter = dict[str, float]
@@ -183,6 +200,8 @@ class CostState:
     procs: Mapping[int, _Proc] = field(default_factory=dict)
     totals: Totals = field(default_factory=Totals)
     seen: Mapping[str, datetime] = field(default_factory=dict)
+    active: frozenset[int] = frozenset()
+    """The pids of `procs` active at that poll."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,95 +275,112 @@ class _Ledger:
         self.samples = samples.procs if self.with_memory else {}
         self.proc_io = samples.sources.available("proc_io")
         self.stats = snapshot.backend_stats or {}
+        self.baselines = self.with_memory or samples.sources.available("backend_stats")
+        """Whether idle processes are remembered too (their counters' baselines, their memory): not for load alone."""
+        self.was_active = state.active
         self.load: dict[tuple[str, str], float] = {}
         self.cpu: Counter = {}
         self.read: Counter = {}
         self.written: Counter = {}
         self.wal: Counter = {}
         self.memory: dict[str, list[int]] = {}
+        self.active: list[int] = []
 
     def add(self, counter: Counter, label: str, value: float) -> None:
         counter[label] = counter.get(label, 0.0) + value
 
-    def take(self, s: Session, label: str | None) -> None:
-        """Account one process of the series `label` at this poll (None: untagged now, the tail of a tagged one)."""
+    def take(self, s: Session, label: str | None) -> int | None:
+        """Account one process of the series `label` at this poll (None: untagged now, the tail of a tagged one);
+        its memory figure, if any. Run for every active process at every poll: written for speed."""
         pid, start = s.pid, s.backend_start
         if start is None:
-            return
+            return None
         known = self.old.get(pid)
         if known is not None and known.backend_start != start:
             known = None  # the pid of another, earlier backend
+        series = label if label is not None else known.label if known is not None else None
+        if series is None:
+            return None
+        prev, now, changed = self.prev, self.now, s.state_change
+        active = s.state in ACTIVE_STATES
+        wait = _WAIT_LABEL.get(s.wait_event_type, OTHER_WAIT)
+        load = self.load
+        if prev is not None and s.backend_type != "parallel worker":  # a worker's time is its leader's load
+            if active:
+                began = changed or s.query_start
+                secs = (now - (began if began is not None and began > prev else prev)).total_seconds()
+                if secs > 0:
+                    key = (series, wait)
+                    load[key] = load.get(key, 0.0) + secs
+            elif known is not None and known.active and changed is not None and prev < changed <= now:
+                key = (series, known.wait)
+                load[key] = load.get(key, 0.0) + (changed - prev).total_seconds()
+        figures = known.figures if known is not None else _NONE
+        read_at = known.read_at if known is not None else None
         sample = self.samples.get(pid)
         if sample is not None and sample.backend_start != start:
             sample = None
         stats = self.stats.get(pid)
-        prev, changed = self.prev, s.state_change
-        active = s.state in ACTIVE_STATES
-        moved = prev is not None and changed is not None and changed > prev
-        if (known is not None and not active and not moved and sample is None and stats is None
-                and known.label == label):
-            self.new[pid] = known  # idle the whole interval: nothing new, its last figures stand
-            self._memory(label, known.memory)
-            return
-        series = label if label is not None else known.label if known is not None else None
-        if series is None:
-            return
-        wait = wait_label(s.wait_event_type)
-        if prev is not None and not s.is_worker:  # load counts sessions; a parallel worker's time is its leader's
-            if active:
-                began = changed or s.query_start
-                secs = (self.now - (began if began is not None and began > prev else prev)).total_seconds()
-                if secs > 0:
-                    self.load[(series, wait)] = self.load.get((series, wait), 0.0) + secs
-            elif known is not None and known.active and moved and changed is not None and changed <= self.now:
-                key = (series, known.wait)
-                self.load[key] = self.load.get(key, 0.0) + (changed - prev).total_seconds()
-        fresh = known is None and prev is not None and start > prev  # all it has was done since the previous poll
-        cpu, memory, read, written, read_at = (
-            (known.cpu, known.memory, known.read, known.written, known.read_at) if known is not None
-            else (None, None, None, None, None))
-        if sample is not None:
-            self._delta(self.cpu, series, cpu, sample.cpu_ns, fresh, 1e-9)
-            if self.proc_io:
-                self._delta(self.read, series, read, sample.read_bytes, fresh)
-                self._delta(self.written, series, written, sample.written_bytes, fresh)
-            cpu, memory, read, written, read_at = (sample.cpu_ns, sample.memory, sample.read_bytes,
-                                                   sample.written_bytes, self.now)
-        wal, pg_read, pg_written = (known.wal, known.pg_read, known.pg_written) if known is not None else (
-            None, None, None)
-        if stats is not None:
-            self._delta(self.wal, series, wal, stats[0], fresh)
-            if not self.proc_io:
-                self._delta(self.read, series, pg_read, stats[1], fresh)
-                self._delta(self.written, series, pg_written, stats[2], fresh)
-            wal, pg_read, pg_written = stats
+        if sample is not None or stats is not None:
+            fresh = known is None and prev is not None and start > prev  # all it has was done since prev
+            cpu, memory, read, written, wal, pg_read, pg_written = figures
+            if sample is not None:
+                _add(self.cpu, series, cpu, sample.cpu_ns, fresh, 1e-9)
+                if self.proc_io:
+                    _add(self.read, series, read, sample.read_bytes, fresh)
+                    _add(self.written, series, written, sample.written_bytes, fresh)
+                cpu, memory, read, written, read_at = (sample.cpu_ns, sample.memory, sample.read_bytes,
+                                                       sample.written_bytes, now)
+            if stats is not None:
+                _add(self.wal, series, wal, stats[0], fresh)
+                if not self.proc_io:
+                    _add(self.read, series, pg_read, stats[1], fresh)
+                    _add(self.written, series, pg_written, stats[2], fresh)
+                wal, pg_read, pg_written = stats
+            figures = (cpu, memory, read, written, wal, pg_read, pg_written)
         if label is None:
-            return  # untagged now: its tail is counted, and the ledger forgets it
-        self.new[pid] = _Proc(start, label, active, wait, read_at, cpu, memory, read, written, wal, pg_read,
-                              pg_written)
-        self._memory(label, memory)
+            return None  # untagged now: its tail is counted, and the ledger forgets it
+        self.new[pid] = tuple.__new__(_Proc, (start, label, active, wait, read_at, figures))
+        if active:
+            self.active.append(pid)
+        return figures[1]
 
-    def _delta(self, counter: Counter, label: str, before: int | None, after: int | None, fresh: bool,
-               unit: float = 1.0) -> None:
-        """Add a process's increase of one of its counters; a counter that went down was reset: nothing added."""
-        if after is None:
+    def tagged(self, label: str, sessions: Iterable[Session]) -> None:
+        """Account the processes of one group at this poll, all of them mapped to the series `label`. Most of a busy
+        server's sessions sit idle from one poll to the next: theirs is only carried on, in the loop below."""
+        old_get, new, prev, take = self.old.get, self.new, self.prev, self.take
+        samples, stats = self.samples, self.stats
+        if not self.baselines:  # load alone: only the active sessions, and those active at the previous poll
+            was_active = self.was_active
+            for s in sessions:
+                if s.state in ACTIVE_STATES or s.pid in was_active:
+                    take(s, label)
             return
-        if before is not None:
-            if after > before:
-                counter[label] = counter.get(label, 0.0) + (after - before) * unit
-        elif fresh and after > 0:
-            counter[label] = counter.get(label, 0.0) + after * unit
-
-    def _memory(self, label: str, memory: int | None) -> None:
-        if memory is None or not self.with_memory:
-            return
-        figures = self.memory.get(label)
-        if figures is None:
-            self.memory[label] = [memory, memory]
-        else:
-            figures[0] += memory
-            if memory > figures[1]:
-                figures[1] = memory
+        total = largest = 0
+        known_memory = False
+        for s in sessions:
+            pid = s.pid
+            known = old_get(pid)
+            if (known is not None and s.state not in ACTIVE_STATES and not known.active and known.label == label
+                    and known.backend_start == s.backend_start
+                    and (prev is None or s.state_change is None or s.state_change <= prev)
+                    and pid not in samples and pid not in stats):
+                new[pid] = known  # idle the whole interval: nothing new, its last figures stand
+                memory = known.memory
+            else:
+                memory = take(s, label)
+            if memory is not None:
+                known_memory = True
+                total += memory
+                if memory > largest:
+                    largest = memory
+        if known_memory and self.with_memory:
+            figures = self.memory.get(label)
+            if figures is None:
+                self.memory[label] = [total, largest]
+            else:
+                figures[0] += total
+                figures[1] = max(figures[1], largest)
 
 
 def account(grouped: Grouped, snapshot: Snapshot, samples: Samples | None, state: CostState | None, *,
@@ -355,18 +391,21 @@ def account(grouped: Grouped, snapshot: Snapshot, samples: Samples | None, state
     state = state or CostState()
     ledger = _Ledger(snapshot, samples, state)
     kept, folded = top_groups(grouped.groups, max_groups)
-    labels: dict[int, str] = {}
-    for series, groups in ((None, kept), (OTHER, folded)):
-        for g in groups:
-            label = series or g.parent
-            for s in g.sessions:
-                labels[s.pid] = label
-                ledger.take(s, label)
-    for w in snapshot.workers:
-        leader = labels.get(w.leader_pid) if w.leader_pid is not None else None
-        if leader is not None:
-            ledger.take(w, leader)
-    tails = {pid for pid, p in state.procs.items() if p.active and pid not in ledger.new}
+    for g in kept:
+        ledger.tagged(g.parent, g.sessions)
+    for g in folded:
+        ledger.tagged(OTHER, g.sessions)
+    if snapshot.workers:  # parallel workers count with their leader's group
+        labels = {s.pid: g.parent for g in kept for s in g.sessions}
+        labels |= {s.pid: OTHER for g in folded for s in g.sessions}
+        by_label: dict[str, list[Session]] = {}
+        for w in snapshot.workers:
+            leader = labels.get(w.leader_pid) if w.leader_pid is not None else None
+            if leader is not None:
+                by_label.setdefault(leader, []).append(w)
+        for label, workers in by_label.items():
+            ledger.tagged(label, workers)
+    tails = state.active - ledger.new.keys()
     if tails:  # active at the previous poll and untagged now (a comment tag's query ended): the time until then
         for s in (*snapshot.sessions, *snapshot.workers):
             if s.pid in tails:
@@ -381,7 +420,8 @@ def account(grouped: Grouped, snapshot: Snapshot, samples: Samples | None, state
     io = "proc_io" if samples.sources.available("proc_io") else (
         "backend_stats" if samples.sources.available("backend_stats") else None)
     host = samples.host if ledger.with_memory else None
-    return Cost(CostState(snapshot.now, ledger.new, totals, seen), samples.sources, memory, host, io)
+    return Cost(CostState(snapshot.now, ledger.new, totals, seen, frozenset(ledger.active)), samples.sources, memory,
+                host, io)
 
 
 def _advanced(totals: Totals, ledger: _Ledger, mapped: Iterable[str], sources: Sources) -> Totals:

@@ -10,18 +10,23 @@ backend's /proc/<pid>/statm (memory), /proc/<pid>/io (bytes read and written, wh
 postmaster). A process alive at the stat read and at the poll's snapshot before it was alive between them, so the
 files read before it were its own: a pid is never another process's until its process has exited.
 
-Files are read with os.open / os.read / os.close on byte paths: the cheapest way Python has (the poll's share of it
-is a goal of the benchmark, bench/cost.py).
+Only the processes `cost.wanted` names are read (those that ran or changed state since the previous poll), and the
+files of the ones read are kept open for the next poll, read again with one pread each: the poll's share of all this
+is a goal of the benchmark (bench/cost.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from exporter.core.cost import START_SLACK, HostMemory, ProcSample, Sources, is_backend
 
@@ -48,8 +53,7 @@ def _read(path: bytes) -> bytes:
         os.close(fd)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcStat:
+class ProcStat(NamedTuple):
     """The fields of /proc/<pid>/stat pgparent reads: parent pid (field 4), utime + stime (14, 15) in nanoseconds,
     start time (22) as Unix seconds."""
 
@@ -58,7 +62,7 @@ class ProcStat:
     started: float
 
 
-def parse_stat(data: bytes, boot: float) -> ProcStat:
+def stat_fields(data: bytes, boot: float) -> ProcStat:
     """/proc/<pid>/stat's fields after the command name in parentheses (which may hold spaces and parentheses)."""
     fields = data[data.rindex(b")") + 2:].split(b" ", 20)
     return ProcStat(int(fields[1]), (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK,
@@ -73,9 +77,16 @@ def private_memory(statm: bytes) -> int:
 
 
 def io_bytes(io: bytes) -> tuple[int, int]:
-    """read_bytes and write_bytes of /proc/<pid>/io: what the process had fetched from and sent to storage."""
-    fields = io.split()
-    return int(fields[9]), int(fields[11])
+    """read_bytes and write_bytes of /proc/<pid>/io (its 5th and 6th lines): what the process had fetched from and
+    sent to storage."""
+    lines = io.split(b"\n", 6)
+    return int(lines[4][12:]), int(lines[5][13:])
+
+
+def run_time(schedstat: bytes) -> int:
+    """The process's run time in nanoseconds, the first field of /proc/<pid>/schedstat: the total its utime and stime
+    are scaled to, unrounded (stat gives them in clock ticks), and cheaper for the kernel to write than stat."""
+    return int(schedstat[:schedstat.index(b" ")])
 
 
 def read_stat(pid: int, root: Path = PROC, boot: float | None = None) -> ProcStat | None:
@@ -84,7 +95,7 @@ def read_stat(pid: int, root: Path = PROC, boot: float | None = None) -> ProcSta
         data = (root / str(pid) / "stat").read_bytes()
     except OSError:
         return None
-    return parse_stat(data, boot_time() if boot is None else boot)
+    return stat_fields(data, boot_time() if boot is None else boot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +228,77 @@ def host_memory(cgroups: Iterable[Path] = (), root: Path = PROC) -> HostMemory |
     return best or HostMemory(total, available, "meminfo")
 
 
+HELD_MAX = 1024
+"""Backends whose three /proc files pgparent keeps open between polls, across its targets. A held file is read again
+with one pread, without the path lookup that costs about two thirds of an open, read and close; while open it costs
+the kernel about 4 KiB (its seq_file buffer), so only the processes read at the last poll are held (the active ones,
+and those that changed state), never an idle one, and at most this many."""
+
+
+class _Budget:
+    """The held backends of the whole process (every target's), under HELD_MAX and the open-files limit."""
+
+    lock = threading.Lock()
+    held = 0
+    limit: int | None = None
+
+    @classmethod
+    def take(cls) -> bool:
+        with cls.lock:
+            if cls.limit is None:
+                cls.limit = _fd_room()
+            if cls.held >= cls.limit:
+                return False
+            cls.held += 1
+            return True
+
+    @classmethod
+    def give(cls, n: int) -> None:
+        with cls.lock:
+            cls.held -= n
+
+
+def _fd_room() -> int:
+    """How many backends may be held: HELD_MAX, once the soft open-files limit is raised towards the hard one to fit
+    them (as Go's runtime does for every program), less what the limit leaves for sockets and the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * HELD_MAX + 4096
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):  # not allowed: fewer backends are held, that is all
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard),
+                                                        hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return HELD_MAX
+    return max(0, min(HELD_MAX, (soft - 4096) // 3))
+
+
+class _Held:
+    """A backend's open /proc files (an open file never moves to another process), the start it was proven by, and
+    its last sample."""
+
+    __slots__ = ("backend_start", "cpu", "from_stat", "io", "last", "statm")
+
+    def __init__(self, last: ProcSample, cpu: int, statm: int, io: int, from_stat: bool) -> None:
+        self.backend_start = last.backend_start
+        self.last = last
+        self.cpu = cpu
+        """schedstat, or stat on a kernel without schedstat (`from_stat`)."""
+        self.statm = statm
+        self.io = io
+        """-1 where /proc/<pid>/io is not read."""
+        self.from_stat = from_stat
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
 class ServerProcesses:
-    """The server's backends as /proc shows them, once `find_server` found its postmaster here."""
+    """The server's backends as /proc shows them, once `find_server` found its postmaster here; the files of the
+    backends read at the last poll kept open for the next (`close()` closes them)."""
 
     def __init__(self, found: Found, root: Path = PROC) -> None:
         assert found.postmaster is not None
@@ -226,23 +306,101 @@ class ServerProcesses:
         self.postmaster = found.postmaster
         self.io = found.sources.available("proc_io")
         self._root = os.fsencode(root)
+        self._held: dict[int, _Held] = {}
 
     def read(self, wanted: Iterable[tuple[int, datetime]]) -> dict[int, ProcSample]:
-        """A sample of each wanted backend (pid, backend_start) that is still that backend; the others left out."""
+        """A sample of each wanted backend (pid, backend_start) that is still that backend; the others left out.
+        The files of the backends read are held for the next poll; those of the others are closed."""
         boot = boot_time()
-        root, postmaster, io = self._root, self.postmaster, self.io
+        wanted = list(wanted)
+        old, held = self._held, {}
+        if old:
+            pids = {pid for pid, _ in wanted}
+            for pid in [p for p in old if p not in pids]:  # not read at this poll: idle since, or gone
+                self._drop(old.pop(pid))
         out: dict[int, ProcSample] = {}
         for pid, start in wanted:
-            base = b"%s/%d/" % (root, pid)
-            try:
-                memory = private_memory(_read(base + b"statm"))
-                read, written = io_bytes(_read(base + b"io")) if io else (None, None)
-                stat = parse_stat(_read(base + b"stat"), boot)  # last: the proof that all of it was this backend's
-            except (OSError, ValueError, IndexError):
-                continue  # exited since the snapshot (or its files were cut short by its exit)
-            if is_backend(stat.started, stat.ppid, start, postmaster):
-                out[pid] = ProcSample(start, stat.cpu_ns, memory, read, written)
+            h = old.pop(pid, None)
+            if h is not None and h.backend_start != start:
+                self._drop(h)  # the pid of another, earlier backend
+                h = None
+            sample = self._again(h, boot) if h is not None else None
+            if h is not None and sample is None:
+                self._drop(h)  # exited since the snapshot
+                continue
+            if h is None:
+                h, sample = self._open(pid, start, boot)
+            if sample is not None:
+                out[pid] = sample
+                if h is not None:
+                    held[pid] = h
+        self._held = held
         return out
+
+    def _again(self, h: _Held, boot: float) -> ProcSample | None:
+        """The held backend's files read again (None once it has exited: its files then fail or read empty). A
+        backend whose run time has not moved since its last sample has not run, so it has neither allocated, freed
+        nor done I/O: its last sample stands, and only schedstat is read (a session waiting on a lock or a sleep)."""
+        pread = os.pread
+        try:
+            data = pread(h.cpu, 4096, 0)
+            if h.from_stat:
+                cpu = stat_fields(data, boot).cpu_ns
+            else:
+                cpu = run_time(data)
+                if cpu == h.last.cpu_ns:
+                    return h.last
+            memory = private_memory(pread(h.statm, 256, 0))
+            read, written = io_bytes(pread(h.io, 512, 0)) if h.io >= 0 else (None, None)
+        except (OSError, ValueError, IndexError):
+            return None
+        h.last = ProcSample(h.backend_start, cpu, memory, read, written)
+        return h.last
+
+    def _open(self, pid: int, start: datetime, boot: float) -> tuple[_Held | None, ProcSample | None]:
+        """Open and read a backend's files, stat last: a process alive when stat is read, and at the snapshot before
+        the others were opened, was alive in between, so they are its own. Held when the budget allows."""
+        base = b"%s/%d/" % (self._root, pid)
+        fds: list[int] = []
+        try:
+            for name in (b"statm", b"io") if self.io else (b"statm",):
+                fds.append(os.open(base + name, os.O_RDONLY))
+            try:
+                schedstat = os.open(base + b"schedstat", os.O_RDONLY)
+            except FileNotFoundError:  # a kernel without CONFIG_SCHED_INFO: CPU from stat's ticks
+                schedstat = -1
+            fds.append(schedstat)
+            stat = os.open(base + b"stat", os.O_RDONLY)
+            fds.append(stat)
+            ppid, cpu, started = stat_fields(os.read(stat, 4096), boot)
+            if not is_backend(started, ppid, start.timestamp(), self.postmaster):
+                _close(*fds)
+                return None, None
+            if schedstat >= 0:
+                cpu = run_time(os.read(schedstat, 256))
+            memory = private_memory(os.read(fds[0], 256))
+            read, written = io_bytes(os.read(fds[1], 512)) if self.io else (None, None)
+        except (OSError, ValueError, IndexError):
+            _close(*fds)
+            return None, None
+        sample = ProcSample(start, cpu, memory, read, written)
+        if not _Budget.take():
+            _close(*fds)
+            return None, sample
+        if schedstat >= 0:
+            _close(stat)
+        return _Held(sample, schedstat if schedstat >= 0 else stat, fds[0], fds[1] if self.io else -1,
+                     schedstat < 0), sample
+
+    def _drop(self, h: _Held) -> None:
+        _close(h.cpu, h.statm, h.io)
+        _Budget.give(1)
+
+    def close(self) -> None:
+        """Close every held file (a new connection, a changed config, the target removed)."""
+        held, self._held = self._held, {}
+        for h in held.values():
+            self._drop(h)
 
     def host_memory(self) -> HostMemory | None:
         return host_memory(self.found.cgroups, Path(os.fsdecode(self._root)))

@@ -49,6 +49,7 @@ class Costs:
             return
         self._found_for = (generation, settings)
         found = find(caps, settings)
+        self.close()
         self._procs = ServerProcesses(found) if found.proc else None
         if found.sources != self.sources and self.log is not None:
             said = {s: "available" if r is None else f"{r}: {REASONS[r]}"
@@ -67,3 +68,9 @@ class Costs:
         if procs is None:
             return Samples(self.sources)
         return Samples(self.sources, procs.read(wanted(snapshot, self.state)), procs.host_memory())
+
+    def close(self) -> None:
+        """Let go of the server's processes (their held /proc files)."""
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None

@@ -143,6 +143,7 @@ class Monitor:
         return True
 
     def close(self) -> None:
+        self.costs.close()
         self.leadership.close()
         if self.servers is not None:
             self.servers.release(self)

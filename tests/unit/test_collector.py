@@ -194,7 +194,7 @@ def costed(sources: Sources) -> tuple[Grouped, Cost]:
     state = CostState()
     for t in (0.0, 2.0):
         snap_t = snap(t)
-        procs = {10 + i: ProcSample(snap_t.sessions[i].backend_start, int((t + i) * 1e9), (i + 1) << 20, 0, 4096)
+        procs = {10 + i: ProcSample(ago(3600), int((t + i) * 1e9), (i + 1) << 20, 0, 4096)
                  for i in range(5)} if sources.available("proc") else {}
         grouped_t = group(snap_t, PATTERN)
         cost = account(grouped_t, snap_t, Samples(sources, procs, HostMemory(8 << 30, 6 << 30)), state,

@@ -16,6 +16,7 @@ from exporter.core.cost import (
     OTHER_WAIT,
     STATS_SETTLE,
     WAIT_LABELS,
+    Cost,
     CostState,
     ProcSample,
     Samples,
@@ -59,7 +60,7 @@ class Polls:
         self.max_groups, self.retain, self.sources = max_groups, retain, sources
 
     def poll(self, t: float, *sessions: Session, procs: dict[int, ProcSample] | None = None,
-             stats: dict[int, tuple[int | None, int | None, int | None]] | None = None) -> object:
+             stats: dict[int, tuple[int | None, int | None, int | None]] | None = None) -> Cost:
         snapshot = Snapshot(now=at(t), sessions=tuple(s for s in sessions if not s.leader_pid),
                             workers=tuple(s for s in sessions if s.leader_pid), backend_stats=stats)
         cost = account(group(snapshot, PATTERN), snapshot, Samples(self.sources, procs or {}), self.state,
@@ -88,9 +89,9 @@ def test_wait_labels_are_postgresqls_fixed_set_cpu_and_other() -> None:
 def test_a_process_is_a_backend_only_with_its_start_time_and_the_postmaster_as_parent() -> None:
     """Its start within a second of backend_start and its parent the postmaster: anything else is another's."""
     started = BORN.timestamp()
-    assert is_backend(started + 0.4, 100, BORN, postmaster=100)
-    assert not is_backend(started + 1.5, 100, BORN, postmaster=100)
-    assert not is_backend(started, 101, BORN, postmaster=100)
+    assert is_backend(started + 0.4, 100, started, postmaster=100)
+    assert not is_backend(started + 1.5, 100, started, postmaster=100)
+    assert not is_backend(started, 101, started, postmaster=100)
 
 
 def test_the_first_poll_only_sets_baselines() -> None:
@@ -150,7 +151,7 @@ def test_memory_sums_private_memory_and_keeps_the_largest_process() -> None:
     polls = Polls()
     cost = polls.poll(0, backend(1, "A:1", "active"), backend(2, "A:1"), backend(3, "A:1", "active", leader=1),
                       procs={1: sample(1, 300), 2: sample(1, 20), 3: sample(1, 100)})
-    assert cost.memory == {"A:1": (420, 300)}  # type: ignore[attr-defined]
+    assert cost.memory == {"A:1": (420, 300)}
     polls.poll(1, backend(1, "A:1", "active"), backend(2, "A:1"), backend(3, "A:1", "active", leader=1),
                procs={1: sample(2, 300), 3: sample(1.5, 100)})
     assert polls.state.totals.cpu == {"A:1": pytest.approx(1.5)}
@@ -162,7 +163,7 @@ def test_an_idle_process_not_read_keeps_its_last_memory() -> None:
     polls = Polls()
     polls.poll(0, backend(1, "A:1"), procs={1: sample(1, 64)})
     cost = polls.poll(5, backend(1, "A:1"))
-    assert cost.memory == {"A:1": (64, 64)}  # type: ignore[attr-defined]
+    assert cost.memory == {"A:1": (64, 64)}
 
 
 def test_without_proc_there_is_no_memory_cpu_or_io_series() -> None:
@@ -172,7 +173,7 @@ def test_without_proc_there_is_no_memory_cpu_or_io_series() -> None:
     polls.poll(0, backend(1, "A:1", "active", -30))
     cost = polls.poll(1, backend(1, "A:1", "active", -30))
     totals = polls.state.totals
-    assert cost.memory == {} and totals.cpu == {} and totals.read == {} and totals.wal == {}  # type: ignore
+    assert cost.memory == {} and totals.cpu == {} and totals.read == {} and totals.wal == {}
     assert load(polls) == {("A:1", CPU): 1.0}
 
 
@@ -292,7 +293,7 @@ def test_no_counter_series_ever_goes_down(history: list[list[tuple[int, str, boo
         polls.poll(t, *sessions, procs={pid + 1: sample(ticks / 100, read=ticks, written=ticks)
                                         for pid, _, _, ticks in rows})
         totals = polls.state.totals
-        now = {("load", k): v for k, v in totals.load.items()}
+        now: dict[tuple[str, object], float] = {("load", k): v for k, v in totals.load.items()}
         for name in ("cpu", "read", "written"):
             now |= {(name, k): v for k, v in getattr(totals, name).items()}
         assert all(now.get(key, value) >= value for key, value in before.items()), (before, now)
