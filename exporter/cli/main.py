@@ -189,13 +189,10 @@ def _costed(args: argparse.Namespace, config: Config, seconds: float) -> tuple[A
         for n in range(2 if seconds > 0 else 1):
             if n:
                 time.sleep(seconds)
-            caps = db.connect()
-            costs.connected(caps, db.generation, config.cost)
-            snapshot = db.snapshot(config.poll, costs.stats_reading())
-            assessed = assess(snapshot, config, target=target, samples=costs.sample(snapshot),
-                              cost_state=costs.state, max_groups=MAX_COUNT)
-            assert assessed.cost is not None
-            costs.state = assessed.cost.state
+            snapshot, _, samples = costs.read(db, db.connect(), config)
+            assessed = assess(snapshot, config, target=target, samples=samples, cost_state=costs.state,
+                              max_groups=MAX_COUNT)
+            costs.took(assessed)
             polls.append(assessed)
     finally:
         costs.close()

@@ -308,9 +308,10 @@ class ServerProcesses:
         self._root = os.fsencode(root)
         self._held: dict[int, _Held] = {}
 
-    def read(self, wanted: Iterable[tuple[int, datetime]]) -> dict[int, ProcSample]:
+    def read(self, wanted: Iterable[tuple[int, datetime]], *, full: bool = False) -> dict[int, ProcSample]:
         """A sample of each wanted backend (pid, backend_start) that is still that backend; the others left out.
-        The files of the backends read are held for the next poll; those of the others are closed."""
+        The files of the backends read are held for the next poll; those of the others are closed. `full` reads
+        every file even of a backend that has not run since its last sample (the benchmark's worst case)."""
         boot = boot_time()
         wanted = list(wanted)
         old, held = self._held, {}
@@ -324,7 +325,7 @@ class ServerProcesses:
             if h is not None and h.backend_start != start:
                 self._drop(h)  # the pid of another, earlier backend
                 h = None
-            sample = self._again(h, boot) if h is not None else None
+            sample = self._again(h, boot, full) if h is not None else None
             if h is not None and sample is None:
                 self._drop(h)  # exited since the snapshot
                 continue
@@ -337,7 +338,7 @@ class ServerProcesses:
         self._held = held
         return out
 
-    def _again(self, h: _Held, boot: float) -> ProcSample | None:
+    def _again(self, h: _Held, boot: float, full: bool = False) -> ProcSample | None:
         """The held backend's files read again (None once it has exited: its files then fail or read empty). A
         backend whose run time has not moved since its last sample has not run, so it has neither allocated, freed
         nor done I/O: its last sample stands, and only schedstat is read (a session waiting on a lock or a sleep)."""
@@ -348,7 +349,7 @@ class ServerProcesses:
                 cpu = stat_fields(data, boot).cpu_ns
             else:
                 cpu = run_time(data)
-                if cpu == h.last.cpu_ns:
+                if cpu == h.last.cpu_ns and not full:
                     return h.last
             memory = private_memory(pread(h.statm, 256, 0))
             read, written = io_bytes(pread(h.io, 512, 0)) if h.io >= 0 else (None, None)

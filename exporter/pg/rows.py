@@ -38,12 +38,12 @@ class SessionRows:
         return self.row if self.backend_stats is None else self.row_with_stats
 
     def row_with_stats(self, values: Sequence[Any]) -> Session:
-        session = self.row(values[:-1])
-        stats = values[-1]
+        """A row with PostgreSQL 18's counters in its last column (NULL for most rows: not read)."""
+        *fields, stats = values
         if stats is not None and self.backend_stats is not None:
             wal, read, written = stats
-            self.backend_stats[session.pid] = (wal, read, written)
-        return session
+            self.backend_stats[fields[0]] = (wal, read, written)
+        return self.row(fields)
 
     def row(self, values: Sequence[Any]) -> Session:
         pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \

@@ -8,13 +8,16 @@ restart, keeps every counter where it was, and new backends start from their own
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
-from exporter.core.cost import REASONS, SOURCES, CostState, Samples, Sources, StatsReading, stats_reading, wanted
+from exporter.core.assess import Assessment
+from exporter.core.cost import REASONS, SOURCES, CostState, Samples, Sources, stats_reading, wanted
 from exporter.core.model import Snapshot
-from exporter.core.settings import CostSettings
+from exporter.core.settings import Config, CostSettings
 from exporter.host.procfs import Found, ServerProcesses, find_server
-from exporter.pg.database import Capabilities
+from exporter.pg.database import Capabilities, Database
 
 
 def backend_stats_reason(caps: Capabilities, settings: CostSettings) -> str | None:
@@ -58,16 +61,33 @@ class Costs:
                           memory_cgroups=[str(p) for p in found.cgroups])
         self.sources = found.sources
 
-    def stats_reading(self) -> StatsReading | None:
-        """What the next poll reads of PostgreSQL 18's counters."""
-        return stats_reading(self.state, self.sources)
+    def read(self, db: Database, caps: Capabilities, config: Config, *, every: bool = False
+             ) -> tuple[Snapshot, float, Samples]:
+        """One poll's reading: the snapshot (with PostgreSQL 18's counters where this poll wants them), this process's
+        monotonic clock right after it (the moment of the server's now(), about), then what the operating system
+        says. `every` reads every visible backend in full, as a poll after all of them ran would (the benchmark's worst
+        case)."""
+        self.connected(caps, db.generation, config.cost)
+        stats = stats_reading(self.state, self.sources)
+        if every and stats is not None:
+            stats = replace(stats, since=None)
+        snapshot = db.snapshot(config.poll, stats)
+        read_at = time.monotonic()
+        return snapshot, read_at, self.sample(snapshot, every=every)
 
-    def sample(self, snapshot: Snapshot) -> Samples:
-        """What the operating system says at this poll: the wanted processes and the host's memory."""
+    def took(self, assessed: Assessment) -> None:
+        """Carry the ledger of an assessment made with this target's `state` on to the next poll."""
+        if assessed.cost is not None:
+            self.state = assessed.cost.state
+
+    def sample(self, snapshot: Snapshot, *, every: bool = False) -> Samples:
+        """What the operating system says at this poll: the wanted processes (`every`: all, in full) and the host's
+        memory."""
         procs = self._procs
         if procs is None:
             return Samples(self.sources)
-        return Samples(self.sources, procs.read(wanted(snapshot, self.state)), procs.host_memory())
+        pids = wanted(snapshot, None if every else self.state)
+        return Samples(self.sources, procs.read(pids, full=every), procs.host_memory())
 
     def close(self) -> None:
         """Let go of the server's processes (their held /proc files)."""

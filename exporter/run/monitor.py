@@ -203,15 +203,12 @@ class Monitor:
                 self._succeeded(started, config, leader=False)
                 return
             off = self.leadership.enforcement_off(caps, leader)
-            costs = self.costs
-            costs.connected(caps, self.db.generation, config.cost)
-            snapshot = self.db.snapshot(config.poll, costs.stats_reading())
-            read_at = time.monotonic()  # the server's now() of the snapshot, on this process's clock (about)
-            samples = costs.sample(snapshot)
+            # read_at: the server's now() of the snapshot, on this process's clock (about)
+            snapshot, read_at, samples = self.costs.read(self.db, caps, config)
             with gc_paused():
                 assessed = assess(snapshot, config, self.rule_state, self.name,
                                   dry_run=self.force_dry_run or self.dry_run, deadlines=off is None,
-                                  samples=samples, cost_state=costs.state)
+                                  samples=samples, cost_state=self.costs.state)
             self._report(assessed)
             decision = assessed.decision
             if off is None and decision.acts:
@@ -237,8 +234,7 @@ class Monitor:
         """Take the assessment's rule state, and log what began or stopped firing."""
         decision = assessed.decision
         self.rule_state = decision.state
-        if assessed.cost is not None:
-            self.costs.state = assessed.cost.state
+        self.costs.took(assessed)
         for f in decision.started:
             self.log.warning("rule_firing", rule=f.rule, parent=f.parent, action=f.action, reasons=list(f.reasons),
                              dry_run=f.dry_run)
