@@ -237,14 +237,24 @@ class LeaderElection(StrictModel):
     only (`--shard` sets it too)."""
 
 
+def _switch(value: object) -> object:
+    """YAML reads an unquoted `off` (and `on`, `no`, `yes`) as a boolean: false is `off`, true is `auto`."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return value
+
+
+Switch = Annotated[Literal["auto", "off"], BeforeValidator(_switch)]
+
+
 class CostSettings(StrictModel):
     """What each group costs the server (exporter/core/cost.py): where the figures beyond load come from, and how
     long the series of a group no poll sees any more are kept."""
 
-    proc: Literal["auto", "off"] = "auto"
+    proc: Switch = "auto"
     """auto: CPU, memory and I/O from /proc where pgparent sees the server's processes (the same host, or a pod
     sharing the process namespace); off: never read /proc."""
-    backend_stats: Literal["auto", "off"] = "auto"
+    backend_stats: Switch = "auto"
     """auto: WAL (and, without /proc/<pid>/io, bytes read and written) from PostgreSQL 18's per-backend counters;
     off: never read them."""
     retain: Duration = 900.0
