@@ -286,9 +286,6 @@ class _Ledger:
         self.memory: dict[str, list[int]] = {}
         self.active: list[int] = []
 
-    def add(self, counter: Counter, label: str, value: float) -> None:
-        counter[label] = counter.get(label, 0.0) + value
-
     def take(self, s: Session, label: str | None) -> int | None:
         """Account one process of the series `label` at this poll (None: untagged now, the tail of a tagged one);
         its memory figure, if any. Run for every active process at every poll: written for speed."""
