@@ -4,15 +4,16 @@ only where pgparent sees the server's own processes, and for a backend only once
 `find_server` starts from pgparent's own backend (its pid and backend_start, from the server): that pid must be a
 process here that started when the backend did, and its parent (the postmaster) must have started when the server
 did (pg_postmaster_start_time). Otherwise the server's processes are not these (another host, container or PID
-namespace, a managed service, hidepid) and no figure is read at all. `ServerProcesses.read` then reads each wanted
-backend's /proc/<pid>/statm (memory), /proc/<pid>/io (bytes read and written, where readable) and, last,
-/proc/<pid>/stat (CPU, and the proof: its start time agrees with the session's backend_start and its parent is the
-postmaster). A process alive at the stat read and at the poll's snapshot before it was alive between them, so the
-files read before it were its own: a pid is never another process's until its process has exited.
+namespace, a managed service, hidepid) and no figure is read at all. `ServerProcesses.read` then opens each wanted
+backend's /proc/<pid>/statm (memory), /proc/<pid>/io (bytes read and written, where readable) and
+/proc/<pid>/schedstat (CPU), and reads /proc/<pid>/stat last: the proof, its start time agreeing with the session's
+backend_start and its parent the postmaster. A process alive at the stat read and at the poll's snapshot before it
+was alive between them, so the files opened before it are its own: a pid is never another process's until its
+process has exited, and an open file never moves to another process.
 
 Only the processes `cost.wanted` names are read (those that ran or changed state since the previous poll), and the
-files of the ones read are kept open for the next poll, read again with one pread each: the poll's share of all this
-is a goal of the benchmark (bench/cost.py).
+files of the ones read are kept open for the next poll, read again with one pread each (schedstat alone for a
+backend that has not run since): the poll's share of all this is a goal of the benchmark (bench/cost.py).
 """
 
 from __future__ import annotations
