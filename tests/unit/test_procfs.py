@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from exporter.core.cost import Sources
 from exporter.core.settings import CostSettings
@@ -30,7 +30,6 @@ from exporter.host.procfs import (
     run_time,
     stat_fields,
 )
-from exporter.logs import get_logger
 from exporter.pg.database import Capabilities
 from exporter.run.costs import Costs
 from harness.proc import cpu_seconds
@@ -203,6 +202,16 @@ def test_host_memory_is_the_hosts_or_the_tightest_cgroups(tmp_path: Path) -> Non
     assert limited_cgroups(102, proc, cg) == ()  # outside this cgroup namespace's view: the host's figures
 
 
+class Said:
+    """A logger that keeps what it is told (the target's bound logger, as Costs uses it)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+
 def test_a_targets_sources_are_logged_when_found_and_when_they_change(family: tuple[int, int]) -> None:
     """One `cost_sources` line when a target's sources are first found, none on a reconnect that finds the same,
     one more when they change (here: `cost.proc: off` on a reload), each with the reason of a missing source."""
@@ -210,13 +219,13 @@ def test_a_targets_sources_are_logged_when_found_and_when_they_change(family: tu
     caps = Capabilities(server_version_num=150000, role="r", has_leader_pid=True, has_query_id=True,
                         can_read_all_stats=True, can_signal=True, in_recovery=False, server_pid=child,
                         server_started=started_at(postmaster), server_pid_started=started_at(child))
-    with capture_logs() as logs:
-        costs = Costs(get_logger("test"))
-        costs.connected(caps, 1, CostSettings())
-        costs.connected(caps, 2, CostSettings())
-        costs.connected(caps, 2, CostSettings(proc="off"))
-        costs.close()
-    lines = [e for e in logs if e["event"] == "cost_sources"]
+    logs = Said()
+    costs = Costs(logs)
+    costs.connected(caps, 1, CostSettings())
+    costs.connected(caps, 2, CostSettings())
+    costs.connected(caps, 2, CostSettings(proc="off"))
+    costs.close()
+    lines = [e for e in logs.events if e["event"] == "cost_sources"]
     assert [(e["proc"].split(":")[0], e["backend_stats"].split(":")[0]) for e in lines] == [
         ("available", "needs_pg18"), ("off", "needs_pg18")]
     assert lines[0]["postmaster"] == postmaster
