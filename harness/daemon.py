@@ -56,7 +56,11 @@ class DaemonProcess:
                *args]
         self._offset = 0
         with self.log_path.open("wb") as log, self.out_path.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, cwd=REPO, env={**os.environ, **(env or {})})
+            # A wrapped daemon gets a process group of its own, so that signals reach it through its wrapper
+            # (`unshare --fork` ignores SIGTERM and SIGINT while it waits for its child).
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, cwd=REPO, env={**os.environ, **(env or {})},
+                                         start_new_session=bool(wrap))
+        self._group = bool(wrap)
         if start_timeout is not None:
             try:
                 self.wait_serving(start_timeout)
@@ -158,13 +162,17 @@ class DaemonProcess:
     # Signals
 
     def send(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        """Send `signum` to the daemon (and, when wrapped, to its wrapper's whole process group)."""
+        if self._group and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; the exit code (negative: the signal
         that ended it). Safe to call again, or after the process has exited."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.send(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
