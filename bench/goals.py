@@ -97,6 +97,12 @@ GOALS: tuple[Goal, ...] = (
          (Check("handover_unled_s", "<=", "handover_two_intervals_s"),), "{handover_unled_s:g} s"),
     Goal("handover_kill", "a replica killed: its targets led again within 2 intervals (idle targets)",
          (Check("handover_led_again_s", "<=", "handover_two_intervals_s"),), "{handover_led_again_s:s}"),
+    Goal("cost_proc", "OS figures (/proc) add at most 25% to the poll cycle at {cost_n} sessions",
+         (Check("cost_proc_added_pct", "<=", 25),),
+         "{cost_proc_added_pct:+g}% ({cost_off_ms} ms off, {cost_on_ms} ms on)", "points"),
+    Goal("cost_load", "load counter within 5% of N x T and of pg_stat_database.active_time at a 1 s interval",
+         (Check("cost_load_off_statements_pct", "<=", 5), Check("cost_load_off_active_time_pct", "<=", 5)),
+         "{cost_load_vs_statements_pct:+g}% / {cost_load_vs_active_time_pct:+g}%", "points"),
 )
 
 
@@ -162,6 +168,14 @@ def figures(results: dict[str, Any]) -> Figures:
     if h := results.get("handover"):
         out |= {"handover_unled_s": h["join"]["longest_without_leader_s"],
                 "handover_led_again_s": h["kill"]["all_led_again_s"], "handover_two_intervals_s": 2 * h["interval_s"]}
+    if c := results.get("cost"):
+        proc, load = c["proc"], c["load"]
+        out |= {"cost_n": proc["sessions"], "cost_proc_added_pct": proc["on"]["added_pct"],
+                "cost_off_ms": proc["off"]["cycle_ms"], "cost_on_ms": proc["on"]["cycle_ms"],
+                "cost_load_vs_statements_pct": load["vs_statements_pct"] + 0.0,  # + 0.0: never "-0"
+                "cost_load_vs_active_time_pct": load["vs_active_time_pct"] + 0.0,
+                "cost_load_off_statements_pct": abs(load["vs_statements_pct"]),
+                "cost_load_off_active_time_pct": abs(load["vs_active_time_pct"])}
     return out
 
 

@@ -69,9 +69,10 @@ EXPORTER = shutil.which("prometheus-postgres-exporter") or shutil.which("postgre
 # Servers and sessions.
 
 @contextlib.contextmanager
-def server(**settings: str) -> Iterator[Cluster]:
-    """A throwaway PostgreSQL server with these postgresql.conf settings, destroyed on exit."""
-    cluster = start_cluster(settings=settings or None)
+def server(major: int | None = None, **settings: str) -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server (of `major`, else the first binaries found) with these postgresql.conf
+    settings, destroyed on exit."""
+    cluster = start_cluster(settings=settings or None, major=major)
     try:
         yield cluster
     finally:

@@ -85,6 +85,29 @@ def handover_section(b: Blocks, h: dict[str, Any]) -> str:
              led_again=seconds(b, kill["all_led_again_s"]), kill_spread=joined(kill["spread"]))
 
 
+def _pct(value: float) -> str:
+    return f"{value + 0.0:+g}"  # + 0.0: never "-0"
+
+
+def cost_section(b: Blocks, c: dict[str, Any]) -> str:
+    proc, load, stats = c["proc"], c["load"], c.get("backend_stats")
+    backend = ABSENT
+    if stats:
+        backend = b("cost.backend_stats", postgresql=stats["postgresql"], sessions=stats["sessions"],
+                    off_ms=stats["off"]["cycle_ms"], on_ms=stats["on"]["cycle_ms"],
+                    on_pct=_pct(stats["on"]["added_pct"]), every_ms=stats["on_every"]["cycle_ms"],
+                    every_pct=_pct(stats["on_every"]["added_pct"]),
+                    read_on=stats["on"]["read_per_poll"], read_every=stats["on_every"]["read_per_poll"])
+    return b("cost", postgresql=proc["postgresql"], sessions=proc["sessions"], rounds=proc["rounds"],
+             none_ms=proc["none"]["cycle_ms"], none_pct=_pct(proc["none"]["added_pct"]), off_ms=proc["off"]["cycle_ms"],
+             on_ms=proc["on"]["cycle_ms"], on_pct=_pct(proc["on"]["added_pct"]), every_ms=proc["on_every"]["cycle_ms"],
+             every_pct=_pct(proc["on_every"]["added_pct"]), read_on=proc["on"]["read_per_poll"],
+             read_every=proc["on_every"]["read_per_poll"], backend_stats=backend, n=load["sessions"],
+             seconds=g(load["seconds"]), interval=g(load["interval_s"]), load_postgresql=load["postgresql"],
+             counter=load["counter_s"], statements=load["statements_s"], active=load["active_time_s"],
+             vs_statements=_pct(load["vs_statements_pct"]), vs_active=_pct(load["vs_active_time_pct"]))
+
+
 def goal_rows(b: Blocks, results: dict[str, Any]) -> str:
     return "\n".join(b("goals.row", goal=o.text, measured=o.shown, holds=b("yes" if o.met else "no"))
                      for o in evaluate(results))
@@ -108,6 +131,7 @@ def render(results: dict[str, Any], plot: Path | None, blocks: Blocks | None = N
         locks=locks_section(b, results["locks"]) if results.get("locks") else ABSENT,
         fleet=fleet_section(b, results["fleet"], goals) if results.get("fleet") else ABSENT,
         handover=handover_section(b, results["handover"]) if results.get("handover") else ABSENT,
+        cost=cost_section(b, results["cost"]) if results.get("cost") else ABSENT,
         goal_rows=goal_rows(b, results),
         **core_notes(b, results, goals),
     )

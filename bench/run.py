@@ -8,6 +8,7 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
     scripts/bench --only core     # the sizes, reaction and synthetic tables alone
     scripts/bench --only fleet    # 50 targets on ten servers: one process, shard-mode replicas, a black hole (~10 min)
     scripts/bench --only handover  # shard-mode replicas joining and killed: targets handed over (bench/handover.py)
+    scripts/bench --only cost     # what the cost figures add to the poll, and load's accuracy (bench/cost.py)
     scripts/bench --render        # no measuring: docs/BENCHMARKS.md again from bench/results.json
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all
@@ -54,7 +55,7 @@ def main() -> int:
                         "as the run the docs compare with, as a run that replaced it would")
     parser.add_argument("--only", choices=PARTS,
                         help="measure only this part, merged into --output's results (core: the sizes, reaction and "
-                        "synthetic tables; with --quick, a small one: N = 100 or a small fleet, short windows)")
+                        "synthetic tables; with --quick, a small one: N = 100, a small fleet, short windows)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     if args.render or args.from_results:

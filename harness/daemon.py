@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,7 +34,8 @@ class DaemonProcess:
     """`pgparent run` with `config` (the file's text) on server `dsn` (None: no --dsn, e.g. a config of targets),
     `args` after the others; started at once, and waited for until it serves /metrics (for `start_timeout` seconds;
     None: not waited for, see `wait_serving`). `env` is added to this process's environment; `tls` and `auth` are what
-    requests to it use. Also a context manager that stops it on the way out.
+    requests to it use; `wrap` is a command that runs it (`unshare --pid --fork ...`: in a PID namespace of its own).
+    Also a context manager that stops it on the way out.
 
     Files, in `workdir` and named by the port so that several daemons can share it: `config` (rewrite it and send
     SIGHUP to reload), `log_path` (stderr: the JSON log lines), `out_path` (stdout).
@@ -41,20 +43,24 @@ class DaemonProcess:
 
     def __init__(self, workdir: Path, config: str, dsn: str | None, *args: str, env: dict[str, str] | None = None,
                  tls: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None, log_level: str = "info",
-                 start_timeout: float | None = START_TIMEOUT) -> None:
+                 start_timeout: float | None = START_TIMEOUT, wrap: Sequence[str] = ()) -> None:
         self.tls, self.auth = tls, auth
         self.port = free_port()
         self.config = workdir / f"rules-{self.port}.yaml"
         self.config.write_text(config)
         self.log_path = workdir / f"daemon-{self.port}.log"
         self.out_path = workdir / f"daemon-{self.port}.out"
-        cmd = [sys.executable, "-m", "exporter", "run", "--config.file", str(self.config),
+        cmd = [*wrap, sys.executable, "-m", "exporter", "run", "--config.file", str(self.config),
                *(("--dsn", dsn) if dsn is not None else ()),
                "--web.listen-address", f"127.0.0.1:{self.port}", "--log.format", "json", "--log.level", log_level,
                *args]
         self._offset = 0
         with self.log_path.open("wb") as log, self.out_path.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, cwd=REPO, env={**os.environ, **(env or {})})
+            # A wrapped daemon gets a process group of its own, so that signals reach it through its wrapper
+            # (`unshare --fork` ignores SIGTERM and SIGINT while it waits for its child).
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, cwd=REPO, env={**os.environ, **(env or {})},
+                                         start_new_session=bool(wrap))
+        self._group = bool(wrap)
         if start_timeout is not None:
             try:
                 self.wait_serving(start_timeout)
@@ -156,13 +162,17 @@ class DaemonProcess:
     # Signals
 
     def send(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        """Send `signum` to the daemon (and, when wrapped, to its wrapper's whole process group)."""
+        if self._group and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; the exit code (negative: the signal
         that ended it). Safe to call again, or after the process has exited."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.send(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(groups)
     _add_target(groups)
     groups.add_argument("--output", choices=["table", "json"], default="table")
+    groups.add_argument(
+        "--sample",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="poll twice this many seconds apart and show each group's LOAD (average active sessions) and CPU "
+        "(cores) over that time (default 0: MEM only, where pgparent sees the server's processes)",
+    )
 
     locks = sub.add_parser("locks", help="show the blocking forest now: root blockers and who waits on them")
     _add_connection(locks)
@@ -165,15 +173,48 @@ def _assessed(args: argparse.Namespace, config: Config) -> Assessment:
     return assess(snapshot, config, target=args.target or DEFAULT_TARGET)
 
 
-def cmd_groups(args: argparse.Namespace) -> int:
-    config = _config(args.config_file)
-    grouped = _assessed(args, config).grouped
-    from exporter.cli.render import groups_json, groups_table  # only `pgparent groups` renders tables
+def _costed(args: argparse.Namespace, config: Config, seconds: float) -> tuple[Assessment, float | None]:
+    """One poll of the server the command names, its cost accounted (every group by name), or, with `seconds`, two
+    polls that far apart and the server's time between them."""
+    import time
 
+    from exporter.core.settings import MAX_COUNT
+    from exporter.run.costs import Costs
+
+    db = _database(args, config)
+    costs = Costs()
+    target = args.target or DEFAULT_TARGET
+    try:
+        polls: list[Assessment] = []
+        for n in range(2 if seconds > 0 else 1):
+            if n:
+                time.sleep(seconds)
+            snapshot, _, samples = costs.read(db, db.connect(), config)
+            assessed = assess(snapshot, config, target=target, samples=samples, cost_state=costs.state,
+                              max_groups=MAX_COUNT)
+            costs.took(assessed)
+            polls.append(assessed)
+    finally:
+        costs.close()
+        db.close()
+    if len(polls) == 1:
+        return polls[0], None
+    return polls[1], (polls[1].snapshot.now - polls[0].snapshot.now).total_seconds()
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    if args.sample < 0:
+        raise UsageError(f"--sample {args.sample:g}: a number of seconds >= 0")
+    config = _config(args.config_file)
+    assessed, seconds = _costed(args, config, args.sample)
+    from exporter.cli.render import Costs, groups_json, groups_table  # only `pgparent groups` renders tables
+
+    assert assessed.cost is not None
+    costs = Costs(assessed.cost, seconds)
     if args.output == "json":
-        print(groups_json(grouped))
+        print(groups_json(assessed.grouped, costs))
         return EXIT_OK
-    for line in groups_table(grouped):
+    for line in groups_table(assessed.grouped, costs):
         print(line)
     return EXIT_OK
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from exporter.core.cost import SOURCES, Cost
 from exporter.core.model import PREPARED_XACT, Group, Grouped, LockGraph, Session, Snapshot
 
 
@@ -27,7 +29,60 @@ def ordered_groups(grouped: Grouped) -> list[Group]:
     return sorted(grouped.groups.values(), key=lambda g: (-g.stats.sessions, g.parent))
 
 
-def group_row(g: Group) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """What `pgparent groups` shows of each group's cost: over `seconds` (two polls that far apart, with --sample),
+    load (average active sessions) and CPU (cores); at the last poll, private memory. A figure whose source the
+    server does not give is None."""
+
+    cost: Cost
+    seconds: float | None = None
+
+    def of(self, parent: str) -> dict[str, Any]:
+        cost, seconds = self.cost, self.seconds
+        totals = cost.totals
+        proc = cost.sources.available("proc")
+        memory = cost.memory.get(parent) if proc else None
+        load = cpu = None
+        if seconds:
+            load = sum(v for (label, _), v in totals.load.items() if label == parent) / seconds
+            cpu = totals.cpu.get(parent, 0.0) / seconds if proc else None
+        return {
+            "load": None if load is None else round(load, 3),
+            "cpu_cores": None if cpu is None else round(cpu, 3),
+            "memory_bytes": memory[0] if memory else None,
+            "max_session_memory_bytes": memory[1] if memory else None,
+        }
+
+    def columns(self) -> tuple[str, ...]:
+        """The table's cost columns: those whose figures exist."""
+        sample, proc = bool(self.seconds), self.cost.sources.available("proc")
+        return tuple(c for c, shown in (("LOAD", sample), ("CPU", sample and proc), ("MEM", proc)) if shown)
+
+    def sources(self) -> dict[str, str]:
+        return {s: self.cost.sources.unavailable.get(s, "available") for s in SOURCES}
+
+
+def _fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}" if value < 10 * size else f"{value // size}{unit}"
+    return f"{value}B"
+
+
+def _cost_cells(costs: Costs | None, parent: str) -> tuple[str, ...]:
+    if costs is None:
+        return ()
+    figures = costs.of(parent)
+    cells = {"LOAD": f"{figures['load']:.2f}" if figures["load"] is not None else "-",
+             "CPU": f"{figures['cpu_cores']:.2f}" if figures["cpu_cores"] is not None else "-",
+             "MEM": _fmt_bytes(figures["memory_bytes"])}
+    return tuple(cells[c] for c in costs.columns())
+
+
+def group_row(g: Group, costs: Costs | None = None) -> dict[str, Any]:
     """One group as a JSON object."""
     st = g.stats
     return {
@@ -44,6 +99,7 @@ def group_row(g: Group) -> dict[str, Any]:
         "max_transaction_seconds": round(st.max_transaction_duration, 3),
         "age_seconds": round(st.age, 3),
         "sources": [src.label for src in g.sources],
+        **(costs.of(g.parent) if costs is not None else {}),
     }
 
 
@@ -52,20 +108,25 @@ def _sources(g: Group) -> str:
     return "+".join(src.label for src in g.sources) or "-"
 
 
-def groups_json(grouped: Grouped) -> str:
-    """The groups and the untagged sessions as one indented JSON document (`pgparent groups --output json`)."""
+def groups_json(grouped: Grouped, costs: Costs | None = None) -> str:
+    """The groups and the untagged sessions as one indented JSON document (`pgparent groups --output json`); with
+    `costs`, each group's load, CPU and memory (null where the server gives no such figure)."""
     untagged = grouped.untagged
-    doc = {
+    doc: dict[str, Any] = {
         "taken_at": grouped.now.isoformat(),
-        "groups": [group_row(g) for g in ordered_groups(grouped)],
+        "groups": [group_row(g, costs) for g in ordered_groups(grouped)],
         "untagged": {"sessions": untagged.sessions, "states": {k: v for k, v in untagged.by_state.items() if v}},
         "comment_tags_missed": grouped.comment_missed,
     }
+    if costs is not None:
+        doc["sample_seconds"] = costs.seconds
+        doc["cost_sources"] = costs.sources()
     return json.dumps(doc, indent=2)
 
 
-def groups_table(grouped: Grouped) -> list[str]:
-    """The groups as an aligned text table, largest first, and a closing count line."""
+def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
+    """The groups as an aligned text table, largest first, and a closing count line; with `costs`, the LOAD, CPU and
+    MEM columns whose figures exist."""
     ordered = ordered_groups(grouped)
     header = (
         "PARENT",
@@ -80,6 +141,7 @@ def groups_table(grouped: Grouped) -> list[str]:
         "LONGEST_QUERY",
         "LONGEST_TX",
         "AGE",
+        *(costs.columns() if costs is not None else ()),
         "SOURCE",
     )
     rows = [header]
@@ -100,6 +162,7 @@ def groups_table(grouped: Grouped) -> list[str]:
                 _fmt_seconds(st.max_query_duration),
                 _fmt_seconds(st.max_transaction_duration),
                 _fmt_seconds(st.age),
+                *_cost_cells(costs, g.parent),
                 _sources(g),
             )
         )

@@ -1,6 +1,7 @@
 """Pure: the pipeline, the one place that runs pgparent's stages in order over a poll's snapshot.
 
     snapshot -> locks.build (the blocking forest) -> grouping.group (groups, given the forest)
+             -> cost.account (each group's load, CPU, memory, I/O, WAL; with the samples the OS gave)
              -> policy.evaluate (signals, rule state, the pairs to watch) -> deadlines.schedule
 
 The daemon's cycle, `pgparent groups | locks | terminate`, the demo, the tests and the benchmark all call `assess`;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.core.cost import Cost, CostState, Samples, account
 from exporter.core.deadlines import Deadline, schedule
 from exporter.core.grouping import group
 from exporter.core.locks import build
@@ -29,6 +31,9 @@ class Assessment:
     decision: Decision
     deadlines: tuple[Deadline, ...] = ()
     """Earliest first; empty unless asked for (`assess(..., deadlines=True)`) and `config.deadlines` is on."""
+    cost: Cost | None = None
+    """What each group costs, with the counters carried on from `cost_state`; None unless asked for
+    (`assess(..., cost_state=...)`)."""
 
     @property
     def locks(self) -> LockGraph | None:
@@ -44,12 +49,23 @@ def assess(
     *,
     dry_run: bool = False,
     deadlines: bool = False,
+    samples: Samples | None = None,
+    cost_state: CostState | None = None,
+    max_groups: int | None = None,
 ) -> Assessment:
     """Group `snapshot`, read its locks, evaluate the rules that apply to the server `target` against the previous
     poll's `state`, and, with `deadlines` (the target enforces and `config.deadlines` is on), schedule the time
-    limits that may be crossed before the next poll. `dry_run` makes every signal a dry run."""
+    limits that may be crossed before the next poll. `dry_run` makes every signal a dry run.
+
+    With `cost_state` (the previous poll's `Assessment.cost.state`, or a fresh `CostState()`), account each group's
+    cost over the interval since, with what the operating system said (`samples`), its series folded beyond
+    `max_groups` (default: the config's)."""
     grouped = group(snapshot, config.grouping.compiled, build(snapshot))
+    cost = None
+    if cost_state is not None:
+        fold = config.grouping.max_groups if max_groups is None else max_groups
+        cost = account(grouped, snapshot, samples, cost_state, max_groups=fold, retain=config.cost.retain)
     watch = deadlines and config.deadlines
     decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=watch)
     timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if watch else ()
-    return Assessment(snapshot, grouped, decision, timed)
+    return Assessment(snapshot, grouped, decision, timed, cost)

@@ -232,6 +232,11 @@ class LockGraph:
         return max((self.waited(w) for w in waiters), default=0.0)
 
 
+BackendStats = tuple[int | None, int | None, int | None]
+"""A backend's cumulative PostgreSQL 18 counters as published: WAL bytes (pg_stat_get_backend_wal), bytes read and
+bytes written or extended (pg_stat_get_backend_io, summed; None when not asked for)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """What a poll reads beyond the fixed columns (`Config.poll`): the comment keys the tag sources need, and the
@@ -250,6 +255,9 @@ class Snapshot:
     sessions: tuple[Session, ...]
     workers: tuple[Session, ...] = ()
     blockers: tuple[Blocker, ...] = ()
+    backend_stats: Mapping[int, BackendStats] | None = None
+    """PostgreSQL 18's counters of the backends read at this poll, by pid: those that started or changed state
+    recently enough to have published new ones (exporter/core/cost.py: `stats_since`). None: not read."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -236,6 +237,30 @@ class LeaderElection(StrictModel):
     only (`--shard` sets it too)."""
 
 
+def _switch(value: object) -> object:
+    """YAML reads an unquoted `off` (and `on`, `no`, `yes`) as a boolean: false is `off`, true is `auto`."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return value
+
+
+Switch = Annotated[Literal["auto", "off"], BeforeValidator(_switch)]
+
+
+class CostSettings(StrictModel):
+    """What each group costs the server (exporter/core/cost.py): where the figures beyond load come from, and how
+    long the series of a group no poll sees any more are kept."""
+
+    proc: Switch = "auto"
+    """auto: CPU, memory and I/O from /proc where pgparent sees the server's processes (the same host, or a pod
+    sharing the process namespace); off: never read /proc."""
+    backend_stats: Switch = "auto"
+    """auto: WAL (and, without /proc/<pid>/io, bytes read and written) from PostgreSQL 18's per-backend counters;
+    off: never read them."""
+    retain: Duration = 900.0
+    """A group's counter series no poll has mapped a group to for this long are dropped."""
+
+
 class Match(StrictModel):
     """Which groups a rule applies to: globs on the parent tag and, optionally, on database and user."""
 
@@ -329,6 +354,7 @@ class Config(StrictModel):
     targets: tuple[TargetConfig, ...] = ()
     """Servers to watch; none means the one server of --dsn / the environment, named `default`."""
     audit: Audit = Audit()
+    cost: CostSettings = CostSettings()
     rules: tuple[Rule, ...] = ()
 
     @cached_property
@@ -351,6 +377,17 @@ class Config(StrictModel):
         if value < 0.1:
             raise ValueError("interval must be at least 100ms")
         return value
+
+    @field_validator("cost")
+    @classmethod
+    def _retain_spans_polls(cls, cost: CostSettings, info: ValidationInfo) -> CostSettings:
+        interval = info.data.get("interval")
+        if interval is not None and cost.retain < 2 * interval:
+            raise ValueError(
+                f"retain ({cost.retain:g}s) must be at least two intervals ({2 * interval:g}s): a group absent for "
+                "one poll would lose its series"
+            )
+        return cost
 
     @field_validator("rules")
     @classmethod
@@ -431,6 +468,8 @@ def describe(config: Config) -> list[str]:
         f"max_terminations_per_cycle {config.limits.max_terminations_per_cycle}",
         "grouping sources, first match wins: " + "; ".join(f"{k} {a}" for k, a in config.grouping.specs()),
         f"audit query_text {config.audit.query_text}",
+        f"cost: proc {config.cost.proc}, backend_stats {config.cost.backend_stats}, series of absent groups kept "
+        f"{config.cost.retain:g}s",
     ]
     if config.leader_election.enabled:
         lines.append(

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
+from exporter.core.cost import SOURCES, Cost
 from exporter.core.grouping import OTHER, top_groups
 from exporter.core.model import KNOWN_STATES, Group, Grouped
 from exporter.face import counters as m
@@ -51,6 +52,8 @@ class Published:
     """True while this replica holds the target's leader lock."""
     labels: dict[str, str] = field(default_factory=dict)
     """The target's constant labels (config `targets[].labels`)."""
+    cost: Cost | None = None
+    """What the groups cost, counters carried from poll to poll; shown with the groups."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +77,35 @@ class _Series:
     def __init__(self, base: Sequence[str], values: Sequence[str]) -> None:
         self.base = tuple(base)
         self.values = tuple(values)
-        self.families: dict[str, tuple[str, tuple[str, ...], list[tuple[Sequence[str], float]]]] = {}
+        self.families: dict[str, tuple[Family, list[tuple[Sequence[str], float]]]] = {}
 
     def add(self, family: Family, value: float, *values: str) -> None:
         """One sample of the declared `family`, its own label values in the order the declaration names them."""
         samples = self.families.get(family.name)
         if samples is None:
-            samples = self.families[family.name] = (family.help, family.labels, [])
-        samples[2].append((values, value))
+            samples = self.families[family.name] = (family, [])
+        samples[1].append((values, value))
 
-    def text(self) -> dict[str, tuple[str, bytes]]:
-        """Each family's help and sample lines, by name, as prometheus_client's text exposition writes them: labels
-        in name order, values escaped, numbers as Go formats them."""
+    def text(self) -> dict[str, tuple[Family, bytes]]:
+        """Each family's declaration and sample lines, by name, as prometheus_client's text exposition writes them:
+        labels in name order, values escaped, numbers as Go formats them, a counter's samples named `_total`."""
         given = zip(self.base, self.values, strict=True)
         fixed = {n: _escape(v).replace("{", "{{").replace("}", "}}") for n, v in given}  # literal in a template
-        out: dict[str, tuple[str, bytes]] = {}
-        for name, (doc, labels, samples) in self.families.items():
+        out: dict[str, tuple[Family, bytes]] = {}
+        for name, (family, samples) in self.families.items():
             # A template per family: the target's labels written in, the sample's own as {0}, {1}, ... in name order.
-            own = {label: f"{{{i}}}" for i, label in enumerate(labels)}
-            pairs = ",".join(f'{n}="{own[n] if n in own else fixed[n]}"' for n in sorted((*self.base, *labels)))
-            head = f"{name}{{{{{pairs}}}}} " if pairs else f"{name} "
+            own = {label: f"{{{i}}}" for i, label in enumerate(family.labels)}
+            pairs = ",".join(f'{n}="{own[n] if n in own else fixed[n]}"' for n in sorted((*self.base, *family.labels)))
+            exposed = _exposed(family)
+            head = f"{exposed}{{{{{pairs}}}}} " if pairs else f"{exposed} "
             lines = [head.format(*map(_escape, values)) + _number(value) + "\n" for values, value in samples]
-            out[name] = (doc, "".join(lines).encode())
+            out[name] = (family, "".join(lines).encode())
         return out
+
+
+def _exposed(family: Family) -> str:
+    """The name a family's samples carry in the text exposition: a counter's with `_total`."""
+    return family.name + "_total" if family.type == "counter" else family.name
 
 
 _number = cast("Callable[[float], str]", floatToGoString)
@@ -175,7 +184,7 @@ class PgparentCollector(Collector):
         self._version = 0
         self._stamps: dict[str, int] = {}
         """Per target, the version of its latest publish: its rendered series are kept while this holds."""
-        self._texts: dict[str, tuple[int, tuple[str, ...], dict[str, tuple[str, bytes]]]] = {}
+        self._texts: dict[str, tuple[int, tuple[str, ...], dict[str, tuple[Family, bytes]]]] = {}
         """Per target: the stamp and label names it was rendered with, and its families' help and sample lines."""
         self._rendered: tuple[int, bytes] | None = None
         self._render_lock = threading.Lock()
@@ -258,13 +267,14 @@ class PgparentCollector(Collector):
         # Removed targets' texts go. A lone target's text is the exposition itself, kept whole below; keeping it
         # twice would only save a re-render when the counters or flags alone change.
         self._texts = texts if len(texts) > 1 else {}
-        families: dict[str, tuple[str, list[bytes]]] = {}
+        families: dict[str, tuple[Family, list[bytes]]] = {}
         for _, _, rendered in texts.values():
-            for name, (doc, lines) in rendered.items():
-                families.setdefault(name, (doc, []))[1].append(lines)
+            for name, (family, lines) in rendered.items():
+                families.setdefault(name, (family, []))[1].append(lines)
         out = [generate_latest(_Metrics(self._process_families(flags)))]
-        for name, (doc, chunks) in families.items():
-            out.append(f"# HELP {name} {_help(doc)}\n# TYPE {name} gauge\n".encode())
+        for family, chunks in families.values():
+            exposed = _exposed(family)
+            out.append(f"# HELP {exposed} {_help(family.help)}\n# TYPE {exposed} {family.type}\n".encode())
             out += chunks
         return b"".join(out)
 
@@ -306,13 +316,14 @@ class PgparentCollector(Collector):
 
     def _families(self, latest: dict[str, Published], flags: Flags) -> list[Metric]:
         names = tuple(sorted({n for p in latest.values() for n in p.labels}))
-        merged: dict[str, GaugeMetricFamily] = {}
+        merged: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for target, p in sorted(latest.items()):
             series = self._series(target, p, names)
-            for name, (doc, labels, samples) in series.families.items():
+            for name, (declared, samples) in series.families.items():
                 family = merged.get(name)
                 if family is None:
-                    family = merged[name] = GaugeMetricFamily(name, doc, labels=[*series.base, *labels])
+                    kind = CounterMetricFamily if declared.type == "counter" else GaugeMetricFamily
+                    family = merged[name] = kind(name, declared.help, labels=[*series.base, *declared.labels])
                 for values, value in samples:
                     family.add_metric([*series.values, *values], value)
         return [*self._process_families(flags), *merged.values()]
@@ -344,6 +355,8 @@ class PgparentCollector(Collector):
             f.add(m.PENDING, n, rule)
         if p.up and p.grouped is not None:
             self._group_families(f, p.grouped, p.max_groups)
+            if p.cost is not None:
+                _cost_families(f, p.cost)
         return f
 
     def _group_families(self, f: _Series, grouped: Grouped, max_groups: int) -> None:
@@ -371,3 +384,29 @@ class PgparentCollector(Collector):
         f.add(m.HIDDEN, grouped.hidden)
         f.add(m.COMMENT_MISSED, grouped.comment_missed)
         f.add(m.GROUPS_DROPPED, len(folded))
+
+
+def _cost_families(f: _Series, cost: Cost) -> None:
+    """What the groups cost: each counter where its source gives figures now (absent, never 0, where it does not),
+    the memory gauges of the last poll, the host's memory, and which sources are available and why not."""
+    sources, totals = cost.sources, cost.totals
+    for (label, wait), seconds in totals.load.items():
+        f.add(m.GROUP_ACTIVE, seconds, label, wait)
+    shown = ((m.GROUP_CPU, totals.cpu, sources.available("proc")),
+             (m.GROUP_READ, totals.read, cost.io_source is not None),
+             (m.GROUP_WRITTEN, totals.written, cost.io_source is not None),
+             (m.GROUP_WAL, totals.wal, sources.available("backend_stats")))
+    for family, counter, available in shown:
+        if available:
+            for label, value in counter.items():
+                f.add(family, value, label)
+    for label, (total, largest) in cost.memory.items():
+        f.add(m.GROUP_MEMORY, total, label)
+        f.add(m.GROUP_MAX_MEMORY, largest, label)
+    if cost.host is not None:
+        f.add(m.HOST_MEMORY_AVAILABLE, cost.host.available)
+        f.add(m.HOST_MEMORY, cost.host.total)
+    for source in SOURCES:
+        f.add(m.COST_SOURCE, int(sources.available(source)), source)
+    for source, reason in sources.unavailable.items():
+        f.add(m.COST_SOURCE_UNAVAILABLE, 1, source, reason)

@@ -104,6 +104,65 @@ COMMENT_MISSED = _gauge(
 )
 GROUPS_DROPPED = _gauge("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.')
 
+# What each target's groups cost the server (exporter/core/cost.py): counters carried from poll to poll, gauges of
+# the last poll, and where they come from.
+GROUP_ACTIVE = _counter(
+    "pgparent_group_active_seconds",
+    "Seconds a group's sessions spent active, by wait_event_type (CPU: waiting on nothing); its rate() is the "
+    "group's average active sessions.",
+    "parent", "wait_event_type",
+)
+GROUP_CPU = _counter(
+    "pgparent_group_cpu_seconds",
+    "CPU seconds (utime + stime) used by a group's backends and their parallel workers, from /proc.",
+    "parent",
+)
+GROUP_MEMORY = _gauge(
+    "pgparent_group_memory_bytes",
+    "Private memory (RssAnon: no shared_buffers pages) of a group's backends and their parallel workers, summed.",
+    "parent",
+)
+GROUP_MAX_MEMORY = _gauge(
+    "pgparent_group_max_session_memory_bytes",
+    "Private memory (RssAnon) of a group's largest backend process.",
+    "parent",
+)
+GROUP_READ = _counter(
+    "pgparent_group_read_bytes",
+    "Bytes a group's backends read from storage (/proc/<pid>/io read_bytes, else PostgreSQL 18's backend I/O).",
+    "parent",
+)
+GROUP_WRITTEN = _counter(
+    "pgparent_group_written_bytes",
+    "Bytes a group's backends wrote to storage (/proc/<pid>/io write_bytes, else PostgreSQL 18's backend I/O writes "
+    "and extends).",
+    "parent",
+)
+GROUP_WAL = _counter(
+    "pgparent_group_wal_bytes",
+    "WAL bytes a group's backends generated (PostgreSQL 18's pg_stat_get_backend_wal, published when a backend goes "
+    "idle outside a transaction).",
+    "parent",
+)
+HOST_MEMORY_AVAILABLE = _gauge(
+    "pgparent_host_memory_available_bytes",
+    "Memory available to the server: the host's MemAvailable, or its memory cgroup's limit less its working set.",
+)
+HOST_MEMORY = _gauge(
+    "pgparent_host_memory_bytes", "Memory of the server's host (MemTotal), or its memory cgroup's limit."
+)
+COST_SOURCE = _gauge(
+    "pgparent_cost_source_available",
+    "1 if the cost source gives figures for the target: proc (CPU, memory), proc_io (bytes read and written), "
+    "backend_stats (PostgreSQL 18: WAL).",
+    "source",
+)
+COST_SOURCE_UNAVAILABLE = _gauge(
+    "pgparent_cost_source_unavailable",
+    "1, for each cost source that gives no figures for the target, with the reason why (see the README).",
+    "source", "reason",
+)
+
 # Counters.
 POLLS = _counter("pgparent_polls", "Poll cycles completed, successful or not.", "target")
 POLL_ERRORS = _counter("pgparent_poll_errors", "Polls that failed.", "target")

@@ -26,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
+from exporter.core.cost import StatsReading
 from exporter.core.model import NO_GUARD, Blocker, Guard, Reading, Session, SignalAction, Snapshot
 from exporter.core.tags import MAX_RAW_BYTES
 from exporter.errors import DatabaseUnavailable
@@ -65,6 +66,12 @@ class Capabilities:
     """The cluster's identifier (pg_control_system()), None where the role may not read it."""
     server_started: datetime | None = None
     database: str = ""
+    server_pid_started: datetime | None = None
+    """The backend_start of the session `server_pid`: with it and `server_started`, exporter/host/procfs.py tells
+    whether this host shows the server's processes."""
+    backend_stats: bool | None = None
+    """pg_stat_get_backend_wal and _io (PostgreSQL 18): None where they do not exist, False where the role may not
+    execute them."""
 
     @property
     def server(self) -> str:
@@ -156,7 +163,7 @@ class Database:
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._poll_sql: dict[tuple[bool, bool], sql.Composed] = {}
+        self._poll_sql: dict[tuple[bool, bool, bool | None], sql.Composed] = {}
         self._blocking_sql: sql.Composed | None = None
         self._watchdog: _Watchdog | None = None
         self.capabilities: Capabilities | None = None
@@ -254,10 +261,11 @@ class Database:
         assert self._conn is not None
         return self._conn
 
-    def _poll(self, comments: bool, query_text: bool) -> sql.Composed:
+    def _poll(self, comments: bool, query_text: bool, stats_io: bool | None = None) -> sql.Composed:
         """The poll statement for this server: with the comment reader when comment sources are configured, with the
-        query excerpt unless audit.query_text is none; composed once per connection and shape."""
-        composed = self._poll_sql.get((comments, query_text))
+        query excerpt unless audit.query_text is none, with PostgreSQL 18's counters unless `stats_io` is None (and
+        their bytes read and written with it true); composed once per connection and shape."""
+        composed = self._poll_sql.get((comments, query_text, stats_io))
         if composed is None:
             caps = self.capabilities
             assert caps is not None
@@ -271,21 +279,30 @@ class Database:
                 "query_cut": sql.SQL("w.query_cut" if comments else "false"),
                 "comment_join": sql.SQL(load_query("activity_comments") if comments else ""),
                 "database": sql.SQL("   AND a.datname = pg_catalog.current_database()" if self.database_only else ""),
+                "backend_stats": sql.SQL(
+                    "" if stats_io is None else ",\n" + load_query("activity_backend_stats" if stats_io
+                                                                    else "activity_backend_wal").rstrip()),
             }
-            composed = self._poll_sql[(comments, query_text)] = sql.SQL(load_query("activity")).format(**parts)
+            composed = self._poll_sql[(comments, query_text, stats_io)] = sql.SQL(load_query("activity")).format(
+                **parts)
         return composed
 
-    def snapshot(self, reading: Reading = Reading()) -> Snapshot:  # noqa: B008 - a frozen record
+    def snapshot(self, reading: Reading = Reading(), stats: StatsReading | None = None) -> Snapshot:  # noqa: B008
         """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`; then, only if
         some client session waits on a heavyweight lock, who blocks those sessions (one more statement).
 
         `reading` says what to read beyond the fixed columns (`Config.poll`): the comment keys the tag sources need,
-        and the query excerpt unless `audit.query_text` is none (default: no comments, the excerpt).
+        and the query excerpt unless `audit.query_text` is none (default: no comments, the excerpt). `stats` says
+        which PostgreSQL 18 counters to read in the same statement (None: none; ignored where the server has none).
         """
         conn = self._connection()
         assert self._blocking_sql is not None and self.capabilities is not None
         keys, query_text = reading.comment_keys, reading.query_text
+        if not self.capabilities.backend_stats:
+            stats = None
         params: dict[str, Any] = {"query_bytes": QUERY_BYTES}
+        if stats is not None:
+            params["stats_since"] = stats.since
         if keys:
             params |= {
                 "comment_keys": [k.replace(".", r"\.") for k in keys],  # the only regex character a key may hold
@@ -294,13 +311,14 @@ class Database:
                 "value_chars": 4 * (MAX_RAW_BYTES + 1),  # escaped: a byte takes up to 4 characters
             }
         try:
-            reader = SessionRows()
+            reader = SessionRows(backend_stats=stats is not None)
             # Binary results: timestamps and the query bytes arrive as they are stored, with no text to parse.
             cur = conn.cursor(row_factory=reader.factory, binary=True)
             # Behind a transaction pooler a prepared statement may not exist on the next server connection.
             prepare = not self.capabilities.pooled
+            statement = self._poll(bool(keys), query_text, None if stats is None else stats.io)
             with self._guard(conn):  # the network part: execute returns once the whole result has arrived
-                cur.execute(self._poll(bool(keys), query_text), params, prepare=prepare)
+                cur.execute(statement, params, prepare=prepare)
             rows = cur.fetchall()  # rows become Sessions off the deadline
             now = reader.now
             if now is None:  # no rows, so no now() column
@@ -322,7 +340,8 @@ class Database:
             raise self._fail("poll timed out", exc) from exc
         except psycopg.Error as exc:
             raise self._fail("poll failed", exc) from exc
-        return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers))
+        return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers),
+                        backend_stats=reader.backend_stats)
 
     def _row(self, query_name: str, params: dict[str, Any], what: str) -> tuple[Any, ...] | None:
         """The one row of `queries/<query_name>.sql` (None when it returns none); `what` names a failure."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from exporter.core.model import Session
+from exporter.core.model import BackendStats, Session
 
 QUERY_BYTES = 256
 """How much of each query text a poll reads: enough for an audit line, bounded whatever clients send."""
@@ -25,14 +25,25 @@ class SessionRows:
     once per poll: thousands of sessions then hold a few strings instead of one each.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, backend_stats: bool = False) -> None:
         self.now: datetime | None = None
         """The server's now() at the statement, from the rows read."""
+        self.backend_stats: dict[int, BackendStats] | None = {} if backend_stats else None
+        """With `backend_stats`, the rows' last column (PostgreSQL 18's counters of the backend) by pid, where the
+        poll read them."""
         self._seen: dict[object, object] = {}
         self._texts: dict[bytes | None, str | None] = {None: None}
 
     def factory(self, cursor: Any) -> Callable[[Sequence[Any]], Session]:
-        return self.row
+        return self.row if self.backend_stats is None else self.row_with_stats
+
+    def row_with_stats(self, values: Sequence[Any]) -> Session:
+        """A row with PostgreSQL 18's counters in its last column (NULL for most rows: not read)."""
+        *fields, stats = values
+        if stats is not None and self.backend_stats is not None:
+            wal, read, written = stats
+            self.backend_stats[fields[0]] = (wal, read, written)
+        return self.row(fields)
 
     def row(self, values: Sequence[Any]) -> Session:
         pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \

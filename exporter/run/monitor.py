@@ -22,6 +22,7 @@ from exporter.errors import DatabaseUnavailable
 from exporter.face.collector import PgparentCollector, Published
 from exporter.logs import get_logger
 from exporter.pg.database import Capabilities, Database
+from exporter.run.costs import Costs
 from exporter.run.enforcer import Enforcer
 from exporter.run.leadership import Leadership, Shard
 from exporter.run.servers import Servers
@@ -118,6 +119,7 @@ class Monitor:
         self.leadership.on_share_grew(self.wake.set)
         self.last_tick = time.monotonic()
         self.rule_state = RuleState()
+        self.costs = Costs(self.log)
         self.deadlines = DeadlineTimer()
         self._backoff = Backoff()
         self._last_success = 0.0
@@ -141,6 +143,7 @@ class Monitor:
         return True
 
     def close(self) -> None:
+        self.costs.close()
         self.leadership.close()
         if self.servers is not None:
             self.servers.release(self)
@@ -200,11 +203,12 @@ class Monitor:
                 self._succeeded(started, config, leader=False)
                 return
             off = self.leadership.enforcement_off(caps, leader)
-            snapshot = self.db.snapshot(config.poll)
-            read_at = time.monotonic()  # the server's now() of the snapshot, on this process's clock (about)
+            # read_at: the server's now() of the snapshot, on this process's clock (about)
+            snapshot, read_at, samples = self.costs.read(self.db, caps, config)
             with gc_paused():
                 assessed = assess(snapshot, config, self.rule_state, self.name,
-                                  dry_run=self.force_dry_run or self.dry_run, deadlines=off is None)
+                                  dry_run=self.force_dry_run or self.dry_run, deadlines=off is None,
+                                  samples=samples, cost_state=self.costs.state)
             self._report(assessed)
             decision = assessed.decision
             if off is None and decision.acts:
@@ -224,12 +228,13 @@ class Monitor:
             self._failed(started, config)
             return
         self._succeeded(started, config, leader=leader, grouped=assessed.grouped, violating=decision.violating,
-                        pending=decision.pending, enforcing=off is None)
+                        pending=decision.pending, enforcing=off is None, cost=assessed.cost)
 
     def _report(self, assessed: Assessment) -> None:
         """Take the assessment's rule state, and log what began or stopped firing."""
         decision = assessed.decision
         self.rule_state = decision.state
+        self.costs.took(assessed)
         for f in decision.started:
             self.log.warning("rule_firing", rule=f.rule, parent=f.parent, action=f.action, reasons=list(f.reasons),
                              dry_run=f.dry_run)

@@ -76,3 +76,24 @@ def test_handover_bench_merges_its_part(tmp_path: Path) -> None:
     assert sum(handover["join"]["spread"]) == handover["targets"] == sum(handover["kill"]["spread"])
     assert isinstance(handover["kill"]["all_led_again_s"], float)
     assert "Hand-over between replicas" in docs.read_text()
+
+
+def test_quick_cost_bench_merges_its_part(tmp_path: Path) -> None:
+    """`bench/run.py --only cost --quick` measures the poll with the OS figures off and on (and PostgreSQL 18's
+    counters where its binaries are here) and load's accuracy, merged into the results it is given, with its section
+    and goals in the docs."""
+    out, docs = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    shutil.copy(REPO / "bench" / "results.json", out)
+    before = json.loads(out.read_text())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "cost", "--quick",
+                             "--output", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=600,
+                            env=cluster_env())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {k: v for k, v in results.items() if k != "cost"} == {k: v for k, v in before.items() if k != "cost"}
+    cost = results["cost"]
+    for variant in ("none", "off", "on", "on_every"):
+        assert cost["proc"][variant]["cycle_ms"] > 0, variant
+    assert cost["load"]["counter_s"] > 0 and cost["load"]["active_time_s"] > 0
+    page = docs.read_text()
+    assert "## What each group costs" in page and "OS figures (/proc) add at most 25%" in page

@@ -4,7 +4,7 @@ directory and stops whatever is still running when the test ends, however it end
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,10 @@ class Daemons:
 
     def start(self, config: str, dsn: str | None, *args: str, env: dict[str, str] | None = None,
               tls: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None,
-              start_timeout: float | None = START_TIMEOUT) -> DaemonProcess:
+              start_timeout: float | None = START_TIMEOUT, wrap: Sequence[str] = ()) -> DaemonProcess:
         """`pgparent run` with `config` (the file's text) on `dsn`, as `DaemonProcess` takes them; serving."""
-        d = DaemonProcess(self.workdir, config, dsn, *args, env=env, tls=tls, auth=auth, start_timeout=start_timeout)
+        d = DaemonProcess(self.workdir, config, dsn, *args, env=env, tls=tls, auth=auth, start_timeout=start_timeout,
+                          wrap=wrap)
         self.started.append(d)
         return d
 

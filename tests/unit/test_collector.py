@@ -7,14 +7,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.core.cost import Cost, CostState, HostMemory, ProcSample, Samples, Sources, account
 from exporter.core.grouping import group
-from exporter.core.model import Grouped
+from exporter.core.model import Grouped, Snapshot
 from exporter.face.collector import Flags, PgparentCollector, Published, _Series
 from exporter.face.counters import FAMILIES
 from tests.support.tools import require_tool
@@ -177,3 +180,64 @@ def test_the_readme_lists_every_declared_metric_with_its_labels() -> None:
     declared = {f.name + suffix[f.type]: f.labels for f in FAMILIES}
     declared["pgparent_build_info"] = ("version",)  # the info metric's one label is its value
     assert listed == {n: tuple(labels for labels in ls if labels != "target") for n, ls in declared.items()}
+
+
+def costed(sources: Sources) -> tuple[Grouped, Cost]:
+    """Two polls of three groups (max_groups 2: one folds), their cost through the ledger."""
+    from tests.unit.factory import NOW, ago
+
+    def snap(t: float) -> Snapshot:
+        apps = ["A:1", "A:1", "B:2", "B:2", "C:3"]
+        return snapshot(*(replace(session(a, pid=10 + i, age=3600, query_age=60), state_change=ago(60))
+                          for i, a in enumerate(apps)), now=NOW + timedelta(seconds=t))
+
+    state = CostState()
+    for t in (0.0, 2.0):
+        snap_t = snap(t)
+        procs = {10 + i: ProcSample(ago(3600), int((t + i) * 1e9), (i + 1) << 20, 0, 4096)
+                 for i in range(5)} if sources.available("proc") else {}
+        grouped_t = group(snap_t, PATTERN)
+        cost = account(grouped_t, snap_t, Samples(sources, procs, HostMemory(8 << 30, 6 << 30)), state,
+                       max_groups=2, retain=900)
+        state = cost.state
+    return grouped_t, cost
+
+
+def test_cost_counters_render_as_counters_and_as_the_registry_collects() -> None:
+    """The cost counters are typed counters named `_total`, the gauges gauges, folded groups under __other__;
+    /metrics is byte for byte the registry's exposition."""
+    collector = PgparentCollector()
+    everything = Sources.of(proc=None, proc_io=None, backend_stats=None)
+    grouped_now, cost = costed(everything)
+    collector.publish(Published(up=True, grouped=grouped_now, cost=cost, max_groups=2, labels={"region": "eu"}))
+    text = collector.render()
+    assert text == generate_latest(collector.registry)
+    assert b"# TYPE pgparent_group_cpu_seconds_total counter" in text
+    assert b"# TYPE pgparent_group_active_seconds_total counter" in text
+    assert b"# TYPE pgparent_group_memory_bytes gauge" in text
+    registry = collector.registry
+    labels = {"region": "eu"}
+    assert at(registry, "pgparent_group_active_seconds_total", {"parent": "A:1", "wait_event_type": "CPU",
+                                                                 **labels}) == 4.0
+    assert at(registry, "pgparent_group_cpu_seconds_total", {"parent": "__other__", **labels}) == 2.0
+    assert at(registry, "pgparent_group_memory_bytes", {"parent": "A:1", **labels}) == 3 << 20
+    assert at(registry, "pgparent_group_max_session_memory_bytes", {"parent": "A:1", **labels}) == 2 << 20
+    assert at(registry, "pgparent_host_memory_available_bytes", labels) == 6 << 30
+    assert at(registry, "pgparent_cost_source_available", {"source": "proc", **labels}) == 1
+
+
+def test_without_proc_no_os_figure_is_exported_and_the_reason_is() -> None:
+    """Where the server's processes are not visible, load is exported and no CPU, memory, I/O or host series, not
+    even 0; the availability metric is 0 and says why."""
+    collector = PgparentCollector()
+    grouped_now, cost = costed(Sources.of(proc="not_visible", proc_io="not_visible", backend_stats="needs_pg18"))
+    collector.publish(Published(up=True, grouped=grouped_now, cost=cost, max_groups=2))
+    text = collector.render().decode()
+    assert "pgparent_group_active_seconds_total{" in text
+    for absent in ("pgparent_group_cpu_seconds", "pgparent_group_memory_bytes", "pgparent_group_read_bytes",
+                   "pgparent_group_wal_bytes", "pgparent_host_memory"):
+        assert absent not in text
+    registry = collector.registry
+    assert at(registry, "pgparent_cost_source_available", {"source": "proc"}) == 0
+    assert at(registry, "pgparent_cost_source_unavailable", {"source": "proc", "reason": "not_visible"}) == 1
+    assert at(registry, "pgparent_cost_source_unavailable", {"source": "backend_stats", "reason": "needs_pg18"}) == 1

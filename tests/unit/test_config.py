@@ -416,6 +416,7 @@ def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> Non
         "interval 5s, dry_run false, max_groups 500, max_terminations_per_cycle 100",
         f"grouping sources, first match wins: application_name {DEFAULT_PATTERN}",
         "audit query_text excerpt",
+        "cost: proc auto, backend_stats auto, series of absent groups kept 900s",
         f"leader election: session advisory lock {LOCK_KEY}; pgparent's DSN must reach PostgreSQL directly, not "
         "through a transaction pooler such as PgBouncer (the lock would stay on a pooled server connection: a "
         "replica that detects one does not enforce)",
@@ -425,6 +426,23 @@ def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> Non
         "  - stuck-transactions: parent=etl:*: max_idle_in_transaction > 900 for 60s -> log",
     ]
     assert err == ""
+
+
+def test_check_names_each_bad_cost_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `cost:` section with a bad source mode, an unknown key or a retention shorter than two intervals exits 2,
+    one line per field named; YAML's unquoted off and on are `off` and `auto`."""
+    path = write(tmp_path, "interval: 10s\ncost: {proc: maybe, backend_stats: off, retain: 5s, extra: 1}\n")
+    assert main(["check", "--config.file", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[1] for line in err] == ["cost.proc", "cost.extra"]
+    assert "'auto' or 'off'" in err[0]
+    path = write(tmp_path, "interval: 10s\ncost: {retain: 15s}\n")
+    assert main(["check", "--config.file", str(path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"{path}: cost: retain (15s) must be at least two intervals (20s): a group absent for one poll " \
+        "would lose its series"
+    unquoted = load_config(write(tmp_path, "cost: {proc: off, backend_stats: on, retain: 1h}\n")).cost
+    assert (unquoted.proc, unquoted.backend_stats, unquoted.retain) == ("off", "auto", 3600)  # YAML's booleans
 
 
 def test_check_marks_dry_run_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,9 +41,10 @@ def test_no_import_circle() -> None:
     assert circles == []
 
 
-STAGES = {"evaluate", "schedule", "build", "group"}
+STAGES = {"evaluate", "schedule", "build", "group", "account"}
 """The pipeline's stages, as exporter/core/assess.py calls them."""
-STAGE_MODULES = {"exporter.core.policy", "exporter.core.deadlines", "exporter.core.locks", "exporter.core.grouping"}
+STAGE_MODULES = {"exporter.core.policy", "exporter.core.deadlines", "exporter.core.locks", "exporter.core.grouping",
+                 "exporter.core.cost"}
 
 
 def test_one_place_runs_the_pipeline() -> None:

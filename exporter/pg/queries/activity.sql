@@ -9,6 +9,10 @@
 -- backend_type, state and backend_start: rows with a user and a database are kept as hidden client sessions
 -- (counted, never signalled); background processes have no user or no database.
 -- {database} narrows the poll to the DSN's database for a target with `sessions: database`, else is empty.
+-- {backend_stats} is empty, or (PostgreSQL 18, exporter/core/cost.py) one more column: the backend's published
+-- counters as int8[] (WAL bytes; bytes read, bytes written or extended, or NULLs when not asked for), read only for
+-- backends that started or changed state since %(stats_since)s (NULL: every backend), which are the only ones that
+-- may have published new ones; each pg_stat_get_backend_* call looks the pid up among every backend.
 SELECT a.pid,
        {leader_pid},
        a.backend_type,
@@ -26,7 +30,7 @@ SELECT a.pid,
        {query_id},
        {comment_values},
        {query_cut},
-       now()
+       now(){backend_stats}
   FROM pg_catalog.pg_stat_activity AS a
 {comment_join}
  WHERE a.pid <> pg_catalog.pg_backend_pid()

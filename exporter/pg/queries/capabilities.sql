@@ -4,6 +4,9 @@
 -- track_activity_query_size (in bytes) says where PostgreSQL cuts query texts. system_identifier (NULL where the role
 -- may not read pg_control_system()) and the postmaster's start time tell one running server from another (a standby
 -- shares its primary's identifier, not its start time); database is the DSN's database.
+-- server_pid_started (that session's backend_start) and server_started are how pgparent finds the server's
+-- processes in /proc (exporter/host/procfs.py). backend_stats says whether pg_stat_get_backend_wal and _io exist
+-- (PostgreSQL 18) and may be executed: NULL where they do not exist, false where the role may not.
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -19,4 +22,11 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
        CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
             THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END AS system_identifier,
        pg_catalog.pg_postmaster_start_time() AS server_started,
-       pg_catalog.current_database() AS database
+       pg_catalog.current_database() AS database,
+       (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) AS s)
+         AS server_pid_started,
+       (SELECT bool_and(pg_catalog.has_function_privilege(f, 'EXECUTE'))
+          FROM unnest(ARRAY[pg_catalog.to_regprocedure('pg_catalog.pg_stat_get_backend_wal(integer)'),
+                            pg_catalog.to_regprocedure('pg_catalog.pg_stat_get_backend_io(integer)')]) AS f
+         WHERE f IS NOT NULL
+        HAVING count(*) = 2) AS backend_stats
