@@ -1,10 +1,11 @@
 """Draw docs/dashboard.png: the Grafana dashboard rendered from live data, without Grafana.
 
 Starts the live stack of tests/deliverables/stack.py (a throwaway PostgreSQL with tagged sessions, `pgparent run`,
-Prometheus scraping it every second), adds some churn for a while so the graphs have shape, queries every panel
-target over the run, and draws the panels with matplotlib where the dashboard's 24-column grid puts them, in Grafana's
-dark theme: titles, axes in each panel's unit, table legends (Last *, Max) sorted as configured, stat tiles coloured
-by their value mappings and thresholds.
+Prometheus scraping it every second), adds some churn for a while so the graphs have shape (a hash aggregate that
+grows its group's private memory among them), queries every panel target over the run with the stack's group and core
+count chosen, and draws the panels with matplotlib where the dashboard's 24-column grid puts them, in Grafana's dark
+theme: titles, axes in each panel's unit, stacks with their reference lines apart, table legends (Last *, Max) sorted
+as configured, stat tiles coloured by their value mappings and thresholds.
 
 Usage: .venv/bin/python scripts/render_dashboard.py [--seconds 75] [--output docs/dashboard.png]
 (--help for the rest).
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from exporter.core.settings import DEFAULT_TARGET  # noqa: E402
 from tests.deliverables.grafana import load_dashboard, panels, substitute  # noqa: E402 - needs ROOT on sys.path
-from tests.deliverables.stack import JOB, LOCK_KEY, LONG_QUERY, LiveStack, live_stack  # noqa: E402
+from tests.deliverables.stack import CORES, JOB, LOCK_KEY, LONG_QUERY, PARENT, LiveStack, live_stack  # noqa: E402
 from tests.support.servers import make_server  # noqa: E402
 
 WIDTH = 1600
@@ -53,6 +54,9 @@ ROW = 34
 GAP = 8
 STEP = 1.0
 RATE_INTERVAL = "15s"
+
+HASH_AGGREGATE = "SELECT count(*) FROM (SELECT g, count(*) FROM generate_series(1, 4000000) g GROUP BY g) s"
+"""analytics:5's statement: a hash aggregate that holds a few hundred MB of private memory for a few seconds."""
 
 BG, PANEL_BG, BORDER, TEXT, MUTED, GRID = "#111217", "#181b1f", "#2c3235", "#ccccdc", "#8e8e9a", "#25282d"
 PALETTE = ["#73BF69", "#F2CC0C", "#8AB8FF", "#FF780A", "#F2495C", "#5794F2", "#B877D9", "#705DA0", "#37872D",
@@ -68,6 +72,7 @@ class Series:
     color: str = ""
     dash: bool = False
     fill: float = 0.0
+    stacked: bool = False
 
 
 @dataclass
@@ -79,12 +84,14 @@ class PanelData:
 # -- scenario --------------------------------------------------------------------------------------------------------
 
 def churn(stack: LiveStack, seconds: float) -> None:
-    """Give the graphs shape: groups come and go, runaway-1001 kills in bursts, the etl group grows and queues."""
+    """Give the graphs shape: groups come and go, runaway-1001 kills in bursts, the etl group grows and queues, a
+    hash aggregate grows its group's memory and uses a core."""
     clients, app = stack.clients, stack.app_dsn
     lock = "SELECT pg_advisory_xact_lock({}, {})".format(*LOCK_KEY)
     events: list[tuple[float, str, int]] = [
         (5, "report", 4), (8, "kill", 2), (18, "etl", 1), (21, "kill", 4), (27, "kill", 1), (28, "batch", 3),
-        (34, "waiter", 1), (40, "etl", 1), (46, "kill", 3), (48, "untagged", 1), (55, "web", 1), (63, "kill", 2),
+        (34, "waiter", 1), (38, "hash", 1), (40, "etl", 1), (46, "kill", 3), (48, "untagged", 1), (55, "web", 1),
+        (58, "hash", 2), (63, "kill", 2),
     ]
     t0 = time.monotonic()
     for at, what, n in events:
@@ -101,6 +108,8 @@ def churn(stack: LiveStack, seconds: float) -> None:
             clients.start("etl:42:waiter", lock, n=n, dsn=app)
         elif what == "batch":
             clients.start("batch:7", LONG_QUERY, n=n, dsn=app)
+        elif what == "hash":
+            clients.start("analytics:5", HASH_AGGREGATE, n=n, dsn=app, setup="SET work_mem = '1GB'")
         elif what == "untagged":
             stack.held.open(app, "psql")
         elif what == "web":
@@ -116,7 +125,7 @@ def fetch(stack: LiveStack, start: float, end: float) -> list[PanelData]:
             # The daemon's one target selected, as LiveStack.expr does: left at its ".+" default, `literal` would
             # escape it into a selector that matches nothing.
             expr = substitute(target["expr"], job=JOB, instance=stack.instance, rate_interval=RATE_INTERVAL,
-                              target=DEFAULT_TARGET, literal=True)
+                              target=DEFAULT_TARGET, parent=PARENT, cores=CORES, literal=True)
             result = stack.prometheus.query_range(expr, start, end, STEP)
             for r in result:
                 data.series.append(Series(
@@ -139,6 +148,11 @@ def _legend(fmt: str, labels: dict[str, str], expr: str) -> str:
 def fmt_value(v: float, unit: str, decimals: int | None = None) -> str:
     if unit in ("bool_yes_no", "bool"):
         return "yes" if v else "no"
+    if unit == "bytes":  # Grafana's "bytes (IEC)"
+        for power, suffix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+            if abs(v) >= 1024**power:
+                return f"{_num(v / 1024**power, decimals)} {suffix}"
+        return f"{_num(v, decimals)} B"
     if unit == "s":
         if v == 0:
             return "0 s"
@@ -168,6 +182,10 @@ def nice_ticks(top: float, unit: str, count: int = 4) -> list[float]:
     raw = top / count
     if unit == "s" and raw >= 10:
         step = next((s for s in (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200) if s >= raw), 3600 * 6)
+    elif unit == "bytes" and raw >= 1024:  # steps round in the IEC unit the axis shows (256 MiB, 1 GiB, ...)
+        scale = 1024 ** min(4, int(math.log(raw, 1024)))
+        mag = 10 ** math.floor(math.log10(raw / scale))
+        step = scale * next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw / scale)
     else:
         mag = 10 ** math.floor(math.log10(raw))
         step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
@@ -243,6 +261,9 @@ def _style(data: PanelData) -> None:
         s.dash = bool(_override(data.panel, s.ref, "custom.lineStyle"))
         own_fill = _override(data.panel, s.ref, "custom.fillOpacity")
         s.fill = (own_fill if own_fill is not None else fill) / 100
+        # A reference line (the cores, host memory available) overrides the panel's stacking: drawn on its own.
+        stacking = _override(data.panel, s.ref, "custom.stacking") or defaults.get("custom", {}).get("stacking", {})
+        s.stacked = stacking.get("mode") == "normal"
 
 
 def draw_timeseries(page: Page, data: PanelData, x: float, y: float, w: float, h: float, t0: float,
@@ -250,25 +271,25 @@ def draw_timeseries(page: Page, data: PanelData, x: float, y: float, w: float, h
     panel = data.panel
     defaults = panel["fieldConfig"]["defaults"]
     unit, decimals = defaults.get("unit", "short"), defaults.get("decimals")
-    stacked = defaults.get("custom", {}).get("stacking", {}).get("mode") == "normal"
     legend = panel.get("options", {}).get("legend", {})
     _style(data)
     if not data.series:
         page.no_data(x, y, w, h)
         return
 
-    times = sorted({t for s in data.series for t in s.points})
+    # The stack's steps: those of the stacked series (a reference line apart may be sampled elsewhere).
+    times = sorted({t for s in data.series if s.stacked for t in s.points})
     lower: dict[int, dict[float, float]] = {}
     upper: dict[int, dict[float, float]] = {}
     base = dict.fromkeys(times, 0.0)
     for i, s in enumerate(data.series):
         lower[i], upper[i] = {}, {}
         # Stacked, a missing point counts as 0 (as Grafana stacks nulls), so the areas above stay closed.
-        for t in times if stacked else sorted(s.points):
+        for t in times if s.stacked else sorted(s.points):
             v = s.points.get(t, 0.0)
-            lo = base[t] if stacked else 0.0
+            lo = base[t] if s.stacked else 0.0
             lower[i][t], upper[i][t] = lo, lo + v
-            if stacked:
+            if s.stacked:
                 base[t] = lo + v
     top = max((v for u in upper.values() for v in u.values()), default=1.0)
     ticks = nice_ticks(top * 1.05 if top > 0 else 1.0, unit)
@@ -403,7 +424,8 @@ def render(datas: list[PanelData], t0: float, t1: float, instance: str) -> Page:
     page.text(WIDTH - PAD - 4, 30, f"Last {round(t1 - t0)} s · refresh 30s · "
               f"UTC{datetime.now().astimezone().strftime('%z')}", 13, MUTED, anchor="right")
     cx = PAD + 4.0
-    chips = (("Data source", "Prometheus"), ("Job", JOB), ("Instance", instance), ("Target", DEFAULT_TARGET))
+    chips = (("Data source", "Prometheus"), ("Job", JOB), ("Instance", instance), ("Target", DEFAULT_TARGET),
+             ("Group", PARENT), ("Server CPU cores", CORES))
     for label, value in chips:
         wl, wv = 8 + 7.2 * len(label), 14 + 7.2 * len(value)
         page.rect(cx, 46, wl + wv, 26, PANEL_BG, edge=BORDER, radius=2)
@@ -418,7 +440,7 @@ def render(datas: list[PanelData], t0: float, t1: float, instance: str) -> Page:
         x, y = PAD + g["x"] * col + GAP / 2, HEADER + g["y"] * ROW + GAP / 2
         w, h = g["w"] * col - GAP, g["h"] * ROW - GAP
         page.rect(x, y, w, h, PANEL_BG, edge=BORDER)
-        page.text(x + 10, y + 20, d.panel["title"], 14, bold=True)
+        page.text(x + 10, y + 20, d.panel["title"].replace("$parent", PARENT), 14, bold=True)
         body_y, body_h = y + 28, h - 32
         if d.panel["type"] == "stat":
             draw_stat(page, d, x, body_y, w, body_h)

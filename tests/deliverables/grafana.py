@@ -34,6 +34,24 @@ the live checks' 1 s scrapes it spans about 15 samples, plenty for rate()."""
 RANGE_FUNCTIONS = frozenset({"rate", "irate", "increase"})
 """The functions a counter may sit in directly (dashboard-linter's target-counter-agg-rule)."""
 
+COST_METRICS_NOT_YET_DECLARED = frozenset({
+    "pgparent_group_active_seconds_total",
+    "pgparent_group_cpu_seconds_total",
+    "pgparent_group_memory_bytes",
+    "pgparent_group_max_session_memory_bytes",
+    "pgparent_group_read_bytes_total",
+    "pgparent_group_written_bytes_total",
+    "pgparent_group_wal_bytes_total",
+    "pgparent_host_memory_available_bytes",
+    "pgparent_host_memory_bytes",
+    "pgparent_cost_source_available",
+})
+"""What each group costs the server (issue 18): metrics the dashboard and the alerts read whose declarations in
+exporter/face/counters.py come with the exporter's side of that work, on another branch. Until it is merged the
+checks that every metric a panel or an alert reads is declared accept these names, and the live checks accept no
+data from a query that reads only these while the daemon exports none of them. Remove at the merge:
+test_dashboard.py fails once any name here is declared."""
+
 
 def load_dashboard() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -77,21 +95,29 @@ def _regex_escape_for_promql(value: str) -> str:
 
 
 def substitute(expr: str, job: str = ".+", instance: str = ".+", rate_interval: str = RATE_INTERVAL,
-               *, target: str = ".+", literal: bool = False) -> str:
-    """The expression Grafana would send: $__rate_interval, $job, $instance and $target replaced.
+               *, target: str = ".+", parent: str = "", cores: str = "0", literal: bool = False) -> str:
+    """The expression Grafana would send: $__rate_interval, $job, $instance, $target, $parent and $cores replaced.
 
-    `literal=True` escapes the values as Grafana does for concrete multi-value selections; otherwise they are taken as
-    regexes, like the variables' allValue ".+".
+    `literal=True` escapes the multi-value variables' values (job, instance, target) as Grafana does for concrete
+    selections; otherwise they are taken as regexes, like the variables' allValue ".+". `parent` is a single-value
+    variable matched exactly (`parent="$parent"`): Grafana escapes only its backslashes and quotes. `cores` is a
+    textbox holding a number (its default, 0, draws no reference line).
     """
 
     def value(v: str) -> str:
-        return _regex_escape_for_promql(v) if literal else v.replace("\\", "\\\\").replace('"', '\\"')
+        return _regex_escape_for_promql(v) if literal else _string_escape(v)
 
     out = re.sub(r"\$\{__rate_interval\}|\$__rate_interval\b", rate_interval, expr)
     out = re.sub(r"\$\{job\}|\$job\b", lambda _: value(job), out)
     out = re.sub(r"\$\{instance\}|\$instance\b", lambda _: value(instance), out)
     out = re.sub(r"\$\{target\}|\$target\b", lambda _: value(target), out)
+    out = re.sub(r"\$\{parent\}|\$parent\b", lambda _: _string_escape(parent), out)
+    out = re.sub(r"\$\{cores\}|\$cores\b", lambda _: cores, out)
     return out
+
+
+def _string_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def promtool_check_rules(exprs: dict[str, str], workdir: Path) -> subprocess.CompletedProcess[str]:
@@ -110,7 +136,7 @@ _TOKEN = re.compile(
     (?P<ws>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
   | (?P<range>\[[^\]]*\])
-  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|\$\w+|\$\{\w+\})  # or a variable standing for one: $cores
   | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
   | (?P<op>=~|!~|!=|==|>=|<=|[-+*/%^<>=(){},])
     """,
@@ -228,6 +254,16 @@ def selectors(expr: str) -> list[Selector]:
     if calls:
         raise ValueError(f"unbalanced '(' in {expr!r}")
     return found
+
+
+@functools.cache
+def declared_metrics() -> frozenset[str]:
+    """Every series name exporter/face/counters.py declares, as /metrics spells it (a counter with `_total`, the info
+    metric with `_info`)."""
+    from exporter.face.counters import FAMILIES
+
+    suffix = {"counter": "_total", "info": "_info", "gauge": ""}
+    return frozenset(f.name + suffix[f.type] for f in FAMILIES)
 
 
 @functools.cache

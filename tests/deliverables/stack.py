@@ -10,6 +10,8 @@ The scenario gives every dashboard panel something to show:
 - etl:42, one session idle in a transaction that holds an advisory lock, one waiting for that lock, one running a
   long query: rule etl-long-transactions (action log) keeps the group violating;
 - app:web, three idle sessions: rule web-pool (max_sessions 2, for 1h) keeps the group pending;
+- batch:cpu, one session in a loop that counts a series and sleeps, about a twentieth of a core: CPU for the cost
+  panels (no rule matches it);
 - one untagged idle session;
 - lock chains on the rows of a table of the stack's own: billing:7 sits idle in a transaction holding row 1; ledger:8's
   first session waits on it, and an untagged session waits on row 1 behind ledger:8 (on the tuple lock ledger:8
@@ -23,6 +25,7 @@ The scenario gives every dashboard panel something to show:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -56,6 +59,13 @@ LOCK_KEY = (7001, 42)
 """The etl:42 advisory lock, in the two-int4 key space so it cannot meet a single-bigint key another tool uses."""
 
 LONG_QUERY = "SELECT pg_sleep(600)"
+CPU_LOOP = "DO $$BEGIN LOOP PERFORM count(*) FROM generate_series(1, 50000); PERFORM pg_sleep(0.1); END LOOP; END$$"
+"""batch:cpu's statement: a backend that uses some CPU (about 0.05 of a core here), never ending."""
+PARENT = "etl:42"
+"""The group the dashboard's `parent` variable picks in the live checks and the picture: its active sessions wait on
+a lock (etl:42:waiter) and in pg_sleep (etl:42:worker)."""
+CORES = str(os.cpu_count() or 1)
+"""The dashboard's `cores` variable in the live checks and the picture: the stack's server runs on this machine."""
 ROW_UPDATE = "UPDATE {} SET n = n + 1 WHERE id = {}"
 ROW_LOCK = "SELECT id FROM {} WHERE id = {} FOR UPDATE"
 
@@ -198,11 +208,11 @@ class LiveStack:
     def instance(self) -> str:
         return f"127.0.0.1:{self.daemon.port}"
 
-    def expr(self, target: Target, rate_interval: str = "15s") -> str:
+    def expr(self, target: Target, rate_interval: str = "15s", *, cores: str = CORES) -> str:
         """The target's query as Grafana would send it with this job, instance and server (the daemon's one target,
-        `default`) selected."""
+        `default`) selected, group PARENT chosen and the server's cores entered."""
         return substitute(target.expr, job=JOB, instance=self.instance, rate_interval=rate_interval,
-                          target=DEFAULT_TARGET, literal=True)
+                          target=DEFAULT_TARGET, parent=PARENT, cores=cores, literal=True)
 
 
 def _rows(server: Server, table: str, app: str) -> None:
@@ -278,6 +288,7 @@ def start_scenario(clients: Clients, held: HeldSessions, app_dsn: str) -> None:
     for _ in range(3):
         held.open(app_dsn, "app:web")
     held.open(app_dsn, "reporting")
+    clients.start("batch:cpu", CPU_LOOP, dsn=app_dsn)
 
 
 @contextmanager

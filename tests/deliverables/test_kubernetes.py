@@ -1,5 +1,5 @@
-"""The Kubernetes base and its components (podmonitor, fleet): they build, every object validates, and the base's
-copies match their sources.
+"""The Kubernetes base and its components (podmonitor, fleet, sidecar): they build, every object validates, and the
+base's copies match their sources.
 
 The prometheus-operator objects are checked twice, with schemas from the npm package
 @kubernetes-models/prometheus-operator, installed on demand into a cache outside the repository ($PGPARENT_NPM_CACHE,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.deliverables
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "kubernetes"
-CORE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment"}
+CORE_KINDS = {"ServiceAccount", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet"}
 OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 NPM_CACHE = Path(os.environ.get("PGPARENT_NPM_CACHE", "/var/tmp/pgparent-npm"))  # noqa: S108 - a cache kept across runs
 PACKAGE = "@kubernetes-models/prometheus-operator"
@@ -82,6 +82,12 @@ def pod_monitor_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
 def fleet_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
     """The base with the fleet component: several targets, a DSN file each, three replicas dividing them."""
     return with_component(tmp_path_factory, "fleet")
+
+
+@pytest.fixture(scope="module")
+def sidecar_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the sidecar component: pgparent in the PostgreSQL pod, sharing its process namespace."""
+    return with_component(tmp_path_factory, "sidecar")
 
 
 def by_kind(objects: list[Obj], kind: str) -> Obj:
@@ -243,11 +249,11 @@ def test_fleet_component_builds_every_object(objects: list[Obj], fleet_objects: 
     assert configmap_with(fleet_objects, dashboard) == configmap_with(objects, dashboard)
 
 
-@pytest.mark.parametrize("build", ["objects", "fleet_objects"])
-def test_core_objects_pass_kubernetes_validate_strict(build: str, request: pytest.FixtureRequest,
+@pytest.mark.parametrize(("build", "count"), [("objects", 6), ("fleet_objects", 6), ("sidecar_objects", 8)])
+def test_core_objects_pass_kubernetes_validate_strict(build: str, count: int, request: pytest.FixtureRequest,
                                                       tmp_path: Path) -> None:
-    """kubernetes-validate --strict accepts every core object of the base and of the fleet build (no unknown fields,
-    right types)."""
+    """kubernetes-validate --strict accepts every core object of the base, of the fleet build and of the sidecar
+    build (no unknown fields, right types)."""
     objects: list[Obj] = request.getfixturevalue(build)
     files = []
     for n, obj in enumerate(o for o in objects if o["kind"] in CORE_KINDS):
@@ -258,7 +264,7 @@ def test_core_objects_pass_kubernetes_validate_strict(build: str, request: pytes
     assert tool.exists(), "kubernetes-validate is in the test extra: run scripts/setup"
     result = subprocess.run([str(tool), "--strict", *files], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files) == 6, result.stdout
+    assert result.stdout.count("passed") == len(files) == count, result.stdout
 
 
 def test_kubernetes_validate_strict_rejects_an_unknown_field(objects: list[Obj], tmp_path: Path) -> None:
@@ -454,3 +460,118 @@ def test_service_and_monitors_point_at_the_named_metrics_port(objects: list[Obj]
     assert by_kind(objects, "ServiceMonitor")["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
         "labels"
     ].items()
+
+
+# -- the sidecar component -------------------------------------------------------------------------------------------
+def _sidecar_pod(sidecar_objects: list[Obj]) -> tuple[Obj, Obj, Obj]:
+    """The StatefulSet's pod spec, its postgres container and its pgparent container."""
+    pod = by_kind(sidecar_objects, "StatefulSet")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"postgres", "pgparent"}
+    return pod, containers["postgres"], containers["pgparent"]
+
+
+def _env(container: Obj) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_sidecar_component_puts_pgparent_in_the_postgresql_pod(objects: list[Obj], sidecar_objects: list[Obj]
+                                                                ) -> None:
+    """With the sidecar component pgparent runs in a PostgreSQL StatefulSet's pod instead of a Deployment: no
+    Deployment and no DSN Secret are left, one server, and the objects the component leaves alone (the account, the
+    monitor, the alerts, the dashboard, the rules) are the base's."""
+    kinds = sorted(o["kind"] for o in sidecar_objects)
+    assert kinds == sorted(["ServiceAccount", "ConfigMap", "ConfigMap", "ConfigMap", "Secret", "Service", "Service",
+                            "StatefulSet", "ServiceMonitor", "PrometheusRule"])
+    assert [o["metadata"]["name"] for o in sidecar_objects if o["kind"] == "Secret"] == ["postgresql-credentials"]
+    assert by_kind(sidecar_objects, "StatefulSet")["spec"]["replicas"] == 1
+    untouched = ("ServiceAccount", "ServiceMonitor", "PrometheusRule")
+    assert [o for o in sidecar_objects if o["kind"] in untouched] == [o for o in objects if o["kind"] in untouched]
+    for key in ("pgparent-dashboard.json", "rules.yaml"):
+        assert configmap_with(sidecar_objects, key) == configmap_with(objects, key)
+
+
+def test_sidecar_shares_the_process_namespace_as_the_postgres_uid(sidecar_objects: list[Obj]) -> None:
+    """The pod shares one process namespace, so the pids of pg_stat_activity are pgparent's; pgparent runs as the
+    postgres container's UID, so /proc/<pid>/io is readable, and with no capability at all (no CAP_SYS_PTRACE), a
+    read-only root and no privilege escalation; both containers run non-root."""
+    pod, postgres, pgparent = _sidecar_pod(sidecar_objects)
+    assert pod["shareProcessNamespace"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    def uid(container: Obj) -> int:
+        value = container.get("securityContext", {}).get("runAsUser", pod["securityContext"].get("runAsUser"))
+        assert isinstance(value, int), f"{container['name']}: no numeric runAsUser"
+        return value
+
+    assert uid(pgparent) == uid(postgres) == 999, "the official postgres image's UID"
+    assert pgparent["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}
+    }
+    assert "add" not in postgres["securityContext"].get("capabilities", {})
+
+
+def test_sidecar_reaches_the_server_over_the_shared_socket_as_the_least_privilege_role(
+    sidecar_objects: list[Obj],
+) -> None:
+    """pgparent's libpq variables name the socket directory that both containers mount from one volume (PostgreSQL's
+    own /var/run/postgresql, read-only for pgparent) and role pgparent, whose password is the Secret key the initdb
+    script creates the role with; the server asks every local connection for a password."""
+    pod, postgres, pgparent = _sidecar_pod(sidecar_objects)
+    env, pg_env = _env(pgparent), _env(postgres)
+    assert (env["PGHOST"], env["PGUSER"]) == ("/var/run/postgresql", "pgparent")
+    assert "PGPARENT_DSN" not in env
+    mounts = {c["name"]: {m["mountPath"]: m for m in c["volumeMounts"]} for c in (postgres, pgparent)}
+    socket = mounts["pgparent"][env["PGHOST"]]
+    assert socket["readOnly"] is True
+    assert mounts["postgres"][env["PGHOST"]]["name"] == socket["name"]
+    assert {"name": socket["name"], "emptyDir": {}} in pod["volumes"]
+    assert env["PGPASSWORD"] == pg_env["PGPARENT_PASSWORD"]
+    secret = by_kind(sidecar_objects, "Secret")
+    key = env["PGPASSWORD"]["secretKeyRef"]
+    assert key["name"] == secret["metadata"]["name"] and key["key"] in secret["stringData"]
+    assert pg_env["POSTGRES_INITDB_ARGS"] == "--auth=scram-sha-256", "initdb trusts local connections by default"
+
+
+def test_sidecar_initdb_script_creates_the_least_privilege_role(sidecar_objects: list[Obj]) -> None:
+    """The script the postgres image runs when it initialises the data directory is mounted executable at
+    /docker-entrypoint-initdb.d and creates exactly docs/least-privilege.sql's role and grants, with the Secret's
+    password instead of the example's."""
+    pod, postgres, _ = _sidecar_pod(sidecar_objects)
+    (mount,) = [m for m in postgres["volumeMounts"] if m["mountPath"] == "/docker-entrypoint-initdb.d"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["defaultMode"] == 0o555
+    (initdb,) = [o for o in sidecar_objects if o["kind"] == "ConfigMap"
+                 and o["metadata"]["name"] == volume["configMap"]["name"]]
+    (script,) = initdb["data"].values()
+
+    def statements(text: str) -> list[str]:
+        return [line for line in text.splitlines() if re.match(r"(CREATE|GRANT) ", line)]
+
+    expected = [line.replace("'change-me'", ":'password'")
+                for line in statements((REPO / "docs" / "least-privilege.sql").read_text())]
+    assert statements(script) == expected
+    assert '--set password="$PGPARENT_PASSWORD"' in script and "ON_ERROR_STOP=1" in script
+
+
+def test_sidecar_runs_the_cli_and_is_scraped_through_the_service(sidecar_objects: list[Obj]) -> None:
+    """The sidecar's args parse with pgparent's CLI and read the base's rules ConfigMap; the Service pgparent selects
+    the PostgreSQL pod and its port `metrics` is the sidecar's, which the ServiceMonitor scrapes; probes on
+    /healthz."""
+    from exporter.cli.main import build_parser
+
+    pod, _, pgparent = _sidecar_pod(sidecar_objects)
+    args = build_parser().parse_args(pgparent["args"])
+    assert (args.command, args.config_file, args.listen) == ("run", "/etc/pgparent/rules.yaml", ":10187")
+    rules_cm = configmap_with(sidecar_objects, "rules.yaml")["metadata"]["name"]
+    assert {"name": "rules", "configMap": {"name": rules_cm}} in pod["volumes"]
+    assert pgparent["ports"] == [{"name": "metrics", "containerPort": 10187, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert pgparent[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    labels = by_kind(sidecar_objects, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    service = next(o for o in sidecar_objects if o["kind"] == "Service" and o["metadata"]["name"] == "pgparent")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 10187, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = by_kind(sidecar_objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
