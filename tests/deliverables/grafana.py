@@ -34,24 +34,6 @@ the live checks' 1 s scrapes it spans about 15 samples, plenty for rate()."""
 RANGE_FUNCTIONS = frozenset({"rate", "irate", "increase"})
 """The functions a counter may sit in directly (dashboard-linter's target-counter-agg-rule)."""
 
-COST_METRICS_NOT_YET_DECLARED = frozenset({
-    "pgparent_group_active_seconds_total",
-    "pgparent_group_cpu_seconds_total",
-    "pgparent_group_memory_bytes",
-    "pgparent_group_max_session_memory_bytes",
-    "pgparent_group_read_bytes_total",
-    "pgparent_group_written_bytes_total",
-    "pgparent_group_wal_bytes_total",
-    "pgparent_host_memory_available_bytes",
-    "pgparent_host_memory_bytes",
-    "pgparent_cost_source_available",
-})
-"""What each group costs the server (issue 18): metrics the dashboard and the alerts read whose declarations in
-exporter/face/counters.py come with the exporter's side of that work, on another branch. Until it is merged the
-checks that every metric a panel or an alert reads is declared accept these names, and the live checks accept no
-data from a query that reads only these while the daemon exports none of them. Remove at the merge:
-test_dashboard.py fails once any name here is declared."""
-
 
 def load_dashboard() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))

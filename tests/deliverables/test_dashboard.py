@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from tests.deliverables.grafana import (
-    COST_METRICS_NOT_YET_DECLARED,
     DASHBOARD,
     declared_metrics,
     is_process_wide,
@@ -201,9 +200,9 @@ def test_up_and_leader_panel_queries_both(dashboard: dict[str, Any]) -> None:
 
 
 def test_every_metric_a_panel_reads_is_declared(dashboard: dict[str, Any]) -> None:
-    """Every metric a panel query or a variable reads is one exporter/face/counters.py declares (or one of the cost
-    metrics whose declarations are still to be merged), so a renamed metric cannot leave a panel empty."""
-    known = declared_metrics() | COST_METRICS_NOT_YET_DECLARED
+    """Every metric a panel query or a variable reads is one exporter/face/counters.py declares, so a renamed metric
+    cannot leave a panel empty."""
+    known = declared_metrics()
     exprs = [(t.name, t.expr) for t in targets(dashboard)]
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
@@ -212,13 +211,6 @@ def test_every_metric_a_panel_reads_is_declared(dashboard: dict[str, Any]) -> No
             exprs.append((f"variable {var['name']}", m.group(1)))
     unknown = {f"{name}: {s.metric}" for name, expr in exprs for s in selectors(expr) if s.metric not in known}
     assert not unknown, sorted(unknown)
-
-
-def test_the_not_yet_declared_list_names_only_undeclared_metrics() -> None:
-    """COST_METRICS_NOT_YET_DECLARED holds only metrics counters.py does not declare: once the exporter's
-    declarations are merged, this fails until the list (and what reads it) is removed."""
-    assert COST_METRICS_NOT_YET_DECLARED.isdisjoint(declared_metrics()), sorted(
-        COST_METRICS_NOT_YET_DECLARED & declared_metrics())
 
 
 def test_cost_panels_read_what_they_show(dashboard: dict[str, Any]) -> None:
