@@ -72,6 +72,17 @@ class Capabilities:
     backend_stats: bool | None = None
     """pg_stat_get_backend_wal and _io (PostgreSQL 18): None where they do not exist, False where the role may not
     execute them."""
+    server_version: str = ""
+    """The server's version as it names itself (`server_version`: "15.8 (Debian 15.8-1)")."""
+    max_connections: int = 0
+    reserved_connections: int = 0
+    """Connection slots kept for superusers and roles with pg_use_reserved_connections (PostgreSQL 16+): slots an
+    ordinary client cannot take."""
+
+    @property
+    def usable_connections(self) -> int:
+        """The connections ordinary clients can open: max_connections less the reserved slots."""
+        return self.max_connections - self.reserved_connections
 
     @property
     def server(self) -> str:
