@@ -416,7 +416,7 @@ class TopApp(App[int]):
         listed = f"{sum(1 for r in shown if r.parent is not None)} of {groups} group(s)"
         where = f" matching {self.choice.pattern!r}" if self.choice.pattern else ""
         order = f"sorted by {top.BY_KEY[self.choice.sort].title} {'desc' if self.choice.descending else 'asc'}"
-        self._status(f"{listed}{where}; {order}; every {self.interval:g}s")
+        self._status(f"{listed}{where}; {order}; every {self.interval:g}s, refresh {self.refreshes}")
         if isinstance(self.screen, DetailScreen):
             self.screen.show(frame)
 
