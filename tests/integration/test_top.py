@@ -118,7 +118,8 @@ def test_terminate_ends_exactly_that_groups_sessions(pg: Server, clients: Client
     assert pids_of(next(line for line in result.splitlines() if "done 2" in line).split("pids", 1)[1]) == {
         c.pid for c in doomed}
     eventually(lambda: all(c.outcome == "terminated" for c in doomed), what="Kill:1 ended")
-    entries = eventually(lambda: len(a := audits(log)) == 2 and a, what="two audit lines")
+    entries: list[dict[str, object]] = eventually(lambda: a if len(a := audits(log)) == 2 else None,
+                                                  what="two audit lines")
     assert {e["rule"] for e in entries} == {"manual"} and {e["pid"] for e in entries} == {c.pid for c in doomed}
     assert all(e["result"] == "ok" and e["parent"] == "Kill:1" for e in entries)
 
