@@ -1,73 +1,19 @@
-"""A real terminal for a test: a tmux server of the test's own (its own socket), one window running a command in a
-shell, keys typed with `send-keys` and the screen read with `capture-pane`, as a person at that terminal would."""
+"""A real terminal for a test (harness/terminal.py: tmux, its own socket), closed when the test ends; and the
+command line of `pgparent top` to run in it."""
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.waiting import eventually
+from harness.terminal import Terminal
 
-
-class Terminal:
-    """A `width`x`height` tmux window running `command` in sh; after it ends, the shell prints `exit=CODE` and
-    stays, so the test can check the terminal still works."""
-
-    def __init__(self, command: Sequence[str], *, width: int = 100, height: int = 30,
-                 env: dict[str, str] | None = None) -> None:
-        self.socket = f"pgparent-test-{uuid.uuid4().hex[:12]}"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME", "TMUX"))}
-        self.env = {**clean, "TERM": "xterm-256color", **(env or {})}
-        line = f"{shlex.join(command)}; echo exit=$?; exec sh"
-        self._tmux("new-session", "-d", "-x", str(width), "-y", str(height), "sh", "-c", line)
-
-    def _tmux(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30,
-                              env=self.env)
-        if done.returncode != 0:
-            raise AssertionError(f"tmux {args[0]}: {done.stderr.strip()}")
-        return done.stdout
-
-    def screen(self) -> str:
-        """What the window shows now."""
-        return self._tmux("capture-pane", "-p")
-
-    def lines(self) -> list[str]:
-        return self.screen().splitlines()
-
-    def keys(self, *keys: str, literal: bool = False) -> None:
-        """Type `keys` (tmux key names: Enter, Escape, Down; or, `literal`, the characters as they are)."""
-        self._tmux("send-keys", *(("-l",) if literal else ()), *keys)
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
-        """The screen once it shows `text`."""
-        def shown() -> str | None:
-            screen = self.screen()
-            return screen if text in screen else None
-
-        return eventually(shown, timeout=timeout, what=f"{text!r} on screen")
-
-    def wait_gone(self, text: str, timeout: float = 20.0) -> str:
-        def gone() -> str | None:
-            screen = self.screen()
-            return screen if text not in screen else None
-
-        return eventually(gone, timeout=timeout, what=f"{text!r} gone from the screen")
-
-    def row(self, tag: str) -> list[str] | None:
-        """The cells of the row whose first cell is `tag`, as shown."""
-        return next((line.split() for line in self.lines() if line.split()[:1] == [tag]), None)
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30, env=self.env)
+__all__ = ["Terminal", "terminal", "top_command"]
 
 
 def top_command(dsn: str, log: Path, *args: str) -> list[str]:
