@@ -36,6 +36,10 @@ class Terminal:
         """What the window shows now."""
         return self._tmux("capture-pane", "-p")
 
+    def colours(self) -> str:
+        """What the window shows now, with its colours and attributes as SGR escape sequences."""
+        return self._tmux("capture-pane", "-p", "-e")
+
     def lines(self) -> list[str]:
         return self.screen().splitlines()
 

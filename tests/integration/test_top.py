@@ -174,3 +174,21 @@ def test_a_server_restart_shows_a_banner_then_the_view_comes_back(private_pg: Se
         assert term.row("Before:1") is None and "Traceback" not in term.screen()
         term.keys("q")
         term.wait_for("exit=0")
+
+
+def test_no_color_draws_in_grey_only(pg: Server, clients: Clients, terminal: type[Terminal], tmp_path: Path) -> None:
+    """Under NO_COLOR every colour on screen is a grey; without it the view has colours."""
+    clients.start("Colour:1")
+
+    def colours(env: dict[str, str]) -> set[tuple[int, int, int]]:
+        term = terminal(top_command(pg.dsn, tmp_path / "top.log", "--interval", "0.5s"), width=80, height=24,
+                        env={"COLORTERM": "truecolor", **env})
+        term.wait_for("Colour:1")
+        found = {(int(r), int(g), int(b)) for r, g, b in re.findall(r"[34]8;2;(\d+);(\d+);(\d+)", term.colours())}
+        term.keys("q")
+        term.wait_for("exit=0")
+        return found
+
+    grey = colours({"NO_COLOR": "1"})
+    assert grey and all(r == g == b for r, g, b in grey)
+    assert any(not r == g == b for r, g, b in colours({}))

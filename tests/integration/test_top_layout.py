@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
 
-from exporter.cli.top import GroupScreen, TopApp
+from exporter.cli.top import GroupScreen, RowTable, TopApp
 from exporter.core.settings import Config
 from exporter.pg.database import Database
 from exporter.run.live import Live
@@ -78,8 +77,7 @@ def test_at_80x24_rows_figures_and_keys_fit(pg: Server, clients: Clients) -> Non
         await until(pilot, lambda: "LOAD" in " ".join(screen_lines(app)), "the LOAD column from the second refresh")
         row = row_of(app, "Lay:small")
         assert row is not None and len(row) >= 11  # the LOAD figure is on screen, not scrolled off
-        table: DataTable[object] = app.query_one("#groups", DataTable)
-        table.move_cursor(row=table.get_row_index("gLay:small"))
+        app.query_one("#groups", RowTable).select("gLay:small")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, GroupScreen) and on_screen(app, "Lay:small: 3 session(s)"),
                     "the group's sessions")
