@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from harness.waiting import eventually
 from tests.support.servers import Server
@@ -192,3 +195,42 @@ def test_no_color_draws_in_grey_only(pg: Server, clients: Clients, terminal: typ
     grey = colours({"NO_COLOR": "1"})
     assert grey and all(r == g == b for r, g, b in grey)
     assert any(not r == g == b for r, g, b in colours({}))
+
+
+def test_blocking_counts_and_the_lock_forest(pg: Server, clients: Clients, terminal: type[Terminal],
+                                             tmp_path: Path) -> None:
+    """A group holding a lock two sessions of another wait on shows BLKG 2, the waiters' row WAIT and BLKD 2, and `l`
+    shows the forest: the root blocker and who waits on it; `p` pauses the view and `p` again goes on."""
+    table = f"top_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(table)))
+    try:
+        [holder] = clients.start("Hold:1", f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE", hold=True)
+        clients.start("Wait:1", f"SELECT count(*) FROM {table}", n=2)
+        term = terminal(top_command(pg.dsn, tmp_path / "top.log", "--interval", "0.5s"), width=120, height=30)
+        columns = eventually(lambda: (s := term.lines()) and next(
+            (line.split() for line in s if line.split()[:2] == ["TAG", "SESS"]), None), what="the heading")
+        blkg, blkd, wait = columns.index("BLKG"), columns.index("BLKD"), columns.index("WAIT")
+        eventually(lambda: (r := term.row("Hold:1")) is not None and r[blkg] == "2", what="Hold:1 blocking 2")
+        eventually(lambda: (r := term.row("Wait:1")) is not None and r[blkd] == "2" and r[wait] == "2",
+                   what="Wait:1 waiting and blocked")
+        term.keys("l")
+        forest = term.wait_for("root blocker(s)")
+        root = next(line for line in forest.splitlines() if line.startswith(f"pid {holder.pid} "))
+        assert "Hold:1" in root and "blocks 2" in root
+        assert sum("Wait:1" in line and "└─" in line for line in forest.splitlines()) == 2
+        assert "2 session(s) waiting" in forest
+        term.keys("Escape")
+        term.wait_gone("root blocker(s)")
+
+        term.keys("p")
+        term.wait_for("PAUSED")
+        term.keys("p")
+        term.wait_gone("PAUSED")
+        wait_refreshes(term, 2)
+        term.keys("q")
+        term.wait_for("exit=0")
+    finally:
+        clients.cleanup()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
