@@ -20,7 +20,8 @@ class Terminal:
     def __init__(self, command: Sequence[str], *, width: int = 100, height: int = 30,
                  env: dict[str, str] | None = None) -> None:
         self.socket = f"pgparent-test-{uuid.uuid4().hex[:12]}"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME", "TMUX"))}
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("PG", "DATA_SOURCE_NAME", "TMUX")) and k not in ("COLUMNS", "LINES")}
         self.env = {**clean, "TERM": "xterm-256color", **(env or {})}
         line = f"{shlex.join(command)}; echo exit=$?; exec sh"
         self._tmux("new-session", "-d", "-x", str(width), "-y", str(height), "sh", "-c", line)
@@ -37,8 +38,9 @@ class Terminal:
         return self._tmux("capture-pane", "-p")
 
     def colours(self) -> str:
-        """What the window shows now, with its colours and attributes as SGR escape sequences."""
-        return self._tmux("capture-pane", "-p", "-e")
+        """What the window shows now, with its colours and attributes as SGR escape sequences (trailing cells kept:
+        they carry the background)."""
+        return self._tmux("capture-pane", "-p", "-e", "-N")
 
     def lines(self) -> list[str]:
         return self.screen().splitlines()
@@ -49,16 +51,18 @@ class Terminal:
 
     def wait_for(self, text: str, timeout: float = 20.0) -> str:
         """The screen once it shows `text`."""
-        def shown() -> str | None:
+        def shown() -> str:
             screen = self.screen()
-            return screen if text in screen else None
+            assert text in screen, f"{text!r} not on screen:\n{screen}"
+            return screen
 
         return eventually(shown, timeout=timeout, what=f"{text!r} on screen")
 
     def wait_gone(self, text: str, timeout: float = 20.0) -> str:
-        def gone() -> str | None:
+        def gone() -> str:
             screen = self.screen()
-            return screen if text not in screen else None
+            assert text not in screen, f"{text!r} still on screen:\n{screen}"
+            return screen
 
         return eventually(gone, timeout=timeout, what=f"{text!r} gone from the screen")
 

@@ -32,7 +32,8 @@ from harness.waiting import eventually  # noqa: E402
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 FONT_SIZE = 15
-DEFAULT_FG, DEFAULT_BG = (224, 224, 224), (30, 30, 30)
+DEFAULT_FG, DEFAULT_BG = (224, 224, 224), (18, 18, 18)
+"""Where the capture names no colour: Textual's dark theme's text and background."""
 
 JOBS = (
     # tag, sessions, statement (None: connected and idle)
@@ -80,8 +81,8 @@ def draw(ansi_lines: list[str], width: int, output: Path) -> None:
     """Each cell of the captured screen in its colours, bold where it was bold."""
     regular = ImageFont.truetype(str(FONTS / "DejaVuSansMono.ttf"), FONT_SIZE)
     bold = ImageFont.truetype(str(FONTS / "DejaVuSansMono-Bold.ttf"), FONT_SIZE)
-    _, top, _, bottom = regular.getbbox("M")
-    cell_w, cell_h = int(regular.getlength("M")), int((bottom - top) * 1.45) + 2
+    ascent, descent = regular.getmetrics()
+    cell_w, cell_h = round(regular.getlength("M")), ascent + descent + 2
     image = Image.new("RGB", (cell_w * width + 16, cell_h * len(ansi_lines) + 16), DEFAULT_BG)
     pen = ImageDraw.Draw(image)
     console = Console(width=width * 2, color_system="truecolor")
@@ -99,7 +100,7 @@ def draw(ansi_lines: list[str], width: int, output: Path) -> None:
                     continue
                 px, py = 8 + x * cell_w, 8 + y * cell_h
                 pen.rectangle((px, py, px + cell_w, py + cell_h), fill=bg)
-                pen.text((px, py + 2), char, font=font, fill=fg)
+                pen.text((px, py + 1), char, font=font, fill=fg)
                 x += 1
     image.save(output, optimize=True)
 

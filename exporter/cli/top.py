@@ -24,7 +24,7 @@ from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import ScrollableContainer, Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
@@ -368,7 +368,7 @@ class LocksScreen(DetailScreen):
     def compose(self) -> ComposeResult:
         yield Static(Text("lock forest: root blockers and who waits on them", style="bold"))
         yield Static(id="banner")
-        with VerticalScroll():
+        with ScrollableContainer():
             yield Static(id="forest")
         yield Footer(compact=True)
 
@@ -380,7 +380,9 @@ class LocksScreen(DetailScreen):
 
     def show(self, frame: Frame) -> None:
         lines = render.locks_table(frame.assessed.grouped, frame.assessed.snapshot)
-        self.query_one("#forest", Static).update(Text("\n".join(lines)))
+        forest = self.query_one("#forest", Static)
+        forest.styles.width = max(len(line) for line in lines)  # as wide as its longest line: it scrolls, never wraps
+        forest.update(Text("\n".join(lines), no_wrap=True, overflow="ignore"))
 
 
 class FilterScreen(ModalScreen[str | None]):
@@ -431,7 +433,7 @@ class TopApp(App[int]):
     CSS = """
     Screen { layout: vertical; }
     #server { height: 1; background: $primary-background; color: $text; }
-    #banner { height: auto; }
+    #banner { height: auto; display: none; }
     #banner.lost { background: $error; color: $text; text-style: bold; }
     #status { height: 1; color: $text-muted; }
     #result { height: auto; text-style: bold; display: none; }
@@ -534,6 +536,7 @@ class TopApp(App[int]):
             for banner in screen.query("#banner").results(Static):
                 banner.update(Text(text))
                 banner.set_class(self.lost is not None, "lost")
+                banner.display = self.lost is not None
 
     def _show(self, frame: Frame) -> None:
         h = frame.header

@@ -82,10 +82,11 @@ def test_rows_sorting_filter_open_and_quit(pg: Server, clients: Clients, termina
     screen = term.wait_for("Top:c: 2 session(s)")
     assert {c.pid for c in idle} <= pids_of(screen)
     term.keys("Enter")
-    term.wait_for("whole query")
-    term.wait_for("the whole query of Top:c")
+    # The query's own screen is titled "pid N: whole query" (the group's lists the start of the text too).
+    query = term.wait_for(": whole query")
+    assert "SELECT 'the whole query of Top:c' AS marker" in query
     term.keys("Escape")
-    term.wait_gone("whole query")
+    term.wait_gone(": whole query")
     term.keys("Escape")
     term.wait_for("matching 'top:C*'")
 
@@ -143,8 +144,8 @@ def test_read_only_has_no_signal_keys(pg: Server, clients: Clients, terminal: ty
     kept = clients.start("Ro:1", n=2)
     log = tmp_path / "top.log"
     term = terminal(top_command(pg.dsn, log, "--interval", "0.5s", "--read-only"), width=100, height=30)
-    screen = term.wait_for("Ro:1")
-    footer = screen.rstrip().splitlines()[-1]
+    term.wait_for("Ro:1")
+    footer = term.wait_for("quit").rstrip().splitlines()[-1]
     assert "quit" in footer and "terminate" not in footer and "cancel" not in footer
     term.keys("t")
     term.keys("c")
@@ -207,7 +208,7 @@ def test_blocking_counts_and_the_lock_forest(pg: Server, clients: Clients, termi
     try:
         [holder] = clients.start("Hold:1", f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE", hold=True)
         clients.start("Wait:1", f"SELECT count(*) FROM {table}", n=2)
-        term = terminal(top_command(pg.dsn, tmp_path / "top.log", "--interval", "0.5s"), width=120, height=30)
+        term = terminal(top_command(pg.dsn, tmp_path / "top.log", "--interval", "0.5s"), width=200, height=30)
         columns = eventually(lambda: (s := term.lines()) and next(
             (line.split() for line in s if line.split()[:2] == ["TAG", "SESS"]), None), what="the heading")
         blkg, blkd, wait = columns.index("BLKG"), columns.index("BLKD"), columns.index("WAIT")
