@@ -327,6 +327,7 @@ class GroupScreen(DetailScreen):
         table: DataTable[str] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         table.add_columns(*self.COLUMNS)
         yield table
+        yield Static(id="result")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -564,9 +565,10 @@ class TopApp(App[int]):
 
     def _said(self, text: str) -> None:
         """The outcome of the last signal request: it stays on its line until the next one."""
-        result = self.screen_stack[0].query_one("#result", Static)
-        result.update(Text(text))
-        result.display = True
+        for screen in self.screen_stack:
+            for result in screen.query("#result").results(Static):
+                result.update(Text(text))
+                result.display = True
 
     def _set_columns(self, *, cost: bool, proc: bool) -> None:
         """The columns whose figures exist: LOAD from the second refresh; CPU and MEM where /proc shows the server."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -235,3 +237,49 @@ def test_blocking_counts_and_the_lock_forest(pg: Server, clients: Clients, termi
         clients.cleanup()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+def test_cancel_of_one_session_from_its_groups_view(pg: Server, clients: Clients, terminal: type[Terminal],
+                                                    tmp_path: Path) -> None:
+    """In a group's view `c` plans the selected session alone; `y` cancels its query and the group's other session
+    runs on, connected."""
+    first, second = clients.start("Cancel:1", n=2)
+    log = tmp_path / "top.log"
+    term = terminal(top_command(pg.dsn, log, "--interval", "0.5s"), width=100, height=30)
+    term.wait_for("Cancel:1")
+    term.keys("/")
+    term.wait_for("filter tags by glob")
+    term.keys("Cancel:1", literal=True)
+    term.keys("Enter")
+    term.wait_for("matching 'Cancel:1'")
+    term.keys("Enter")
+    term.wait_for("Cancel:1: 2 session(s)")
+    term.keys("c")
+    plan = term.wait_for("cancel Cancel:1 pid ")
+    listed = next(line for line in plan.splitlines() if "will signal" in line)
+    chosen = pids_of(listed.split("pids", 1)[1])
+    assert len(chosen) == 1 and chosen <= {first.pid, second.pid}
+    term.keys("y")
+    term.wait_for("done 1")
+    hit, spared = (first, second) if chosen == {first.pid} else (second, first)
+    eventually(lambda: hit.outcome == "cancelled", what="the chosen session's query cancelled")
+    [entry] = eventually(lambda: audits(log) or None, what="its audit line")
+    assert entry["pid"] == hit.pid and entry["action"] == "cancel" and entry["rule"] == "manual"
+    term.keys("Escape")
+    term.wait_for("matching 'Cancel:1'")
+    wait_refreshes(term, 3)
+    assert not spared.done
+    term.keys("q")
+    term.wait_for("exit=0")
+
+
+def test_top_wants_a_terminal_and_a_sane_interval(pg: Server) -> None:
+    """Without a terminal, or with an interval it cannot keep, `top` says so on one line and exits 2."""
+    base = [sys.executable, "-m", "exporter", "top", "--dsn", pg.dsn]
+    piped = subprocess.run(base, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert piped.returncode == 2 and piped.stderr.strip() == (
+        "pgparent: top needs a terminal (for one-shot output: pgparent groups, pgparent locks)")
+    for bad in ("0", "soon", "2h"):
+        done = subprocess.run([*base, "--interval", bad], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.startswith(f"pgparent: --interval {bad}: "), done.stderr
+        assert "Traceback" not in done.stderr
