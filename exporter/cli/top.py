@@ -31,6 +31,7 @@ from textual.screen import ModalScreen, Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from exporter.cli import render
 from exporter.cli.terminate import carry_out
@@ -412,7 +413,7 @@ def _selected_key(table: DataTable[Any]) -> str | None:
         return None
     try:
         return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-    except Exception:  # noqa: BLE001 - a cursor past the rows (they shrank): nothing selected
+    except CellDoesNotExist:  # a cursor past the rows (they shrank): nothing selected
         return None
 
 
@@ -422,7 +423,7 @@ def _reselect(table: DataTable[Any], key: str | None) -> None:
         return
     try:
         table.move_cursor(row=table.get_row_index(key), animate=False)
-    except Exception:  # noqa: BLE001 - the row is gone: the cursor stays where it was
+    except RowDoesNotExist:  # the row is gone: the cursor stays where it was
         return
 
 
