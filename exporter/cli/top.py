@@ -177,7 +177,7 @@ class ConfirmScreen(ModalScreen[bool]):
             for why, pids in by_reason.items():
                 lines.append(Text(f"left out ({why}): pids {' '.join(map(str, pids))}"))
         lines.append(Text("y: signal   n / Esc: keep them", style="bold" if plan.pids else "dim"))
-        with Vertical(id="confirm"):
+        with VerticalScroll(id="confirm"):  # a group of hundreds of sessions lists hundreds of pids
             for line in lines:
                 yield Static(line)
 
