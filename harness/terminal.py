@@ -49,7 +49,7 @@ class Terminal:
         """Type `keys` (tmux key names: Enter, Escape, Down; or, `literal`, the characters as they are)."""
         self._tmux("send-keys", *(("-l",) if literal else ()), *keys)
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
         """The screen once it shows `text`."""
         def shown() -> str:
             screen = self.screen()
@@ -58,7 +58,7 @@ class Terminal:
 
         return eventually(shown, timeout=timeout, what=f"{text!r} on screen")
 
-    def wait_gone(self, text: str, timeout: float = 20.0) -> str:
+    def wait_gone(self, text: str, timeout: float = 30.0) -> str:
         def gone() -> str:
             screen = self.screen()
             assert text not in screen, f"{text!r} still on screen:\n{screen}"

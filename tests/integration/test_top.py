@@ -11,18 +11,29 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from harness.waiting import eventually
+from harness import waiting
 from tests.support.servers import Server
 from tests.support.sessions import Clients
 from tests.support.terminal import Terminal, top_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+T = TypeVar("T")
+
+
+def eventually(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
+    """harness.waiting.eventually with room for a loaded machine: the view refreshes twice a second, but the suite
+    runs these beside the other slow modules."""
+    return waiting.eventually(fn, timeout=timeout, what=what)
 
 
 def refresh(term: Terminal) -> int:

@@ -27,7 +27,7 @@ def screen_lines(app: TopApp) -> list[str]:
     return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
-async def until(pilot: Pilot[int], condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+async def until(pilot: Pilot[int], condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Let the app run until `condition` holds (it is checked between the app's own steps)."""
     deadline = time.monotonic() + timeout
     while not condition():
