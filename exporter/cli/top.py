@@ -494,11 +494,12 @@ class TopApp(App[int]):
         self.poll()
         self.set_interval(self.interval, self.poll)
 
-    # Polls, on the worker thread.
-
     def _submit(self, work: Callable[[], T], done: Callable[[Future[T]], None]) -> None:
-        future = self._pool.submit(work)
-        future.add_done_callback(lambda f: self.call_from_thread(done, f))
+        def deliver(future: Future[T]) -> None:
+            if self.is_running:  # a poll that ends after `q` has no screen to go to
+                self.call_from_thread(done, future)
+
+        self._pool.submit(work).add_done_callback(deliver)
 
     def poll(self) -> None:
         """Start a poll unless paused or the previous one is still running (then this refresh is skipped)."""
@@ -578,8 +579,6 @@ class TopApp(App[int]):
         if wanted == self.choice.columns:
             return
         self.choice.columns = wanted
-
-    # Keys.
 
     def action_open(self) -> None:
         if isinstance(self.screen, GroupScreen):
