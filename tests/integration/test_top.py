@@ -294,3 +294,33 @@ def test_top_wants_a_terminal_and_a_sane_interval(pg: Server) -> None:
         done = subprocess.run([*base, "--interval", bad], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and done.stderr.startswith(f"pgparent: --interval {bad}: "), done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_one_poll_per_refresh(pg: Server, clients: Clients, terminal: type[Terminal], tmp_path: Path) -> None:
+    """The view costs the server one statement per refresh: its connection's database (its own here) commits as
+    many transactions as the view draws refreshes, within the lag of the server's statistics (about a second)."""
+    clients.start("Polls:1", n=3)
+    database = f"top_polls_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        try:
+            term = terminal(top_command(pg.dsn_for(database), tmp_path / "top.log", "--interval", "0.5s"),
+                            width=100, height=30)
+            term.wait_for("Polls:1")
+
+            def commits() -> int:
+                row = admin.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                                    [database]).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            wait_refreshes(term, 3)
+            before, first = commits(), refresh(term)
+            wait_refreshes(term, 20)
+            after, last = commits(), refresh(term)
+            drawn = last - first
+            assert drawn >= 20 and abs((after - before) - drawn) <= 3, (after - before, drawn)
+            term.keys("q")
+            term.wait_for("exit=0")
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
