@@ -233,6 +233,40 @@ def _take(candidates: list[Session], n: int, action: SignalAction, protect: Prot
     return chosen, protected, unguarded
 
 
+def _trims(
+    compiled: CompiledRule,
+    grp: Group,
+    sessions: tuple[Session, ...],
+    exceeded: dict[str, str],
+    trimming: list[str],
+    action: SignalAction,
+    protect: Protect,
+    dry: bool,
+) -> tuple[list[Signal], int, int]:
+    """What the budget conditions `trimming` of a firing rule end in `grp`: each its picks, in its order (idle first,
+    never running sessions unless the rule says so), each signal guarded by the session's very spell and carrying
+    its budget; and how many sessions were passed over as protected and as unguarded."""
+    rule = compiled.rule
+    reasons = tuple(exceeded.values())
+    signals: list[Signal] = []
+    protected = unguarded = 0
+    for name in trimming:
+        trim, limit = BY_NAME[name].trim, compiled.conditions[name]
+        assert trim is not None  # Condition.trims says so
+        order, n, count = trim(sessions, limit, grp.now, rule.trim_active)
+        chosen, n_protected, n_unguarded = _take(order, n, action, protect)
+        protected += n_protected
+        unguarded += n_unguarded
+        budget = Budget(name, limit, count, len(chosen))
+        signals += [
+            Signal(rule.name, action, grp.parent, s, reasons, dry,
+                   guard=trim_guard(s, guard_for(action, s, grp, exceeded)),
+                   tag_source=tag_source(grp, s), budget=budget)
+            for s in chosen
+        ]
+    return signals, protected, unguarded
+
+
 def tag_source(grp: Group | None, session: Session) -> str | None:
     """The label of the source that tagged `session` into `grp`, for the audit."""
     source = grp.source_of(session.pid) if grp is not None else None
@@ -421,22 +455,13 @@ def evaluate(
             trimming = [n for n in exceeded if BY_NAME[n].trims(rule.scope)]
             roots = rule.scope == "root_blockers" and any(BY_NAME[n].blocking for n in exceeded)
             if trimming and all(n in trimming or (roots and BY_NAME[n].blocking) for n in exceeded):
-                # A budget: end only the sessions beyond it, in its order, never the group's running work unless
-                # the rule says so (and the root blockers, when a lock condition fires beside it).
-                for name in trimming:
-                    trim, limit = BY_NAME[name].trim, compiled.conditions[name]
-                    assert trim is not None  # trims() says so
-                    order, n, count = trim(sessions, limit, now, rule.trim_active)
-                    chosen, n_protected, n_unguarded = _take(order, n, rule.action, protect)
-                    protected += n_protected
-                    unguarded += n_unguarded
-                    budget = Budget(name, limit, count, len(chosen))
-                    candidates += [
-                        Signal(rule.name, rule.action, grp.parent, s, reasons, dry,
-                               guard=trim_guard(s, guard_for(rule.action, s, grp, exceeded)),
-                               tag_source=tag_source(grp, s), budget=budget)
-                        for s in chosen
-                    ]
+                # A budget: end only the sessions beyond it (and the root blockers, when a lock condition fires
+                # beside it), never the whole group.
+                trims, n_protected, n_unguarded = _trims(compiled, grp, sessions, exceeded, trimming, rule.action,
+                                                         protect, dry)
+                candidates += trims
+                protected += n_protected
+                unguarded += n_unguarded
                 if not roots:
                     continue
                 pool = _root_blockers(sessions, grp)
