@@ -287,7 +287,8 @@ class Database:
                 "query_cut": sql.SQL("w.query_cut" if comments else "false"),
                 "comment_join": sql.SQL(load_query("activity_comments") if comments else ""),
                 "database": sql.SQL("   AND a.datname = pg_catalog.current_database()" if self.database_only else ""),
-                "connections": sql.SQL(load_query("connections").rstrip()),
+                # A whole-server poll's rows are every client backend but pgparent's own: counted from them.
+                "connections": sql.SQL(load_query("connections").rstrip() if self.database_only else "NULL::int"),
                 "backend_stats": sql.SQL(
                     "" if stats_io is None else ",\n" + load_query("activity_backend_stats" if stats_io
                                                                     else "activity_backend_wal").rstrip()),
@@ -349,7 +350,9 @@ class Database:
             raise self._fail("poll timed out", exc) from exc
         except psycopg.Error as exc:
             raise self._fail("poll failed", exc) from exc
-        capacity = self.capabilities.capacity(connections) if connections is not None else None
+        if connections is None:  # every client backend is a row of a whole-server poll, but pgparent's own
+            connections = len(sessions) + 1
+        capacity = self.capabilities.capacity(connections)
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers),
                         backend_stats=reader.backend_stats, capacity=capacity)
 

@@ -213,3 +213,26 @@ def test_a_session_that_turns_active_between_the_poll_and_the_signal_is_left_alo
     assert not untouched.alive()
     for s in (untouched, running, busy):
         s.conn.close()
+
+
+@pytest.mark.parametrize("database_only", [False, True], ids=["server", "database"])
+def test_a_poll_counts_every_client_backend_of_the_server(
+    small: Server, admin: psycopg.Connection[tuple[Any, ...]], sessions: Clients, database_only: bool
+) -> None:
+    """The capacity a poll reads counts every client backend of the server, pgparent's own and other databases'
+    included, whether the target reads the whole server or only its DSN's database (`sessions: database`)."""
+    if admin.execute("SELECT 1 FROM pg_database WHERE datname = 'budget_other'").fetchone() is None:
+        admin.execute("CREATE DATABASE budget_other")
+    [elsewhere] = sessions.start("D:1", "SELECT 1", dsn=small.dsn_for("budget_other"), hold=True)
+    assert elsewhere.executed.wait(30)
+    db = Database(small.dsn, database_only=database_only)
+    try:
+        db.connect()
+        max_connections, reserved, in_use = _server_connections(admin)  # pgparent's connection is open already
+        snapshot = db.snapshot()
+    finally:
+        db.close()
+    assert snapshot.capacity is not None
+    assert (snapshot.capacity.max_connections, snapshot.capacity.reserved_total) == (max_connections, reserved)
+    assert snapshot.capacity.in_use == in_use
+    assert (elsewhere.pid in {s.pid for s in snapshot.sessions}) != database_only

@@ -17,7 +17,8 @@
 -- it). PostgreSQL shows no other session's channels, so its last statement is all there is: told on the server, so
 -- it holds with audit.query_text: none and whatever the client's encoding. Not recognised: a LISTEN behind a leading
 -- comment, or followed by any other statement (COMMIT after a LISTEN in a transaction, a pool's health check).
--- {connections} is connections.sql: the client backends counting against max_connections, server-wide.
+-- {connections} is connections.sql (the client backends counting against max_connections, server-wide) for a target
+-- with `sessions: database`, else NULL::int: a whole-server poll's rows are those backends but pgparent's own.
 SELECT a.pid,
        {leader_pid},
        a.backend_type,
