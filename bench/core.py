@@ -9,6 +9,7 @@ top-level keys of results.json (date, machine, postgresql, postgres_exporter, si
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import tempfile
@@ -64,18 +65,24 @@ def measure_size(n: int, dsn: str, rounds: int, pgp: Served, pge: Served | None)
             floor.append(time.perf_counter() - t)
 
             t = time.perf_counter()
-            assessed = assess(db.snapshot(config.poll), config, state, deadlines=True)  # as the daemon's cycle runs it
+            snapshot = db.snapshot(config.poll)
+            with gc_paused():  # as the daemon's cycle runs it
+                assessed = assess(snapshot, config, state, deadlines=True)
             decision = assessed.decision
             state = decision.state
             collector.publish(Published(up=True, grouped=assessed.grouped, violating=decision.violating,
                                         pending=decision.pending))
             poll.append(time.perf_counter() - t)
 
-            ours.append(pgp.scrape()[0])
-            if pge is not None:
-                before = cpu_seconds(pge.pid)
-                theirs.append(pge.scrape()[0])
-                theirs_cpu.append(cpu_seconds(pge.pid) - before)
+            # The scrapes with this process's collector paused and its garbage collected first: a collection in the
+            # measuring client is neither exporter's time (it fell on whichever scrape came after the poll).
+            gc.collect()
+            with gc_paused():
+                ours.append(pgp.scrape()[0])
+                if pge is not None:
+                    before = cpu_seconds(pge.pid)
+                    theirs.append(pge.scrape()[0])
+                    theirs_cpu.append(cpu_seconds(pge.pid) - before)
     db.close()
     row: dict[str, Any] = {
         "n": n,

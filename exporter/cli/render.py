@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from exporter.core.cost import SOURCES, Cost
-from exporter.core.model import PREPARED_XACT, Group, Grouped, LockGraph, Session, Snapshot
+from exporter.core.model import PREPARED_XACT, Capacity, Group, Grouped, LockGraph, Session, Snapshot
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -82,12 +82,42 @@ def _cost_cells(costs: Costs | None, parent: str) -> tuple[str, ...]:
     return tuple(cells[c] for c in costs.columns())
 
 
-def group_row(g: Group, costs: Costs | None = None) -> dict[str, Any]:
-    """One group as a JSON object."""
+def _share(capacity: Capacity | None, g: Group) -> float | None:
+    return None if capacity is None else capacity.share(g.stats.sessions)
+
+
+def capacity_line(capacity: Capacity) -> str:
+    """The server's connection slots in one line: in use, what ordinary roles may use, the reserve, the headroom."""
+    reserved = f"{capacity.superuser_reserved} superuser_reserved_connections"
+    if capacity.reserved:
+        reserved += f" + {capacity.reserved} reserved_connections"
+    return (
+        f"connections: {capacity.in_use} in use of max_connections {capacity.max_connections} ({reserved}: "
+        f"{capacity.usable} for ordinary roles); headroom {capacity.headroom}"
+    )
+
+
+def capacity_json(capacity: Capacity) -> dict[str, int]:
+    return {
+        "max_connections": capacity.max_connections,
+        "superuser_reserved_connections": capacity.superuser_reserved,
+        "reserved_connections": capacity.reserved,
+        "usable": capacity.usable,
+        "in_use": capacity.in_use,
+        "headroom": capacity.headroom,
+    }
+
+
+def group_row(g: Group, costs: Costs | None = None, capacity: Capacity | None = None) -> dict[str, Any]:
+    """One group as a JSON object; with the server's `capacity`, the group's `share` of what ordinary roles may use
+    (a fraction)."""
     st = g.stats
+    share = _share(capacity, g)
     return {
         "parent": g.parent,
         "sessions": st.sessions,
+        **({} if share is None else {"share": round(share, 4)}),
+        "listening": st.listening,
         "states": {k: v for k, v in st.by_state.items() if v},
         "active": st.active,
         "waiting": st.waiting,
@@ -114,10 +144,12 @@ def groups_json(grouped: Grouped, costs: Costs | None = None) -> str:
     untagged = grouped.untagged
     doc: dict[str, Any] = {
         "taken_at": grouped.now.isoformat(),
-        "groups": [group_row(g, costs) for g in ordered_groups(grouped)],
+        "groups": [group_row(g, costs, grouped.capacity) for g in ordered_groups(grouped)],
         "untagged": {"sessions": untagged.sessions, "states": {k: v for k, v in untagged.by_state.items() if v}},
         "comment_tags_missed": grouped.comment_missed,
     }
+    if grouped.capacity is not None:
+        doc["capacity"] = capacity_json(grouped.capacity)
     if costs is not None:
         doc["sample_seconds"] = costs.seconds
         doc["cost_sources"] = costs.sources()
@@ -126,8 +158,10 @@ def groups_json(grouped: Grouped, costs: Costs | None = None) -> str:
 
 def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
     """The groups as an aligned text table, largest first, and a closing count line; with `costs`, the LOAD, CPU and
-    MEM columns whose figures exist."""
+    MEM columns whose figures exist; when the poll read the server's capacity, a SHARE column (each group's sessions
+    over what ordinary roles may use) and a last line with the capacity and the headroom."""
     ordered = ordered_groups(grouped)
+    capacity = grouped.capacity
     header = (
         "PARENT",
         "SESSIONS",
@@ -142,6 +176,7 @@ def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
         "LONGEST_TX",
         "AGE",
         *(costs.columns() if costs is not None else ()),
+        *(("SHARE",) if capacity is not None else ()),
         "SOURCE",
     )
     rows = [header]
@@ -163,6 +198,7 @@ def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
                 fmt_seconds(st.max_transaction_duration),
                 fmt_seconds(st.age),
                 *_cost_cells(costs, g.parent),
+                *((f"{100 * capacity.share(st.sessions):.1f}%",) if capacity is not None else ()),
                 _sources(g),
             )
         )
@@ -174,6 +210,8 @@ def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
         else ""
     )
     lines.append(f"{len(ordered)} group(s); {grouped.untagged.sessions} untagged session(s){missed}")
+    if capacity is not None:
+        lines.append(capacity_line(capacity))
     return lines
 
 

@@ -544,7 +544,8 @@ class TopApp(App[int]):
     def _show(self, frame: Frame) -> None:
         h = frame.header
         role = "standby (in recovery)" if h.in_recovery else "primary"
-        usable = f"connections {h.used}/{h.usable}, headroom {h.headroom}" if h.usable else f"connections {h.used}"
+        c = h.capacity
+        usable = "" if c is None else f"connections {c.in_use}/{c.usable}, headroom {c.headroom}"
         line = Text(f"PostgreSQL {h.version.split(' ')[0]}  {role}  {usable}", style="bold")
         if self.choice.paused:
             line.append("  PAUSED", style="bold reverse")

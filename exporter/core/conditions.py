@@ -10,13 +10,77 @@ deadline, its guard and its documentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from exporter.core.model import CONNECTED, IDLE_IN_TRANSACTION, QUERY, TRANSACTION, Moment, Stats
+from exporter.core.model import (
+    ACTIVE_STATES,
+    CONNECTED,
+    IDLE,
+    IDLE_IN_TRANSACTION,
+    IDLE_STATES,
+    QUERY,
+    TRANSACTION,
+    Moment,
+    Session,
+    Stats,
+)
 
 Kind = Literal["count", "duration"]
+
+Trim = Callable[[Sequence[Session], float, datetime, bool], tuple[list[Session], int, int]]
+"""A trimming condition's choice, given the sessions a rule looks at, its limit, the server's now and whether the rule
+lets it end active sessions (`trim_active`): the sessions it may end, in the order it ends them, how many of them to
+end, and the count the budget is held against (for the audit). The policy takes them in that order, passing over the
+protected and the unguarded."""
+
+
+def trim_order(sessions: Sequence[Session], active: bool = False) -> list[Session]:
+    """The order a budget ends sessions in: idle ones first, longest idle first (`state_change`); then idle in a
+    transaction, longest first; then, only when `active`, running ones, the newest query first (the least work lost).
+    A LISTEN session waiting for notifications, and a session whose state the role cannot see, are never chosen."""
+    idle = [s for s in sessions if IDLE.of(s) is not None]
+    in_transaction = [s for s in sessions if IDLE_IN_TRANSACTION.of(s) is not None]
+    out = sorted(idle, key=_state_change) + sorted(in_transaction, key=_state_change)
+    if active:
+        running = [s for s in sessions if s.state in ACTIVE_STATES and s.query_start is not None]
+        out += sorted(running, key=_query_start, reverse=True)
+    return out
+
+
+def _state_change(s: Session) -> datetime:
+    assert s.state_change is not None  # Moment.of gave it
+    return s.state_change
+
+
+def _query_start(s: Session) -> datetime:
+    assert s.query_start is not None
+    return s.query_start
+
+
+Chosen = tuple[list[Session], int, int]
+
+
+def _beyond_budget(sessions: Sequence[Session], limit: float, now: datetime, active: bool) -> Chosen:
+    """max_sessions with `scope: excess`: the sessions beyond the budget, in `trim_order`, held against the group's
+    sessions."""
+    return trim_order(sessions, active), len(sessions) - int(limit), len(sessions)
+
+
+def _idle_beyond(sessions: Sequence[Session], limit: float, now: datetime, active: bool) -> Chosen:
+    """max_idle_sessions: the longest idle beyond the limit, held against the group's idle sessions."""
+    idle = trim_order([s for s in sessions if s.state in IDLE_STATES])
+    return idle, len(idle) - int(limit), len(idle)
+
+
+def _idle_longer(sessions: Sequence[Session], limit: float, now: datetime, active: bool) -> Chosen:
+    """max_idle_duration: every session idle (outside a transaction) longer than the limit, longest first, held
+    against how many they are."""
+    over = [s for s in trim_order([s for s in sessions if s.state in IDLE_STATES])
+            if (now - _state_change(s)).total_seconds() > limit]
+    return over, len(over), len(over)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +100,14 @@ class Condition:
     guarded by that very moment (`Moment.pin`)."""
     keeps: Moment | None = None
     """What a poll's signal for this condition must still find: the very transaction it measured (xact_start)."""
+    trim: Trim | None = None
+    """A budget: when only such conditions fire, a rule ends the sessions this picks, not the whole group."""
+    trims_with_excess: bool = False
+    """The trim applies only to a rule with `scope: excess` (max_sessions: without it, the whole group is ended)."""
+
+    def trims(self, scope: str) -> bool:
+        """Whether, in a rule of `scope`, this condition ends only the sessions its trim picks."""
+        return self.trim is not None and (not self.trims_with_excess or scope == "excess")
 
     @property
     def time_based(self) -> bool:
@@ -50,9 +122,23 @@ def _since(moment: Moment) -> Callable[[Stats], float]:
 
 
 CONDITIONS: tuple[Condition, ...] = (
-    Condition("max_sessions", "count", lambda s: float(s.sessions), "client sessions in the group"),
+    Condition(
+        "max_sessions",
+        "count",
+        lambda s: float(s.sessions),
+        "client sessions in the group (with `scope: excess`, only those beyond it end)",
+        trim=_beyond_budget,
+        trims_with_excess=True,
+    ),
     Condition(
         "max_active_sessions", "count", lambda s: float(s.active), "sessions running a query (state `active`)"
+    ),
+    Condition(
+        "max_idle_sessions",
+        "count",
+        lambda s: float(s.idle),
+        "sessions `idle` (not after a `LISTEN`); only the longest idle beyond it end",
+        trim=_idle_beyond,
     ),
     Condition(
         "max_query_duration", "duration", _since(QUERY), "the longest running query (`query_start`)", moment=QUERY
@@ -72,6 +158,14 @@ CONDITIONS: tuple[Condition, ...] = (
         "the longest spell `idle in transaction` (since `state_change`)",
         moment=IDLE_IN_TRANSACTION,
         keeps=TRANSACTION,
+    ),
+    Condition(
+        "max_idle_duration",
+        "duration",
+        _since(IDLE),
+        "the longest spell `idle` (since `state_change`; not after a `LISTEN`); only the sessions idle longer end",
+        moment=IDLE,
+        trim=_idle_longer,
     ),
     Condition(
         "max_group_age", "duration", _since(CONNECTED), "since the group's oldest session connected", moment=CONNECTED

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import Group, Session
-from exporter.core.policy import Signal, Watched, eligible, guard_for, tag_source
+from exporter.core.policy import Budget, Signal, Watched, eligible, guard_for, tag_source
 from exporter.core.settings import Protect
 
 STRICTLY_AFTER = timedelta(milliseconds=1)
@@ -85,8 +85,12 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
         return None  # a protected or unguarded session: the poll decides, with its full view
     reasons = (f"{name} > {limit:g} (deadline)",)
     guard = replace(moment.pin(start), exceeded=over, since=start)
+    trims = condition.trims(rule.scope)
     first = Signal(rule.name, action, grp.parent, crossing, reasons, pair.dry_run, guard=guard,
-                   trigger="deadline", tag_source=tag_source(grp, crossing))
+                   trigger="deadline", tag_source=tag_source(grp, crossing),
+                   budget=Budget(name, limit, 1, 1) if trims else None)
+    if trims:
+        return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first)  # a budget ends only the crossing one
     rest, _, _ = eligible(tuple(s for s in sessions if s.pid != crossing.pid), action, protect)
     others = tuple(
         Signal(rule.name, action, grp.parent, s, reasons, pair.dry_run,

@@ -166,6 +166,7 @@ def _grouped(
         hidden=hidden,
         locks=locks,
         comment_missed=missed,
+        capacity=snapshot.capacity,
     )
 
 

@@ -17,6 +17,9 @@ SignalAction = Literal["terminate", "cancel"]
 ACTIVE_STATES = frozenset({"active", "fastpath function call"})
 """States in which a session is running a query (what `cancel` interrupts and `max_query_duration` measures)."""
 
+IDLE_STATES = frozenset({"idle"})
+"""The state of a session idle outside a transaction: what the idle conditions and a budget's trim read first."""
+
 KNOWN_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 """States always exported per group (as 0 when empty) so stacked graphs keep their series."""
 
@@ -56,6 +59,9 @@ class Session:
     configured; None for an idle session, whose last comment is stale."""
     query_cut: bool = False
     """PostgreSQL cut the query text at track_activity_query_size: a comment at its end cannot be read."""
+    listening: bool = False
+    """Idle, and its last statement was a LISTEN (the poll tells, on the server: exporter/pg/queries/activity.sql):
+    the session waits for notifications. Budgets never trim it and the idle conditions do not count it as idle."""
 
     @property
     def is_worker(self) -> bool:
@@ -89,6 +95,8 @@ class Guard:
     is really crossed."""
     since: datetime | None = None
     """The moment `exceeded` is measured from: the crossing session's moment of the condition (`Moment.of`)."""
+    idle: bool = False
+    """`state_change` pins a spell `idle` outside a transaction; False: a spell idle in a transaction."""
 
 
 NO_GUARD = Guard()
@@ -112,11 +120,16 @@ class Moment:
     """The states in which a session has this moment; None: every state (when the column is set)."""
     prefix: str | None = None
     """Or: the states that start with this (`idle in transaction`, with or without `(aborted)`)."""
+    listening: bool = True
+    """Whether a session waiting for notifications (`Session.listening`) has this moment: its idle spell is a wait,
+    not idleness."""
 
     def of(self, session: Session) -> datetime | None:
         """The session's moment, or None when it has none now (a query's start counts only while it runs)."""
         state = session.state
         if self.states is not None and state not in self.states:
+            return None
+        if not self.listening and session.listening:
             return None
         if self.prefix is not None and (state is None or not state.startswith(self.prefix)):
             return None
@@ -128,7 +141,9 @@ class Moment:
         moment of every group of a poll)."""
         get = _COLUMN_GETTERS[self.column]
         states, prefix = self.states, self.prefix
-        if states is not None:
+        if states is not None and not self.listening:
+            values = [v for s in sessions if s.state in states and not s.listening and (v := get(s)) is not None]
+        elif states is not None:
             values = [v for s in sessions if s.state in states and (v := get(s)) is not None]
         elif prefix is not None:
             values = [v for s in sessions if (st := s.state) is not None and st.startswith(prefix)
@@ -146,7 +161,7 @@ class Moment:
             return replace(onto, query_start=value)
         if self.column == "xact_start":
             return replace(onto, xact_start=value)
-        return replace(onto, state_change=value)
+        return replace(onto, state_change=value, idle=self.states == IDLE_STATES)
 
 
 QUERY = Moment("max_query_duration", "query_start", states=ACTIVE_STATES)
@@ -157,7 +172,9 @@ IDLE_IN_TRANSACTION = Moment("max_idle_in_transaction", "state_change", prefix="
 """Since the session last went idle inside its transaction."""
 CONNECTED = Moment("age", "backend_start")
 """Since the session connected."""
-MOMENTS: tuple[Moment, ...] = (QUERY, TRANSACTION, IDLE_IN_TRANSACTION, CONNECTED)
+IDLE = Moment("max_idle_duration", "state_change", states=IDLE_STATES, listening=False)
+"""Since the session last went idle outside a transaction (a LISTEN session waiting for notifications has none)."""
+MOMENTS: tuple[Moment, ...] = (QUERY, TRANSACTION, IDLE_IN_TRANSACTION, CONNECTED, IDLE)
 _COLUMN_GETTERS: dict[str, Callable[[Session], datetime | None]] = {
     column: attrgetter(column) for column in get_args(MomentColumn)
 }
@@ -247,6 +264,42 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """The server's connection slots as one poll saw them (exporter/pg/queries/connections.sql).
+
+    `max_connections` slots serve client backends; `superuser_reserved_connections` of them, and on PostgreSQL 16+
+    `reserved_connections` more, are kept for superusers (and roles with pg_use_reserved_connections): what is left
+    is what ordinary roles may use. `in_use` counts every client backend, pgparent's own and hidden ones included:
+    the slots taken against the limit (autovacuum, background workers and walsenders have slots of their own).
+    """
+
+    max_connections: int
+    superuser_reserved: int
+    reserved: int
+    """reserved_connections (PostgreSQL 16+; 0 before)."""
+    in_use: int
+
+    @property
+    def reserved_total(self) -> int:
+        """Slots ordinary roles may not use."""
+        return self.superuser_reserved + self.reserved
+
+    @property
+    def usable(self) -> int:
+        """Slots ordinary roles may use."""
+        return max(self.max_connections - self.reserved_total, 0)
+
+    @property
+    def headroom(self) -> int:
+        """Slots left for ordinary roles now; 0 when superusers hold reserved ones beyond it."""
+        return max(self.usable - self.in_use, 0)
+
+    def share(self, sessions: int) -> float:
+        """`sessions` as a fraction of what ordinary roles may use."""
+        return sessions / self.usable if self.usable else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one poll read: client sessions and parallel workers, with the server's clock at that moment, and for the
     sessions that waited on a heavyweight lock, their blockers (read only when some session waited)."""
@@ -258,6 +311,8 @@ class Snapshot:
     backend_stats: Mapping[int, BackendStats] | None = None
     """PostgreSQL 18's counters of the backends read at this poll, by pid: those that started or changed state
     recently enough to have published new ones (exporter/core/cost.py: `stats_since`). None: not read."""
+    capacity: Capacity | None = None
+    """The server's connection slots and how many are taken, server-wide (None: not read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +333,12 @@ class Stats:
     """Sessions outside the set waiting on sessions of the set, directly or through a chain."""
     max_blocking: float = 0.0
     """The longest any of those `blocking` sessions has waited, in seconds."""
+    max_idle_duration: float = 0.0
+    """The longest spell idle outside a transaction (since state_change), LISTEN sessions not counted."""
+    idle: int = 0
+    """Sessions idle outside a transaction, not counting LISTEN sessions waiting for notifications."""
+    listening: int = 0
+    """Sessions idle after a LISTEN: waiting for notifications."""
 
     @classmethod
     def of(
@@ -297,11 +358,12 @@ class Stats:
                 victims = locks.victims(pids, exclude_own)
                 blocking, max_blocking = len(victims), locks.longest(victims)
         by_state = dict.fromkeys(KNOWN_STATES, 0)
-        count = active = waiting = 0
+        count = active = waiting = listening = 0
         for s in sessions:
             count += 1
             state = s.state if s.state is not None else UNKNOWN_STATE
             by_state[state] = by_state.get(state, 0) + 1
+            listening += s.listening
             if state in ACTIVE_STATES:
                 active += 1
                 if s.wait_event_type == "Lock":
@@ -318,6 +380,8 @@ class Stats:
             blocked=blocked,
             blocking=blocking,
             max_blocking=max_blocking,
+            idle=by_state["idle"] - listening,
+            listening=listening,
             **longest,
         )
 
@@ -391,6 +455,8 @@ class Grouped:
     comment_missed: int = 0
     """Sessions whose query text PostgreSQL cut at track_activity_query_size before any configured comment key
     could be read: a comment appended at the end of a long query is lost (see docs/tagging.md)."""
+    capacity: Capacity | None = None
+    """The server's connection slots, from the snapshot."""
 
     @property
     def prepared_blocking(self) -> int:

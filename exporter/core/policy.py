@@ -17,11 +17,36 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
-from exporter.core.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
+from exporter.core.model import (
+    ACTIVE_STATES,
+    IDLE,
+    IDLE_IN_TRANSACTION,
+    NO_GUARD,
+    QUERY,
+    Group,
+    Grouped,
+    Guard,
+    Session,
+    SignalAction,
+    Stats,
+)
 from exporter.core.settings import Config, Protect, Rule
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Why a trimmed session was chosen: the budget condition, its limit, what the group held against it at the poll,
+    and how many sessions the trim chose (before the per-cycle cap)."""
+
+    condition: str
+    limit: float
+    count: int
+    """What the group held against the limit: sessions (max_sessions), idle sessions (max_idle_sessions), or
+    sessions idle longer than the limit (max_idle_duration)."""
+    trimmed: int
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
@@ -43,6 +68,8 @@ class Signal:
     """What found it: a poll, or a deadline computed at the last poll (exporter/deadlines.py)."""
     tag_source: str | None = None
     """Which source tagged the session into its group (`application_name`, `comment:KEY`, `user`, `database`)."""
+    budget: Budget | None = None
+    """Set when a budget trims the group: the session is one of those beyond it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +206,65 @@ def guard_for(
         if kept is not None:
             guard = kept.pin(kept.of(session), guard)
     return guard
+
+
+def trim_guard(session: Session, onto: Guard = NO_GUARD) -> Guard:
+    """`onto`, also holding only while a trimmed session is still in the very spell the poll saw: the same idle spell
+    (state_change, state idle), the same spell idle in its transaction, or the same running query. A session that
+    ran a statement since is left alone."""
+    for moment in (IDLE, IDLE_IN_TRANSACTION, QUERY):
+        if (value := moment.of(session)) is not None:
+            return moment.pin(value, onto)
+    return onto
+
+
+def _take(candidates: list[Session], n: int, action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
+    """The first `n` of `candidates` that `action` may signal, and how many were passed over as protected and as
+    unguarded on the way."""
+    chosen: list[Session] = []
+    protected = unguarded = 0
+    for s in candidates:
+        if len(chosen) >= n:
+            break
+        ok, p, u = eligible((s,), action, protect)
+        chosen += ok
+        protected += p
+        unguarded += u
+    return chosen, protected, unguarded
+
+
+def _trims(
+    compiled: CompiledRule,
+    grp: Group,
+    sessions: tuple[Session, ...],
+    exceeded: dict[str, str],
+    trimming: list[str],
+    action: SignalAction,
+    protect: Protect,
+    dry: bool,
+) -> tuple[list[Signal], int, int]:
+    """What the budget conditions `trimming` of a firing rule end in `grp`: each its picks, in its order (idle first,
+    never running sessions unless the rule says so), each signal guarded by the session's very spell and carrying
+    its budget; and how many sessions were passed over as protected and as unguarded."""
+    rule = compiled.rule
+    reasons = tuple(exceeded.values())
+    signals: list[Signal] = []
+    protected = unguarded = 0
+    for name in trimming:
+        trim, limit = BY_NAME[name].trim, compiled.conditions[name]
+        assert trim is not None  # Condition.trims says so
+        order, n, count = trim(sessions, limit, grp.now, rule.trim_active)
+        chosen, n_protected, n_unguarded = _take(order, n, action, protect)
+        protected += n_protected
+        unguarded += n_unguarded
+        budget = Budget(name, limit, count, len(chosen))
+        signals += [
+            Signal(rule.name, action, grp.parent, s, reasons, dry,
+                   guard=trim_guard(s, guard_for(action, s, grp, exceeded)),
+                   tag_source=tag_source(grp, s), budget=budget)
+            for s in chosen
+        ]
+    return signals, protected, unguarded
 
 
 def tag_source(grp: Group | None, session: Session) -> str | None:
@@ -391,7 +477,20 @@ def evaluate(
             if rule.action == "log":
                 continue
             pool = sessions
-            if rule.scope == "root_blockers" and all(BY_NAME[n].blocking for n in exceeded):
+            trimming = [n for n in exceeded if BY_NAME[n].trims(rule.scope)]
+            roots = rule.scope == "root_blockers" and any(BY_NAME[n].blocking for n in exceeded)
+            if trimming and all(n in trimming or (roots and BY_NAME[n].blocking) for n in exceeded):
+                # A budget: end only the sessions beyond it (and the root blockers, when a lock condition fires
+                # beside it), never the whole group.
+                trims, n_protected, n_unguarded = _trims(compiled, grp, sessions, exceeded, trimming, rule.action,
+                                                         protect, dry)
+                candidates += trims
+                protected += n_protected
+                unguarded += n_unguarded
+                if not roots:
+                    continue
+                pool = _root_blockers(sessions, grp)
+            elif rule.scope == "root_blockers" and all(BY_NAME[n].blocking for n in exceeded):
                 pool = _root_blockers(sessions, grp)  # end what blocks, not the group's innocent members
                 if rule.action == "cancel":
                     unreleased += [

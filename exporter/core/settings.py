@@ -281,14 +281,34 @@ class _RuleBase(StrictModel):
     match: Match = Match()
     for_: Duration = Field(0.0, alias="for")
     action: RuleAction = "log"
-    scope: Literal["root_blockers", "group"] = "root_blockers"
-    """When a rule fires on lock conditions only: signal the group's root blockers, or the whole group."""
+    scope: Literal["root_blockers", "group", "excess"] = "root_blockers"
+    """When a rule fires on lock conditions only: signal the group's root blockers, or the whole group; `excess`: a
+    `max_sessions` budget ends only the sessions beyond it (docs/budgets.md)."""
+    trim_active: bool = False
+    """With `scope: excess`: once no idle session is left to end, the budget may end running ones too."""
     dry_run: bool = False
 
     @model_validator(mode="after")
     def _needs_a_condition(self) -> _RuleBase:
-        if not self.conditions():
+        conditions = self.conditions()
+        if not conditions:
             raise ValueError(f"a rule needs at least one condition: {', '.join(NAMES)}")
+        trimming = [n for n in conditions if BY_NAME[n].trims(self.scope)]
+        if self.scope == "excess":
+            if "max_sessions" not in conditions:
+                raise ValueError("scope: excess trims a group to its max_sessions budget: set max_sessions")
+            lock = [n for n in conditions if BY_NAME[n].blocking]
+            if lock:
+                raise ValueError(
+                    f"scope: excess cannot be combined with lock conditions ({', '.join(lock)}): on them the rule "
+                    "would end its whole group; give them a rule of their own"
+                )
+        elif self.trim_active:
+            raise ValueError("trim_active applies to a max_sessions budget with scope: excess")
+        if trimming and self.action == "cancel":
+            raise ValueError(
+                f"{', '.join(trimming)} end idle connections, which a cancel cannot do: use action terminate (or log)"
+            )
         return self
 
     def conditions(self) -> dict[str, float]:
@@ -494,5 +514,9 @@ def describe(config: Config) -> list[str]:
         dry = " (dry run)" if rule.dry_run or config.dry_run else ""
         lock = any(BY_NAME[n].blocking for n in rule.conditions()) and rule.action != "log"
         scope = f" ({rule.scope.replace('_', ' ')} on lock conditions)" if lock else ""
+        trimming = [n for n in rule.conditions() if BY_NAME[n].trims(rule.scope)]
+        if trimming:
+            running = "then running ones" if rule.trim_active else "never running ones"
+            scope += f" (trims on {', '.join(trimming)}: idle first, then idle in transaction, {running})"
         lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{scope}{dry}")
     return lines

@@ -11,7 +11,7 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 
 from exporter.core.cost import Cost
-from exporter.core.model import ACTIVE_STATES, Grouped, Session, SignalAction, Snapshot
+from exporter.core.model import ACTIVE_STATES, Capacity, Grouped, Session, SignalAction, Snapshot
 from exporter.core.policy import Decision, Exclusion, excluded, manual
 from exporter.core.settings import Protect
 
@@ -216,19 +216,8 @@ class Header:
 
     version: str
     in_recovery: bool
-    used: int
-    """Client connections open, pgparent's own among them."""
-    usable: int
-    """Connections ordinary clients can open (max_connections less the reserved slots); 0 when unknown."""
-
-    @property
-    def headroom(self) -> int:
-        return self.usable - self.used
-
-
-def header(snapshot: Snapshot, version: str, in_recovery: bool, usable: int) -> Header:
-    """The header's figures at this poll: the poll leaves pgparent's own connection out, so it is added back."""
-    return Header(version, in_recovery, len(snapshot.sessions) + 1, usable)
+    capacity: Capacity | None
+    """The server's connection slots at this poll (None where the poll could not count them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,7 @@ _GROUP_SERIES = (
     _GroupSeries(m.GROUP_MAX_QUERY, lambda g: g.stats.max_query_duration, _worst),
     _GroupSeries(m.GROUP_MAX_TRANSACTION, lambda g: g.stats.max_transaction_duration, _worst),
     _GroupSeries(m.GROUP_AGE, lambda g: g.stats.age, _worst),
+    _GroupSeries(m.GROUP_LISTENING, lambda g: g.stats.listening, _total),
 )
 
 
@@ -384,6 +385,16 @@ class PgparentCollector(Collector):
         f.add(m.HIDDEN, grouped.hidden)
         f.add(m.COMMENT_MISSED, grouped.comment_missed)
         f.add(m.GROUPS_DROPPED, len(folded))
+        capacity = grouped.capacity
+        if capacity is not None:
+            f.add(m.SERVER_MAX_CONNECTIONS, capacity.max_connections)
+            f.add(m.SERVER_RESERVED, capacity.reserved_total)
+            f.add(m.SERVER_CONNECTIONS, capacity.in_use)
+            f.add(m.SERVER_HEADROOM, capacity.headroom)
+            for g in kept:
+                f.add(m.GROUP_SHARE, capacity.share(len(g.sessions)), g.parent)
+            if folded:
+                f.add(m.GROUP_SHARE, capacity.share(sum(len(g.sessions) for g in folded)), OTHER)
 
 
 def _cost_families(f: _Series, cost: Cost) -> None:

@@ -103,6 +103,33 @@ COMMENT_MISSED = _gauge(
     "comment at its end (0 without comment sources).",
 )
 GROUPS_DROPPED = _gauge("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.')
+GROUP_LISTENING = _gauge(
+    "pgparent_group_listening_sessions",
+    "Sessions of a group idle after a LISTEN, waiting for notifications: budgets never trim them.",
+    "parent",
+)
+
+# Each target's server's connection slots (exporter/core/model.py: Capacity).
+SERVER_MAX_CONNECTIONS = _gauge("pgparent_server_max_connections", "The server's max_connections.")
+SERVER_RESERVED = _gauge(
+    "pgparent_server_reserved_connections",
+    "Connection slots ordinary roles may not use: superuser_reserved_connections plus reserved_connections "
+    "(PostgreSQL 16+).",
+)
+SERVER_CONNECTIONS = _gauge(
+    "pgparent_server_connections",
+    "Client backends counting against max_connections, server-wide, pgparent's own included.",
+)
+SERVER_HEADROOM = _gauge(
+    "pgparent_server_connections_headroom",
+    "Connection slots left for ordinary roles: max_connections less the reserved slots and those in use (never "
+    "below 0).",
+)
+GROUP_SHARE = _gauge(
+    "pgparent_group_connections_share_ratio",
+    "A group's sessions as a fraction of the connection slots ordinary roles may use.",
+    "parent",
+)
 
 # What each target's groups cost the server (exporter/core/cost.py): counters carried from poll to poll, gauges of
 # the last poll, and where they come from.

@@ -39,6 +39,7 @@ import errno
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -76,7 +77,8 @@ MAX_HEADERS = 100
 BACKLOG = 128
 """The listen backlog: a burst of scrapers queues in the kernel instead of being dropped (the default is 5)."""
 _CHUNK = 65536
-"""Responses are written in pieces of this size, so a client that reads slowly holds one piece, not a copy of all."""
+"""Over TLS, responses are written in pieces of this size, so a client that reads slowly holds one piece in the
+transport, not a copy of all; without TLS, a response this small goes in one write with its head."""
 _ACCEPT_RETRY = 0.1
 """Seconds to wait before accepting again when the process is out of file descriptors."""
 WARN_EVERY = 10.0
@@ -422,7 +424,7 @@ class MetricsServer:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        writer: asyncio.StreamWriter | None = None
+        channel: _Plain | _Tls | None = None
         connection = h11.Connection(h11.SERVER)
         heads = RequestHeads()
         deadline = loop.time() + REQUEST_TIMEOUT
@@ -433,62 +435,37 @@ class MetricsServer:
                 room.set()
                 try:
                     async with asyncio.timeout_at(deadline):
-                        if writer is None:
-                            reader, writer = await self._streams(sock)
-                        head = await self._next_head(reader, heads)
+                        if channel is None:
+                            channel = _Plain(sock) if self._tls is None else await _Tls.handshake(sock, self._tls)
+                        head = await _next_head(channel, heads)
                 finally:
                     self._waiting.pop(task, None)
                 if head is None:
                     break
-                if not await self._respond(writer, connection, read_request(connection, head), client):
+                if not await self._respond(channel, connection, read_request(connection, head), client):
                     break
                 deadline = loop.time() + REQUEST_TIMEOUT
             clean = True
         except h11.RemoteProtocolError as exc:  # a head h11 or the limits refuse: answered, then the connection closed
-            if writer is not None:
+            if channel is not None:
                 status = HTTPStatus(exc.error_status_hint)
                 refusal = Response(status, TEXT, f"{status.phrase}\n".encode())
                 with contextlib.suppress(TimeoutError, OSError):
-                    await self._write(writer, connection, refusal, head=False, close=True)
+                    await self._write(channel, connection, refusal, head=False, close=True)
                     clean = True
         except (TimeoutError, OSError) as exc:  # too slow, a failed TLS handshake, a reset: close and move on
             log.debug("http_connection_dropped", client=client, reason=type(exc).__name__, error=str(exc))
         finally:
             self._waiting.pop(task, None)
-            if writer is None:
+            if channel is None:
                 sock.close()
-            elif clean:
-                writer.close()
             else:
-                writer.transport.abort()
+                channel.close(clean=clean)
             self._open -= 1
             room.set()
 
-    @staticmethod
-    async def _next_head(reader: asyncio.StreamReader, heads: RequestHeads) -> bytes | None:
-        """The next request head; None when the client closed the connection (between requests or in one)."""
-        while (head := heads.next()) is None:
-            data = await reader.read(MAX_LINE)
-            if not data:
-                return None
-            heads.feed(data)
-        return head
-
-    async def _streams(self, sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams over the accepted socket, after the TLS handshake when there is one."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        if self._tls is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-        else:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._tls, ssl_handshake_timeout=REQUEST_TIMEOUT, ssl_shutdown_timeout=2.0
-            )
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
     async def _respond(
-        self, writer: asyncio.StreamWriter, connection: h11.Connection, request: h11.Request, client: str
+        self, channel: _Plain | _Tls, connection: h11.Connection, request: h11.Request, client: str
     ) -> bool:
         """Answer one request; True if the connection stays open for another."""
         try:
@@ -505,7 +482,7 @@ class MetricsServer:
             response = Response(500, TEXT, b"internal server error\n")
         # A body after the head is never read, so the connection cannot carry another request.
         unread_body = connection.their_state is not h11.DONE
-        await self._write(writer, connection, response, head=request.method == b"HEAD", close=unread_body)
+        await self._write(channel, connection, response, head=request.method == b"HEAD", close=unread_body)
         if connection.our_state is h11.DONE and connection.their_state is h11.DONE:
             connection.start_next_cycle()
             return True
@@ -534,12 +511,12 @@ class MetricsServer:
         return Response(404, TEXT, b"not found\n")
 
     async def _write(
-        self, writer: asyncio.StreamWriter, connection: h11.Connection, response: Response, *, head: bool, close: bool
+        self, channel: _Plain | _Tls, connection: h11.Connection, response: Response, *, head: bool, close: bool
     ) -> None:
         """Write a response; h11 writes its head (adding `Connection: close` when keep-alive is off) and frames the
-        body, which goes out in _CHUNK pieces, never copied whole."""
+        body, which is handed to the channel as a view of the rendered text, never copied whole."""
         headers = [
-            ("Date", formatdate(usegmt=True)),
+            ("Date", _date()),
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *{**self._extra_headers, **response.headers}.items(),
@@ -550,21 +527,99 @@ class MetricsServer:
         start = connection.send(h11.Response(status_code=status, headers=headers, reason=status.phrase))
         body = memoryview(b"" if head else response.body)
         async with asyncio.timeout(REQUEST_TIMEOUT):
-            writer.writelines([start, *_piece(connection, body[:_CHUNK])])
-            await writer.drain()
-            for offset in range(_CHUNK, len(body), _CHUNK):
-                writer.writelines(_piece(connection, body[offset : offset + _CHUNK]))
-                await writer.drain()
+            await channel.send(start, _piece(connection, body))
         connection.send(h11.EndOfMessage())
+
+
+class _Plain:
+    """A connection without TLS, read and written on its socket by the loop's own socket calls: no transport, protocol
+    or stream objects per connection, and a body goes to the kernel from a view of the rendered text as fast as the
+    client reads it (sock_sendall keeps the view, never a copy)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._loop = sock, asyncio.get_running_loop()
+        # A head and its body may go in two writes: the second must not wait for the client's delayed ACK (Nagle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def recv(self) -> bytes:
+        return await self._loop.sock_recv(self._sock, MAX_LINE)
+
+    async def send(self, start: bytes, body: memoryview) -> None:
+        if len(body) <= _CHUNK:  # the usual small answer: one write
+            await self._loop.sock_sendall(self._sock, start + body)
+            return
+        await self._loop.sock_sendall(self._sock, start)
+        await self._loop.sock_sendall(self._sock, body)
+
+    def close(self, *, clean: bool) -> None:
+        del clean  # nothing is buffered here: every write was awaited to the kernel
+        self._sock.close()
+
+
+class _Tls:
+    """A TLS connection: asyncio's streams over the handshaken socket; a body is written in _CHUNK pieces, so a
+    client that reads slowly holds one piece in the TLS transport's buffer, not a copy of all."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def handshake(cls, sock: socket.socket, context: ssl.SSLContext) -> _Tls:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=context, ssl_handshake_timeout=REQUEST_TIMEOUT, ssl_shutdown_timeout=2.0
+        )
+        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+
+    async def recv(self) -> bytes:
+        return await self._reader.read(MAX_LINE)
+
+    async def send(self, start: bytes, body: memoryview) -> None:
+        self._writer.writelines([start, body[:_CHUNK]])
+        await self._writer.drain()
+        for offset in range(_CHUNK, len(body), _CHUNK):
+            self._writer.write(body[offset : offset + _CHUNK])
+            await self._writer.drain()
+
+    def close(self, *, clean: bool) -> None:
+        if clean:
+            self._writer.close()  # after what is still buffered is written, and TLS's close_notify
+        else:
+            self._writer.transport.abort()
+
+
+async def _next_head(channel: _Plain | _Tls, heads: RequestHeads) -> bytes | None:
+    """The next request head; None when the client closed the connection (between requests or in one)."""
+    while (head := heads.next()) is None:
+        data = await channel.recv()
+        if not data:
+            return None
+        heads.feed(data)
+    return head
+
+
+_dated: tuple[int, str] = (0, "")
+
+
+def _date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _dated
+    now = int(time.time())
+    if _dated[0] != now:
+        _dated = (now, formatdate(now, usegmt=True))
+    return _dated[1]
 
 
 def _path(request: h11.Request) -> str:
     return request.target.split(b"?", 1)[0].decode("latin-1")
 
 
-def _piece(connection: h11.Connection, data: memoryview) -> list[bytes]:
-    """A piece of a body as h11 frames it (with Content-Length, the piece itself: a view, not a copy)."""
-    if not data:
-        return []
+def _piece(connection: h11.Connection, body: memoryview) -> memoryview:
+    """The body as h11 frames it: with Content-Length, the body itself (a view, not a copy)."""
+    if not body:
+        return body
     # h11 takes any bytes-like object (its Data docs) and passes it through uncopied; its annotation says bytes.
-    return connection.send_with_data_passthrough(h11.Data(data=cast(bytes, data))) or []
+    (framed,) = connection.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or [b""]
+    return memoryview(framed)

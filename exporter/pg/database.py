@@ -27,7 +27,7 @@ from psycopg.rows import class_row
 
 from exporter import APPLICATION_NAME
 from exporter.core.cost import StatsReading
-from exporter.core.model import NO_GUARD, Blocker, Guard, Reading, Session, SignalAction, Snapshot
+from exporter.core.model import NO_GUARD, Blocker, Capacity, Guard, Reading, Session, SignalAction, Snapshot
 from exporter.core.tags import MAX_RAW_BYTES
 from exporter.errors import DatabaseUnavailable
 from exporter.pg.dsn import mask_dsn, parse_dsn, scrub
@@ -72,17 +72,16 @@ class Capabilities:
     backend_stats: bool | None = None
     """pg_stat_get_backend_wal and _io (PostgreSQL 18): None where they do not exist, False where the role may not
     execute them."""
+    max_connections: int = 0
+    superuser_reserved_connections: int = 0
+    reserved_connections: int = 0
+    """PostgreSQL 16+; 0 before."""
     server_version: str = ""
     """The server's version as it names itself (`server_version`: "15.8 (Debian 15.8-1)")."""
-    max_connections: int = 0
-    reserved_connections: int = 0
-    """Connection slots kept for superusers and roles with pg_use_reserved_connections (PostgreSQL 16+): slots an
-    ordinary client cannot take."""
 
-    @property
-    def usable_connections(self) -> int:
-        """The connections ordinary clients can open: max_connections less the reserved slots."""
-        return self.max_connections - self.reserved_connections
+    def capacity(self, in_use: int) -> Capacity:
+        """The server's connection slots, `in_use` of them taken."""
+        return Capacity(self.max_connections, self.superuser_reserved_connections, self.reserved_connections, in_use)
 
     @property
     def server(self) -> str:
@@ -290,6 +289,8 @@ class Database:
                 "query_cut": sql.SQL("w.query_cut" if comments else "false"),
                 "comment_join": sql.SQL(load_query("activity_comments") if comments else ""),
                 "database": sql.SQL("   AND a.datname = pg_catalog.current_database()" if self.database_only else ""),
+                # A whole-server poll's rows are every client backend but pgparent's own: counted from them.
+                "connections": sql.SQL(load_query("connections").rstrip() if self.database_only else "NULL::int"),
                 "backend_stats": sql.SQL(
                     "" if stats_io is None else ",\n" + load_query("activity_backend_stats" if stats_io
                                                                     else "activity_backend_wal").rstrip()),
@@ -331,10 +332,10 @@ class Database:
             with self._guard(conn):  # the network part: execute returns once the whole result has arrived
                 cur.execute(statement, params, prepare=prepare)
             rows = cur.fetchall()  # rows become Sessions off the deadline
-            now = reader.now
+            now, connections = reader.now, reader.connections
             if now is None:  # no rows, so no now() column
                 with self._guard(conn):
-                    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+                    now, connections = conn.execute(_CLOCK).fetchone()  # type: ignore[misc]
             sessions: list[Session] = []
             workers: list[Session] = []
             for session in rows:
@@ -351,8 +352,11 @@ class Database:
             raise self._fail("poll timed out", exc) from exc
         except psycopg.Error as exc:
             raise self._fail("poll failed", exc) from exc
+        if connections is None:  # every client backend is a row of a whole-server poll, but pgparent's own
+            connections = len(sessions) + 1
+        capacity = self.capabilities.capacity(connections)
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers),
-                        backend_stats=reader.backend_stats)
+                        backend_stats=reader.backend_stats, capacity=capacity)
 
     def _row(self, query_name: str, params: dict[str, Any], what: str) -> tuple[Any, ...] | None:
         """The one row of `queries/<query_name>.sql` (None when it returns none); `what` names a failure."""
@@ -411,6 +415,7 @@ class Database:
             "query_start": guard.query_start,
             "xact_start": guard.xact_start,
             "state_change": guard.state_change,
+            "spell": "idle" if guard.idle else "idle in transaction%",
             "exceeded": guard.exceeded,
             "since": guard.since,
         }
@@ -458,6 +463,10 @@ class Database:
         except psycopg.Error:
             return False
         return row is not None
+
+
+_CLOCK = sql.SQL("SELECT now(), {}").format(sql.SQL(load_query("connections").rstrip()))
+"""The server's clock and its connections, for a poll that read no row."""
 
 
 @cache

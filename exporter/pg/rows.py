@@ -19,7 +19,8 @@ _ESCAPE = re.compile(rb"\\(\\|[0-7]{3})")
 
 class SessionRows:
     """The poll's row factory: each row becomes a Session as psycopg loads it (the columns are Session's fields in
-    order, then the server's now()), with the query excerpt decoded and the comment values unescaped.
+    order, then the server's now() and its count of connections), with the query excerpt decoded and the comment
+    values unescaped.
 
     Values that many rows repeat (backend type, database, user, address, state, wait type, query text) are kept
     once per poll: thousands of sessions then hold a few strings instead of one each.
@@ -28,6 +29,8 @@ class SessionRows:
     def __init__(self, backend_stats: bool = False) -> None:
         self.now: datetime | None = None
         """The server's now() at the statement, from the rows read."""
+        self.connections: int | None = None
+        """The client backends counting against max_connections at the statement, from the rows read."""
         self.backend_stats: dict[int, BackendStats] | None = {} if backend_stats else None
         """With `backend_stats`, the rows' last column (PostgreSQL 18's counters of the backend) by pid, where the
         poll read them."""
@@ -47,14 +50,14 @@ class SessionRows:
 
     def row(self, values: Sequence[Any]) -> Session:
         pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \
-            comments, cut, self.now = values
+            comments, cut, listening, self.now, self.connections = values
         once = self._seen.setdefault
         texts = self._texts
         return Session.build((
             pid, leader, once(btype, btype), once(db, db), once(user, user), app, once(addr, addr), once(state, state),
             once(wait, wait), started, xact, qstart, changed,
             texts[query] if query in texts else texts.setdefault(query, _text(query)),
-            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut,
+            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut, listening,
         ))
 
 

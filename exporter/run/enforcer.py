@@ -26,9 +26,17 @@ def _seconds(now: datetime, moment: datetime | None) -> float | None:
 
 
 def audit_fields(signal: Signal, now: datetime) -> dict[str, Any]:
-    """Everything an operator needs to know about one signalled (or would-be signalled) session."""
+    """Everything an operator needs to know about one signalled (or would-be signalled) session; for a budget's trim,
+    also the budget (condition, limit, the count held against it, how many the trim chose) and how long the session
+    had been in its state."""
     s = signal.session
     query = s.query if s.query is None or len(s.query) <= AUDIT_QUERY_CHARS else s.query[:AUDIT_QUERY_CHARS] + "…"
+    budget = signal.budget
+    trim = {} if budget is None else {
+        "budget": {"condition": budget.condition, "limit": budget.limit, "count": budget.count,
+                   "trimmed": budget.trimmed},
+        "state_seconds": _seconds(now, s.state_change),
+    }
     return {
         "rule": signal.rule,
         "parent": signal.parent,
@@ -50,6 +58,7 @@ def audit_fields(signal: Signal, now: datetime) -> dict[str, Any]:
         "trigger": signal.trigger,
         "blocking_sessions": signal.blocking_sessions,
         "max_blocking_seconds": round(signal.max_blocking_seconds, 3),
+        **trim,
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from exporter.core.assess import Assessment, assess
 from exporter.core.settings import MAX_COUNT, Config
-from exporter.core.top import Figures, Header, header, rates
+from exporter.core.top import Figures, Header, rates
 from exporter.pg.database import Database
 from exporter.run.costs import Costs
 
@@ -49,8 +49,7 @@ class Live:
         seconds = (snapshot.now - last.snapshot.now).total_seconds() if last is not None else None
         assert assessed.cost is not None
         figures = rates(last.cost if last is not None else None, assessed.cost, seconds)
-        return Frame(assessed, header(snapshot, caps.server_version, caps.in_recovery, caps.usable_connections),
-                     figures, seconds)
+        return Frame(assessed, Header(caps.server_version, caps.in_recovery, snapshot.capacity), figures, seconds)
 
     def close(self) -> None:
         self.costs.close()

@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "PgparentGroupViolatingTooLong",
     "PgparentGroupBlocking",
     "PgparentGroupMemoryHigh",
+    "PgparentConnectionHeadroomLow",
     "PgparentSignalsFailing",
     "PgparentSignalSpike",
     "PgparentConfigReloadFailed",

@@ -17,7 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.core.cost import Cost, CostState, HostMemory, ProcSample, Samples, Sources, account
 from exporter.core.grouping import group
-from exporter.core.model import Grouped, Snapshot
+from exporter.core.model import Capacity, Grouped, Snapshot
 from exporter.face.collector import Flags, PgparentCollector, Published, _Series
 from exporter.face.counters import FAMILIES
 from tests.support.tools import require_tool
@@ -74,6 +74,25 @@ def test_max_groups_folds_into_other() -> None:
     assert at(registry, "pgparent_group_sessions", {"parent": "S:1", "state": "active"}) is None
     assert at(registry, "pgparent_groups") == 5
     assert at(registry, "pgparent_groups_dropped") == 3
+
+
+def test_capacity_series_and_each_groups_share() -> None:
+    """The server's slots, reserve, connections in use and headroom are exported; each group's share is its sessions
+    over the slots ordinary roles may use, and the groups folded into __other__ share theirs summed."""
+    collector = PgparentCollector()
+    registry = collector.registry
+    sessions = [session(a) for a in ["Big:1"] * 6 + ["Mid:1"] * 3 + ["S:1", "S:2"]]
+    capacity = Capacity(max_connections=60, superuser_reserved=3, reserved=2, in_use=40)
+    rows = replace(snapshot(*sessions), capacity=capacity)
+    collector.publish(Published(up=True, grouped=group(rows, PATTERN), max_groups=2))
+    assert at(registry, "pgparent_server_max_connections") == 60
+    assert at(registry, "pgparent_server_reserved_connections") == 5
+    assert at(registry, "pgparent_server_connections") == 40
+    assert at(registry, "pgparent_server_connections_headroom") == 15
+    assert at(registry, "pgparent_group_connections_share_ratio", {"parent": "Big:1"}) == 6 / 55
+    assert at(registry, "pgparent_group_connections_share_ratio", {"parent": "__other__"}) == 2 / 55
+    collector.publish(Published(up=True, grouped=grouped("Big:1")))
+    assert at(registry, "pgparent_server_max_connections") is None  # a snapshot without capacity: no series
 
 
 @pytest.mark.deliverables

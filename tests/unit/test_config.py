@@ -532,5 +532,50 @@ def test_check_lock_conditions_good_and_bad(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"{bad}: rules.0.max_blocking_sessions: Input should be greater than or equal to 0"
     assert err[1].startswith(f"{bad}: rules.1.max_blocking_duration: invalid duration '10s1m'")
-    assert err[2] == f"{bad}: rules.2.scope: Input should be 'root_blockers' or 'group'"
+    assert err[2] == f"{bad}: rules.2.scope: Input should be 'root_blockers', 'group' or 'excess'"
     assert len(err) == 3
+
+
+def test_check_budget_keys_good_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The budget keys: good values pass and are described (exit 0); a bad count, a bad duration, scope: excess
+    without max_sessions or beside a lock condition, trim_active without it, and a cancel on a trim are FILE: path:
+    message lines, all at once, exit 2."""
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "rules:\n"
+        "  - {name: pool, match: {parent: 'A:*'}, max_sessions: 20, scope: excess, action: terminate}\n"
+        "  - {name: idle, max_idle_sessions: 5, max_idle_duration: 10m, action: terminate}\n"
+        "  - {name: hard, max_sessions: 40, scope: excess, trim_active: true, action: terminate}\n"
+    )
+    assert main(["check", "--config.file", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "pool: parent=A:*: max_sessions > 20 -> terminate (trims on max_sessions: idle first, then idle in " \
+        "transaction, never running ones)" in out
+    assert "idle: parent=*: max_idle_sessions > 5, max_idle_duration > 600 -> terminate (trims on " \
+        "max_idle_sessions, max_idle_duration" in out
+    assert "then running ones)" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "rules:\n"
+        "  - {name: a, max_idle_sessions: -1}\n"
+        "  - {name: b, max_idle_duration: 10s1m}\n"
+        "  - {name: c, max_idle_sessions: 3, scope: excess}\n"
+        "  - {name: d, max_sessions: 3, max_blocking_sessions: 1, scope: excess}\n"
+        "  - {name: e, max_sessions: 3, trim_active: true}\n"
+        "  - {name: f, max_idle_duration: 1m, action: cancel}\n"
+        "  - {name: g, max_sessions: 3, scope: excess, trim_active: maybe}\n"
+    )
+    assert main(["check", "--config.file", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{bad}: rules.0.max_idle_sessions: Input should be greater than or equal to 0",
+        f"{bad}: rules.1.max_idle_duration: invalid duration '10s1m': use a number of seconds or units ms, s, m, h, "
+        "d, w, y, largest first, each at most once (e.g. 500ms, 1h30m)",
+        f"{bad}: rules.2: scope: excess trims a group to its max_sessions budget: set max_sessions",
+        f"{bad}: rules.3: scope: excess cannot be combined with lock conditions (max_blocking_sessions): on them the "
+        "rule would end its whole group; give them a rule of their own",
+        f"{bad}: rules.4: trim_active applies to a max_sessions budget with scope: excess",
+        f"{bad}: rules.5: max_idle_duration end idle connections, which a cancel cannot do: use action terminate "
+        "(or log)",
+        f"{bad}: rules.6.trim_active: Input should be a valid boolean, unable to interpret input",
+    ]

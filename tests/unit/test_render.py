@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 from exporter.cli.render import groups_json, groups_table, psql_table, sessions_table
 from exporter.core.grouping import group
+from exporter.core.model import Capacity
 from tests.unit.factory import session, snapshot
 
 PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
@@ -54,3 +56,21 @@ def test_groups_table_and_json_list_largest_first() -> None:
     doc = json.loads(groups_json(grouped))
     assert [g["parent"] for g in doc["groups"]] == ["B:1", "A:1"]
     assert doc["untagged"] == {"sessions": 1, "states": {"active": 1}}
+
+
+def test_groups_table_and_json_show_the_capacity_and_each_groups_share() -> None:
+    """With the server's capacity, the table has a SHARE column and a closing capacity line; the JSON has each
+    group's share and the capacity."""
+    capacity = Capacity(max_connections=60, superuser_reserved=3, reserved=2, in_use=16)
+    rows = replace(snapshot(*(session("B:1") for _ in range(11)), session("A:1")), capacity=capacity)
+    grouped = group(rows, PATTERN)
+    table = groups_table(grouped)
+    header = table[0].split()
+    assert header[-2:] == ["SHARE", "SOURCE"]
+    assert table[1].split()[header.index("SHARE")] == "20.0%"
+    assert table[-1] == ("connections: 16 in use of max_connections 60 (3 superuser_reserved_connections + 2 "
+                         "reserved_connections: 55 for ordinary roles); headroom 39")
+    doc = json.loads(groups_json(grouped))
+    assert doc["groups"][0]["share"] == 0.2
+    assert doc["capacity"] == {"max_connections": 60, "superuser_reserved_connections": 3, "reserved_connections": 2,
+                               "usable": 55, "in_use": 16, "headroom": 39}

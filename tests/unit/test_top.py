@@ -1,5 +1,5 @@
 """What `pgparent top` shows is pure (exporter/core/top.py): rows per group, sorting, the glob filter, a group's
-sessions, the header's headroom, and the plan a `c` or `t` confirms (exactly the pids, the rest said and left out)."""
+sessions, and the plan a `c` or `t` confirms (exactly the pids, the rest said and left out)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from exporter.core.top import (
     Figures,
     Row,
     arrange,
-    header,
     matches,
     plan,
     rates,
@@ -96,12 +95,6 @@ def test_the_plan_lists_exactly_the_pids_and_says_what_is_left_out() -> None:
     untagged = plan(grouped, snap, None, "terminate", Protect())
     assert untagged.pids == () and dict(untagged.left_out) == {41: "untagged", 42: "untagged"}
     assert all(s.rule == "manual" for s in term.decision.signals)
-
-
-def test_headroom_counts_pgparents_own_connection() -> None:
-    """Connections used are the poll's client sessions plus the view's own; headroom is usable less used."""
-    h = header(_snapshot(), "15.8", False, 97)
-    assert (h.used, h.usable, h.headroom) == (9, 97, 88)
 
 
 def test_rates_are_the_counters_growth_over_the_seconds_between_refreshes() -> None:

@@ -13,6 +13,12 @@
 -- counters as int8[] (WAL bytes; bytes read, bytes written or extended, or NULLs when not asked for), read only for
 -- backends that started or changed state since %(stats_since)s (NULL: every backend), which are the only ones that
 -- may have published new ones; each pg_stat_get_backend_* call looks the pid up among every backend.
+-- listening: an idle session whose last statement starts with LISTEN waits for notifications (budgets never trim
+-- it). PostgreSQL shows no other session's channels, so its last statement is all there is: told on the server, so
+-- it holds with audit.query_text: none and whatever the client's encoding. Not recognised: a LISTEN behind a leading
+-- comment, or followed by any other statement (COMMIT after a LISTEN in a transaction, a pool's health check).
+-- {connections} is connections.sql (the client backends counting against max_connections, server-wide) for a target
+-- with `sessions: database`, else NULL::int: a whole-server poll's rows are those backends but pgparent's own.
 SELECT a.pid,
        {leader_pid},
        a.backend_type,
@@ -30,7 +36,9 @@ SELECT a.pid,
        {query_id},
        {comment_values},
        {query_cut},
-       now(){backend_stats}
+       coalesce(a.state = 'idle' AND a.query ~* '^\s*listen\s', false),
+       now(),
+       {connections}{backend_stats}
   FROM pg_catalog.pg_stat_activity AS a
 {comment_join}
  WHERE a.pid <> pg_catalog.pg_backend_pid()

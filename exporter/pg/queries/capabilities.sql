@@ -7,9 +7,9 @@
 -- server_pid_started (that session's backend_start) and server_started are how pgparent finds the server's
 -- processes in /proc (exporter/host/procfs.py). backend_stats says whether pg_stat_get_backend_wal and _io exist
 -- (PostgreSQL 18) and may be executed: NULL where they do not exist, false where the role may not.
--- max_connections less the slots kept for superusers (and, from PostgreSQL 16, for pg_use_reserved_connections) is
--- what ordinary clients can open (`pgparent top`'s header); current_setting(..., true) is NULL where a setting is
--- unknown.
+-- max_connections and the slots reserved for superusers (superuser_reserved_connections, and reserved_connections on
+-- PostgreSQL 16+: 0 before) take a restart to change, so a connection reads them once. server_version is how the
+-- server names itself (`pgparent top`'s header).
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -33,7 +33,7 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
                             pg_catalog.to_regprocedure('pg_catalog.pg_stat_get_backend_io(integer)')]) AS f
          WHERE f IS NOT NULL
         HAVING count(*) = 2) AS backend_stats,
-       current_setting('server_version') AS server_version,
        current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int
-         + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
+       current_setting('server_version') AS server_version

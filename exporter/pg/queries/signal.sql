@@ -6,7 +6,9 @@
 --   query_start: still running the very query the poll saw (a cancel, or a query-duration deadline, must not land
 --                on the next query, which a pooled server connection may be running for another client);
 --   xact_start: still in the very transaction (a transaction-duration rule must not end the next one);
---   state_change: still idle in the very transaction since that moment (it has run nothing since);
+--   state_change: still in the very idle spell since that moment (it has run nothing since): idle in the same
+--                transaction (spell 'idle in transaction%'), or, for a budget's trim, idle outside one
+--                (spell 'idle': a session that turned active, even if idle again by now, is left alone);
 --   exceeded + since: on the server's clock now, the guarded moment is more than `exceeded` seconds ago (a deadline
 --                acts only once the limit is really crossed);
 --   database_only: the session is in this connection's database (a target with `sessions: database` signals
@@ -23,6 +25,6 @@ SELECT {function}(pid)
         OR (query_start = %(query_start)s::timestamptz AND state IN ('active', 'fastpath function call')))
    AND (%(xact_start)s::timestamptz IS NULL OR xact_start = %(xact_start)s::timestamptz)
    AND (%(state_change)s::timestamptz IS NULL
-        OR (state_change = %(state_change)s::timestamptz AND state LIKE 'idle in transaction%%'))
+        OR (state_change = %(state_change)s::timestamptz AND state LIKE %(spell)s))
    AND (%(exceeded)s::float8 IS NULL
         OR now() - %(since)s::timestamptz > make_interval(secs => %(exceeded)s::float8))
