@@ -103,6 +103,9 @@ GOALS: tuple[Goal, ...] = (
     Goal("cost_load", "load counter within 5% of N x T and of pg_stat_database.active_time at a 1 s interval",
          (Check("cost_load_off_statements_pct", "<=", 5), Check("cost_load_off_active_time_pct", "<=", 5)),
          "{cost_load_vs_statements_pct:+g}% / {cost_load_vs_active_time_pct:+g}%", "points"),
+    Goal("top_cpu", "`pgparent top` at {top_n} sessions and a {top_interval_s:g} s refresh: CPU <= 10% of one core",
+         (Check("top_cpu_pct", "<=", 10),), "{top_cpu_pct}% ({top_refreshes} refreshes in {top_window_s:g} s)",
+         "points"),
 )
 
 
@@ -176,6 +179,9 @@ def figures(results: dict[str, Any]) -> Figures:
                 "cost_load_vs_active_time_pct": load["vs_active_time_pct"] + 0.0,
                 "cost_load_off_statements_pct": abs(load["vs_statements_pct"]),
                 "cost_load_off_active_time_pct": abs(load["vs_active_time_pct"])}
+    if t := results.get("top"):
+        out |= {"top_n": t["sessions"], "top_interval_s": t["interval_s"], "top_cpu_pct": t["cpu_pct"],
+                "top_refreshes": t["refreshes"], "top_window_s": t["window_s"]}
     return out
 
 

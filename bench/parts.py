@@ -1,8 +1,8 @@
 """The benchmark's parts by name, what each measures, and how its figures go into results.json.
 
 - `core` (bench/core.py): the sizes, reaction and synthetic tables, results.json's top-level keys;
-- `locks` (bench/locks.py), `deadlines` (bench/reaction.py), `handover` (bench/handover.py), `cost` (bench/cost.py): a
-  key each;
+- `locks` (bench/locks.py), `deadlines` (bench/reaction.py), `handover` (bench/handover.py), `cost` (bench/cost.py),
+  `top` (bench/top.py): a key each;
 - `fleet` (bench/fleet.py and bench/shard.py): one process, shard-mode replicas and a black hole on one fleet.
 
 A part measured again keeps, for the docs' comparisons, figures of the run it replaced: the core the replaced run's
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import core, cost, handover, locks, reaction, shard
+from bench import core, cost, handover, locks, reaction, shard, top
 from bench.fleet import INTERVAL, REPLICAS, WATCH_EVERY, Fleet, PollWatch, measure_blackhole, measure_single, watching
 from bench.harness import REPO
 from exporter import APPLICATION_NAME
 
-PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost")
+PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost", "top")
 SIZES = (100, 500, 1000, 2000)
 COMPARED = ("date", "postgres_exporter", "sizes", "reaction", "synthetic")
 """What the core keeps of the run it replaced."""
@@ -82,7 +82,8 @@ def run_fleet(quick: bool = False, *, servers: int = 10, per_server: int = 5, pe
 
 def measure(part: str, *, quick: bool = False, sizes: Sequence[int] = SIZES) -> dict[str, Any]:
     """One part's figures, as the results.json keys they replace. `quick`: the core at N = 100 only with few
-    rounds, the fleet small with short windows, the cost at 100 sessions and 4 busy for 5 s (smoke runs)."""
+    rounds, the fleet small with short windows, the cost at 100 sessions and 4 busy for 5 s, top at 100 sessions for
+    10 s (smoke runs)."""
     if part == "core":
         if quick:
             return core.run([100], rounds=5, trials=3, synthetic_sizes=[1_000, 10_000])
@@ -99,6 +100,10 @@ def measure(part: str, *, quick: bool = False, sizes: Sequence[int] = SIZES) -> 
         if quick:
             return {"cost": cost.run(sessions=100, rounds=5, load_sessions=4, load_seconds=5.0)}
         return {"cost": cost.run()}
+    if part == "top":
+        if quick:
+            return {"top": top.run(sessions=100, window=10.0, warmup=2.0)}
+        return {"top": top.run()}
     raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
 
 

@@ -108,6 +108,12 @@ def cost_section(b: Blocks, c: dict[str, Any]) -> str:
              vs_statements=_pct(load["vs_statements_pct"]), vs_active=_pct(load["vs_active_time_pct"]))
 
 
+def top_section(b: Blocks, t: dict[str, Any]) -> str:
+    return b("top", sessions=t["sessions"], groups=t["tagged_groups"], postgresql=t["postgresql"],
+             interval=g(t["interval_s"]), terminal=t["terminal"], window=g(t["window_s"]), cpu=t["cpu_pct"],
+             refreshes=t["refreshes"], rss=t["rss_mb"])
+
+
 def goal_rows(b: Blocks, results: dict[str, Any]) -> str:
     return "\n".join(b("goals.row", goal=o.text, measured=o.shown, holds=b("yes" if o.met else "no"))
                      for o in evaluate(results))
@@ -132,6 +138,7 @@ def render(results: dict[str, Any], plot: Path | None, blocks: Blocks | None = N
         fleet=fleet_section(b, results["fleet"], goals) if results.get("fleet") else ABSENT,
         handover=handover_section(b, results["handover"]) if results.get("handover") else ABSENT,
         cost=cost_section(b, results["cost"]) if results.get("cost") else ABSENT,
+        top=top_section(b, results["top"]) if results.get("top") else ABSENT,
         goal_rows=goal_rows(b, results),
         **core_notes(b, results, goals),
     )

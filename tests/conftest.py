@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.support.pgbouncer",
     "tests.support.daemon",
     "tests.support.proxy",
+    "tests.support.terminal",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The `pgparent` command: run, groups, terminate, check, demo. Exit 0 ok, 1 runtime failure, 2 usage/config error.
+"""The `pgparent` command: run, groups, locks, terminate, top, check, demo. Exit 0 ok, 1 runtime failure, 2 usage/config
+error.
 
 User errors (a bad flag, config, DSN or listen address) are one clear line each on stderr, never a traceback.
 """
@@ -6,8 +7,10 @@ User errors (a bad flag, config, DSN or listen address) are one clear line each 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from exporter import __version__
@@ -45,21 +48,21 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="NAME", help="which of the config's targets (with a config that lists targets)")
 
 
-def _database(args: argparse.Namespace, config: Config) -> Database:
-    """The server a one-shot command talks to: --target NAME of the config's targets, else --dsn / the environment."""
+def _database(args: argparse.Namespace, config: Config, statement_timeout: float = 10.0) -> Database:
+    """The server a command talks to: --target NAME of the config's targets, else --dsn / the environment."""
     from exporter.run.daemon import target_database, target_dsn
 
     if not config.targets:
         if args.target is not None:
             raise UsageError(f"--target {args.target}: the config lists no targets; use --dsn")
-        return Database(resolve_dsn(args.dsn, args.dsn_file))
+        return Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
     names = [t.name for t in config.targets]
     if args.target is None:
         raise UsageError(f"the config lists targets: name one with --target ({', '.join(names)})")
     spec = next((t for t in config.targets if t.name == args.target), None)
     if spec is None:
         raise UsageError(f"--target {args.target}: no such target in the config ({', '.join(names)})")
-    return target_database(spec, target_dsn(spec, args.config_file))
+    return target_database(spec, target_dsn(spec, args.config_file), statement_timeout)
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -144,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     term.add_argument("--cancel", action="store_true", help="cancel active queries instead of terminating sessions")
     term.add_argument("--dry-run", action="store_true", help="list what would be signalled, signal nothing")
     _add_logging(term)
+
+    top = sub.add_parser("top", help="the live grouped view: one row per group, refreshed; keys to sort, filter, open, "
+                         "cancel or terminate a group")
+    _add_connection(top)
+    _add_target(top)
+    top.add_argument("--interval", default="2s", metavar="DURATION",
+                     help="time between refreshes, one poll each (default 2s; e.g. 1s, 500ms, 5)")
+    top.add_argument("--read-only", action="store_true", help="no cancel or terminate keys")
+    top.add_argument("--log.file", dest="log_file", metavar="FILE", default=None,
+                     help="where the audit of signals sent from the view and its own events go, as JSON lines "
+                     "(default $XDG_STATE_HOME/pgparent/top.log, else ~/.local/state/pgparent/top.log)")
+    top.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
 
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config.file", dest="config_file", metavar="FILE", default="rules.yaml")
@@ -248,6 +263,42 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if result.failed else EXIT_OK
 
 
+def top_log_file(given: str | None) -> Path:
+    """Where `pgparent top` writes its audit: the screen is the view's, so its log lines go to a file."""
+    if given:
+        return Path(given)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "pgparent" / "top.log"
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from exporter.core.settings import parse_duration
+    from exporter.run.daemon import statement_timeout
+
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError as exc:
+        raise UsageError(f"--interval {args.interval}: {exc}") from None
+    if not 0.1 <= interval <= 3600:
+        raise UsageError(f"--interval {args.interval}: between 100ms and 1h")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("top needs a terminal (for one-shot output: pgparent groups, pgparent locks)")
+    config = _config(args.config_file)
+    db = _database(args, config, statement_timeout(interval))
+    log_file = top_log_file(args.log_file)
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = log_file.open("a", buffering=1, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--log.file {log_file}: {exc.strerror}") from None
+    from exporter.cli.top import run_top
+    from exporter.run.live import Live
+
+    with stream:
+        configure("json", args.log_level, stream)
+        return run_top(Live(db, config, args.target or DEFAULT_TARGET), interval, read_only=args.read_only)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     print(f"{args.config_file}: ok")
@@ -298,6 +349,7 @@ COMMANDS = {
     "groups": cmd_groups,
     "locks": cmd_locks,
     "terminate": cmd_terminate,
+    "top": cmd_top,
     "check": cmd_check,
     "demo": cmd_demo,
 }

@@ -16,7 +16,7 @@ from exporter.core.cost import SOURCES, Cost
 from exporter.core.model import PREPARED_XACT, Capacity, Group, Grouped, LockGraph, Session, Snapshot
 
 
-def _fmt_seconds(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -63,7 +63,7 @@ class Costs:
         return {s: self.cost.sources.unavailable.get(s, "available") for s in SOURCES}
 
 
-def _fmt_bytes(value: int | None) -> str:
+def fmt_bytes(value: int | None) -> str:
     if value is None:
         return "-"
     for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
@@ -78,7 +78,7 @@ def _cost_cells(costs: Costs | None, parent: str) -> tuple[str, ...]:
     figures = costs.of(parent)
     cells = {"LOAD": f"{figures['load']:.2f}" if figures["load"] is not None else "-",
              "CPU": f"{figures['cpu_cores']:.2f}" if figures["cpu_cores"] is not None else "-",
-             "MEM": _fmt_bytes(figures["memory_bytes"])}
+             "MEM": fmt_bytes(figures["memory_bytes"])}
     return tuple(cells[c] for c in costs.columns())
 
 
@@ -194,9 +194,9 @@ def groups_table(grouped: Grouped, costs: Costs | None = None) -> list[str]:
                 str(st.blocking),
                 str(st.blocked),
                 str(g.workers),
-                _fmt_seconds(st.max_query_duration),
-                _fmt_seconds(st.max_transaction_duration),
-                _fmt_seconds(st.age),
+                fmt_seconds(st.max_query_duration),
+                fmt_seconds(st.max_transaction_duration),
+                fmt_seconds(st.age),
                 *_cost_cells(costs, g.parent),
                 *((f"{100 * capacity.share(st.sessions):.1f}%",) if capacity is not None else ()),
                 _sources(g),
@@ -389,13 +389,13 @@ def locks_table(grouped: Grouped, snapshot: Snapshot) -> list[str]:
         for c in children:
             lines.append(
                 f"{'  ' * depth}└─ pid {c['pid']}  {c['group'] or 'untagged'}  user={c['user']}  "
-                f"waiting {_fmt_seconds(c['waiting_seconds'])}  on {c['lock']}"
+                f"waiting {fmt_seconds(c['waiting_seconds'])}  on {c['lock']}"
             )
             walk(c["waiters"], depth + 1)
 
     for root in forest:
         if root["kind"] == "client session":
-            xact = _fmt_seconds(root["transaction_seconds"]) if root["transaction_seconds"] is not None else "-"
+            xact = fmt_seconds(root["transaction_seconds"]) if root["transaction_seconds"] is not None else "-"
             lines.append(
                 f"pid {root['pid']}  {root['group'] or 'untagged'}  user={root['user']}  state={root['state']}  "
                 f"transaction {xact}  blocks {root['blocking']}  query: {root['query'] or ''}"

@@ -351,6 +351,26 @@ def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Cal
     return sessions, lambda: subset
 
 
+Exclusion = Literal["idle", "protected", "unguarded"]
+"""Why a session of a group is left alone: `cancel` and no query running, `protect:` names it, or its backend_start is
+hidden (no pg_read_all_stats), so the signal could not be guarded against pid reuse."""
+
+
+def excluded(session: Session, action: SignalAction, protect: Protect) -> Exclusion | None:
+    """Why `action` must leave `session` alone, or None when it may signal it."""
+    if action == "cancel" and session.state not in ACTIVE_STATES:
+        return "idle"
+    if (
+        _matches(protect.users, session.usename)
+        or _matches(protect.databases, session.datname)
+        or _matches(protect.applications, session.application_name)
+    ):
+        return "protected"
+    if session.backend_start is None:
+        return "unguarded"
+    return None
+
+
 def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
     """The sessions `action` may signal, and how many were left alone as protected and as unguarded.
 
@@ -360,26 +380,30 @@ def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Prote
     chosen: list[Session] = []
     protected = unguarded = 0
     for s in sessions:
-        if action == "cancel" and s.state not in ACTIVE_STATES:
-            continue
-        if (
-            _matches(protect.users, s.usename)
-            or _matches(protect.databases, s.datname)
-            or _matches(protect.applications, s.application_name)
-        ):
-            protected += 1
-        elif s.backend_start is None:
-            unguarded += 1
-        else:
+        why = excluded(s, action, protect)
+        if why is None:
             chosen.append(s)
+        elif why == "protected":
+            protected += 1
+        elif why == "unguarded":
+            unguarded += 1
     return chosen, protected, unguarded
 
 
-def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect, dry_run: bool = False) -> Decision:
+def manual(
+    grouped: Grouped,
+    parent: str,
+    action: SignalAction,
+    protect: Protect,
+    dry_run: bool = False,
+    pids: frozenset[int] | None = None,
+) -> Decision:
     """What `pgparent terminate PARENT` signals: every eligible session of that one group, under the same protections
-    as the daemon, with no per-cycle cap (an operator asked for this group by name)."""
+    as the daemon, with no per-cycle cap (an operator asked for this group by name). With `pids`, only those of the
+    group's sessions (`pgparent top`, one session chosen)."""
     grp = grouped.groups.get(parent)
-    chosen, protected, unguarded = eligible(grp.sessions, action, protect) if grp else ([], 0, 0)
+    members = tuple(s for s in grp.sessions if pids is None or s.pid in pids) if grp else ()
+    chosen, protected, unguarded = eligible(members, action, protect)
     signals = tuple(
         Signal(
             MANUAL_RULE,
@@ -392,6 +416,7 @@ def manual(grouped: Grouped, parent: str, action: SignalAction, protect: Protect
             tag_source=tag_source(grp, s),
         )
         for s in chosen
+        if grp is not None
     )
     return Decision.only(signals, protected=protected, unguarded=unguarded)
 

@@ -76,6 +76,8 @@ class Capabilities:
     superuser_reserved_connections: int = 0
     reserved_connections: int = 0
     """PostgreSQL 16+; 0 before."""
+    server_version: str = ""
+    """The server's version as it names itself (`server_version`: "15.8 (Debian 15.8-1)")."""
 
     def capacity(self, in_use: int) -> Capacity:
         """The server's connection slots, `in_use` of them taken."""

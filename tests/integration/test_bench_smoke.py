@@ -97,3 +97,21 @@ def test_quick_cost_bench_merges_its_part(tmp_path: Path) -> None:
     assert cost["load"]["counter_s"] > 0 and cost["load"]["active_time_s"] > 0
     page = docs.read_text()
     assert "## What each group costs" in page and "OS figures (/proc) add at most 25%" in page
+
+
+def test_quick_top_bench_merges_its_part(tmp_path: Path) -> None:
+    """`bench/run.py --only top --quick` runs `pgparent top` in a terminal and measures its CPU over refreshes, merged
+    into the results it is given, with its section and goal in the docs."""
+    out, docs = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    shutil.copy(REPO / "bench" / "results.json", out)
+    before = json.loads(out.read_text())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "top", "--quick",
+                             "--output", str(out), "--docs", str(docs)], capture_output=True, text=True, timeout=600,
+                            env=cluster_env())
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {k: v for k, v in results.items() if k != "top"} == {k: v for k, v in before.items() if k != "top"}
+    top = results["top"]
+    assert top["sessions"] == 110 and top["refreshes"] >= 5 and top["cpu_pct"] > 0 and top["rss_mb"] > 0
+    text = docs.read_text()
+    assert "## `pgparent top`" in text and "`pgparent top` at 110 sessions" in text

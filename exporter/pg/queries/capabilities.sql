@@ -8,7 +8,8 @@
 -- processes in /proc (exporter/host/procfs.py). backend_stats says whether pg_stat_get_backend_wal and _io exist
 -- (PostgreSQL 18) and may be executed: NULL where they do not exist, false where the role may not.
 -- max_connections and the slots reserved for superusers (superuser_reserved_connections, and reserved_connections on
--- PostgreSQL 16+: 0 before) take a restart to change, so a connection reads them once.
+-- PostgreSQL 16+: 0 before) take a restart to change, so a connection reads them once. server_version is how the
+-- server names itself (`pgparent top`'s header).
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -34,4 +35,5 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
         HAVING count(*) = 2) AS backend_stats,
        current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
-       coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections
+       coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
+       current_setting('server_version') AS server_version
