@@ -4,7 +4,7 @@ outcome. Every line it logs carries the target it was made for (its logger is bo
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from exporter.core.model import NO_GUARD
@@ -19,6 +19,14 @@ AUDIT_QUERY_CHARS = 200
 
 OnResult = Callable[[dict[str, Any], str], None]
 """Told of each signal as it is audited: its audit fields and its result."""
+
+RESEND_AFTER = timedelta(seconds=10)
+"""A signal that landed is not sent again to the same session (and, for a cancel, the same query) for this long: a
+backend takes a moment to act on it, and a poll or a deadline in that moment still sees it and would signal it a
+second time, audited and counted twice. One that is still there after this long gets the signal again."""
+
+SentKey = tuple[str, int, datetime | None, datetime | None]
+"""What a landed signal was sent to: action, pid, backend_start and, for a cancel, the query_start it hit."""
 
 
 def _seconds(now: datetime, moment: datetime | None) -> float | None:
@@ -62,6 +70,11 @@ def audit_fields(signal: Signal, now: datetime) -> dict[str, Any]:
     }
 
 
+def _sent_key(order: Signal) -> SentKey:
+    s = order.session
+    return order.action, s.pid, s.backend_start, s.query_start if order.action == "cancel" else None
+
+
 class Enforcer:
     """Signals the sessions of one target (`target`: its name, the label of its counters and of every audit line)."""
 
@@ -70,6 +83,8 @@ class Enforcer:
         self.counters = counters
         self.target = target
         self.log = get_logger("pgparent.audit").bind(target=target)
+        self._landed: dict[SentKey, datetime] = {}
+        """The signals that landed within RESEND_AFTER, by what they were sent to, with when (the server's clock)."""
 
     def enforce(
         self, decision: Decision, now: datetime, on_result: OnResult | None = None
@@ -80,7 +95,11 @@ class Enforcer:
         are left for the next poll, which will see them again if they still exceed their rule.
         """
         results: dict[SignalOutcome | str, int] = {}
+        self._landed = {key: at for key, at in self._landed.items() if now - at < RESEND_AFTER}
         for order in decision.signals:
+            key = _sent_key(order)
+            if not order.dry_run and key in self._landed:
+                continue  # already signalled, and not yet gone: once is enough
             fields = audit_fields(order, now)
             try:
                 result, detail = self._send(order)
@@ -90,6 +109,8 @@ class Enforcer:
                 results["error"] = results.get("error", 0) + 1
                 break
             results[result] = results.get(result, 0) + 1
+            if result == "ok" and not order.dry_run:
+                self._landed[key] = now
             if on_result is not None:
                 on_result({"target": self.target, **fields}, result)
             level = self.log.warning if result in ("ok", "dry_run") else self.log.error

@@ -13,12 +13,12 @@ from structlog.testing import capture_logs
 
 from exporter.core.assess import assess
 from exporter.core.model import Session
-from exporter.core.policy import RuleState
+from exporter.core.policy import Decision, RuleState, Signal
 from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.face.counters import Counters
 from exporter.pg.database import Database
 from exporter.run.daemon import Daemon
-from exporter.run.enforcer import Enforcer
+from exporter.run.enforcer import RESEND_AFTER, Enforcer
 from harness.waiting import eventually
 from tests.support.config import make_config
 from tests.support.roles import Role, Roles
@@ -69,6 +69,34 @@ def _session_of(dsn: str, pid: int) -> Session:
         return next(s for s in db.snapshot().sessions if s.pid == pid)
     finally:
         db.close()
+
+
+def test_a_signal_that_landed_is_not_sent_again_while_it_takes_effect(pg: Server, clients: Clients) -> None:
+    """A poll or a deadline that comes while a signalled backend is still acting on its signal asks for the same signal
+    again; within RESEND_AFTER it is not sent, audited or counted a second time, and after it, it is. A cancel of an
+    idle session lands (PostgreSQL says true) and changes nothing, so the second request meets the very same backend."""
+    (idle,) = clients.start("FakeParent:7", "SELECT 1", hold=True)
+    pid = idle.pid
+    assert pid is not None
+    session = eventually(lambda: s if (s := _session_of(pg.dsn, pid)).state == "idle" else None,
+                         what="the session idle")
+    order = Signal("resend", "cancel", "FakeParent:7", session, ("test",), dry_run=False)
+    db = Database(pg.dsn)
+    counters = Counters()
+    enforcer = Enforcer(db, counters, DEFAULT_TARGET)
+    now = session.backend_start or session.query_start
+    assert now is not None
+    try:
+        with capture_logs() as events:
+            first = enforcer.enforce(Decision.only((order,)), now)
+            again = enforcer.enforce(Decision.only((order,)), now + RESEND_AFTER / 2)
+            later = enforcer.enforce(Decision.only((order,)), now + RESEND_AFTER)
+    finally:
+        db.close()
+    assert (first, again, later) == ({"ok": 1}, {}, {"ok": 1})
+    assert [e["result"] for e in _signals([dict(e) for e in events])] == ["ok", "ok"]
+    assert _count(counters, "pgparent_signalled_sessions_total", rule="resend", action="cancel") == 2
+    assert _session_of(pg.dsn, pid).backend_start == session.backend_start  # still connected
 
 
 def test_guard_skips_a_pid_whose_backend_start_differs(pg: Server, clients: Clients) -> None:
