@@ -22,7 +22,8 @@ import bcrypt
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.face.http import REQUEST_TIMEOUT, Gatekeeper, Limits, MetricsServer
+from exporter.face.http import Gatekeeper, Limits, MetricsServer
+from exporter.face.wire import REQUEST_TIMEOUT
 from harness.daemon import HTTP_TIMEOUT, DaemonProcess
 from harness.proc import cpu_seconds, socket_count, thread_count
 from harness.waiting import eventually

@@ -11,12 +11,13 @@ import h11
 import pytest
 
 from exporter.errors import ConfigInvalid
-from exporter.face.http import _CHUNK, MAX_HEAD, MAX_HEADERS, MAX_LINE, MetricsServer, RequestHeads, read_request
+from exporter.face.http import MetricsServer
 from exporter.face.webconfig import HTTPServerConfig, WebConfig, load_web_config
+from exporter.face.wire import CHUNK, MAX_HEAD, MAX_HEADERS, MAX_LINE, RequestHeads, read_request
 from harness.daemon import HTTP_TIMEOUT
 
-BODY = bytes(range(256)) * (3 * _CHUNK // 256 + 7)
-"""A /metrics text of several _CHUNK pieces and a partial one, every byte value in it."""
+BODY = bytes(range(256)) * (3 * CHUNK // 256 + 7)
+"""A /metrics text of several CHUNK pieces and a partial one, every byte value in it."""
 
 
 def heads_of(data: bytes) -> RequestHeads:
@@ -151,7 +152,7 @@ def closed_by_server(sock: socket.socket, buffered: bytearray) -> bool:
 
 def test_keep_alive_serves_requests_in_order_until_connection_close(server: MetricsServer) -> None:
     """On one HTTP/1.1 connection, pipelined requests are answered in order, the whole /metrics body each time (in
-    several _CHUNK pieces), and `Connection: close` ends it after its answer."""
+    several CHUNK pieces), and `Connection: close` ends it after its answer."""
     with connect(server) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
         buffered = bytearray()
