@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 from textual.pilot import Pilot
 
-from exporter.cli.top import GroupScreen, RowTable, TopApp
+from exporter.cli.top import GroupScreen, TopApp
+from exporter.cli.toprows import RowTable
 from exporter.core.settings import Config
 from exporter.pg.database import Database
 from exporter.run.live import Live
