@@ -2,6 +2,8 @@
 
     snapshot -> locks.build (the blocking forest) -> grouping.group (groups, given the forest)
              -> cost.account (each group's load, CPU, memory, I/O, WAL; with the samples the OS gave)
+             -> usage.usage_of (the figures the guard conditions read: memory by session, CPU and load over
+                windows, the server's memory)
              -> policy.evaluate (signals, rule state, the pairs to watch) -> deadlines.schedule
 
 The daemon's cycle, `pgparent groups | locks | terminate`, the demo, the tests and the benchmark all call `assess`;
@@ -19,6 +21,7 @@ from exporter.core.locks import build
 from exporter.core.model import Grouped, LockGraph, Snapshot
 from exporter.core.policy import Decision, RuleState, evaluate
 from exporter.core.settings import DEFAULT_TARGET, Config
+from exporter.core.usage import NO_USAGE, Usage, usage_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,8 @@ class Assessment:
     cost: Cost | None = None
     """What each group costs, with the counters carried on from `cost_state`; None unless asked for
     (`assess(..., cost_state=...)`)."""
+    usage: Usage = NO_USAGE
+    """What the guard conditions read, its history carried on from `usage` (pass it to the next poll's assess)."""
 
     @property
     def locks(self) -> LockGraph | None:
@@ -52,6 +57,7 @@ def assess(
     samples: Samples | None = None,
     cost_state: CostState | None = None,
     max_groups: int | None = None,
+    usage: Usage | None = None,
 ) -> Assessment:
     """Group `snapshot`, read its locks, evaluate the rules that apply to the server `target` against the previous
     poll's `state`, and, with `deadlines` (the target enforces and `config.deadlines` is on), schedule the time
@@ -59,13 +65,14 @@ def assess(
 
     With `cost_state` (the previous poll's `Assessment.cost.state`, or a fresh `CostState()`), account each group's
     cost over the interval since, with what the operating system said (`samples`), its series folded beyond
-    `max_groups` (default: the config's)."""
+    `max_groups` (default: the config's). The guard conditions read that cost, and CPU and load over a window the
+    history of `usage` (the previous poll's `Assessment.usage`)."""
     grouped = group(snapshot, config.grouping.compiled, build(snapshot))
     cost = None
     if cost_state is not None:
         fold = config.grouping.max_groups if max_groups is None else max_groups
         cost = account(grouped, snapshot, samples, cost_state, max_groups=fold, retain=config.cost.retain)
-    watch = deadlines and config.deadlines
-    decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=watch)
-    timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if watch else ()
-    return Assessment(snapshot, grouped, decision, timed, cost)
+    measured = usage_of(cost, snapshot, usage, keep=max((r.window for r in config.rules), default=0.0))
+    decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=deadlines, usage=measured)
+    timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if deadlines and config.deadlines else ()
+    return Assessment(snapshot, grouped, decision, timed, cost, measured)

@@ -432,6 +432,15 @@ class Database:
             )
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
 
+    def running_query(self, session: Session) -> datetime | None:
+        """The query_start of the query `session` (the same pid, backend_start and application_name) runs now; None
+        when it runs none, or is no longer that session."""
+        if session.backend_start is None:
+            return None
+        row = self._row("running_query", {"pid": session.pid, "backend_start": session.backend_start,
+                                          "application_name": session.application_name}, "running query read failed")
+        return row[0] if row else None
+
     def probe(self, session: Session, guard: Guard) -> bool:
         """Whether `session` is still in the state `guard` describes, by the very statement a signal would run, with
         abs(pid) in place of the signal: what a dry run audits at a deadline."""

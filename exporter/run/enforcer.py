@@ -50,7 +50,20 @@ def audit_fields(signal: Signal, now: datetime) -> dict[str, Any]:
         "trigger": signal.trigger,
         "blocking_sessions": signal.blocking_sessions,
         "max_blocking_seconds": round(signal.max_blocking_seconds, 3),
+        **_guard_fields(signal),
     }
+
+
+def _guard_fields(signal: Signal) -> dict[str, Any]:
+    """What a guard rule's signal adds: the figure that fired, the server's memory available, the escalation step."""
+    out: dict[str, Any] = {}
+    if signal.figure is not None:
+        out["figure"] = round(signal.figure, 3)
+    if signal.host_available is not None:
+        out["host_memory_available_bytes"] = signal.host_available
+    if signal.step is not None:
+        out["step"] = signal.step
+    return out
 
 
 class Enforcer:
@@ -61,6 +74,8 @@ class Enforcer:
         self.counters = counters
         self.target = target
         self.log = get_logger("pgparent.audit").bind(target=target)
+        self.landed: list[Signal] = []
+        """The signals of the last `enforce` that were sent (or, dry run, found in the state they would hit)."""
 
     def enforce(
         self, decision: Decision, now: datetime, on_result: OnResult | None = None
@@ -71,6 +86,7 @@ class Enforcer:
         are left for the next poll, which will see them again if they still exceed their rule.
         """
         results: dict[SignalOutcome | str, int] = {}
+        self.landed = []
         for order in decision.signals:
             fields = audit_fields(order, now)
             try:
@@ -81,11 +97,20 @@ class Enforcer:
                 results["error"] = results.get("error", 0) + 1
                 break
             results[result] = results.get(result, 0) + 1
+            if result in ("ok", "dry_run"):
+                self.landed.append(order)
+            if order.step is not None:
+                self.counters.escalation_steps.labels(self.target, order.rule, order.step, result).inc()
             if on_result is not None:
                 on_result({"target": self.target, **fields}, result)
             level = self.log.warning if result in ("ok", "dry_run") else self.log.error
             level("session_signal", **fields, result=result, dry_run=order.dry_run, detail=detail or None)
 
+        for order in decision.no_query:
+            self.counters.escalation_steps.labels(self.target, order.rule, "cancel", "no_query").inc()
+            self.log.warning("session_signal", **audit_fields(order, now), result="no_query", dry_run=order.dry_run,
+                             detail="a cancel interrupts a running query and this session runs none: not sent; it is "
+                             "terminated if the condition still holds once the rule's escalate.after has passed")
         for order in decision.unreleased:
             self.log.warning(
                 "blocker_not_released",
