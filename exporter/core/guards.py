@@ -25,6 +25,7 @@ from exporter.core.policy import (
     eligible,
     gate_closed,
     guard_for,
+    reason,
     selected,
     tag_source,
 )
@@ -113,7 +114,7 @@ def crossings(watch: MemoryWatch, memory: Mapping[int, int], host: HostMemory | 
             figure = BY_NAME[name].figure
             value = figure(usage, grp.parent, pair.sessions, rule.window) if figure is not None else None
             if value is not None and value > limit:
-                exceeded[name] = f"{name} {value:g} > {limit:g} (sample)"
+                exceeded[name] = f"{reason(name, value, limit)} (sample)"
         if not exceeded:
             continue
         pool = selected(compiled.conditions, exceeded, pair.sessions, usage) or ()

@@ -19,6 +19,7 @@ from typing import Literal
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
 from exporter.core.settings import Config, Protect, Rule
+from exporter.core.units import format_size
 from exporter.core.usage import NO_USAGE, Usage
 
 MANUAL_RULE = "manual"
@@ -171,8 +172,15 @@ def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], S
         else:
             value = BY_NAME[name].measure(measured())
         if value is not None and value > limit:
-            out[name] = f"{name} {value:g} > {limit:g}"
+            out[name] = reason(name, value, limit)
     return out
+
+
+def reason(name: str, value: float, limit: float) -> str:
+    """`name value > limit`, a size in its units (`max_session_memory 412.3MiB > 300MB`)."""
+    if BY_NAME[name].kind == "size":
+        return f"{name} {format_size(value)} > {format_size(limit)}"
+    return f"{name} {value:g} > {limit:g}"
 
 
 def gate_closed(rule: Rule, usage: Usage) -> bool:

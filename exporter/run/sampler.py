@@ -85,6 +85,8 @@ class Sampler:
         found = crossings(self.watch, memory, host, server_now, config.protect)
         if not found:
             return []
+        if host is None and (host := self._host()) is not None:  # read only to act: the audit carries it
+            found = tuple(replace(s, host_available=host.available) for s in found)
         signals = [s for s in (self._confirmed(c, db, reader, memory) for c in found) if s is not None]
         if not signals:
             return []
