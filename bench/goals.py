@@ -103,6 +103,15 @@ GOALS: tuple[Goal, ...] = (
     Goal("cost_load", "load counter within 5% of N x T and of pg_stat_database.active_time at a 1 s interval",
          (Check("cost_load_off_statements_pct", "<=", 5), Check("cost_load_off_active_time_pct", "<=", 5)),
          "{cost_load_vs_statements_pct:+g}% / {cost_load_vs_active_time_pct:+g}%", "points"),
+    Goal("guard_time", "memory runaway at ~100 MB/s: crossing {guard_limit_mb:g} MB to cancel p95 < 250 ms at a "
+         "{guard_interval_s:g} s interval", (Check("guard_p95_ms", "<", 250),), "p95 {guard_p95_ms} ms"),
+    Goal("guard_memory", "memory at cancel < limit + 50 MB", (Check("guard_memory_mb", "<", "guard_memory_bound_mb"),),
+         "p95 {guard_memory_mb} MB, max {guard_memory_max_mb} MB", "MB"),
+    Goal("guard_sampler", "the sampler with {guard_sessions} sessions under watch < 2% of a core",
+         (Check("guard_sampler_pct", "<", 2),), "{guard_sampler_pct:+g} points", "points"),
+    Goal("guard_short", "a {guard_short_limit_s:g} s limit at a {guard_short_interval_s:g} s interval: crossed to "
+         "session gone p95 < 100 ms", (Check("guard_short_p95_ms", "<", 100),),
+         "p95 {guard_short_p95_ms} ms over {guard_short_trials} trials"),
 )
 
 
@@ -176,6 +185,14 @@ def figures(results: dict[str, Any]) -> Figures:
                 "cost_load_vs_active_time_pct": load["vs_active_time_pct"] + 0.0,
                 "cost_load_off_statements_pct": abs(load["vs_statements_pct"]),
                 "cost_load_off_active_time_pct": abs(load["vs_active_time_pct"])}
+    if gd := results.get("guards"):
+        r, sm, sh = gd["runaway"], gd["sampler"], gd["short_limit"]
+        out |= {"guard_limit_mb": r["limit_mb"], "guard_interval_s": r["interval_s"],
+                "guard_p95_ms": r["cross_to_cancel_p95_ms"], "guard_memory_mb": r["memory_at_cancel_p95_mb"],
+                "guard_memory_max_mb": r["memory_at_cancel_max_mb"], "guard_memory_bound_mb": r["limit_mb"] + 50,
+                "guard_sessions": sm["sessions"], "guard_sampler_pct": sm["sampler_pct"],
+                "guard_short_limit_s": sh["limit_s"], "guard_short_interval_s": sh["interval_s"],
+                "guard_short_p95_ms": sh["p95_ms"], "guard_short_trials": sh["trials"]}
     return out
 
 

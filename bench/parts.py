@@ -1,8 +1,8 @@
 """The benchmark's parts by name, what each measures, and how its figures go into results.json.
 
 - `core` (bench/core.py): the sizes, reaction and synthetic tables, results.json's top-level keys;
-- `locks` (bench/locks.py), `deadlines` (bench/reaction.py), `handover` (bench/handover.py), `cost` (bench/cost.py): a
-  key each;
+- `locks` (bench/locks.py), `deadlines` (bench/reaction.py), `handover` (bench/handover.py), `cost` (bench/cost.py),
+  `guards` (bench/guards.py): a key each;
 - `fleet` (bench/fleet.py and bench/shard.py): one process, shard-mode replicas and a black hole on one fleet.
 
 A part measured again keeps, for the docs' comparisons, figures of the run it replaced: the core the replaced run's
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import core, cost, handover, locks, reaction, shard
+from bench import core, cost, guards, handover, locks, reaction, shard
 from bench.fleet import INTERVAL, REPLICAS, WATCH_EVERY, Fleet, PollWatch, measure_blackhole, measure_single, watching
 from bench.harness import REPO
 from exporter import APPLICATION_NAME
 
-PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost")
+PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost", "guards")
 SIZES = (100, 500, 1000, 2000)
 COMPARED = ("date", "postgres_exporter", "sizes", "reaction", "synthetic")
 """What the core keeps of the run it replaced."""
@@ -99,6 +99,8 @@ def measure(part: str, *, quick: bool = False, sizes: Sequence[int] = SIZES) -> 
         if quick:
             return {"cost": cost.run(sessions=100, rounds=5, load_sessions=4, load_seconds=5.0)}
         return {"cost": cost.run()}
+    if part == "guards":
+        return {"guards": guards.run(quick=quick)}
     raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
 
 

@@ -36,10 +36,11 @@ def _daemon(dsn: str, interval: float, deadlines: bool, tmp: Path) -> Daemon:
     return Daemon(tmp, config, dsn=dsn, log_level="warning", keep_log=False)
 
 
-def _run_trials(dsn: str, interval: float, trials: int) -> list[float]:
+def _run_trials(dsn: str, interval: float, trials: int, limit: float | None = None) -> list[float]:
     """`trials` tagged queries started at phases spread evenly over one interval, all watched by one loop that reads
-    pg_stat_activity every 2 ms: each reaction is (first read without it) - (its query_start + limit)."""
-    limit = interval + MARGIN
+    pg_stat_activity every 2 ms: each reaction is (first read without it) - (its query_start + limit), the limit
+    the interval + MARGIN unless given."""
+    limit = interval + MARGIN if limit is None else limit
     conns, pids = [], []
     for trial in range(trials):
         conn = psycopg.connect(dsn, autocommit=True)

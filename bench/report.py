@@ -108,6 +108,19 @@ def cost_section(b: Blocks, c: dict[str, Any]) -> str:
              vs_statements=_pct(load["vs_statements_pct"]), vs_active=_pct(load["vs_active_time_pct"]))
 
 
+def guards_section(b: Blocks, gd: dict[str, Any], postgresql: Any) -> str:
+    r, sm, sh = gd["runaway"], gd["sampler"], gd["short_limit"]
+    return b("guards", postgresql=postgresql, growth=g(r["growth_mb_s"]), limit=g(r["limit_mb"]),
+             interval=g(r["interval_s"]), sample_ms=r["sample_interval_ms"], trials=r["trials"],
+             p50=r["cross_to_cancel_p50_ms"], p95=r["cross_to_cancel_p95_ms"], max=r["cross_to_cancel_max_ms"],
+             mem_p95=r["memory_at_cancel_p95_mb"], mem_max=r["memory_at_cancel_max_mb"], window=g(sm["window_s"]),
+             sessions=sm["sessions"], samples=g(sm["samples"]), with_pct=sm["cpu_pct_with"],
+             without_pct=sm["cpu_pct_without"], sampler_pct=_pct(sm["sampler_pct"]), short_limit=g(sh["limit_s"]),
+             short_interval=g(sh["interval_s"]), cadence=g(sh["limit_s"] / 2), short_trials=sh["trials"],
+             short_p50=sh["p50_ms"], short_p95=sh["p95_ms"], short_max=sh["max_ms"],
+             fast_cpu=sh["server_cpu_s_per_min"], slow_cpu=sh["server_cpu_s_per_min_at_interval"])
+
+
 def goal_rows(b: Blocks, results: dict[str, Any]) -> str:
     return "\n".join(b("goals.row", goal=o.text, measured=o.shown, holds=b("yes" if o.met else "no"))
                      for o in evaluate(results))
@@ -132,6 +145,7 @@ def render(results: dict[str, Any], plot: Path | None, blocks: Blocks | None = N
         fleet=fleet_section(b, results["fleet"], goals) if results.get("fleet") else ABSENT,
         handover=handover_section(b, results["handover"]) if results.get("handover") else ABSENT,
         cost=cost_section(b, results["cost"]) if results.get("cost") else ABSENT,
+        guards=guards_section(b, results["guards"], results["postgresql"]) if results.get("guards") else ABSENT,
         goal_rows=goal_rows(b, results),
         **core_notes(b, results, goals),
     )

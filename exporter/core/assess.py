@@ -6,6 +6,9 @@
                 windows, the server's memory)
              -> policy.evaluate (signals, rule state, the pairs to watch) -> deadlines.schedule
 
+A glance between polls (the sessions that began something since the last poll, for time limits shorter than the
+interval) runs the same stages up to deadlines.schedule: `glance`.
+
 The daemon's cycle, `pgparent groups | locks | terminate`, the demo, the tests and the benchmark all call `assess`;
 none of them assembles the stages by hand. No I/O, no clock: the server's clock comes in with the snapshot.
 """
@@ -19,7 +22,7 @@ from exporter.core.deadlines import Deadline, schedule
 from exporter.core.grouping import group
 from exporter.core.locks import build
 from exporter.core.model import Grouped, LockGraph, Snapshot
-from exporter.core.policy import Decision, RuleState, evaluate
+from exporter.core.policy import CompiledRule, Decision, RuleState, Watched, evaluate, rule_scope
 from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.core.usage import NO_USAGE, Usage, usage_of
 
@@ -76,3 +79,22 @@ def assess(
     decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=deadlines, usage=measured)
     timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if deadlines and config.deadlines else ()
     return Assessment(snapshot, grouped, decision, timed, cost, measured)
+
+
+def glance(snapshot: Snapshot, config: Config, target: str, *, dry_run: bool = False) -> list[Deadline]:
+    """The deadlines of the sessions a glance between polls found (those that began a query, a transaction or a
+    connection since the last poll): each enforcing rule's time limits over the groups they form, as a poll would
+    schedule them for a pair not yet over its limits. Only deadlines: what a glance sees of a group is its newest
+    sessions, so counts and firing are left to the polls."""
+    grouped = group(snapshot, config.grouping.compiled, build(snapshot))
+    watched: list[Watched] = []
+    for compiled in map(CompiledRule.of, config.rules):
+        rule = compiled.rule
+        if rule.action == "log" or not compiled.timed or not compiled.applies_to(target):
+            continue
+        dry = dry_run or config.dry_run or rule.dry_run
+        for grp in compiled.groups(grouped.groups):
+            scope = rule_scope(compiled, grp)
+            if scope is not None:
+                watched.append(Watched(compiled, grp, scope[0], None, dry))
+    return schedule(tuple(watched), snapshot.now, config.protect)

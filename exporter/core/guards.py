@@ -5,8 +5,10 @@
   (exporter/run/sampler.py reads the samples and sends them).
 - `inactive`: the rules whose figures a target does not have (another host, a managed service): reported by a
   metric and logged, never fired on a zero.
-- `cadence`: how often a target must poll so that every time limit of an enforcing rule is seen before it is
-  crossed, and `warnings`: guard settings that will not do what they seem to, for `pgparent check`.
+- `cadence`: how often a target must glance at pg_stat_activity between polls so that every time limit of an
+  enforcing rule is seen before it is crossed, and `warnings`:
+  guard settings that will not do what they seem to, for `pgparent check` (exporter/core/assess.py's `glance` schedules
+  what such a glance found).
 """
 
 from __future__ import annotations
@@ -164,11 +166,13 @@ def _limits(rule: Rule) -> list[float]:
 
 
 def cadence(config: Config) -> float:
-    """How often to poll: the interval, or more often where an enforcing rule's time limit is shorter than it needs.
+    """How often to look for new queries: the interval, or more often where an enforcing rule's time limit is shorter
+    than it needs.
 
     A deadline acts the moment a limit is crossed, but only for a query (transaction, idle spell) a poll has seen.
-    One that begins after a poll and crosses its limit before the next would wait for that poll: so a target polls at
-    least every half of its shortest such limit, and a poll always sees it with half the limit to spare (the poll's
+    One that begins after a poll and crosses its limit before the next would wait for that poll: so between polls a
+    target glances at pg_stat_activity (the rows that began something since the poll, exporter/run/monitor.py) at
+    least every half of its shortest such limit, and a glance always sees it with half the limit to spare (the read's
     own time, a busy machine). Never more often than MIN_CADENCE.
     """
     if not config.deadlines:
@@ -186,8 +190,9 @@ def describe(config: Config) -> list[str]:
     every = cadence(config)
     if every < config.interval:
         shortest = min(x for rule in config.rules if rule.action != "log" for x in _limits(rule))
-        lines.append(f"cadence: polls every {every:g}s, not {config.interval:g}s: the shortest time limit of an "
-                     f"enforcing rule is {shortest:g}s, and a poll must see every query before it crosses it")
+        lines.append(f"cadence: polls every {config.interval:g}s, and between polls reads the sessions that began a "
+                     f"query, transaction or connection since, every {every:g}s: the shortest time limit of an "
+                     f"enforcing rule is {shortest:g}s, and every query must be seen before it crosses it")
     else:
         lines.append(f"cadence: polls every {every:g}s (no enforcing time limit is shorter than two intervals)")
     memory = [r.name for r in config.rules if r.action != "log" and any(BY_NAME[n].memory for n in r.conditions())]

@@ -201,6 +201,12 @@ MEMORY_SAMPLES = _counter(
     "Times a target's sessions under a memory condition were sampled between polls.",
     "target",
 )
+GLANCES = _counter(
+    "pgparent_glances",
+    "Reads between polls of the sessions that began a query, transaction or connection since the last poll, for time "
+    "limits shorter than two intervals.",
+    "target",
+)
 SCRAPE_ERRORS = _counter(
     "pgparent_scrape_errors", "Scrapes whose metrics could not be built (they reported pgparent_up 0)."
 )
@@ -235,4 +241,5 @@ class Counters:
         self.deadline_wakeups = DEADLINE_WAKEUPS.counter(r)
         self.escalation_steps = ESCALATION_STEPS.counter(r)
         self.memory_samples = MEMORY_SAMPLES.counter(r)
+        self.glances = GLANCES.counter(r)
         self.scrape_errors = SCRAPE_ERRORS.counter(r)

@@ -14,8 +14,9 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
-from exporter.core.assess import Assessment, assess
+from exporter.core.assess import Assessment, assess, glance
 from exporter.core.guards import cadence, inactive, memory_watch
 from exporter.core.policy import Decision, RuleState
 from exporter.core.settings import Config
@@ -127,6 +128,10 @@ class Monitor:
         self.sampler = Sampler(self.counters, name, self.log)
         self.usage = NO_USAGE
         self._inactive: dict[str, str] | None = None
+        self._glance_at: float | None = None
+        """When to next read the sessions that began something since the last poll (None: no time limit needs it)."""
+        self._polled: datetime | None = None
+        """The last poll's server clock: what a glance reads since."""
         self._backoff = Backoff()
         self._last_success = 0.0
         self._was_up: bool | None = None
@@ -162,13 +167,13 @@ class Monitor:
 
     def loop(self) -> None:
         """Fixed rate: next_run += interval, sleep until then (interruptible), warn when a cycle overruns; between
-        polls, wake for each deadline, each memory sample and, when the shard's share grew, for a follower's try of
-        the lock. The interval is the config's, or shorter where a time limit needs it (`guards.cadence`)."""
+        polls, wake for each deadline, each memory sample, each glance a time limit shorter than the interval needs
+        (`guards.cadence`) and, when the shard's share grew, for a follower's try of the lock."""
         next_run = time.monotonic()
         while not self.stop_event.is_set():
             self.cycle()
             self.last_tick = time.monotonic()
-            interval = cadence(self.config)
+            interval = self.config.interval
             next_run += interval
             now = time.monotonic()
             if now > next_run:
@@ -185,12 +190,16 @@ class Monitor:
                 if sample_at is not None and sample_at <= now:
                     self._sample(now)
                     continue
+                glance_at = self._glance_at
+                if glance_at is not None and glance_at <= now:
+                    self._glance(now)
+                    continue
                 if self.leadership.share_grew.is_set():
                     self.leadership.share_grew.clear()
                     if not self.leadership.leading:  # a follower: its target may be free now
                         self.cycle()
                         continue
-                wake_at = min(t for t in (next_run, due_at, sample_at) if t is not None)
+                wake_at = min(t for t in (next_run, due_at, sample_at, glance_at) if t is not None)
                 remaining = wake_at - now
                 if remaining <= 0:
                     break
@@ -230,9 +239,13 @@ class Monitor:
             self.deadlines.set(assessed.deadlines, snapshot.now, read_at)
             self._arm(assessed, off is None, config)
             active = self._rules_active(config)
+            every = cadence(config)
+            self._polled = snapshot.now
+            self._glance_at = read_at + every if off is None and every < config.interval else None
         except DatabaseUnavailable as exc:
             self.deadlines.clear()
             self.sampler.disarm()
+            self._glance_at = None
             delay = self._backoff.failed(time.monotonic())
             if self._was_up is not False:
                 self.log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2))
@@ -266,6 +279,24 @@ class Monitor:
                                  "never fire; its other conditions act")
             self._inactive = missing
         return {r.name: int(r.name not in missing) for r in config.rules}
+
+    def _glance(self, now: float) -> None:
+        """Read the sessions that began a query, a transaction or a connection since the last poll, and schedule the
+        deadlines of the time limits they may cross before the next poll."""
+        config = self.config
+        self._glance_at = now + cadence(config)
+        if self._polled is None:
+            return
+        try:
+            snapshot = self.db.snapshot(config.poll, recent=self._polled)
+            read_at = time.monotonic()
+        except DatabaseUnavailable as exc:
+            self.log.error("database_unavailable", error=str(exc), during="glance")
+            self._glance_at = None
+            return
+        self.counters.glances.labels(self.name).inc()
+        found = glance(snapshot, config, self.name, dry_run=self.force_dry_run or self.dry_run)
+        self.deadlines.glanced(found, snapshot.now, read_at)
 
     def _sample(self, now: float) -> None:
         """Sample the memory of the sessions under a memory condition, and act on what crossed a limit."""

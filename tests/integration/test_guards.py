@@ -286,3 +286,21 @@ def test_in_another_pid_namespace_every_guard_rule_is_inactive_and_nothing_is_si
     assert "cost source proc: unavailable, not_visible" in out.stdout
     assert "rule session: inactive on this server (not_visible)" in out.stdout
     assert "rule load: inactive" not in out.stdout
+
+
+@pytest.mark.per_major
+def test_a_query_begun_after_a_poll_is_held_to_a_limit_shorter_than_the_interval(
+        pg: Server, daemons: Daemons, clients: Clients) -> None:
+    """At a 60 s interval a 2 s query limit still holds for a query that begins after the poll: a glance between
+    polls (every 1 s) finds it, and its deadline ends it about 2 s after it began, not at the next poll."""
+    rules = config_text({"name": "short", "match": {"parent": "Short:*"}, "max_query_duration": "2s",
+                         "action": "terminate"}, interval="60s")
+    d = daemons.start(rules, pg.dsn)
+    d.wait_polls(1)
+    [c] = clients.start("Short:1", "SELECT pg_sleep(120)")
+    began = time.monotonic()
+    eventually(lambda: c.done, timeout=30, what="the query ended")
+    assert c.outcome == "terminated" and time.monotonic() - began < 15  # generous: the benchmark has the figure
+    [event] = eventually(lambda: signals(d, c.pid), what="its audit line")
+    assert event["trigger"] == "deadline" and event["result"] == "ok"
+    assert d.polls() <= 2 and (d.sample("pgparent_glances_total") or 0) >= 1

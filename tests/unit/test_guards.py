@@ -185,3 +185,18 @@ def test_check_warns_of_limits_the_host_cannot_reach() -> None:
     assert any(line.startswith("rules.1.max_group_cpu: rule 'c': 8 cores is more than the host's 4") for line in lines)
     assert any(line.startswith("rules.1.window:") for line in lines)
     assert warnings(make_config({"name": "m", "max_group_memory": "1GB", "action": "cancel"}), HOST, 4) == []
+
+
+def test_a_glance_schedules_the_deadline_of_a_query_begun_since_the_poll() -> None:
+    """A glance between polls that finds a query begun 0.3 s ago under a 2 s limit schedules its deadline at its
+    start + 2 s (guarded by that very query_start); a log rule and a rule on size schedule none."""
+    from exporter.core.assess import glance
+
+    config = make_config({"name": "q", "match": {"parent": "Q:*"}, "max_query_duration": "2s", "action": "cancel"},
+                         {"name": "l", "max_query_duration": "1s"}, {"name": "n", "max_sessions": 0,
+                                                                     "action": "terminate"}, interval="5s")
+    fresh = session("Q:1", query_age=0.3)
+    [deadline] = glance(snapshot(fresh), config, "default")
+    assert deadline.rule == "q" and deadline.crossing is not None
+    assert deadline.at - fresh.query_start == timedelta(seconds=2, milliseconds=1)  # type: ignore[operator]
+    assert deadline.crossing.guard.query_start == fresh.query_start
