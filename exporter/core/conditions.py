@@ -176,7 +176,8 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 def markdown_table() -> str:
     """The README's table of conditions, generated from CONDITIONS (a test keeps the README in step)."""
-    example = {"count": "`20`", "duration": "`10m`, `1h30m`, `500ms`", "size": "`512MB`, `2GiB`, `1.5GB`",
+    example = {"count": "`20`", "duration": "`10m`, `1h30m`, `500ms`",
+               "size": "`512MB`, `1.5GB` (powers of 1000), `2GiB` (of 1024), kB to TB, KiB to TiB",
                "rate": "`2`, `0.5` (cores, or sessions)"}
     lines = ["| condition | fires when this exceeds the limit | value |", "|---|---|---|"]
     lines += [f"| `{c.name}` | {c.doc} | {c.kind}, e.g. {example[c.kind]} |" for c in CONDITIONS]

@@ -134,6 +134,7 @@ def crossings(watch: MemoryWatch, memory: Mapping[int, int], host: HostMemory | 
                 figure=float(held) if held is not None else None,
                 host_available=host.available if host is not None else None,
                 step="cancel" if rule.escalate is not None else None,
+                condition=next(iter(exceeded)),
             ))
     return tuple(out)
 
@@ -144,6 +145,18 @@ def needs(rule: Rule) -> tuple[str, ...]:
     if rule.host_memory_available_below is not None:
         sources.add("proc")
     return tuple(sorted(s for s in sources if s is not None))
+
+
+def guarded(config: Config) -> list[tuple[str, str, str]]:
+    """(rule, guard condition, action) of every signal a guard rule may send: the series of
+    pgparent_guard_actions_total."""
+    out: list[tuple[str, str, str]] = []
+    for rule in config.rules:
+        if rule.action == "log":
+            continue
+        actions = [str(rule.action)] + ([rule.escalate.action] if rule.escalate is not None else [])
+        out += [(rule.name, n, a) for n in rule.conditions() if BY_NAME[n].figure is not None for a in actions]
+    return out
 
 
 def inactive(config: Config, sources: Sources) -> dict[str, str]:

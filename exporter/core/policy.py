@@ -52,6 +52,8 @@ class Signal:
     """The server's memory available when a guard condition fired (None: not read)."""
     step: Literal["cancel", "terminate"] | None = None
     """For a rule that escalates: the cancel first, or the terminate that follows it."""
+    condition: str | None = None
+    """The guard condition (memory, CPU, load) that fired, when one did: what pgparent_guard_actions_total counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +505,7 @@ def evaluate(
                     tag_source=tag_source(grp, s),
                     figure=_figure_of(s, fired, usage),
                     host_available=fired.host,
+                    condition=fired.name,
                 )
                 for s in chosen
             ]
@@ -612,7 +615,7 @@ def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp
         into += [
             Signal(rule.name, signal_action, grp.parent, s, reasons + extra, dry, *_blocking_of(s, grp),
                    guard=guard_for(signal_action, s, grp, exceeded), tag_source=tag_source(grp, s),
-                   figure=_figure_of(s, fired, usage), host_available=fired.host, step=step)
+                   figure=_figure_of(s, fired, usage), host_available=fired.host, step=step, condition=fired.name)
             for s in chosen
         ]
     return protected, unguarded

@@ -196,6 +196,12 @@ ESCALATION_STEPS = _counter(
     "running no query, which only starts the delay).",
     "target", "rule", "step", "result",
 )
+GUARD_ACTIONS = _counter(
+    "pgparent_guard_actions",
+    "Sessions signalled successfully because a guard condition fired (max_session_memory, max_group_memory, "
+    "max_group_cpu, max_group_load), by rule, condition and action.",
+    "target", "rule", "condition", "action",
+)
 MEMORY_SAMPLES = _counter(
     "pgparent_memory_samples",
     "Times a target's sessions under a memory condition were sampled between polls.",
@@ -241,5 +247,6 @@ class Counters:
         self.deadline_wakeups = DEADLINE_WAKEUPS.counter(r)
         self.escalation_steps = ESCALATION_STEPS.counter(r)
         self.memory_samples = MEMORY_SAMPLES.counter(r)
+        self.guard_actions = GUARD_ACTIONS.counter(r)
         self.glances = GLANCES.counter(r)
         self.scrape_errors = SCRAPE_ERRORS.counter(r)

@@ -63,6 +63,8 @@ def _guard_fields(signal: Signal) -> dict[str, Any]:
         out["host_memory_available_bytes"] = signal.host_available
     if signal.step is not None:
         out["step"] = signal.step
+    if signal.condition is not None:
+        out["condition"] = signal.condition
     return out
 
 
@@ -147,6 +149,8 @@ class Enforcer:
         result, detail = self.db.signal(order.action, order.session, order.guard)
         if result == "ok":
             self.counters.signalled.labels(self.target, order.rule, order.action, order.trigger).inc()
+            if order.condition is not None:
+                self.counters.guard_actions.labels(self.target, order.rule, order.condition, order.action).inc()
         else:
             self.counters.signal_failures.labels(self.target, order.rule, result, order.trigger).inc()
         return result, detail

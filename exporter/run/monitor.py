@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from exporter.core.assess import Assessment, assess, glance
-from exporter.core.guards import cadence, inactive, memory_watch
+from exporter.core.guards import cadence, guarded, inactive, memory_watch
 from exporter.core.policy import Decision, RuleState
 from exporter.core.settings import Config
 from exporter.core.usage import NO_USAGE
@@ -273,6 +273,9 @@ class Monitor:
         """Per rule, 1 if this target has every figure it reads; logs the rules that have not, when that changes."""
         missing = inactive(config, self.costs.sources)
         if missing != self._inactive:
+            for rule, condition, action in guarded(config):
+                # At 0 from the first poll: increase() (PgparentGuardActed) then counts a rule's first action.
+                self.counters.guard_actions.labels(self.name, rule, condition, action)
             for rule, reason in missing.items():
                 self.log.warning("rule_inactive", rule=rule, reason=reason,
                                  detail="its guard conditions (memory, CPU, host memory) have no figures here and "

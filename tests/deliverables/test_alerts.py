@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "PgparentGroupViolatingTooLong",
     "PgparentGroupBlocking",
     "PgparentGroupMemoryHigh",
+    "PgparentGuardActed",
     "PgparentSignalsFailing",
     "PgparentSignalSpike",
     "PgparentConfigReloadFailed",
