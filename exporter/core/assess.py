@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.core.conditions import BY_NAME
 from exporter.core.cost import Cost, CostState, Samples, account
 from exporter.core.deadlines import Deadline, schedule
 from exporter.core.grouping import group
@@ -75,10 +76,20 @@ def assess(
     if cost_state is not None:
         fold = config.grouping.max_groups if max_groups is None else max_groups
         cost = account(grouped, snapshot, samples, cost_state, max_groups=fold, retain=config.cost.retain)
-    measured = usage_of(cost, snapshot, usage, keep=max((r.window for r in config.rules), default=0.0))
+    measured = usage_of(cost, snapshot, usage, keep=_window(config), memory_wanted=_reads_memory(config))
     decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=deadlines, usage=measured)
     timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if deadlines and config.deadlines else ()
     return Assessment(snapshot, grouped, decision, timed, cost, measured)
+
+
+def _window(config: Config) -> float | None:
+    """The longest window a rule's CPU or load condition averages over; None when no rule has one."""
+    return max((r.window for r in config.rules if any(BY_NAME[n].windowed for n in r.conditions())), default=None)
+
+
+def _reads_memory(config: Config) -> bool:
+    """Whether a rule reads memory: a memory condition, or any guard condition's audit figure."""
+    return any(BY_NAME[n].figure is not None for r in config.rules for n in r.conditions())
 
 
 def glance(snapshot: Snapshot, config: Config, target: str, *, dry_run: bool = False) -> list[Deadline]:

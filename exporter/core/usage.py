@@ -69,14 +69,16 @@ class Usage:
 NO_USAGE = Usage()
 
 
-def usage_of(cost: Cost | None, snapshot: Snapshot, previous: Usage | None, keep: float) -> Usage:
-    """This poll's usage: memory by session from the cost ledger, and the counters' history kept `keep` seconds back
-    (the longest window a rule has) plus the poll at its edge."""
+def usage_of(cost: Cost | None, snapshot: Snapshot, previous: Usage | None, keep: float | None,
+             memory_wanted: bool = True) -> Usage:
+    """This poll's usage: memory by session from the cost ledger (unless not `memory_wanted`), and the counters'
+    history kept `keep` seconds back (the longest window a rule has; None: no rule reads a window) plus the poll at
+    its edge. A config without guard rules pays for neither."""
     if cost is None:
         return NO_USAGE
     proc = cost.sources.available("proc")
     memory: dict[int, int] = {}
-    if proc:
+    if proc and memory_wanted:
         procs = cost.state.procs
         for s in snapshot.sessions:
             known = procs.get(s.pid)
@@ -87,6 +89,8 @@ def usage_of(cost: Cost | None, snapshot: Snapshot, previous: Usage | None, keep
             if (w.leader_pid is not None and w.leader_pid in memory and known is not None
                     and known.backend_start == w.backend_start and known.memory is not None):
                 memory[w.leader_pid] += known.memory
+    if keep is None:
+        return Usage(proc, MappingProxyType(memory), cost.host)
     totals = cost.totals
     load: dict[str, float] = {}
     for (label, _), seconds in totals.load.items():
