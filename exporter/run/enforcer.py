@@ -138,7 +138,8 @@ class Enforcer:
         when the connection is lost sending it."""
         if order.dry_run:
             # A guarded dry run (a deadline, a cancel) still asks whether the session is in the state it would hit.
-            if order.guard == NO_GUARD:
+            # A guard rule's dry run probes even a terminate: the session the figure was read for must still be there.
+            if order.guard == NO_GUARD and order.condition is None:
                 return "dry_run", ""
             try:
                 if not self.db.probe(order.session, order.guard):

@@ -304,3 +304,21 @@ def test_a_query_begun_after_a_poll_is_held_to_a_limit_shorter_than_the_interval
     [event] = eventually(lambda: signals(d, c.pid), what="its audit line")
     assert event["trigger"] == "deadline" and event["result"] == "ok"
     assert d.polls() <= 2 and (d.sample("pgparent_glances_total") or 0) >= 1
+
+
+def test_a_guard_rule_in_dry_run_probes_and_signals_nothing(pg: Server, daemons: Daemons, clients: Clients) -> None:
+    """A dry-run memory rule over a session holding 100+ MB audits `dry_run` (its guard probed on the server) with
+    the figure that fired, and the session stays connected through several polls."""
+    [c] = clients.start("Dry:1", holding(700_000), setup="SET work_mem = '2GB'", hold=True)
+    assert c.executed.wait(120)
+    rules = config_text({"name": "dry", "match": {"parent": "Dry:*"}, "max_session_memory": "50MB",
+                         "action": "terminate", "dry_run": True}, interval="0.3s")
+    d = daemons.start(rules, pg.dsn)
+    sees_processes(d)
+    event = eventually(lambda: signals(d, c.pid)[:1], what="the dry run's audit line")[0]
+    assert event["result"] == "dry_run" and event["dry_run"] is True and event["figure"] > 50 * MB
+    assert event["condition"] == "max_session_memory"
+    d.wait_polls(4)
+    assert connected(pg.dsn, c.pid)
+    assert (d.sample("pgparent_guard_actions_total", {"rule": "dry", "condition": "max_session_memory",
+                                                      "action": "terminate"}) or 0) == 0
