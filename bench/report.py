@@ -118,7 +118,8 @@ def guards_section(b: Blocks, gd: dict[str, Any], postgresql: Any) -> str:
              without_pct=sm["cpu_pct_without"], sampler_pct=_pct(sm["sampler_pct"]), short_limit=g(sh["limit_s"]),
              short_interval=g(sh["interval_s"]), cadence=g(sh["limit_s"] / 2), short_trials=sh["trials"],
              short_p50=sh["p50_ms"], short_p95=sh["p95_ms"], short_max=sh["max_ms"],
-             fast_cpu=sh["server_cpu_s_per_min"], slow_cpu=sh["server_cpu_s_per_min_at_interval"])
+             fast_cpu=sh["server_cpu_ms_per_min"], slow_cpu=sh["server_cpu_ms_per_min_at_interval"],
+             idle=sh["idle_sessions"], polls=g(sh["polls"]))
 
 
 def goal_rows(b: Blocks, results: dict[str, Any]) -> str:

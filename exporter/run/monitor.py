@@ -236,6 +236,7 @@ class Monitor:
             decision = assessed.decision
             if off is None and decision.acts:
                 self.enforcer.enforce(decision, snapshot.now)
+                self.sampler.signalled(self.enforcer.landed)
             self.deadlines.set(assessed.deadlines, snapshot.now, read_at)
             self._arm(assessed, off is None, config)
             active = self._rules_active(config)

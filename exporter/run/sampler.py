@@ -65,6 +65,12 @@ class Sampler:
         if self.next_at is None:
             self.next_at = now + interval
 
+    def signalled(self, signals: list[Signal]) -> None:
+        """Signals sent otherwise (by the poll, a deadline): the sampler does not send them again for the same query
+        (a cancelled query frees its memory only as it unwinds)."""
+        for s in signals:
+            self._done.add((s.rule, s.session.pid, s.guard.query_start if s.action == "cancel" else None))
+
     def disarm(self) -> None:
         self.watch = NO_WATCH
         self.next_at = None
