@@ -118,8 +118,7 @@ class Sampler:
         if again is None or again < STILL_HELD * memory.get(s.pid, 0):
             return None
         session = replace(s, state="active", query_start=query_start)
-        return replace(signal, session=session, guard=replace(signal.guard, query_start=query_start),
-                       figure=float(again))
+        return replace(signal, session=session, guard=replace(signal.guard, query_start=query_start))
 
     @property
     def watched(self) -> int:
