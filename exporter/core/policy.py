@@ -17,9 +17,9 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
+from exporter.core.figures import Fired, figure_of, fired_of, gate_closed, guard_figures, reason, selected
 from exporter.core.model import ACTIVE_STATES, NO_GUARD, Group, Grouped, Guard, Session, SignalAction, Stats
 from exporter.core.settings import Config, Protect, Rule
-from exporter.core.units import format_size
 from exporter.core.usage import NO_USAGE, Usage
 
 MANUAL_RULE = "manual"
@@ -176,60 +176,6 @@ def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], S
         if value is not None and value > limit:
             out[name] = reason(name, value, limit)
     return out
-
-
-def reason(name: str, value: float, limit: float) -> str:
-    """`name value > limit`, a size in its units (`max_session_memory 412.3MiB > 300MB`)."""
-    if BY_NAME[name].kind == "size":
-        return f"{name} {format_size(value)} > {format_size(limit)}"
-    return f"{name} {value:g} > {limit:g}"
-
-
-def gate_closed(rule: Rule, usage: Usage) -> bool:
-    """Whether a rule gated by host pressure must not act now: the server's memory available is not below its
-    threshold, or is not known here."""
-    threshold = rule.host_memory_available_below
-    if threshold is None:
-        return False
-    host = usage.host
-    return host is None or host.available >= threshold.bytes_of(host.total)
-
-
-def guard_figures(compiled: CompiledRule, grp: Group, sessions: tuple[Session, ...], usage: Usage
-                  ) -> Callable[[str], float | None]:
-    """The guard conditions' figures of one (rule, group) pair, each read once."""
-    cache: dict[str, float | None] = {}
-
-    def figure(name: str) -> float | None:
-        if name not in cache:
-            read = BY_NAME[name].figure
-            cache[name] = read(usage, grp.parent, sessions, compiled.rule.window) if read is not None else None
-        return cache[name]
-
-    return figure
-
-
-def selected(conditions: dict[str, float], exceeded: Iterable[str], sessions: tuple[Session, ...], usage: Usage
-             ) -> tuple[Session, ...] | None:
-    """The sessions the exceeded guard conditions single out (None: a condition that signals the whole group fired):
-    those over a per-session limit, and the largest of a group over its limit, biggest first, until what is left is
-    within it."""
-    chosen: dict[int, Session] = {}
-    for name in exceeded:
-        select, limit = BY_NAME[name].select, conditions[name]
-        if select == "group":
-            return None
-        sized = sorted(((m, s) for s in sessions if (m := usage.of(s)) is not None), key=lambda x: -x[0])
-        if select == "over":
-            chosen.update((s.pid, s) for m, s in sized if m > limit)
-        else:
-            left = sum(m for m, _ in sized)
-            for m, s in sized:
-                if left <= limit:
-                    break
-                chosen[s.pid] = s
-                left -= m
-    return tuple(chosen.values())
 
 
 def _root_blockers(sessions: tuple[Session, ...], grp: Group) -> tuple[Session, ...]:
@@ -448,7 +394,7 @@ def evaluate(
             if scope is None:
                 continue
             sessions, measured = scope
-            figures = guard_figures(compiled, grp, sessions, usage) if compiled.guarded else None
+            figures = guard_figures(rule, grp, sessions, usage) if compiled.guarded else None
             exceeded = {} if closed else _exceeded(compiled.conditions, len(sessions), measured, figures)
             if not exceeded:
                 if timed:
@@ -473,7 +419,7 @@ def evaluate(
             singled = selected(compiled.conditions, exceeded, sessions, usage) if figures is not None else None
             if singled is not None:
                 pool = singled
-            fired = _fired(exceeded, figures, usage)
+            fired = fired_of(exceeded, figures, usage)
             if rule.escalate is not None:
                 terminate, cancel, idle = _escalation(rule, pool, state.cancelled, now, cancelled)
                 protected_, unguarded_ = _escalated(candidates, no_query, rule, grp, reasons, dry, exceeded, fired,
@@ -503,7 +449,7 @@ def evaluate(
                     *_blocking_of(s, grp),
                     guard=guard_for(rule.action, s, grp, exceeded),
                     tag_source=tag_source(grp, s),
-                    figure=_figure_of(s, fired, usage),
+                    figure=figure_of(s, fired, usage),
                     host_available=fired.host,
                     condition=fired.name,
                 )
@@ -535,34 +481,6 @@ def evaluate(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Fired:
-    """The guard condition that fired on a pair (None: none did), its figure for the group, and the server's memory
-    available then, for the audit."""
-
-    name: str | None = None
-    figure: float | None = None
-    host: int | None = None
-
-
-def _fired(exceeded: Mapping[str, str], figures: Callable[[str], float | None] | None, usage: Usage) -> _Fired:
-    """Which guard condition fired on a pair (the first, in declaration order)."""
-    if figures is None:
-        return _Fired()
-    name = next((n for n in exceeded if BY_NAME[n].figure is not None), None)
-    host = usage.host.available if usage.host is not None else None
-    return _Fired(name, figures(name) if name is not None else None, host)
-
-
-def _figure_of(session: Session, fired: _Fired, usage: Usage) -> float | None:
-    """The figure an audit event carries: the session's own memory for a memory condition, the group's figure for
-    the others (CPU cores, load)."""
-    if fired.name is not None and BY_NAME[fired.name].memory:
-        memory = usage.of(session)
-        return float(memory) if memory is not None else fired.figure
-    return fired.figure
-
-
 def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str, int, datetime], datetime],
                 now: datetime, carried: dict[tuple[str, int, datetime], datetime]
                 ) -> tuple[list[Session], list[Session], list[Session]]:
@@ -592,7 +510,7 @@ def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str
 
 
 def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp: Group, reasons: tuple[str, ...],
-               dry: bool, exceeded: Mapping[str, str], fired: _Fired,
+               dry: bool, exceeded: Mapping[str, str], fired: Fired,
                split: tuple[list[Session], list[Session], list[Session]], protect: Protect, usage: Usage
                ) -> tuple[int, int]:
     """The signals of one escalating (rule, group) pair: the cancel step and the terminate step, each under the
@@ -615,7 +533,7 @@ def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp
         into += [
             Signal(rule.name, signal_action, grp.parent, s, reasons + extra, dry, *_blocking_of(s, grp),
                    guard=guard_for(signal_action, s, grp, exceeded), tag_source=tag_source(grp, s),
-                   figure=_figure_of(s, fired, usage), host_available=fired.host, step=step, condition=fired.name)
+                   figure=figure_of(s, fired, usage), host_available=fired.host, step=step, condition=fired.name)
             for s in chosen
         ]
     return protected, unguarded
