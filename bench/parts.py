@@ -2,7 +2,7 @@
 
 - `core` (bench/core.py): the sizes, reaction and synthetic tables, results.json's top-level keys;
 - `locks` (bench/locks.py), `deadlines` (bench/reaction.py), `handover` (bench/handover.py), `cost` (bench/cost.py),
-  `top` (bench/top.py): a key each;
+  `guards` (bench/guards.py), `top` (bench/top.py): a key each;
 - `fleet` (bench/fleet.py and bench/shard.py): one process, shard-mode replicas and a black hole on one fleet.
 
 A part measured again keeps, for the docs' comparisons, figures of the run it replaced: the core the replaced run's
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import core, cost, handover, locks, reaction, shard, top
+from bench import core, cost, guards, handover, locks, reaction, shard, top
 from bench.fleet import INTERVAL, REPLICAS, WATCH_EVERY, Fleet, PollWatch, measure_blackhole, measure_single, watching
 from bench.harness import REPO
 from exporter import APPLICATION_NAME
 
-PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost", "top")
+PARTS = ("core", "locks", "deadlines", "fleet", "handover", "cost", "guards", "top")
 SIZES = (100, 500, 1000, 2000)
 COMPARED = ("date", "postgres_exporter", "sizes", "reaction", "synthetic")
 """What the core keeps of the run it replaced."""
@@ -104,6 +104,8 @@ def measure(part: str, *, quick: bool = False, sizes: Sequence[int] = SIZES) -> 
         if quick:
             return {"top": top.run(sessions=100, window=10.0, warmup=2.0)}
         return {"top": top.run()}
+    if part == "guards":
+        return {"guards": guards.run(quick=quick)}
     raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
 
 

@@ -114,6 +114,20 @@ def top_section(b: Blocks, t: dict[str, Any]) -> str:
              refreshes=t["refreshes"], rss=t["rss_mb"])
 
 
+def guards_section(b: Blocks, gd: dict[str, Any], postgresql: Any) -> str:
+    r, sm, sh = gd["runaway"], gd["sampler"], gd["short_limit"]
+    return b("guards", postgresql=postgresql, growth=g(r["growth_mb_s"]), limit=g(r["limit_mb"]),
+             interval=g(r["interval_s"]), sample_ms=r["sample_interval_ms"], trials=r["trials"],
+             p50=r["cross_to_cancel_p50_ms"], p95=r["cross_to_cancel_p95_ms"], max=r["cross_to_cancel_max_ms"],
+             mem_p95=r["memory_at_cancel_p95_mb"], mem_max=r["memory_at_cancel_max_mb"], window=g(sm["window_s"]),
+             sessions=sm["sessions"], samples=g(sm["samples"]), with_pct=sm["cpu_pct_with"],
+             without_pct=sm["cpu_pct_without"], sampler_pct=_pct(sm["sampler_pct"]), short_limit=g(sh["limit_s"]),
+             short_interval=g(sh["interval_s"]), cadence=g(sh["limit_s"] / 2), short_trials=sh["trials"],
+             short_p50=sh["p50_ms"], short_p95=sh["p95_ms"], short_max=sh["max_ms"],
+             fast_cpu=sh["server_cpu_ms_per_min"], slow_cpu=sh["server_cpu_ms_per_min_at_interval"],
+             idle=sh["idle_sessions"], polls=g(sh["polls"]))
+
+
 def goal_rows(b: Blocks, results: dict[str, Any]) -> str:
     return "\n".join(b("goals.row", goal=o.text, measured=o.shown, holds=b("yes" if o.met else "no"))
                      for o in evaluate(results))
@@ -139,6 +153,7 @@ def render(results: dict[str, Any], plot: Path | None, blocks: Blocks | None = N
         handover=handover_section(b, results["handover"]) if results.get("handover") else ABSENT,
         cost=cost_section(b, results["cost"]) if results.get("cost") else ABSENT,
         top=top_section(b, results["top"]) if results.get("top") else ABSENT,
+        guards=guards_section(b, results["guards"], results["postgresql"]) if results.get("guards") else ABSENT,
         goal_rows=goal_rows(b, results),
         **core_notes(b, results, goals),
     )

@@ -10,6 +10,7 @@ postgres_exporter's scrape on the same server, memory, reaction time, and pure g
     scripts/bench --only handover  # shard-mode replicas joining and killed: targets handed over (bench/handover.py)
     scripts/bench --only cost     # what the cost figures add to the poll, and load's accuracy (bench/cost.py)
     scripts/bench --only top      # `pgparent top` in a terminal, 1000 sessions, 1 s refresh: its CPU (bench/top.py)
+    scripts/bench --only guards   # a memory runaway stopped between polls, the sampler's CPU, a 2 s limit at 5 s
     scripts/bench --render        # no measuring: docs/BENCHMARKS.md again from bench/results.json
 
 Everything is measured side by side in one run, interleaved round by round, so noise from a shared machine hits all

@@ -160,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default $XDG_STATE_HOME/pgparent/top.log, else ~/.local/state/pgparent/top.log)")
     top.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
 
-    check = sub.add_parser("check", help="validate a config file")
+    check = sub.add_parser("check", help="validate a config file (and, with --dsn or --target, what a server gives it)")
     check.add_argument("--config.file", dest="config_file", metavar="FILE", default="rules.yaml")
+    check.add_argument("--dsn", help="also connect to this server: which figures the guard rules have there")
+    check.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read that DSN from this file")
+    _add_target(check)
 
     demo = sub.add_parser("demo", help="the seed scenario on a throwaway PostgreSQL")
     demo.add_argument(
@@ -300,13 +303,45 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import os
+
+    from exporter.core import guards
+    from exporter.host.procfs import host_memory
+
     config = load_config(args.config_file)
     print(f"{args.config_file}: ok")
-    for line in describe(config):
+    for line in describe(config) + guards.describe(config):
         print(line)
-    for line in warnings(config):
+    cgroups = _check_server(args, config) if args.dsn or args.dsn_file or args.target else ()
+    for line in warnings(config) + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
         print(f"warning: {args.config_file}: {line}")
     return EXIT_OK
+
+
+def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
+    """What the server of --dsn (or --target) gives the rules: its cost sources, and the rules inactive there; the
+    memory cgroups of its postmaster, where pgparent sees it."""
+    from exporter.core.cost import REASONS
+    from exporter.core.guards import inactive
+    from exporter.run.costs import find
+
+    db = _database(args, config)
+    try:
+        caps = db.connect()
+        found = find(caps, config.cost)
+    finally:
+        db.close()
+    for source in ("proc", "proc_io", "backend_stats"):
+        reason = found.sources.unavailable.get(source)
+        print(f"cost source {source}: " + ("available" if reason is None else f"unavailable, {reason}: "
+                                           f"{REASONS[reason]}"))
+    missing = inactive(config, found.sources)
+    for rule, reason in missing.items():
+        print(f"rule {rule}: inactive on this server ({reason}): its guard conditions have no figures here and "
+              "never fire")
+    if config.rules and not missing:
+        print("every rule has the figures it reads on this server")
+    return found.cgroups
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ its limit. A duration condition names the moment of a session it measures from (
 is the longest time since that moment among its sessions, a deadline is the moment plus the limit, and a deadline's
 signal is guarded by that moment. Adding a condition here adds its config key, its validation, its evaluation, its
 deadline, its guard and its documentation.
+
+A guard condition (memory, CPU, load) reads what the cost accounting measured (`usage.Usage`) rather than the
+group's statistics: its `figure` is None where the figure is not available (another host, a managed service), and a
+condition with no figure never fires. It names the source it needs (`needs`), so that a rule reading it is reported
+inactive where that source is missing, and which of the group's sessions it signals (`select`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ from exporter.core.model import (
     Session,
     Stats,
 )
+from exporter.core.usage import Usage
 
-Kind = Literal["count", "duration"]
+Kind = Literal["count", "duration", "size", "rate"]
+Select = Literal["group", "over", "largest"]
+"""Which of a firing group's sessions a condition signals: all of them (as the rule's action says), only those whose
+own figure exceeds the limit, or the largest first until what is left is within the limit."""
+Figure = Callable[[Usage, str, tuple[Session, ...], float], float | None]
+"""(usage, the group's series label, the sessions the rule looks at, the rule's window) -> the figure, None: not
+measured."""
 
 Trim = Callable[[Sequence[Session], float, datetime, bool], tuple[list[Session], int, int]]
 """A trimming condition's choice, given the sessions a rule looks at, its limit, the server's now and whether the rule
@@ -104,6 +116,15 @@ class Condition:
     """A budget: when only such conditions fire, a rule ends the sessions this picks, not the whole group."""
     trims_with_excess: bool = False
     """The trim applies only to a rule with `scope: excess` (max_sessions: without it, the whole group is ended)."""
+    figure: Figure | None = None
+    """A guard condition's figure, read from the cost accounting instead of `measure`."""
+    needs: str | None = None
+    """The cost source (exporter/core/cost.py: SOURCES) its figure comes from; None: SQL alone."""
+    select: Select = "group"
+    memory: bool = False
+    """A memory condition: its sessions are sampled between polls (exporter/run/sampler.py)."""
+    windowed: bool = False
+    """Measured over the rule's `window:`."""
 
     def trims(self, scope: str) -> bool:
         """Whether, in a rule of `scope`, this condition ends only the sessions its trim picks."""
@@ -119,6 +140,25 @@ def _since(moment: Moment) -> Callable[[Stats], float]:
     """A group's longest time since `moment` among its sessions."""
     stat = moment.stat
     return lambda s: float(getattr(s, stat))
+
+
+def _session_memory(usage: Usage, label: str, sessions: tuple[Session, ...], window: float) -> float | None:
+    """The largest private memory among the sessions (with their workers'); None when none was read."""
+    return max((float(m) for s in sessions if (m := usage.of(s)) is not None), default=None)
+
+
+def _group_memory(usage: Usage, label: str, sessions: tuple[Session, ...], window: float) -> float | None:
+    """The sessions' private memory summed; None when none was read."""
+    known = [m for s in sessions if (m := usage.of(s)) is not None]
+    return float(sum(known)) if known else None
+
+
+def _rate(which: str) -> Figure:
+    return lambda usage, label, sessions, window: usage.rate(which, label, window)
+
+
+def _no_stat(stats: Stats) -> float:
+    raise AssertionError("a guard condition is measured by its figure")
 
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -184,6 +224,44 @@ CONDITIONS: tuple[Condition, ...] = (
         "the longest any session has waited on the group's sessions (through a chain included)",
         blocking=True,
     ),
+    Condition(
+        "max_session_memory",
+        "size",
+        _no_stat,
+        "a session's private memory (RssAnon, with its parallel workers'); only that session is signalled",
+        figure=_session_memory,
+        needs="proc",
+        select="over",
+        memory=True,
+    ),
+    Condition(
+        "max_group_memory",
+        "size",
+        _no_stat,
+        "the group's private memory summed; its largest sessions are signalled, biggest first, until the rest is "
+        "within the limit",
+        figure=_group_memory,
+        needs="proc",
+        select="largest",
+        memory=True,
+    ),
+    Condition(
+        "max_group_cpu",
+        "rate",
+        _no_stat,
+        "the group's CPU use over the rule's `window` (utime + stime of its backends and workers)",
+        figure=_rate("cpu"),
+        needs="proc",
+        windowed=True,
+    ),
+    Condition(
+        "max_group_load",
+        "rate",
+        _no_stat,
+        "the group's average active sessions over the rule's `window`",
+        figure=_rate("load"),
+        windowed=True,
+    ),
 )
 
 BY_NAME: dict[str, Condition] = {c.name: c for c in CONDITIONS}
@@ -192,7 +270,9 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 def markdown_table() -> str:
     """The README's table of conditions, generated from CONDITIONS (a test keeps the README in step)."""
-    example = {"count": "`20`", "duration": "`10m`, `1h30m`, `500ms`"}
+    example = {"count": "`20`", "duration": "`10m`, `1h30m`, `500ms`",
+               "size": "`512MB`, `1.5GB` (powers of 1000), `2GiB` (of 1024), kB to TB, KiB to TiB",
+               "rate": "`2`, `0.5` (cores, or sessions)"}
     lines = ["| condition | fires when this exceeds the limit | value |", "|---|---|---|"]
     lines += [f"| `{c.name}` | {c.doc} | {c.kind}, e.g. {example[c.kind]} |" for c in CONDITIONS]
     return "\n".join(lines)

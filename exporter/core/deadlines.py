@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Literal
 
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import Group, Session
@@ -86,15 +87,16 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
     reasons = (f"{name} > {limit:g} (deadline)",)
     guard = replace(moment.pin(start), exceeded=over, since=start)
     trims = condition.trims(rule.scope)
+    step: Literal["cancel"] | None = "cancel" if rule.escalate is not None else None
     first = Signal(rule.name, action, grp.parent, crossing, reasons, pair.dry_run, guard=guard,
                    trigger="deadline", tag_source=tag_source(grp, crossing),
-                   budget=Budget(name, limit, 1, 1) if trims else None)
+                   budget=Budget(name, limit, 1, 1) if trims else None, step=step)
     if trims:
         return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first)  # a budget ends only the crossing one
     rest, _, _ = eligible(tuple(s for s in sessions if s.pid != crossing.pid), action, protect)
     others = tuple(
         Signal(rule.name, action, grp.parent, s, reasons, pair.dry_run,
-               guard=guard_for(action, s, grp, (name,)), trigger="deadline", tag_source=tag_source(grp, s))
+               guard=guard_for(action, s, grp, (name,)), trigger="deadline", tag_source=tag_source(grp, s), step=step)
         for s in rest
     )
     return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first, others)
@@ -108,6 +110,8 @@ def schedule(watched: tuple[Watched, ...], now: datetime, protect: Protect) -> l
     """
     out: list[Deadline] = []
     for pair in watched:
+        if pair.firing:
+            continue  # watched for its memory limits only (exporter/core/guards.py)
         candidates = (_deadline(pair, name, limit, now, protect) for name, limit in pair.rule.timed.items())
         due = [d for d in candidates if d is not None and d.at > now]
         if due:

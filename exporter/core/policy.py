@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
+from exporter.core.figures import Fired, figure_of, fired_of, gate_closed, guard_figures, reason, selected
 from exporter.core.model import (
     ACTIVE_STATES,
     IDLE,
@@ -31,6 +32,7 @@ from exporter.core.model import (
     Stats,
 )
 from exporter.core.settings import Config, Protect, Rule
+from exporter.core.usage import NO_USAGE, Usage
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
@@ -64,12 +66,21 @@ class Signal:
     """The longest of those waits."""
     guard: Guard = NO_GUARD
     """What must still hold at the signal beyond pid, backend_start and application_name."""
-    trigger: Literal["poll", "deadline"] = "poll"
-    """What found it: a poll, or a deadline computed at the last poll (exporter/deadlines.py)."""
+    trigger: Literal["poll", "deadline", "sample"] = "poll"
+    """What found it: a poll, a deadline computed at the last poll (exporter/deadlines.py), or a memory sample
+    between polls (exporter/run/sampler.py)."""
     tag_source: str | None = None
     """Which source tagged the session into its group (`application_name`, `comment:KEY`, `user`, `database`)."""
     budget: Budget | None = None
     """Set when a budget trims the group: the session is one of those beyond it."""
+    figure: float | None = None
+    """The figure of a guard condition that fired (memory bytes, CPU cores, average active sessions)."""
+    host_available: int | None = None
+    """The server's memory available when a guard condition fired (None: not read)."""
+    step: Literal["cancel", "terminate"] | None = None
+    """For a rule that escalates: the cancel first, or the terminate that follows it."""
+    condition: str | None = None
+    """The guard condition (memory, CPU, load) that fired, when one did: what pgparent_guard_actions_total counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,18 @@ class RuleState:
 
     since: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
     firing: frozenset[tuple[str, str]] = frozenset()
+    cancelled: Mapping[tuple[str, int, datetime], datetime] = field(default_factory=dict)
+    """(rule, pid, backend_start) -> when an escalating rule cancelled that session (or found it running no query
+    to cancel): it is terminated once the rule's `escalate.after` has passed and its condition still holds for it."""
+
+    def with_cancelled(self, signals: Iterable[Signal], at: datetime) -> RuleState:
+        """This state, also remembering the escalating cancels among `signals` as sent at `at` (those of the memory
+        sampler, between polls)."""
+        more = {(s.rule, s.session.pid, s.session.backend_start): at for s in signals
+                if s.step == "cancel" and s.session.backend_start is not None}
+        if not more:
+            return self
+        return RuleState(self.since, self.firing, {**more, **self.cancelled})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +126,8 @@ class Watched:
     pending_since: datetime | None
     """Since when the rule's condition holds while it waits out `for:`; None when it does not hold now."""
     dry_run: bool
+    firing: bool = False
+    """The rule fires on the group now (watched for its memory conditions only: the poll acts on the rest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +152,16 @@ class Decision:
     """Root blockers a `cancel` rule cannot release: they run no query (idle in a transaction), so a cancel would do
     nothing; audited, never signalled."""
     watched: tuple[Watched, ...] = ()
-    """Pairs a deadline may fire before the next poll (only when `evaluate` was asked to watch)."""
+    """Pairs a deadline or a memory sample may fire before the next poll (only when `evaluate` was asked to
+    watch)."""
+    no_query: tuple[Signal, ...] = ()
+    """The cancel step of an escalating rule for sessions running no query (a cancel would do nothing): audited,
+    not sent; their escalation runs from now."""
 
     @property
     def acts(self) -> bool:
         """Whether carrying the decision out does anything: signals, deferrals or blockers to audit."""
-        return bool(self.signals or self.deferred or self.unreleased)
+        return bool(self.signals or self.deferred or self.unreleased or self.no_query)
 
     @classmethod
     def only(cls, signals: tuple[Signal, ...], cap: int | None = None, protected: int = 0, unguarded: int = 0
@@ -158,14 +187,21 @@ def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
     return value is not None and any(fnmatchcase(value, p) for p in patterns)
 
 
-def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats]) -> dict[str, str]:
+def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats],
+              figures: Callable[[str], float | None] | None = None) -> dict[str, str]:
     """The conditions exceeded, by name, as `name value > limit` strings. max_sessions needs only the count, so a
-    rule on group size never pays for a group's full statistics."""
+    rule on group size never pays for a group's full statistics. A guard condition reads `figures` (None: the rule
+    has none); one with no figure (not measured here) is never exceeded."""
     out: dict[str, str] = {}
     for name, limit in conditions.items():
-        value = float(count) if name == "max_sessions" else BY_NAME[name].measure(measured())
-        if value > limit:
-            out[name] = f"{name} {value:g} > {limit:g}"
+        if name == "max_sessions":
+            value: float | None = float(count)
+        elif BY_NAME[name].figure is not None:
+            value = figures(name) if figures is not None else None
+        else:
+            value = BY_NAME[name].measure(measured())
+        if value is not None and value > limit:
+            out[name] = reason(name, value, limit)
     return out
 
 
@@ -298,6 +334,10 @@ class CompiledRule:
     a group no larger than this is passed over without building its scope."""
     timed: dict[str, float] = field(default_factory=dict)
     """The rule's time limits (durations), by condition name: what a deadline may act on between polls."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """The rule's memory limits, by condition name: what the sampler may act on between polls."""
+    guarded: bool = False
+    """The rule has a guard condition (memory, CPU, load) or a host-pressure gate: it reads the usage."""
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
@@ -311,7 +351,9 @@ class CompiledRule:
         narrowed = database is not None or user is not None
         size_only = conditions["max_sessions"] if list(conditions) == ["max_sessions"] and not narrowed else None
         timed = {n: limit for n, limit in conditions.items() if BY_NAME[n].time_based}
-        return cls(rule, conditions, parent, database, user, exact, size_only, timed)
+        memory = {n: limit for n, limit in conditions.items() if BY_NAME[n].memory}
+        guarded = rule.host_memory_available_below is not None or any(BY_NAME[n].figure for n in conditions)
+        return cls(rule, conditions, parent, database, user, exact, size_only, timed, memory, guarded)
 
     def applies_to(self, target: str) -> bool:
         """Whether the rule covers the server named `target` (its `match.target` glob)."""
@@ -429,11 +471,14 @@ def evaluate(
     target: str = "default",
     *,
     watch: bool = False,
+    usage: Usage = NO_USAGE,
 ) -> Decision:
     """Evaluate every rule that applies to the server `target` (its `match.target` glob) against every group; return
-    what to signal and the rule state for the next poll, and, with `watch`, the pairs whose time limits a deadline
-    may act on before the next poll."""
+    what to signal and the rule state for the next poll, and, with `watch`, the pairs whose time limits a deadline,
+    or whose memory limits the sampler, may act on before the next poll. Guard conditions read `usage`."""
     now = grouped.now
+    cancelled: dict[tuple[str, int, datetime], datetime] = {}
+    no_query: list[Signal] = []
     since: dict[tuple[str, str], datetime] = {}
     firing: list[Firing] = []
     candidates: list[Signal] = []
@@ -450,7 +495,9 @@ def evaluate(
             continue
         dry = force_dry_run or config.dry_run or rule.dry_run
         size_only = compiled.size_only
-        timed = watch and rule.action != "log" and compiled.timed
+        timed = watch and rule.action != "log" and bool(compiled.timed or compiled.memory)
+        sampled = watch and rule.action != "log" and bool(compiled.memory)
+        closed = compiled.guarded and gate_closed(rule, usage)
         for grp in compiled.groups(grouped.groups):
             if size_only is not None and len(grp.sessions) <= size_only:
                 continue  # what rule_scope and _exceeded would find, without building either
@@ -458,7 +505,8 @@ def evaluate(
             if scope is None:
                 continue
             sessions, measured = scope
-            exceeded = _exceeded(compiled.conditions, len(sessions), measured)
+            figures = guard_figures(rule, grp, sessions, usage) if compiled.guarded else None
+            exceeded = {} if closed else _exceeded(compiled.conditions, len(sessions), measured, figures)
             if not exceeded:
                 if timed:
                     watched.append(Watched(compiled, grp, sessions, None, dry))
@@ -474,12 +522,15 @@ def evaluate(
                 continue
             violating[rule.name] += 1
             firing.append(Firing(rule.name, grp.parent, rule.action, reasons, dry))
+            if sampled:
+                watched.append(Watched(compiled, grp, sessions, started_at, dry, firing=True))
             if rule.action == "log":
                 continue
             pool = sessions
             trimming = [n for n in exceeded if BY_NAME[n].trims(rule.scope)]
             roots = rule.scope == "root_blockers" and any(BY_NAME[n].blocking for n in exceeded)
-            if trimming and all(n in trimming or (roots and BY_NAME[n].blocking) for n in exceeded):
+            budget = bool(trimming) and all(n in trimming or (roots and BY_NAME[n].blocking) for n in exceeded)
+            if budget:
                 # A budget: end only the sessions beyond it (and the root blockers, when a lock condition fires
                 # beside it), never the whole group.
                 trims, n_protected, n_unguarded = _trims(compiled, grp, sessions, exceeded, trimming, rule.action,
@@ -490,7 +541,18 @@ def evaluate(
                 if not roots:
                     continue
                 pool = _root_blockers(sessions, grp)
-            elif rule.scope == "root_blockers" and all(BY_NAME[n].blocking for n in exceeded):
+            elif (singled := selected(compiled.conditions, exceeded, sessions, usage)
+                    if figures is not None else None) is not None:
+                pool = singled
+            fired = fired_of(exceeded, figures, usage)
+            if rule.escalate is not None:
+                terminate, cancel, idle = _escalation(rule, pool, state.cancelled, now, cancelled)
+                protected_, unguarded_ = _escalated(candidates, no_query, rule, grp, reasons, dry, exceeded, fired,
+                                                    (terminate, cancel, idle), protect, usage)
+                protected += protected_
+                unguarded += unguarded_
+                continue
+            if not budget and rule.scope == "root_blockers" and all(BY_NAME[n].blocking for n in exceeded):
                 pool = _root_blockers(sessions, grp)  # end what blocks, not the group's innocent members
                 if rule.action == "cancel":
                     unreleased += [
@@ -512,11 +574,20 @@ def evaluate(
                     *_blocking_of(s, grp),
                     guard=guard_for(rule.action, s, grp, exceeded),
                     tag_source=tag_source(grp, s),
+                    figure=figure_of(s, fired, usage),
+                    host_available=fired.host,
+                    condition=fired.name,
                 )
                 for s in chosen
             ]
 
     signals, deferred = _plan(candidates, config.limits.max_terminations_per_cycle)
+    for c in signals:
+        if c.step == "cancel" and c.session.backend_start is not None:
+            cancelled.setdefault((c.rule, c.session.pid, c.session.backend_start), now)
+    for c in no_query:
+        if c.session.backend_start is not None:
+            cancelled.setdefault((c.rule, c.session.pid, c.session.backend_start), now)
     firing_keys = frozenset((f.rule, f.parent) for f in firing)
     return Decision(
         signals=signals,
@@ -528,10 +599,69 @@ def evaluate(
         pending=pending,
         protected=protected,
         unguarded=unguarded,
-        state=RuleState(since=since, firing=firing_keys),
+        state=RuleState(since=since, firing=firing_keys, cancelled=cancelled),
         unreleased=tuple(unreleased),
         watched=tuple(watched),
+        no_query=tuple(no_query),
     )
+
+
+def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str, int, datetime], datetime],
+                now: datetime, carried: dict[tuple[str, int, datetime], datetime]
+                ) -> tuple[list[Session], list[Session], list[Session]]:
+    """An escalating rule's firing pool split into the sessions to terminate (cancelled at least `escalate.after`
+    ago and still singled out), to cancel (not yet cancelled, running a query) and to note as running no query (not
+    yet cancelled, nothing to cancel); those cancelled more recently wait, their moment carried on in `carried`."""
+    assert rule.escalate is not None
+    after = rule.escalate.after
+    terminate: list[Session] = []
+    cancel: list[Session] = []
+    idle: list[Session] = []
+    for s in pool:
+        if s.backend_start is None:
+            cancel.append(s)  # counted as unguarded by `eligible`
+            continue
+        key = (rule.name, s.pid, s.backend_start)
+        at = before.get(key)
+        if at is not None:
+            carried[key] = at
+            if (now - at).total_seconds() >= after:
+                terminate.append(s)
+        elif s.state in ACTIVE_STATES:
+            cancel.append(s)
+        else:
+            idle.append(s)
+    return terminate, cancel, idle
+
+
+def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp: Group, reasons: tuple[str, ...],
+               dry: bool, exceeded: Mapping[str, str], fired: Fired,
+               split: tuple[list[Session], list[Session], list[Session]], protect: Protect, usage: Usage
+               ) -> tuple[int, int]:
+    """The signals of one escalating (rule, group) pair: the cancel step and the terminate step, each under the
+    protections and guards of any signal; how many sessions were left alone as protected and as unguarded."""
+    assert rule.escalate is not None
+    terminate, cancel, idle = split
+    protected = unguarded = 0
+    steps: tuple[tuple[SignalAction, Literal["cancel", "terminate"], list[Session], list[Signal]], ...] = (
+        (rule.escalate.action, "terminate", terminate, candidates),
+        ("cancel", "cancel", cancel, candidates),
+        ("terminate", "cancel", idle, no_query),  # eligible as for a terminate: a cancel skips idle sessions
+    )
+    for action, step, sessions, into in steps:
+        chosen, n_protected, n_unguarded = eligible(tuple(sessions), action, protect)
+        protected += n_protected
+        unguarded += n_unguarded
+        signal_action: SignalAction = "cancel" if step == "cancel" else action
+        extra = (f"escalated: {rule.escalate.after:g}s after its cancel the condition still holds",) \
+            if step == "terminate" else ()
+        into += [
+            Signal(rule.name, signal_action, grp.parent, s, reasons + extra, dry, *_blocking_of(s, grp),
+                   guard=guard_for(signal_action, s, grp, exceeded), tag_source=tag_source(grp, s),
+                   figure=figure_of(s, fired, usage), host_available=fired.host, step=step, condition=fired.name)
+            for s in chosen
+        ]
+    return protected, unguarded
 
 
 def _plan(candidates: list[Signal], cap: int) -> tuple[tuple[Signal, ...], tuple[Signal, ...]]:

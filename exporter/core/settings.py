@@ -28,6 +28,7 @@ from pydantic import (
 from exporter.core.conditions import BY_NAME, CONDITIONS, NAMES
 from exporter.core.model import Reading, SignalAction
 from exporter.core.tags import COMMENT_KEY, KINDS, SourceKind, Sources
+from exporter.core.units import Threshold, format_size, parse_size, parse_threshold
 from exporter.errors import ConfigInvalid
 
 DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
@@ -86,6 +87,8 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+HostThreshold = Annotated[Threshold, BeforeValidator(parse_threshold)]
 M = TypeVar("M", bound=BaseModel)
 RuleAction = Literal[SignalAction, "log"]
 """A rule signals its group's sessions, or only logs that it fires."""
@@ -271,6 +274,17 @@ class Match(StrictModel):
     """A glob on the target's name: the rule applies to the servers it matches."""
 
 
+class Escalate(StrictModel):
+    """A cancel rule's next step: if its condition still holds for the same session `after` the cancel, end it."""
+
+    after: Duration = 30.0
+    action: Literal["terminate"] = "terminate"
+
+
+DEFAULT_WINDOW = 60.0
+"""The window of max_group_cpu and max_group_load when a rule gives none."""
+
+
 class _RuleBase(StrictModel):
     """A group limit. It fires when any condition it sets is exceeded, for `for` seconds at every poll.
 
@@ -287,6 +301,12 @@ class _RuleBase(StrictModel):
     trim_active: bool = False
     """With `scope: excess`: once no idle session is left to end, the budget may end running ones too."""
     dry_run: bool = False
+    window: Duration = DEFAULT_WINDOW
+    """What max_group_cpu and max_group_load average over."""
+    host_memory_available_below: HostThreshold | None = None
+    """The rule acts only while the server's memory available (the host's, or its cgroup's headroom) is below this
+    size or share of its memory."""
+    escalate: Escalate | None = None
 
     @model_validator(mode="after")
     def _needs_a_condition(self) -> _RuleBase:
@@ -309,6 +329,11 @@ class _RuleBase(StrictModel):
             raise ValueError(
                 f"{', '.join(trimming)} end idle connections, which a cancel cannot do: use action terminate (or log)"
             )
+        if self.escalate is not None and self.action != "cancel":
+            raise ValueError(f"escalate follows a cancel: rule {self.name!r} needs action: cancel (it has "
+                             f"{self.action})")
+        if self.window <= 0:
+            raise ValueError("window must be longer than 0s")
         return self
 
     def conditions(self) -> dict[str, float]:
@@ -316,10 +341,13 @@ class _RuleBase(StrictModel):
         return {name: float(value) for name in NAMES if (value := getattr(self, name)) is not None}
 
 
-_CONDITION_FIELDS: dict[str, Any] = {
-    c.name: (Duration | None, None) if c.kind == "duration" else (int | None, Field(None, ge=0, le=MAX_COUNT))
-    for c in CONDITIONS
+_KIND_FIELDS: dict[str, Any] = {
+    "duration": (Duration | None, None),
+    "count": (int | None, Field(None, ge=0, le=MAX_COUNT)),
+    "size": (Size | None, None),
+    "rate": (float | None, Field(None, ge=0, le=MAX_COUNT)),
 }
+_CONDITION_FIELDS: dict[str, Any] = {c.name: _KIND_FIELDS[c.kind] for c in CONDITIONS}
 Rule: type[_RuleBase] = create_model("Rule", __base__=_RuleBase, __module__=__name__, **_CONDITION_FIELDS)
 
 
@@ -367,6 +395,8 @@ class Config(StrictModel):
     dry_run: bool = False
     deadlines: bool = True
     """Act on a time limit at the moment it is crossed (exporter/deadlines.py); false: only at polls."""
+    sample_interval: Duration = 0.1
+    """How often the sessions under a memory condition are sampled between polls (exporter/run/sampler.py)."""
     grouping: Grouping = Grouping()
     protect: Protect = Protect()
     limits: Limits = Limits()
@@ -396,6 +426,13 @@ class Config(StrictModel):
     def _positive_interval(cls, value: float) -> float:
         if value < 0.1:
             raise ValueError("interval must be at least 100ms")
+        return value
+
+    @field_validator("sample_interval")
+    @classmethod
+    def _sample_interval(cls, value: float) -> float:
+        if value < 0.01:
+            raise ValueError("sample_interval must be at least 10ms")
         return value
 
     @field_validator("cost")
@@ -472,7 +509,7 @@ def warnings(config: Config) -> list[str]:
     out: list[str] = []
     for i, rule in enumerate(config.rules):
         lock = [n for n in rule.conditions() if BY_NAME[n].blocking]
-        if lock and rule.action == "cancel":
+        if lock and rule.action == "cancel" and rule.escalate is None:
             out.append(
                 f"rules.{i}.action: rule {rule.name!r} cancels on {', '.join(lock)}: a blocker idle in a transaction "
                 "runs no query, so a cancel cannot release its locks; use terminate"
@@ -509,8 +546,14 @@ def describe(config: Config) -> list[str]:
         match = ", ".join(
             f"{k}={v}" for k, v in rule.match.model_dump().items() if v is not None and not (k == "target" and v == "*")
         )
-        conds = ", ".join(f"{k} > {v:g}" for k, v in rule.conditions().items())
+        conds = ", ".join(f"{k} > {format_size(v) if BY_NAME[k].kind == 'size' else f'{v:g}'}"
+                          for k, v in rule.conditions().items())
         extra = f" for {rule.for_:g}s" if rule.for_ else ""
+        if any(BY_NAME[n].windowed for n in rule.conditions()):
+            extra += f" over {rule.window:g}s"
+        if rule.host_memory_available_below is not None:
+            extra += f" while host memory available < {rule.host_memory_available_below}"
+        then = f", {rule.escalate.action} {rule.escalate.after:g}s later" if rule.escalate is not None else ""
         dry = " (dry run)" if rule.dry_run or config.dry_run else ""
         lock = any(BY_NAME[n].blocking for n in rule.conditions()) and rule.action != "log"
         scope = f" ({rule.scope.replace('_', ' ')} on lock conditions)" if lock else ""
@@ -518,5 +561,5 @@ def describe(config: Config) -> list[str]:
         if trimming:
             running = "then running ones" if rule.trim_active else "never running ones"
             scope += f" (trims on {', '.join(trimming)}: idle first, then idle in transaction, {running})"
-        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{scope}{dry}")
+        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{then}{scope}{dry}")
     return lines

@@ -54,6 +54,8 @@ class Published:
     """The target's constant labels (config `targets[].labels`)."""
     cost: Cost | None = None
     """What the groups cost, counters carried from poll to poll; shown with the groups."""
+    active: dict[str, int] = field(default_factory=dict)
+    """Per rule: 1 if the target has every figure it reads, 0 if not (exporter/core/guards.py: `inactive`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +356,8 @@ class PgparentCollector(Collector):
             f.add(m.VIOLATING, n, rule)
         for rule, n in p.pending.items():
             f.add(m.PENDING, n, rule)
+        for rule, n in p.active.items():
+            f.add(m.RULE_ACTIVE, n, rule)
         if p.up and p.grouped is not None:
             self._group_families(f, p.grouped, p.max_groups)
             if p.cost is not None:

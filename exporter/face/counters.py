@@ -61,6 +61,12 @@ ENFORCING = _gauge("pgparent_enforcing", "1 if this instance may signal the targ
 LEADER = _gauge("pgparent_leader", "1 if this replica holds the target's leader lock (the one that enforces).")
 VIOLATING = _gauge("pgparent_rule_violating_groups", "Groups for which the rule fires now.", "rule")
 PENDING = _gauge("pgparent_rule_pending_groups", "Groups that exceed the rule but not yet for its 'for:'.", "rule")
+RULE_ACTIVE = _gauge(
+    "pgparent_rule_active",
+    "1 if the target has every figure the rule reads; 0 where its guard conditions (memory, CPU, host memory) have "
+    "none (another host, a managed service: see pgparent_cost_source_unavailable) and never fire.",
+    "rule",
+)
 
 # Each target's groups.
 GROUP_SESSIONS = _gauge("pgparent_group_sessions", "Client sessions of a group, by state.", "parent", "state")
@@ -195,12 +201,12 @@ POLLS = _counter("pgparent_polls", "Poll cycles completed, successful or not.", 
 POLL_ERRORS = _counter("pgparent_poll_errors", "Polls that failed.", "target")
 SIGNALLED = _counter(
     "pgparent_signalled_sessions",
-    "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll or deadline).",
+    "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll, deadline or sample).",
     "target", "rule", "action", "trigger",
 )
 SIGNAL_FAILURES = _counter(
     "pgparent_signal_failures",
-    "Signals not delivered, by rule, reason and trigger (poll or deadline).",
+    "Signals not delivered, by rule, reason and trigger (poll, deadline or sample).",
     "target", "rule", "reason", "trigger",
 )
 DEFERRED = _counter(
@@ -209,6 +215,29 @@ DEFERRED = _counter(
 DEADLINE_WAKEUPS = _counter(
     "pgparent_deadline_wakeups",
     "Times a target's loop woke between polls for a limit crossed at a moment the last poll foresaw.",
+    "target",
+)
+ESCALATION_STEPS = _counter(
+    "pgparent_escalation_steps",
+    "Steps of rules that escalate (cancel, then terminate), by step and result (no_query: a cancel step for a session "
+    "running no query, which only starts the delay).",
+    "target", "rule", "step", "result",
+)
+GUARD_ACTIONS = _counter(
+    "pgparent_guard_actions",
+    "Sessions signalled successfully because a guard condition fired (max_session_memory, max_group_memory, "
+    "max_group_cpu, max_group_load), by rule, condition and action.",
+    "target", "rule", "condition", "action",
+)
+MEMORY_SAMPLES = _counter(
+    "pgparent_memory_samples",
+    "Times a target's sessions under a memory condition were sampled between polls.",
+    "target",
+)
+GLANCES = _counter(
+    "pgparent_glances",
+    "Reads between polls of the sessions that began a query, transaction or connection since the last poll, for time "
+    "limits shorter than two intervals.",
     "target",
 )
 SCRAPE_ERRORS = _counter(
@@ -243,4 +272,8 @@ class Counters:
         self.signal_failures = SIGNAL_FAILURES.counter(r)
         self.deferred = DEFERRED.counter(r)
         self.deadline_wakeups = DEADLINE_WAKEUPS.counter(r)
+        self.escalation_steps = ESCALATION_STEPS.counter(r)
+        self.memory_samples = MEMORY_SAMPLES.counter(r)
+        self.guard_actions = GUARD_ACTIONS.counter(r)
+        self.glances = GLANCES.counter(r)
         self.scrape_errors = SCRAPE_ERRORS.counter(r)

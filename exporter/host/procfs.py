@@ -406,3 +406,66 @@ class ServerProcesses:
 
     def host_memory(self) -> HostMemory | None:
         return host_memory(self.found.cgroups, Path(os.fsdecode(self._root)))
+
+
+class MemorySampler:
+    """The private memory of the processes under a memory guard, read between polls (exporter/run/sampler.py): each
+    process's /proc/<pid>/statm opened once, after its stat proves it the backend that started at its backend_start
+    (as `ServerProcesses._open` proves it), and read again with one pread per sample. statm carries the same RssAnon
+    as /proc/<pid>/status (resident less file and shmem pages) at a small share of the kernel's cost to write it."""
+
+    def __init__(self, postmaster: int, root: Path = PROC) -> None:
+        self.postmaster = postmaster
+        self._root = os.fsencode(root)
+        self._held: dict[int, tuple[datetime, int]] = {}
+
+    def watch(self, processes: Iterable[tuple[int, datetime]]) -> None:
+        """Sample these processes (pid, backend_start) from now on; let go of the others."""
+        wanted = dict(processes)
+        for pid in [p for p, (start, _) in self._held.items() if wanted.get(p) != start]:
+            os.close(self._held.pop(pid)[1])
+        boot: float | None = None
+        for pid, start in wanted.items():
+            if pid in self._held:
+                continue
+            boot = boot_time() if boot is None else boot
+            fd = self._open(pid, start, boot)
+            if fd is not None:
+                self._held[pid] = (start, fd)
+
+    def _open(self, pid: int, start: datetime, boot: float) -> int | None:
+        base = b"%s/%d/" % (self._root, pid)
+        try:
+            fd = os.open(base + b"statm", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            ppid, _, started = stat_fields(_read(base + b"stat"), boot)
+        except (OSError, ValueError, IndexError):
+            os.close(fd)
+            return None
+        if not is_backend(started, ppid, start.timestamp(), self.postmaster):
+            os.close(fd)
+            return None
+        return fd
+
+    def read(self) -> dict[int, int]:
+        """Each held process's private memory now, bytes; a process that has exited is left out (and let go)."""
+        out: dict[int, int] = {}
+        pread = os.pread
+        for pid, (_, fd) in list(self._held.items()):
+            try:
+                data = pread(fd, 256, 0)
+                out[pid] = private_memory(data)
+            except (OSError, ValueError, IndexError):
+                os.close(self._held.pop(pid)[1])
+        return out
+
+    @property
+    def watched(self) -> int:
+        return len(self._held)
+
+    def close(self) -> None:
+        held, self._held = self._held, {}
+        for _, fd in held.values():
+            os.close(fd)

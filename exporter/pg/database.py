@@ -173,7 +173,7 @@ class Database:
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._poll_sql: dict[tuple[bool, bool, bool | None], sql.Composed] = {}
+        self._poll_sql: dict[tuple[bool, bool, bool | None, bool], sql.Composed] = {}
         self._blocking_sql: sql.Composed | None = None
         self._watchdog: _Watchdog | None = None
         self.capabilities: Capabilities | None = None
@@ -271,11 +271,12 @@ class Database:
         assert self._conn is not None
         return self._conn
 
-    def _poll(self, comments: bool, query_text: bool, stats_io: bool | None = None) -> sql.Composed:
+    def _poll(self, comments: bool, query_text: bool, stats_io: bool | None = None, recent: bool = False
+              ) -> sql.Composed:
         """The poll statement for this server: with the comment reader when comment sources are configured, with the
         query excerpt unless audit.query_text is none, with PostgreSQL 18's counters unless `stats_io` is None (and
         their bytes read and written with it true); composed once per connection and shape."""
-        composed = self._poll_sql.get((comments, query_text, stats_io))
+        composed = self._poll_sql.get((comments, query_text, stats_io, recent))
         if composed is None:
             caps = self.capabilities
             assert caps is not None
@@ -294,14 +295,20 @@ class Database:
                 "backend_stats": sql.SQL(
                     "" if stats_io is None else ",\n" + load_query("activity_backend_stats" if stats_io
                                                                     else "activity_backend_wal").rstrip()),
+                "recent": sql.SQL("   AND greatest(a.backend_start, a.xact_start, a.query_start) > %(recent_since)s"
+                                  if recent else ""),
             }
-            composed = self._poll_sql[(comments, query_text, stats_io)] = sql.SQL(load_query("activity")).format(
-                **parts)
+            composed = self._poll_sql[(comments, query_text, stats_io, recent)] = sql.SQL(
+                load_query("activity")).format(**parts)
         return composed
 
-    def snapshot(self, reading: Reading = Reading(), stats: StatsReading | None = None) -> Snapshot:  # noqa: B008
+    def snapshot(self, reading: Reading = Reading(), stats: StatsReading | None = None,  # noqa: B008
+                 recent: datetime | None = None) -> Snapshot:
         """Read pg_stat_activity once: client sessions and parallel workers, with the server's `now()`; then, only if
         some client session waits on a heavyweight lock, who blocks those sessions (one more statement).
+
+        With `recent` (a glance between polls), only the rows that connected, began a transaction or began a query
+        since that moment, and no blockers.
 
         `reading` says what to read beyond the fixed columns (`Config.poll`): the comment keys the tag sources need,
         and the query excerpt unless `audit.query_text` is none (default: no comments, the excerpt). `stats` says
@@ -313,6 +320,9 @@ class Database:
         if not self.capabilities.backend_stats:
             stats = None
         params: dict[str, Any] = {"query_bytes": QUERY_BYTES}
+        if recent is not None:
+            stats = None
+            params["recent_since"] = recent
         if stats is not None:
             params["stats_since"] = stats.since
         if keys:
@@ -328,7 +338,7 @@ class Database:
             cur = conn.cursor(row_factory=reader.factory, binary=True)
             # Behind a transaction pooler a prepared statement may not exist on the next server connection.
             prepare = not self.capabilities.pooled
-            statement = self._poll(bool(keys), query_text, None if stats is None else stats.io)
+            statement = self._poll(bool(keys), query_text, None if stats is None else stats.io, recent is not None)
             with self._guard(conn):  # the network part: execute returns once the whole result has arrived
                 cur.execute(statement, params, prepare=prepare)
             rows = cur.fetchall()  # rows become Sessions off the deadline
@@ -340,7 +350,8 @@ class Database:
             workers: list[Session] = []
             for session in rows:
                 (workers if session.backend_type == "parallel worker" else sessions).append(session)
-            waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if self.read_blockers else []
+            blocking = self.read_blockers and recent is None
+            waiting = [s.pid for s in sessions if s.wait_event_type == "Lock"] if blocking else []
             blockers: list[Blocker] = []
             if waiting:
                 with conn.cursor(row_factory=class_row(Blocker)) as bcur:
@@ -447,6 +458,15 @@ class Database:
                 + ("" if guard == NO_GUARD else " still in the state the guard checks")
             )
         return ("ok", "") if row[0] else ("not_signalled", "PostgreSQL declined to signal the process")
+
+    def running_query(self, session: Session) -> datetime | None:
+        """The query_start of the query `session` (the same pid, backend_start and application_name) runs now; None
+        when it runs none, or is no longer that session."""
+        if session.backend_start is None:
+            return None
+        row = self._row("running_query", {"pid": session.pid, "backend_start": session.backend_start,
+                                          "application_name": session.application_name}, "running query read failed")
+        return row[0] if row else None
 
     def probe(self, session: Session, guard: Guard) -> bool:
         """Whether `session` is still in the state `guard` describes, by the very statement a signal would run, with

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from exporter.core.assess import Assessment
-from exporter.core.cost import REASONS, SOURCES, CostState, Samples, Sources, stats_reading, wanted
+from exporter.core.cost import REASONS, SOURCES, CostState, HostMemory, Samples, Sources, stats_reading, wanted
 from exporter.core.model import Snapshot
 from exporter.core.settings import Config, CostSettings
 from exporter.host.procfs import Found, ServerProcesses, find_server
@@ -88,6 +88,15 @@ class Costs:
             return Samples(self.sources)
         pids = wanted(snapshot, None if every else self.state)
         return Samples(self.sources, procs.read(pids, full=every), procs.host_memory())
+
+    @property
+    def postmaster(self) -> int | None:
+        """The server's postmaster pid where this host shows the server's processes, else None."""
+        return self._procs.postmaster if self._procs is not None else None
+
+    def host_memory(self) -> HostMemory | None:
+        """The server's memory now (the host's, or its cgroup's), where this host shows its processes."""
+        return self._procs.host_memory() if self._procs is not None else None
 
     def close(self) -> None:
         """Let go of the server's processes (their held /proc files)."""

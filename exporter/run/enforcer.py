@@ -67,12 +67,27 @@ def audit_fields(signal: Signal, now: datetime) -> dict[str, Any]:
         "blocking_sessions": signal.blocking_sessions,
         "max_blocking_seconds": round(signal.max_blocking_seconds, 3),
         **trim,
+        **_guard_fields(signal),
     }
 
 
 def _sent_key(order: Signal) -> SentKey:
     s = order.session
     return order.action, s.pid, s.backend_start, s.query_start if order.action == "cancel" else None
+
+
+def _guard_fields(signal: Signal) -> dict[str, Any]:
+    """What a guard rule's signal adds: the figure that fired, the server's memory available, the escalation step."""
+    out: dict[str, Any] = {}
+    if signal.figure is not None:
+        out["figure"] = round(signal.figure, 3)
+    if signal.host_available is not None:
+        out["host_memory_available_bytes"] = signal.host_available
+    if signal.step is not None:
+        out["step"] = signal.step
+    if signal.condition is not None:
+        out["condition"] = signal.condition
+    return out
 
 
 class Enforcer:
@@ -83,8 +98,10 @@ class Enforcer:
         self.counters = counters
         self.target = target
         self.log = get_logger("pgparent.audit").bind(target=target)
-        self._landed: dict[SentKey, datetime] = {}
+        self._recent: dict[SentKey, datetime] = {}
         """The signals that landed within RESEND_AFTER, by what they were sent to, with when (the server's clock)."""
+        self.landed: list[Signal] = []
+        """The signals of the last `enforce` that were sent (or, dry run, found in the state they would hit)."""
 
     def enforce(
         self, decision: Decision, now: datetime, on_result: OnResult | None = None
@@ -95,10 +112,11 @@ class Enforcer:
         are left for the next poll, which will see them again if they still exceed their rule.
         """
         results: dict[SignalOutcome | str, int] = {}
-        self._landed = {key: at for key, at in self._landed.items() if now - at < RESEND_AFTER}
+        self._recent = {key: at for key, at in self._recent.items() if now - at < RESEND_AFTER}
+        self.landed = []
         for order in decision.signals:
             key = _sent_key(order)
-            if not order.dry_run and key in self._landed:
+            if not order.dry_run and key in self._recent:
                 continue  # already signalled, and not yet gone: once is enough
             fields = audit_fields(order, now)
             try:
@@ -110,12 +128,21 @@ class Enforcer:
                 break
             results[result] = results.get(result, 0) + 1
             if result == "ok" and not order.dry_run:
-                self._landed[key] = now
+                self._recent[key] = now
+            if result in ("ok", "dry_run"):
+                self.landed.append(order)
+            if order.step is not None:
+                self.counters.escalation_steps.labels(self.target, order.rule, order.step, result).inc()
             if on_result is not None:
                 on_result({"target": self.target, **fields}, result)
             level = self.log.warning if result in ("ok", "dry_run") else self.log.error
             level("session_signal", **fields, result=result, dry_run=order.dry_run, detail=detail or None)
 
+        for order in decision.no_query:
+            self.counters.escalation_steps.labels(self.target, order.rule, "cancel", "no_query").inc()
+            self.log.warning("session_signal", **audit_fields(order, now), result="no_query", dry_run=order.dry_run,
+                             detail="a cancel interrupts a running query and this session runs none: not sent; it is "
+                             "terminated if the condition still holds once the rule's escalate.after has passed")
         for order in decision.unreleased:
             self.log.warning(
                 "blocker_not_released",
@@ -141,7 +168,8 @@ class Enforcer:
         when the connection is lost sending it."""
         if order.dry_run:
             # A guarded dry run (a deadline, a cancel) still asks whether the session is in the state it would hit.
-            if order.guard == NO_GUARD:
+            # A guard rule's dry run probes even a terminate: the session the figure was read for must still be there.
+            if order.guard == NO_GUARD and order.condition is None:
                 return "dry_run", ""
             try:
                 if not self.db.probe(order.session, order.guard):
@@ -152,6 +180,8 @@ class Enforcer:
         result, detail = self.db.signal(order.action, order.session, order.guard)
         if result == "ok":
             self.counters.signalled.labels(self.target, order.rule, order.action, order.trigger).inc()
+            if order.condition is not None:
+                self.counters.guard_actions.labels(self.target, order.rule, order.condition, order.action).inc()
         else:
             self.counters.signal_failures.labels(self.target, order.rule, result, order.trigger).inc()
         return result, detail

@@ -14,10 +14,13 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
-from exporter.core.assess import Assessment, assess
+from exporter.core.assess import Assessment, assess, glance
+from exporter.core.guards import cadence, guarded, inactive, memory_watch
 from exporter.core.policy import Decision, RuleState
 from exporter.core.settings import Config
+from exporter.core.usage import NO_USAGE
 from exporter.errors import DatabaseUnavailable
 from exporter.face.collector import PgparentCollector, Published
 from exporter.logs import get_logger
@@ -25,6 +28,7 @@ from exporter.pg.database import Capabilities, Database
 from exporter.run.costs import Costs
 from exporter.run.enforcer import Enforcer
 from exporter.run.leadership import Leadership, Shard
+from exporter.run.sampler import Sampler
 from exporter.run.servers import Servers
 from exporter.run.timer import DeadlineTimer
 
@@ -121,6 +125,13 @@ class Monitor:
         self.rule_state = RuleState()
         self.costs = Costs(self.log)
         self.deadlines = DeadlineTimer()
+        self.sampler = Sampler(self.counters, name, self.log)
+        self.usage = NO_USAGE
+        self._inactive: dict[str, str] | None = None
+        self._glance_at: float | None = None
+        """When to next read the sessions that began something since the last poll (None: no time limit needs it)."""
+        self._polled: datetime | None = None
+        """The last poll's server clock: what a glance reads since."""
         self._backoff = Backoff()
         self._last_success = 0.0
         self._was_up: bool | None = None
@@ -143,6 +154,7 @@ class Monitor:
         return True
 
     def close(self) -> None:
+        self.sampler.close()
         self.costs.close()
         self.leadership.close()
         if self.servers is not None:
@@ -155,7 +167,8 @@ class Monitor:
 
     def loop(self) -> None:
         """Fixed rate: next_run += interval, sleep until then (interruptible), warn when a cycle overruns; between
-        polls, wake for each deadline and, when the shard's share grew, for a follower's try of the lock."""
+        polls, wake for each deadline, each memory sample, each glance a time limit shorter than the interval needs
+        (`guards.cadence`) and, when the shard's share grew, for a follower's try of the lock."""
         next_run = time.monotonic()
         while not self.stop_event.is_set():
             self.cycle()
@@ -173,12 +186,21 @@ class Monitor:
                 if due_at is not None and due_at <= now:
                     self._act_on_due(now)
                     continue
+                sample_at = self.sampler.next_at
+                if sample_at is not None and sample_at <= now:
+                    self._sample(now)
+                    continue
+                glance_at = self._glance_at
+                if glance_at is not None and glance_at <= now:
+                    self._glance(now)
+                    continue
                 if self.leadership.share_grew.is_set():
                     self.leadership.share_grew.clear()
                     if not self.leadership.leading:  # a follower: its target may be free now
                         self.cycle()
                         continue
-                remaining = (min(next_run, due_at) if due_at is not None else next_run) - now
+                wake_at = min(t for t in (next_run, due_at, sample_at, glance_at) if t is not None)
+                remaining = wake_at - now
                 if remaining <= 0:
                     break
                 self.wake.wait(remaining)
@@ -200,6 +222,7 @@ class Monitor:
             leader = self.leadership.keep(caps, config)
             if self.leadership.shard is not None and not leader:
                 # Another replica polls and enforces this target; this one only keeps trying the lock.
+                self.sampler.disarm()
                 self._succeeded(started, config, leader=False)
                 return
             off = self.leadership.enforcement_off(caps, leader)
@@ -208,14 +231,22 @@ class Monitor:
             with gc_paused():
                 assessed = assess(snapshot, config, self.rule_state, self.name,
                                   dry_run=self.force_dry_run or self.dry_run, deadlines=off is None,
-                                  samples=samples, cost_state=self.costs.state)
+                                  samples=samples, cost_state=self.costs.state, usage=self.usage)
             self._report(assessed)
             decision = assessed.decision
             if off is None and decision.acts:
                 self.enforcer.enforce(decision, snapshot.now)
+                self.sampler.signalled(self.enforcer.landed)
             self.deadlines.set(assessed.deadlines, snapshot.now, read_at)
+            self._arm(assessed, off is None, config)
+            active = self._rules_active(config)
+            every = cadence(config)
+            self._polled = snapshot.now
+            self._glance_at = read_at + every if off is None and every < config.interval else None
         except DatabaseUnavailable as exc:
             self.deadlines.clear()
+            self.sampler.disarm()
+            self._glance_at = None
             delay = self._backoff.failed(time.monotonic())
             if self._was_up is not False:
                 self.log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2))
@@ -228,12 +259,66 @@ class Monitor:
             self._failed(started, config)
             return
         self._succeeded(started, config, leader=leader, grouped=assessed.grouped, violating=decision.violating,
-                        pending=decision.pending, enforcing=off is None, cost=assessed.cost)
+                        pending=decision.pending, enforcing=off is None, cost=assessed.cost, active=active)
+
+    def _arm(self, assessed: Assessment, enforcing: bool, config: Config) -> None:
+        """Watch the sessions under a memory condition until the next poll, where this target enforces."""
+        watch = memory_watch(assessed.decision, assessed.snapshot) if enforcing else None
+        if watch:
+            self.sampler.arm(watch, self.costs.postmaster, self.costs.host_memory, config.sample_interval,
+                             time.monotonic())
+        else:
+            self.sampler.disarm()
+
+    def _rules_active(self, config: Config) -> dict[str, int]:
+        """Per rule, 1 if this target has every figure it reads; logs the rules that have not, when that changes."""
+        missing = inactive(config, self.costs.sources)
+        if missing != self._inactive:
+            for rule, condition, action in guarded(config):
+                # At 0 from the first poll: increase() (PgparentGuardActed) then counts a rule's first action.
+                self.counters.guard_actions.labels(self.name, rule, condition, action)
+            for rule, reason in missing.items():
+                self.log.warning("rule_inactive", rule=rule, reason=reason,
+                                 detail="its guard conditions (memory, CPU, host memory) have no figures here and "
+                                 "never fire; its other conditions act")
+            self._inactive = missing
+        return {r.name: int(r.name not in missing) for r in config.rules}
+
+    def _glance(self, now: float) -> None:
+        """Read the sessions that began a query, a transaction or a connection since the last poll, and schedule the
+        deadlines of the time limits they may cross before the next poll."""
+        config = self.config
+        self._glance_at = now + cadence(config)
+        if self._polled is None:
+            return
+        try:
+            snapshot = self.db.snapshot(config.poll, recent=self._polled)
+            read_at = time.monotonic()
+        except DatabaseUnavailable as exc:
+            self.log.error("database_unavailable", error=str(exc), during="glance")
+            self._glance_at = None
+            return
+        self.counters.glances.labels(self.name).inc()
+        found = glance(snapshot, config, self.name, dry_run=self.force_dry_run or self.dry_run)
+        self.deadlines.glanced(found, snapshot.now, read_at)
+
+    def _sample(self, now: float) -> None:
+        """Sample the memory of the sessions under a memory condition, and act on what crossed a limit."""
+        try:
+            landed = self.sampler.sample(now, self.deadlines.server_now(), self.db, self.enforcer, self.config)
+        except DatabaseUnavailable as exc:
+            self.log.error("database_unavailable", error=str(exc), during="memory sample")
+            self.sampler.disarm()
+            return
+        if landed:
+            self.rule_state = self.rule_state.with_cancelled(landed, self.deadlines.server_now())
+            self.collector.refresh()
 
     def _report(self, assessed: Assessment) -> None:
         """Take the assessment's rule state, and log what began or stopped firing."""
         decision = assessed.decision
         self.rule_state = decision.state
+        self.usage = assessed.usage
         self.costs.took(assessed)
         for f in decision.started:
             self.log.warning("rule_firing", rule=f.rule, parent=f.parent, action=f.action, reasons=list(f.reasons),
@@ -265,7 +350,10 @@ class Monitor:
                     self.log.warning("rule_firing", rule=deadline.rule, parent=deadline.parent, action=crossing.action,
                                      reasons=list(crossing.reasons), dry_run=crossing.dry_run, trigger="deadline")
                     cap = max(config.limits.max_terminations_per_cycle - (1 if first.get("ok") else 0), 1)
+                    landed = list(self.enforcer.landed)
                     self.enforcer.enforce(Decision.only(deadline.others, cap), server_now)
+                    self.enforcer.landed += landed
+                self.rule_state = self.rule_state.with_cancelled(self.enforcer.landed, server_now)
             except DatabaseUnavailable as exc:
                 self.log.error("database_unavailable", error=str(exc), during="deadline")
                 self.deadlines.clear()

@@ -14,6 +14,8 @@ class DeadlineTimer:
 
     def __init__(self) -> None:
         self._due: list[tuple[float, Deadline]] = []
+        self._glanced: list[tuple[float, Deadline]] = []
+        """The deadlines of the last glance between polls (exporter/core/guards.py: `glance`), replaced at each."""
         self._clock: tuple[datetime, float] | None = None
         """The last poll's server now() and this process's monotonic clock when it was read."""
 
@@ -21,9 +23,18 @@ class DeadlineTimer:
         """Replace the deadlines with the last poll's: its server clock `server_now` was read at `read_at`."""
         self._clock = (server_now, read_at)
         self._due = [(read_at + (d.at - server_now).total_seconds(), d) for d in deadlines]
+        self._glanced = []
+
+    def glanced(self, deadlines: list[Deadline], server_now: datetime, read_at: float) -> None:
+        """Replace the last glance's deadlines with these, read at `server_now` (this process's `read_at`)."""
+        glanced = [(read_at + (d.at - server_now).total_seconds(), d) for d in deadlines]
+        kept = {id(d) for _, d in self._glanced}
+        self._due = sorted([e for e in self._due if id(e[1]) not in kept] + glanced, key=lambda e: e[0])
+        self._glanced = glanced
 
     def clear(self) -> None:
         self._due = []
+        self._glanced = []
 
     @property
     def next_at(self) -> float | None:

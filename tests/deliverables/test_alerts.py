@@ -29,6 +29,7 @@ EXPECTED_ALERTS = {
     "PgparentGroupBlocking",
     "PgparentGroupMemoryHigh",
     "PgparentConnectionHeadroomLow",
+    "PgparentGuardActed",
     "PgparentSignalsFailing",
     "PgparentSignalSpike",
     "PgparentConfigReloadFailed",

@@ -424,6 +424,7 @@ def test_check_summarises_the_example(capsys: pytest.CaptureFixture[str]) -> Non
         "  - runaway-1001: parent=FakeParent:1001: max_query_duration > 600 -> terminate",
         "  - oversized: parent=*: max_sessions > 20 -> terminate",
         "  - stuck-transactions: parent=etl:*: max_idle_in_transaction > 900 for 60s -> log",
+        "cadence: polls every 5s (no enforcing time limit is shorter than two intervals)",
     ]
     assert err == ""
 

@@ -9,6 +9,8 @@
 -- backend_type, state and backend_start: rows with a user and a database are kept as hidden client sessions
 -- (counted, never signalled); background processes have no user or no database.
 -- {database} narrows the poll to the DSN's database for a target with `sessions: database`, else is empty.
+-- {recent} is empty, or for a glance between polls (exporter/run/monitor.py) keeps only the rows that connected,
+-- began a transaction or began a query since %(recent_since)s: what a time limit shorter than the interval needs.
 -- {backend_stats} is empty, or (PostgreSQL 18, exporter/core/cost.py) one more column: the backend's published
 -- counters as int8[] (WAL bytes; bytes read, bytes written or extended, or NULLs when not asked for), read only for
 -- backends that started or changed state since %(stats_since)s (NULL: every backend), which are the only ones that
@@ -45,3 +47,4 @@ SELECT a.pid,
    AND (a.backend_type IN ('client backend', 'parallel worker')
         OR (a.backend_type IS NULL AND a.usename IS NOT NULL AND a.datname IS NOT NULL))
 {database}
+{recent}
