@@ -23,7 +23,8 @@ from exporter.core.deadlines import Deadline, schedule
 from exporter.core.grouping import group
 from exporter.core.locks import build
 from exporter.core.model import Grouped, LockGraph, Snapshot
-from exporter.core.policy import CompiledRule, Decision, RuleState, Watched, evaluate, rule_scope
+from exporter.core.policy import Decision, RuleState, Watched, evaluate
+from exporter.core.rules import CompiledRule, rule_scope
 from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.core.usage import NO_USAGE, Usage, usage_of
 

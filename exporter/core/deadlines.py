@@ -20,7 +20,8 @@ from typing import Literal
 
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import Group, Session
-from exporter.core.policy import Budget, Signal, Watched, eligible, guard_for, tag_source
+from exporter.core.policy import Budget, Signal, Watched, guard_for, tag_source
+from exporter.core.rules import eligible
 from exporter.core.settings import Protect
 
 STRICTLY_AFTER = timedelta(milliseconds=1)

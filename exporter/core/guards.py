@@ -21,7 +21,8 @@ from exporter.core.conditions import BY_NAME
 from exporter.core.cost import HostMemory, Sources
 from exporter.core.figures import gate_closed, reason, selected
 from exporter.core.model import Session, Snapshot
-from exporter.core.policy import Decision, Signal, Watched, eligible, guard_for, tag_source
+from exporter.core.policy import Decision, Signal, Watched, guard_for, tag_source
+from exporter.core.rules import eligible
 from exporter.core.settings import Config, Protect, Rule
 from exporter.core.units import format_size
 from exporter.core.usage import Usage

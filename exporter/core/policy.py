@@ -8,12 +8,9 @@ enforcer carries out the decision.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
@@ -31,11 +28,13 @@ from exporter.core.model import (
     SignalAction,
     Stats,
 )
+from exporter.core.rules import CompiledRule, eligible, rule_scope
 from exporter.core.settings import Config, Protect, Rule
 from exporter.core.usage import NO_USAGE, Usage
 
 MANUAL_RULE = "manual"
 """The rule label of signals sent by `pgparent terminate`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Budget:
@@ -183,10 +182,6 @@ class Decision:
         )
 
 
-def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
-    return value is not None and any(fnmatchcase(value, p) for p in patterns)
-
-
 def _exceeded(conditions: dict[str, float], count: int, measured: Callable[[], Stats],
               figures: Callable[[str], float | None] | None = None) -> dict[str, str]:
     """The conditions exceeded, by name, as `name value > limit` strings. max_sessions needs only the count, so a
@@ -316,120 +311,6 @@ def _blocking_of(session: Session, grp: Group) -> tuple[int, float]:
         return 0, 0.0
     victims = locks.downstream[session.pid] - {s.pid for s in grp.sessions}
     return len(victims), locks.longest(victims)
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    """A rule prepared once per evaluation: its conditions and its globs as compiled matchers (None: match all)."""
-
-    rule: Rule
-    conditions: dict[str, float]
-    parent: Callable[[str], object] | None
-    database: Callable[[str], object] | None
-    user: Callable[[str], object] | None
-    exact_parent: str | None = None
-    """The parent glob when it has no wildcard: the one group it can match is looked up, not searched for."""
-    size_only: float | None = None
-    """The limit when `max_sessions` is the rule's one condition and no database or user glob narrows its groups:
-    a group no larger than this is passed over without building its scope."""
-    timed: dict[str, float] = field(default_factory=dict)
-    """The rule's time limits (durations), by condition name: what a deadline may act on between polls."""
-    memory: dict[str, float] = field(default_factory=dict)
-    """The rule's memory limits, by condition name: what the sampler may act on between polls."""
-    guarded: bool = False
-    """The rule has a guard condition (memory, CPU, load) or a host-pressure gate: it reads the usage."""
-
-    @classmethod
-    def of(cls, rule: Rule) -> CompiledRule:
-        def matcher(glob: str | None) -> Callable[[str], object] | None:
-            return None if glob is None or glob == "*" else re.compile(fnmatch.translate(glob)).match
-
-        m = rule.match
-        conditions = rule.conditions()
-        parent, database, user = matcher(m.parent), matcher(m.database), matcher(m.user)
-        exact = m.parent if m.parent is not None and not _GLOB_MAGIC.search(m.parent) else None
-        narrowed = database is not None or user is not None
-        size_only = conditions["max_sessions"] if list(conditions) == ["max_sessions"] and not narrowed else None
-        timed = {n: limit for n, limit in conditions.items() if BY_NAME[n].time_based}
-        memory = {n: limit for n, limit in conditions.items() if BY_NAME[n].memory}
-        guarded = rule.host_memory_available_below is not None or any(BY_NAME[n].figure for n in conditions)
-        return cls(rule, conditions, parent, database, user, exact, size_only, timed, memory, guarded)
-
-    def applies_to(self, target: str) -> bool:
-        """Whether the rule covers the server named `target` (its `match.target` glob)."""
-        glob = self.rule.match.target
-        return glob == "*" or fnmatchcase(target, glob)
-
-    def groups(self, groups: Mapping[str, Group]) -> Iterable[Group]:
-        """The groups whose parent tag the rule's parent glob matches, in the order of `groups`."""
-        if self.exact_parent is not None:
-            found = groups.get(self.exact_parent)
-            return () if found is None else (found,)
-        if self.parent is None:
-            return groups.values()
-        return [groups[p] for p in filter(self.parent, groups)]
-
-
-_GLOB_MAGIC = re.compile(r"[*?[]")
-"""What makes an fnmatch glob more than a literal."""
-
-
-def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
-    """The sessions of `grp` that `rule` looks at, and how to get their stats; None when the rule does not apply."""
-    if rule.parent is not None and not rule.parent(grp.parent):
-        return None
-    if rule.database is None and rule.user is None:
-        return grp.sessions, lambda: grp.stats
-    db, user = rule.database, rule.user
-    sessions = tuple(
-        s
-        for s in grp.sessions
-        if (db is None or (s.datname is not None and db(s.datname)))
-        and (user is None or (s.usename is not None and user(s.usename)))
-    )
-    if not sessions:
-        return None
-    subset = Stats.of(sessions, grp.now, grp.locks)
-    return sessions, lambda: subset
-
-
-Exclusion = Literal["idle", "protected", "unguarded"]
-"""Why a session of a group is left alone: `cancel` and no query running, `protect:` names it, or its backend_start is
-hidden (no pg_read_all_stats), so the signal could not be guarded against pid reuse."""
-
-
-def excluded(session: Session, action: SignalAction, protect: Protect) -> Exclusion | None:
-    """Why `action` must leave `session` alone, or None when it may signal it."""
-    if action == "cancel" and session.state not in ACTIVE_STATES:
-        return "idle"
-    if (
-        _matches(protect.users, session.usename)
-        or _matches(protect.databases, session.datname)
-        or _matches(protect.applications, session.application_name)
-    ):
-        return "protected"
-    if session.backend_start is None:
-        return "unguarded"
-    return None
-
-
-def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
-    """The sessions `action` may signal, and how many were left alone as protected and as unguarded.
-
-    `cancel` only touches sessions running a query. A session whose backend_start is hidden (the monitoring role
-    lacks pg_read_all_stats) cannot be guarded against pid reuse, so it is never signalled.
-    """
-    chosen: list[Session] = []
-    protected = unguarded = 0
-    for s in sessions:
-        why = excluded(s, action, protect)
-        if why is None:
-            chosen.append(s)
-        elif why == "protected":
-            protected += 1
-        elif why == "unguarded":
-            unguarded += 1
-    return chosen, protected, unguarded
 
 
 def manual(

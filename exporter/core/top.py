@@ -12,7 +12,8 @@ from fnmatch import fnmatchcase
 
 from exporter.core.cost import Cost
 from exporter.core.model import ACTIVE_STATES, Capacity, Grouped, Session, SignalAction, Snapshot
-from exporter.core.policy import Decision, Exclusion, excluded, manual
+from exporter.core.policy import Decision, manual
+from exporter.core.rules import Exclusion, excluded
 from exporter.core.settings import Protect
 
 UNTAGGED = "untagged"
