@@ -28,24 +28,13 @@ from bench.harness import Daemon, server
 from bench.reaction import _run_trials
 from bench.stats import percentile
 from exporter import APPLICATION_NAME
-from harness.proc import cpu_seconds
+from harness.proc import cpu_seconds, rss_anon
 
 MB = 1000**2
 LIMIT = 300 * MB
 ROWS = 6_000_000
 GROWING = ("SELECT g, count(*) FROM guard_rows WHERE CASE WHEN g % 20000 = 0 THEN pg_sleep(0.01) IS NOT NULL "
            "ELSE true END GROUP BY g")
-
-
-def _rss_anon(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def _runaway(dsn: str, daemon: Daemon, interval: float) -> dict[str, float]:
@@ -64,7 +53,7 @@ def _runaway(dsn: str, daemon: Daemon, interval: float) -> dict[str, float]:
 
         def watch() -> None:
             while not done.is_set():
-                trace.append((time.monotonic(), _rss_anon(pid) or 0))
+                trace.append((time.monotonic(), rss_anon(pid) or 0))
                 time.sleep(0.002)
 
         watcher = threading.Thread(target=watch, daemon=True)

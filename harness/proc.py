@@ -42,6 +42,19 @@ def rss_mb(pid: int) -> float:
     return _status_mb(pid, "VmRSS")
 
 
+def rss_anon(pid: int) -> int | None:
+    """The process's private memory in bytes (RssAnon: what it allocated, not the shared pages it touched), read
+    independently of pgparent; None once it has gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def peak_rss_mb(pid: int) -> float:
     """The most resident memory the process has had, in MB (VmHWM)."""
     return _status_mb(pid, "VmHWM")

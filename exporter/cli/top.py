@@ -126,6 +126,13 @@ class DetailScreen(Screen[None]):
     def action_back(self) -> None:
         self.app.pop_screen()
 
+    def on_mount(self) -> None:
+        """Drawn at once from the frame on screen, not at the next refresh."""
+        app = self.app
+        assert isinstance(app, TopApp)
+        if app.frame is not None:
+            self.show(app.frame)
+
     def show(self, frame: Frame) -> None:
         raise NotImplementedError
 
@@ -149,12 +156,6 @@ class GroupScreen(DetailScreen):
         yield table
         yield Static(id="result")
         yield Footer(compact=True)
-
-    def on_mount(self) -> None:
-        app = self.app
-        assert isinstance(app, TopApp)
-        if app.frame is not None:
-            self.show(app.frame)
 
     def show(self, frame: Frame) -> None:
         assessed = frame.assessed
@@ -192,12 +193,6 @@ class LocksScreen(DetailScreen):
         with ScrollableContainer():
             yield Static(id="forest")
         yield Footer(compact=True)
-
-    def on_mount(self) -> None:
-        app = self.app
-        assert isinstance(app, TopApp)
-        if app.frame is not None:
-            self.show(app.frame)
 
     def show(self, frame: Frame) -> None:
         lines = render.locks_table(frame.assessed.grouped, frame.assessed.snapshot)

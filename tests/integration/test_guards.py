@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from harness.daemon import DaemonProcess
+from harness.proc import rss_anon
 from harness.waiting import eventually
 from tests.support.config import config_text
 from tests.support.daemon import Daemons
@@ -39,18 +40,6 @@ def holding(groups: int) -> str:
     memory while it runs no query (about 180 bytes a group)."""
     return (f"BEGIN; DECLARE c CURSOR FOR SELECT g, count(*) FROM generate_series(1, {groups}) g GROUP BY g; "
             "FETCH 1 FROM c")
-
-
-def rss_anon(pid: int) -> int | None:
-    """The process's RssAnon in bytes, read here, independently of pgparent; None once it has gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def connected(dsn: str, pid: int | None) -> bool:
