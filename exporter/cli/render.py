@@ -6,8 +6,8 @@ Pure formatting: every function takes records and returns lines or text; printin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -37,16 +37,20 @@ class Costs:
 
     cost: Cost
     seconds: float | None = None
+    load: Mapping[str, float] = field(init=False)
+    """Active seconds by group over the sample, summed over wait types once for every group's row."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "load", self.cost.totals.load_by_label())
 
     def of(self, parent: str) -> dict[str, Any]:
         cost, seconds = self.cost, self.seconds
-        totals = cost.totals
         proc = cost.sources.available("proc")
         memory = cost.memory.get(parent) if proc else None
         load = cpu = None
         if seconds:
-            load = sum(v for (label, _), v in totals.load.items() if label == parent) / seconds
-            cpu = totals.cpu.get(parent, 0.0) / seconds if proc else None
+            load = self.load.get(parent, 0.0) / seconds
+            cpu = cost.totals.cpu.get(parent, 0.0) / seconds if proc else None
         return {
             "load": None if load is None else round(load, 3),
             "cpu_cores": None if cpu is None else round(cpu, 3),

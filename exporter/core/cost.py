@@ -190,6 +190,13 @@ class Totals:
     written: Mapping[str, float] = field(default_factory=dict)
     wal: Mapping[str, float] = field(default_factory=dict)
 
+    def load_by_label(self) -> dict[str, float]:
+        """Active seconds by series label, summed over wait types: what a group's load is the rate of."""
+        out: dict[str, float] = {}
+        for (label, _), seconds in self.load.items():
+            out[label] = out.get(label, 0.0) + seconds
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class CostState:

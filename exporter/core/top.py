@@ -38,13 +38,8 @@ def rates(previous: Cost | None, current: Cost, seconds: float | None) -> dict[s
     ledger carried on): load and CPU from the counters' growth, memory from the last poll."""
     proc = current.sources.available("proc")
     out: dict[str, Figures] = {}
-    load_now: dict[str, float] = {}
-    for (label, _), value in current.totals.load.items():
-        load_now[label] = load_now.get(label, 0.0) + value
-    load_before: dict[str, float] = {}
-    if previous is not None:
-        for (label, _), value in previous.totals.load.items():
-            load_before[label] = load_before.get(label, 0.0) + value
+    load_now = current.totals.load_by_label()
+    load_before = previous.totals.load_by_label() if previous is not None else {}
     labels = set(load_now) | set(current.memory)
     for label in labels:
         load = cpu = None

@@ -92,10 +92,8 @@ def usage_of(cost: Cost | None, snapshot: Snapshot, previous: Usage | None, keep
     if keep is None:
         return Usage(proc, MappingProxyType(memory), cost.host)
     totals = cost.totals
-    load: dict[str, float] = {}
-    for (label, _), seconds in totals.load.items():
-        load[label] = load.get(label, 0.0) + seconds
-    point = Point(snapshot.now, MappingProxyType(dict(totals.cpu)) if proc else EMPTY, MappingProxyType(load))
+    point = Point(snapshot.now, MappingProxyType(dict(totals.cpu)) if proc else EMPTY,
+                  MappingProxyType(totals.load_by_label()))
     history = [p for p in (previous.history if previous is not None else ()) if p.now < snapshot.now]
     cutoff = snapshot.now - timedelta(seconds=keep)
     edge = max((i for i, p in enumerate(history) if p.now <= cutoff), default=0)
