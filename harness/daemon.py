@@ -28,6 +28,9 @@ HTTP_TIMEOUT = 30.0
 """Seconds a request waits for the daemon to answer: generous, since the machines are shared; a hang still fails."""
 START_TIMEOUT = 20.0
 """Seconds the daemon has to serve /metrics after it is started."""
+BIND_ATTEMPTS = 3
+"""Starts on a fresh port when the daemon could not listen on the one chosen: another process on this machine may
+bind a free port between the moment it is chosen and the daemon's bind, and that says nothing of the daemon."""
 
 
 class DaemonProcess:
@@ -45,6 +48,24 @@ class DaemonProcess:
                  tls: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None, log_level: str = "info",
                  start_timeout: float | None = START_TIMEOUT, wrap: Sequence[str] = ()) -> None:
         self.tls, self.auth = tls, auth
+        self._group = bool(wrap)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            self._spawn(workdir, config, dsn, args, env, log_level, wrap)
+            if start_timeout is None:
+                return
+            try:
+                self.wait_serving(start_timeout)
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == BIND_ATTEMPTS or "cannot listen on" not in self.log_path.read_text():
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _spawn(self, workdir: Path, config: str, dsn: str | None, args: Sequence[str], env: dict[str, str] | None,
+               log_level: str, wrap: Sequence[str]) -> None:
         self.port = free_port()
         self.config = workdir / f"rules-{self.port}.yaml"
         self.config.write_text(config)
@@ -59,14 +80,7 @@ class DaemonProcess:
             # A wrapped daemon gets a process group of its own, so that signals reach it through its wrapper
             # (`unshare --fork` ignores SIGTERM and SIGINT while it waits for its child).
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, cwd=REPO, env={**os.environ, **(env or {})},
-                                         start_new_session=bool(wrap))
-        self._group = bool(wrap)
-        if start_timeout is not None:
-            try:
-                self.wait_serving(start_timeout)
-            except BaseException:
-                self.stop()
-                raise
+                                         start_new_session=self._group)
 
     @property
     def pid(self) -> int:

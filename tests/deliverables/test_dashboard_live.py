@@ -174,9 +174,12 @@ def _has(rows: list[dict[str, str]], **labels: str) -> bool:
 
 
 def _range_labels(stack: LiveStack, title: str, ref: str) -> list[dict[str, str]]:
+    """The label sets of one panel target's series that rose above zero at some moment since the stack started:
+    from the start, not over the last minute, since the late kill of `wait_for_data` may be minutes old by the time
+    this runs on a busy machine."""
     (target,) = [t for t in _by_panel(title) if t.ref_id == ref]
     end = time.time()
-    series = stack.prometheus.query_range(stack.expr(target), start=end - 60, end=end, step=2)
+    series = stack.prometheus.query_range(stack.expr(target), start=stack.started, end=end, step=2)
     return [s["metric"] for s in series if any(float(v) > 0 for _, v in s["values"])]  # only series that rose
 
 
