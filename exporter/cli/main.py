@@ -16,7 +16,7 @@ from typing import Any
 from exporter import __version__
 from exporter.config import load_config
 from exporter.core.assess import Assessment, assess
-from exporter.core.settings import DEFAULT_TARGET, Config, describe, warnings
+from exporter.core.settings import DEFAULT_TARGET, Config, TargetConfig, describe, warnings
 from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
 from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read that DSN from this file")
     _add_target(check)
 
+    doctor = sub.add_parser("doctor", help="connect as the daemon would and say what pgparent can see and do on the "
+                            "server, with the fix for each gap; exit 1 when something needs fixing")
+    _add_connection(doctor)
+    _add_target(doctor)
+
     demo = sub.add_parser("demo", help="the seed scenario on a throwaway PostgreSQL")
     demo.add_argument(
         "--hold",
@@ -305,6 +310,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import os
 
+    from exporter.cli.doctor import label_notes, same_address
     from exporter.core import guards
     from exporter.host.procfs import host_memory
 
@@ -313,9 +319,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in describe(config) + guards.describe(config):
         print(line)
     cgroups = _check_server(args, config) if args.dsn or args.dsn_file or args.target else ()
-    for line in warnings(config) + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
+    for line in label_notes(config.targets):
+        print(line)
+    fleet = same_address(_resolved(config, args.config_file))
+    for line in warnings(config) + fleet + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
         print(f"warning: {args.config_file}: {line}")
     return EXIT_OK
+
+
+def _resolved(config: Config, source: str) -> list[tuple[TargetConfig, str]]:
+    """The targets whose DSN can be had now, with it (one that cannot is the daemon's to report at start)."""
+    from exporter.run.daemon import target_dsn
+
+    out = []
+    for spec in config.targets:
+        try:
+            out.append((spec, target_dsn(spec, source)))
+        except ConfigInvalid:
+            continue
+    return out
 
 
 def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
@@ -342,6 +364,30 @@ def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
     if config.rules and not missing:
         print("every rule has the figures it reads on this server")
     return found.cgroups
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from exporter.cli.doctor import examine, fleet, report
+    from exporter.run.daemon import target_database, target_dsn
+
+    config = load_config(args.config_file) if args.config_file else Config()
+    dbs: list[tuple[TargetConfig | None, Database]]
+    if config.targets and args.target is None:  # the whole fleet, then its pitfalls
+        dbs = [(spec, target_database(spec, target_dsn(spec, args.config_file))) for spec in config.targets]
+    else:
+        dbs = [(next((t for t in config.targets if t.name == args.target), None), _database(args, config))]
+    sections, servers = [], {}
+    for spec, db in dbs:
+        try:
+            lines, servers[spec.name if spec else ""] = examine(db, config, spec)
+        finally:
+            db.close()
+        sections.append((f"target {spec.name if spec else args.target or DEFAULT_TARGET} ({db.masked})", lines))
+    if len(dbs) > 1:
+        sections.append(("fleet", fleet(config, servers)))
+    out, status = report(sections)
+    print("\n".join(out))
+    return status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -387,12 +433,13 @@ COMMANDS = {
     "top": cmd_top,
     "check": cmd_check,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("groups", "locks", "check"):
+    if args.command in ("groups", "locks", "check", "doctor"):
         configure("console" if sys.stderr.isatty() else "json", "warning")
     elif args.command == "terminate":
         configure(args.log_format, args.log_level)
