@@ -21,8 +21,7 @@ from typing import Literal
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import Group, Session
 from exporter.core.policy import Budget, Signal, Watched, guard_for, tag_source
-from exporter.core.rules import eligible
-from exporter.core.settings import Protect
+from exporter.core.rules import Protection, eligible
 
 STRICTLY_AFTER = timedelta(milliseconds=1)
 """Limits are exceeded strictly: act just after the moment the value equals the limit."""
@@ -56,7 +55,8 @@ def _blocking_moment(grp: Group, sessions: tuple[Session, ...]) -> datetime | No
     return min(starts, default=None)
 
 
-def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Protect) -> Deadline | None:
+def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Protection
+              ) -> Deadline | None:
     """When the time limit `name` of one watched pair fires, and what it signals then; None when it cannot (no
     session has the condition's moment, or the crossing one may not be signalled: the poll decides then)."""
     rule, grp, sessions = pair.rule.rule, pair.group, pair.sessions
@@ -103,7 +103,7 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
     return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first, others)
 
 
-def schedule(watched: tuple[Watched, ...], now: datetime, protect: Protect) -> list[Deadline]:
+def schedule(watched: tuple[Watched, ...], now: datetime, protect: Protection) -> list[Deadline]:
     """The next deadline after `now` of each watched pair, earliest first.
 
     A pair pending on `for:` is due when its `for:` ends; one not yet exceeded is due when its first session crosses,

@@ -28,7 +28,7 @@ from exporter.core.model import (
     SignalAction,
     Stats,
 )
-from exporter.core.rules import CompiledRule, eligible, rule_scope
+from exporter.core.rules import CompiledRule, Protection, eligible, rule_scope
 from exporter.core.settings import Config, Protect, Rule
 from exporter.core.usage import NO_USAGE, Usage
 
@@ -249,7 +249,8 @@ def trim_guard(session: Session, onto: Guard = NO_GUARD) -> Guard:
     return onto
 
 
-def _take(candidates: list[Session], n: int, action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
+def _take(candidates: list[Session], n: int, action: SignalAction, protect: Protection
+          ) -> tuple[list[Session], int, int]:
     """The first `n` of `candidates` that `action` may signal, and how many were passed over as protected and as
     unguarded on the way."""
     chosen: list[Session] = []
@@ -271,7 +272,7 @@ def _trims(
     exceeded: dict[str, str],
     trimming: list[str],
     action: SignalAction,
-    protect: Protect,
+    protect: Protection,
     dry: bool,
 ) -> tuple[list[Signal], int, int]:
     """What the budget conditions `trimming` of a firing rule end in `grp`: each its picks, in its order (idle first,
@@ -326,7 +327,7 @@ def manual(
     group's sessions (`pgparent top`, one session chosen)."""
     grp = grouped.groups.get(parent)
     members = tuple(s for s in grp.sessions if pids is None or s.pid in pids) if grp else ()
-    chosen, protected, unguarded = eligible(members, action, protect)
+    chosen, protected, unguarded = eligible(members, action, Protection.of(protect, grouped.pgparent_superuser))
     signals = tuple(
         Signal(
             MANUAL_RULE,
@@ -368,7 +369,7 @@ def evaluate(
     violating = {r.name: 0 for r in config.rules}
     pending = {r.name: 0 for r in config.rules}
     protected = unguarded = 0
-    protect = config.protect
+    protect = Protection.of(config.protect, grouped.pgparent_superuser)
 
     for compiled in map(CompiledRule.of, config.rules):
         rule = compiled.rule
@@ -517,7 +518,7 @@ def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str
 
 def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp: Group, reasons: tuple[str, ...],
                dry: bool, exceeded: Mapping[str, str], fired: Fired,
-               split: tuple[list[Session], list[Session], list[Session]], protect: Protect, usage: Usage
+               split: tuple[list[Session], list[Session], list[Session]], protect: Protection, usage: Usage
                ) -> tuple[int, int]:
     """The signals of one escalating (rule, group) pair: the cancel step and the terminate step, each under the
     protections and guards of any signal; how many sessions were left alone as protected and as unguarded."""
