@@ -74,7 +74,7 @@ def test_the_poll_tells_superusers_and_role_less_sessions_to_any_monitoring_role
             caps, snap = db.connect(), db.snapshot()
         finally:
             db.close()
-        flags = {s.pid: (s.usename, s.superuser) for s in snap.sessions}
+        flags: dict[int | None, tuple[str | None, bool]] = {s.pid: (s.usename, s.superuser) for s in snap.sessions}
         assert flags[su.pid][1] is True and flags[ordinary.pid] == (plain.name, False)
         assert flags.get(orphan.pid) == ((None, True) if dsn == monitor.dsn else None)
         assert caps.superuser is False and snap.pgparent_superuser is False

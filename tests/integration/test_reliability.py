@@ -208,6 +208,30 @@ def test_role_without_read_all_stats_never_signals_hidden_sessions(
 
 
 @pytest.mark.per_major
+def test_hidden_sessions_never_make_a_time_limit_fire(
+    pg: Server, roles: Roles, tmp_path: Path, clients: Clients
+) -> None:
+    """Without pg_read_all_stats, another role's sessions under a terminating rule of time limits their real ages
+    exceed (their query, transaction and connection moments hidden) never make it fire nor pend, are never
+    signalled, and are counted as hidden: an unknown moment is no duration, not one of zero."""
+    dsns = monitoring_roles(roles)
+    hidden = clients.start("HideAge:1", n=2, dsn=dsns["app"], statement="BEGIN; SELECT pg_sleep(120)")
+    limits = {"max_query_duration": "1ms", "max_transaction_duration": "1ms", "max_group_age": "1ms"}
+    text = config_text({"name": "slow", "match": {"parent": "HideAge:*"}, "action": "terminate", **limits},
+                       interval="0.5s")
+    with DaemonProcess(tmp_path, text, dsns["nostats"]) as d:
+        eventually(lambda: d.sample("pgparent_hidden_sessions") == 2, what="hidden sessions counted")
+        eventually(lambda: d.sample("pgparent_group_sessions", {"parent": "HideAge:1", "state": "unknown"}) == 2,
+                   what="the group seen")
+        d.wait_polls(4)  # three whole polls with the group in view
+        assert d.sample("pgparent_rule_violating_groups", {"rule": "slow"}) == 0
+        assert d.sample("pgparent_rule_pending_groups", {"rule": "slow"}) == 0
+        assert d.events("session_signal") == [] and d.events("rule_firing") == []
+        assert not d.sample("pgparent_deadline_wakeups_total")  # no deadline either (absent until one)
+    assert not any(c.done for c in hidden)
+
+
+@pytest.mark.per_major
 def test_role_without_signal_backend_counts_failures_and_keeps_going(
     pg: Server, roles: Roles, tmp_path: Path, clients: Clients
 ) -> None:
