@@ -143,7 +143,8 @@ class Decision:
     violating: dict[str, int]
     pending: dict[str, int]
     protected: int
-    """Sessions of firing groups left alone because `protect:` names their user, database or application."""
+    """Sessions of firing groups left alone because `protect:` names their user, database or application, or their
+    role is a superuser's (or none) under `protect.superusers`."""
     unguarded: int
     """Sessions of firing groups left alone because their backend_start is hidden (no pg_read_all_stats)."""
     state: RuleState
@@ -249,7 +250,7 @@ def trim_guard(session: Session, onto: Guard = NO_GUARD) -> Guard:
     return onto
 
 
-def _take(candidates: list[Session], n: int, action: SignalAction, protect: Protection
+def _take(candidates: list[Session], n: int, action: SignalAction, protection: Protection
           ) -> tuple[list[Session], int, int]:
     """The first `n` of `candidates` that `action` may signal, and how many were passed over as protected and as
     unguarded on the way."""
@@ -258,7 +259,7 @@ def _take(candidates: list[Session], n: int, action: SignalAction, protect: Prot
     for s in candidates:
         if len(chosen) >= n:
             break
-        ok, p, u = eligible((s,), action, protect)
+        ok, p, u = eligible((s,), action, protection)
         chosen += ok
         protected += p
         unguarded += u
@@ -272,7 +273,7 @@ def _trims(
     exceeded: dict[str, str],
     trimming: list[str],
     action: SignalAction,
-    protect: Protection,
+    protection: Protection,
     dry: bool,
 ) -> tuple[list[Signal], int, int]:
     """What the budget conditions `trimming` of a firing rule end in `grp`: each its picks, in its order (idle first,
@@ -286,7 +287,7 @@ def _trims(
         trim, limit = BY_NAME[name].trim, compiled.conditions[name]
         assert trim is not None  # Condition.trims says so
         order, n, count = trim(sessions, limit, grp.now, rule.trim_active)
-        chosen, n_protected, n_unguarded = _take(order, n, action, protect)
+        chosen, n_protected, n_unguarded = _take(order, n, action, protection)
         protected += n_protected
         unguarded += n_unguarded
         budget = Budget(name, limit, count, len(chosen))
@@ -369,7 +370,7 @@ def evaluate(
     violating = {r.name: 0 for r in config.rules}
     pending = {r.name: 0 for r in config.rules}
     protected = unguarded = 0
-    protect = Protection.of(config.protect, grouped.pgparent_superuser)
+    protection = Protection.of(config.protect, grouped.pgparent_superuser)
 
     for compiled in map(CompiledRule.of, config.rules):
         rule = compiled.rule
@@ -416,7 +417,7 @@ def evaluate(
                 # A budget: end only the sessions beyond it (and the root blockers, when a lock condition fires
                 # beside it), never the whole group.
                 trims, n_protected, n_unguarded = _trims(compiled, grp, sessions, exceeded, trimming, rule.action,
-                                                         protect, dry)
+                                                         protection, dry)
                 candidates += trims
                 protected += n_protected
                 unguarded += n_unguarded
@@ -430,7 +431,7 @@ def evaluate(
             if rule.escalate is not None:
                 terminate, cancel, idle = _escalation(rule, pool, state.cancelled, now, cancelled)
                 protected_, unguarded_ = _escalated(candidates, no_query, rule, grp, reasons, dry, exceeded, fired,
-                                                    (terminate, cancel, idle), protect, usage)
+                                                    (terminate, cancel, idle), protection, usage)
                 protected += protected_
                 unguarded += unguarded_
                 continue
@@ -442,7 +443,7 @@ def evaluate(
                         for s in pool
                         if s.state not in ACTIVE_STATES
                     ]
-            chosen, n_protected, n_unguarded = eligible(pool, rule.action, protect)
+            chosen, n_protected, n_unguarded = eligible(pool, rule.action, protection)
             protected += n_protected
             unguarded += n_unguarded
             candidates += [
@@ -518,7 +519,8 @@ def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str
 
 def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp: Group, reasons: tuple[str, ...],
                dry: bool, exceeded: Mapping[str, str], fired: Fired,
-               split: tuple[list[Session], list[Session], list[Session]], protect: Protection, usage: Usage
+               split: tuple[list[Session], list[Session], list[Session]], protection: Protection,
+               usage: Usage
                ) -> tuple[int, int]:
     """The signals of one escalating (rule, group) pair: the cancel step and the terminate step, each under the
     protections and guards of any signal; how many sessions were left alone as protected and as unguarded."""
@@ -531,7 +533,7 @@ def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp
         ("terminate", "cancel", idle, no_query),  # eligible as for a terminate: a cancel skips idle sessions
     )
     for action, step, sessions, into in steps:
-        chosen, n_protected, n_unguarded = eligible(tuple(sessions), action, protect)
+        chosen, n_protected, n_unguarded = eligible(tuple(sessions), action, protection)
         protected += n_protected
         unguarded += n_unguarded
         signal_action: SignalAction = "cancel" if step == "cancel" else action

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,10 +41,11 @@ def monitoring_roles(roles: Roles) -> dict[str, str]:
     }
 
 
-def rules(parent: str, interval: float = 0.5) -> str:
-    """A rules file that ends every session of the groups matching `parent` (rule `kill`), polled every `interval`."""
+def rules(parent: str, interval: float = 0.5, **top: Any) -> str:
+    """A rules file that ends every session of the groups matching `parent` (rule `kill`), polled every `interval`,
+    with `top`'s other keys."""
     return config_text({"name": "kill", "match": {"parent": parent}, "max_sessions": 0, "action": "terminate"},
-                       interval=f"{interval}s")
+                       interval=f"{interval}s", **top)
 
 
 def signalled_pids(*daemons: DaemonProcess) -> list[int]:
@@ -57,7 +59,9 @@ def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: Roles, 
     session is signalled twice."""
     dsns = monitoring_roles(roles)
     interval = 1.0
-    replicas = [daemons.start(rules("HA:*", interval), dsns["monitor"]) for _ in range(3)]
+    # Told to try superusers' sessions too (protect.superusers: false), which the monitoring role may not signal.
+    replicas = [daemons.start(rules("HA:*", interval, protect={"superusers": False}), dsns["monitor"])
+                for _ in range(3)]
 
     def one_leader() -> DaemonProcess | None:
         leaders = [d for d in replicas if d.sample("pgparent_leader") == 1]

