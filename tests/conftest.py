@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.support.daemon",
     "tests.support.proxy",
     "tests.support.terminal",
+    "tests.support.azure",
 ]
 
 

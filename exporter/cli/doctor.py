@@ -9,7 +9,6 @@ named (docs/managed/). With a config that lists targets and no `--target`, every
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from exporter.errors import DatabaseUnavailable
 from exporter.pg.database import Capabilities, Database, ServerFacts
 from exporter.pg.dsn import parse_dsn
 from exporter.run.costs import find
+from exporter.run.monitor import tls_weakness
 
 Status = Literal["ok", "fix", "note"]
 
@@ -100,18 +100,6 @@ def recognise(facts: ServerFacts) -> Provider | None:
     return None
 
 
-def _local(dsn: str) -> bool:
-    """Whether the DSN reaches the server over a Unix socket or a loopback address (TLS protects nothing there)."""
-    host = str(parse_dsn(dsn).get("hostaddr") or parse_dsn(dsn).get("host") or "")
-    first = host.split(",")[0]
-    if not first or first.startswith("/") or first == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(first).is_loopback
-    except ValueError:
-        return False
-
-
 def _signals(config: Config, target: TargetConfig | None) -> bool:
     """Whether some rule of the config signals sessions on this target (not a dry run, not only logging)."""
     if config.dry_run or (target is not None and target.dry_run):
@@ -140,7 +128,7 @@ def examine(db: Database, config: Config, target: TargetConfig | None) -> tuple[
     lines.append(Line("note", "server", f"{provider.name} (recognised by {_evidence(provider, facts)})"
                       if provider else "no managed service recognised (a self-managed PostgreSQL)"))
     lines += _privileges(caps, facts, config, target)
-    lines += _connection(db, caps, provider, config)
+    lines += _connection(caps, provider, config)
     lines += _figures(caps, config)
     if provider is not None:
         lines += _protected(provider, config)
@@ -158,8 +146,7 @@ def _evidence(provider: Provider, facts: ServerFacts) -> str:
 def _privileges(caps: Capabilities, facts: ServerFacts, config: Config, target: TargetConfig | None) -> list[Line]:
     role = _quoted(caps.role)
     lines: list[Line] = []
-    superuser = bool(getattr(caps, "superuser", False))
-    if superuser:
+    if caps.superuser:
         lines.append(Line("note", "superuser", f"role {caps.role!r} is a superuser: it sees and may signal every "
                                                "session; a role with pg_monitor and pg_signal_backend is enough"))
     else:
@@ -183,7 +170,7 @@ def _privileges(caps: Capabilities, facts: ServerFacts, config: Config, target: 
     return lines
 
 
-def _connection(db: Database, caps: Capabilities, provider: Provider | None, config: Config) -> list[Line]:
+def _connection(caps: Capabilities, provider: Provider | None, config: Config) -> list[Line]:
     lines: list[Line] = []
     if caps.pooled:
         port = " (on Azure: port 5432, not the built-in PgBouncer's 6432)" if provider and provider.key == "azure" \
@@ -193,16 +180,12 @@ def _connection(db: Database, caps: Capabilities, provider: Provider | None, con
                                            f"itself{port}; clients may keep using the pooler"))
     else:
         lines.append(Line("ok", "pooler", "connected to PostgreSQL itself, not through a pooler"))
-    tls, version, mode = _tls(db, caps)
-    want = "sslmode=verify-full sslrootcert=system (the system's roots, libpq 16+) or sslrootcert=<the CA's file>"
-    if _local(db.dsn):
-        lines.append(Line("ok", "TLS", f"{version or 'off'}, sslmode={mode}, to a loopback or socket address"))
-    elif not tls:
-        lines.append(Line("fix", "TLS", f"the connection is not encrypted (sslmode={mode}): add {want}"))
-    elif mode != "verify-full":
-        lines.append(Line("fix", "TLS", f"{version}, but sslmode={mode} does not check the server's name: use {want}"))
+    weakness = tls_weakness(caps)
+    if weakness is not None:
+        lines.append(Line("fix", "TLS", f"{weakness} (sslrootcert=system trusts the system's roots, libpq 16+)"))
     else:
-        lines.append(Line("ok", "TLS", f"{version}, sslmode=verify-full"))
+        local = ", to a loopback or socket address" if caps.loopback else ""
+        lines.append(Line("ok", "TLS", f"{caps.tls_version if caps.tls else 'off'}, sslmode={caps.sslmode}{local}"))
     if config.grouping.compiled.comment_keys and caps.track_activity_query_size < COMMENT_QUERY_BYTES:
         lines.append(Line("fix", "track_activity_query_size",
                           f"{caps.track_activity_query_size} bytes: a comment at the end of a longer query is cut "
@@ -211,15 +194,9 @@ def _connection(db: Database, caps: Capabilities, provider: Provider | None, con
                           "its server parameters)"))
     else:
         lines.append(Line("ok", "track_activity_query_size", f"{caps.track_activity_query_size} bytes"))
-    lines.append(Line("note", "recovery", "a standby: its sessions are read and signalled like a primary's"
-                      if caps.in_recovery else "a primary"))
+    lines.append(Line("note", "recovery", "a standby: pgparent monitors it and signals nothing there (the rules act "
+                      "on the primary)" if caps.in_recovery else "a primary"))
     return lines
-
-
-def _tls(db: Database, caps: Capabilities) -> tuple[bool, str | None, str]:
-    """TLS in use, its version, and the sslmode in effect."""
-    return (bool(getattr(caps, "tls", False)), getattr(caps, "tls_version", None),
-            str(parse_dsn(db.dsn).get("sslmode") or "prefer"))
 
 
 def _figures(caps: Capabilities, config: Config) -> list[Line]:

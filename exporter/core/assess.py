@@ -24,7 +24,7 @@ from exporter.core.grouping import group
 from exporter.core.locks import build
 from exporter.core.model import Grouped, LockGraph, Snapshot
 from exporter.core.policy import Decision, RuleState, Watched, evaluate
-from exporter.core.rules import CompiledRule, rule_scope
+from exporter.core.rules import CompiledRule, Protection, rule_scope
 from exporter.core.settings import DEFAULT_TARGET, Config
 from exporter.core.usage import NO_USAGE, Usage, usage_of
 
@@ -79,7 +79,8 @@ def assess(
         cost = account(grouped, snapshot, samples, cost_state, max_groups=fold, retain=config.cost.retain)
     measured = usage_of(cost, snapshot, usage, keep=_window(config), memory_wanted=_reads_memory(config))
     decision = evaluate(grouped, config, state or RuleState(), dry_run, target, watch=deadlines, usage=measured)
-    timed = tuple(schedule(decision.watched, grouped.now, config.protect)) if deadlines and config.deadlines else ()
+    protection = Protection.of(config.protect, grouped.pgparent_superuser)
+    timed = tuple(schedule(decision.watched, grouped.now, protection)) if deadlines and config.deadlines else ()
     return Assessment(snapshot, grouped, decision, timed, cost, measured)
 
 
@@ -109,4 +110,4 @@ def glance(snapshot: Snapshot, config: Config, target: str, *, dry_run: bool = F
             scope = rule_scope(compiled, grp)
             if scope is not None:
                 watched.append(Watched(compiled, grp, scope[0], None, dry))
-    return schedule(tuple(watched), snapshot.now, config.protect)
+    return schedule(tuple(watched), snapshot.now, Protection.of(config.protect, grouped.pgparent_superuser))

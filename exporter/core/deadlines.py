@@ -21,8 +21,7 @@ from typing import Literal
 from exporter.core.conditions import BY_NAME
 from exporter.core.model import Group, Session
 from exporter.core.policy import Budget, Signal, Watched, guard_for, tag_source
-from exporter.core.rules import eligible
-from exporter.core.settings import Protect
+from exporter.core.rules import Protection, eligible
 
 STRICTLY_AFTER = timedelta(milliseconds=1)
 """Limits are exceeded strictly: act just after the moment the value equals the limit."""
@@ -56,7 +55,8 @@ def _blocking_moment(grp: Group, sessions: tuple[Session, ...]) -> datetime | No
     return min(starts, default=None)
 
 
-def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Protect) -> Deadline | None:
+def _deadline(pair: Watched, name: str, limit: float, now: datetime, protection: Protection
+              ) -> Deadline | None:
     """When the time limit `name` of one watched pair fires, and what it signals then; None when it cannot (no
     session has the condition's moment, or the crossing one may not be signalled: the poll decides then)."""
     rule, grp, sessions = pair.rule.rule, pair.group, pair.sessions
@@ -82,7 +82,7 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
         at, over = pair.pending_since + timedelta(seconds=rule.for_), limit
     else:
         at, over = exceeded_at + timedelta(seconds=rule.for_), limit + rule.for_
-    chosen, _, _ = eligible((crossing,), action, protect)
+    chosen, _, _ = eligible((crossing,), action, protection)
     if not chosen:
         return None  # a protected or unguarded session: the poll decides, with its full view
     reasons = (f"{name} > {limit:g} (deadline)",)
@@ -94,7 +94,7 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
                    budget=Budget(name, limit, 1, 1) if trims else None, step=step)
     if trims:
         return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first)  # a budget ends only the crossing one
-    rest, _, _ = eligible(tuple(s for s in sessions if s.pid != crossing.pid), action, protect)
+    rest, _, _ = eligible(tuple(s for s in sessions if s.pid != crossing.pid), action, protection)
     others = tuple(
         Signal(rule.name, action, grp.parent, s, reasons, pair.dry_run,
                guard=guard_for(action, s, grp, (name,)), trigger="deadline", tag_source=tag_source(grp, s), step=step)
@@ -103,7 +103,7 @@ def _deadline(pair: Watched, name: str, limit: float, now: datetime, protect: Pr
     return Deadline(at + STRICTLY_AFTER, rule.name, grp.parent, name, first, others)
 
 
-def schedule(watched: tuple[Watched, ...], now: datetime, protect: Protect) -> list[Deadline]:
+def schedule(watched: tuple[Watched, ...], now: datetime, protection: Protection) -> list[Deadline]:
     """The next deadline after `now` of each watched pair, earliest first.
 
     A pair pending on `for:` is due when its `for:` ends; one not yet exceeded is due when its first session crosses,
@@ -113,7 +113,7 @@ def schedule(watched: tuple[Watched, ...], now: datetime, protect: Protect) -> l
     for pair in watched:
         if pair.firing:
             continue  # watched for its memory limits only (exporter/core/guards.py)
-        candidates = (_deadline(pair, name, limit, now, protect) for name, limit in pair.rule.timed.items())
+        candidates = (_deadline(pair, name, limit, now, protection) for name, limit in pair.rule.timed.items())
         due = [d for d in candidates if d is not None and d.at > now]
         if due:
             out.append(min(due, key=lambda d: d.at))

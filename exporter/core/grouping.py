@@ -167,6 +167,7 @@ def _grouped(
         locks=locks,
         comment_missed=missed,
         capacity=snapshot.capacity,
+        pgparent_superuser=snapshot.pgparent_superuser,
     )
 
 

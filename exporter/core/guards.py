@@ -22,7 +22,7 @@ from exporter.core.cost import HostMemory, Sources
 from exporter.core.figures import gate_closed, reason, selected
 from exporter.core.model import Session, Snapshot
 from exporter.core.policy import Decision, Signal, Watched, guard_for, tag_source
-from exporter.core.rules import eligible
+from exporter.core.rules import Protection, eligible
 from exporter.core.settings import Config, Protect, Rule
 from exporter.core.units import format_size
 from exporter.core.usage import Usage
@@ -44,6 +44,8 @@ class MemoryWatch:
     """Session pid -> the pids of the workers serving it."""
     gated: bool = False
     """Some pair's rule is gated by host pressure: the samples need the server's memory too."""
+    pgparent_superuser: bool | None = None
+    """pgparent's own role is a superuser on the server, from the poll's snapshot (`protect.superusers`)."""
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
@@ -65,7 +67,8 @@ def memory_watch(decision: Decision, snapshot: Snapshot) -> MemoryWatch:
             workers.setdefault(worker.leader_pid, []).append(worker.pid)
             processes[worker.pid] = worker.backend_start
     gated = any(w.rule.rule.host_memory_available_below is not None for w in pairs)
-    return MemoryWatch(pairs, tuple(processes.items()), {k: tuple(v) for k, v in workers.items()}, gated)
+    return MemoryWatch(pairs, tuple(processes.items()), {k: tuple(v) for k, v in workers.items()}, gated,
+                       snapshot.pgparent_superuser)
 
 
 def session_memory(watch: MemoryWatch, processes: Mapping[int, int]) -> dict[int, int]:
@@ -97,6 +100,7 @@ def crossings(watch: MemoryWatch, memory: Mapping[int, int], host: HostMemory | 
     query that carried the comment.
     """
     usage = Usage(proc=True, memory=memory, host=host)
+    protection = Protection.of(protect, watch.pgparent_superuser)
     out: list[Signal] = []
     for pair in watch.pairs:
         compiled, grp = pair.rule, pair.group
@@ -114,7 +118,7 @@ def crossings(watch: MemoryWatch, memory: Mapping[int, int], host: HostMemory | 
         pool = selected(compiled.conditions, exceeded, pair.sessions, usage) or ()
         action = "cancel" if rule.escalate is not None else rule.action
         assert action != "log", "a log rule is never watched"
-        chosen, _, _ = eligible(pool, "terminate", protect)  # the state a cancel needs is read again at the signal
+        chosen, _, _ = eligible(pool, "terminate", protection)  # the state a cancel needs is read again at the signal
         for s in chosen:
             source = grp.source_of(s.pid)
             if action == "cancel" and source is not None and source.query_scoped and s.query_start is None:

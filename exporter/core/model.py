@@ -62,6 +62,9 @@ class Session:
     listening: bool = False
     """Idle, and its last statement was a LISTEN (the poll tells, on the server: exporter/pg/queries/activity.sql):
     the session waits for notifications. Budgets never trim it and the idle conditions do not count it as idle."""
+    superuser: bool = False
+    """Its role is a superuser, or it has none (usename NULL: its role was dropped while it was connected), as the poll
+    tells on the server: on a managed server, the provider's own sessions (`protect.superusers`)."""
 
     @property
     def is_worker(self) -> bool:
@@ -313,6 +316,8 @@ class Snapshot:
     recently enough to have published new ones (exporter/core/cost.py: `stats_since`). None: not read."""
     capacity: Capacity | None = None
     """The server's connection slots and how many are taken, server-wide (None: not read)."""
+    pgparent_superuser: bool | None = None
+    """pgparent's own role is a superuser on this server (None: not known), which `protect.superusers: auto` reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +462,8 @@ class Grouped:
     could be read: a comment appended at the end of a long query is lost (see docs/tagging.md)."""
     capacity: Capacity | None = None
     """The server's connection slots, from the snapshot."""
+    pgparent_superuser: bool | None = None
+    """pgparent's own role is a superuser on this server, from the snapshot (None: not known)."""
 
     @property
     def prepared_blocking(self) -> int:

@@ -28,7 +28,7 @@ from exporter.core.model import (
     SignalAction,
     Stats,
 )
-from exporter.core.rules import CompiledRule, eligible, rule_scope
+from exporter.core.rules import CompiledRule, Protection, eligible, rule_scope
 from exporter.core.settings import Config, Protect, Rule
 from exporter.core.usage import NO_USAGE, Usage
 
@@ -143,7 +143,8 @@ class Decision:
     violating: dict[str, int]
     pending: dict[str, int]
     protected: int
-    """Sessions of firing groups left alone because `protect:` names their user, database or application."""
+    """Sessions of firing groups left alone because `protect:` names their user, database or application, or their
+    role is a superuser's (or none) under `protect.superusers`."""
     unguarded: int
     """Sessions of firing groups left alone because their backend_start is hidden (no pg_read_all_stats)."""
     state: RuleState
@@ -249,7 +250,8 @@ def trim_guard(session: Session, onto: Guard = NO_GUARD) -> Guard:
     return onto
 
 
-def _take(candidates: list[Session], n: int, action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
+def _take(candidates: list[Session], n: int, action: SignalAction, protection: Protection
+          ) -> tuple[list[Session], int, int]:
     """The first `n` of `candidates` that `action` may signal, and how many were passed over as protected and as
     unguarded on the way."""
     chosen: list[Session] = []
@@ -257,7 +259,7 @@ def _take(candidates: list[Session], n: int, action: SignalAction, protect: Prot
     for s in candidates:
         if len(chosen) >= n:
             break
-        ok, p, u = eligible((s,), action, protect)
+        ok, p, u = eligible((s,), action, protection)
         chosen += ok
         protected += p
         unguarded += u
@@ -271,7 +273,7 @@ def _trims(
     exceeded: dict[str, str],
     trimming: list[str],
     action: SignalAction,
-    protect: Protect,
+    protection: Protection,
     dry: bool,
 ) -> tuple[list[Signal], int, int]:
     """What the budget conditions `trimming` of a firing rule end in `grp`: each its picks, in its order (idle first,
@@ -285,7 +287,7 @@ def _trims(
         trim, limit = BY_NAME[name].trim, compiled.conditions[name]
         assert trim is not None  # Condition.trims says so
         order, n, count = trim(sessions, limit, grp.now, rule.trim_active)
-        chosen, n_protected, n_unguarded = _take(order, n, action, protect)
+        chosen, n_protected, n_unguarded = _take(order, n, action, protection)
         protected += n_protected
         unguarded += n_unguarded
         budget = Budget(name, limit, count, len(chosen))
@@ -326,7 +328,7 @@ def manual(
     group's sessions (`pgparent top`, one session chosen)."""
     grp = grouped.groups.get(parent)
     members = tuple(s for s in grp.sessions if pids is None or s.pid in pids) if grp else ()
-    chosen, protected, unguarded = eligible(members, action, protect)
+    chosen, protected, unguarded = eligible(members, action, Protection.of(protect, grouped.pgparent_superuser))
     signals = tuple(
         Signal(
             MANUAL_RULE,
@@ -368,7 +370,7 @@ def evaluate(
     violating = {r.name: 0 for r in config.rules}
     pending = {r.name: 0 for r in config.rules}
     protected = unguarded = 0
-    protect = config.protect
+    protection = Protection.of(config.protect, grouped.pgparent_superuser)
 
     for compiled in map(CompiledRule.of, config.rules):
         rule = compiled.rule
@@ -415,7 +417,7 @@ def evaluate(
                 # A budget: end only the sessions beyond it (and the root blockers, when a lock condition fires
                 # beside it), never the whole group.
                 trims, n_protected, n_unguarded = _trims(compiled, grp, sessions, exceeded, trimming, rule.action,
-                                                         protect, dry)
+                                                         protection, dry)
                 candidates += trims
                 protected += n_protected
                 unguarded += n_unguarded
@@ -429,7 +431,7 @@ def evaluate(
             if rule.escalate is not None:
                 terminate, cancel, idle = _escalation(rule, pool, state.cancelled, now, cancelled)
                 protected_, unguarded_ = _escalated(candidates, no_query, rule, grp, reasons, dry, exceeded, fired,
-                                                    (terminate, cancel, idle), protect, usage)
+                                                    (terminate, cancel, idle), protection, usage)
                 protected += protected_
                 unguarded += unguarded_
                 continue
@@ -441,7 +443,7 @@ def evaluate(
                         for s in pool
                         if s.state not in ACTIVE_STATES
                     ]
-            chosen, n_protected, n_unguarded = eligible(pool, rule.action, protect)
+            chosen, n_protected, n_unguarded = eligible(pool, rule.action, protection)
             protected += n_protected
             unguarded += n_unguarded
             candidates += [
@@ -517,7 +519,8 @@ def _escalation(rule: Rule, pool: tuple[Session, ...], before: Mapping[tuple[str
 
 def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp: Group, reasons: tuple[str, ...],
                dry: bool, exceeded: Mapping[str, str], fired: Fired,
-               split: tuple[list[Session], list[Session], list[Session]], protect: Protect, usage: Usage
+               split: tuple[list[Session], list[Session], list[Session]], protection: Protection,
+               usage: Usage
                ) -> tuple[int, int]:
     """The signals of one escalating (rule, group) pair: the cancel step and the terminate step, each under the
     protections and guards of any signal; how many sessions were left alone as protected and as unguarded."""
@@ -530,7 +533,7 @@ def _escalated(candidates: list[Signal], no_query: list[Signal], rule: Rule, grp
         ("terminate", "cancel", idle, no_query),  # eligible as for a terminate: a cancel skips idle sessions
     )
     for action, step, sessions, into in steps:
-        chosen, n_protected, n_unguarded = eligible(tuple(sessions), action, protect)
+        chosen, n_protected, n_unguarded = eligible(tuple(sessions), action, protection)
         protected += n_protected
         unguarded += n_unguarded
         signal_action: SignalAction = "cancel" if step == "cancel" else action

@@ -1,6 +1,7 @@
 """Pure: a rule prepared once per evaluation (`CompiledRule`: its conditions and globs compiled, what a deadline or
 the memory sampler may act on), the sessions of a group it looks at (`rule_scope`), and which of them an action may
-signal (`excluded`, `eligible`: idle for a cancel, protected, unguarded). exporter/core/policy.py evaluates them."""
+signal on one server (`Protection`; `excluded`, `eligible`: idle for a cancel, protected, unguarded).
+exporter/core/policy.py evaluates them."""
 
 from __future__ import annotations
 
@@ -96,18 +97,45 @@ def _matches(patterns: tuple[str, ...], value: str | None) -> bool:
 
 
 Exclusion = Literal["idle", "protected", "unguarded"]
-"""Why a session of a group is left alone: `cancel` and no query running, `protect:` names it, or its backend_start is
-hidden (no pg_read_all_stats), so the signal could not be guarded against pid reuse."""
+"""Why a session of a group is left alone: `cancel` and no query running, `protect:` names it (or its role is a
+superuser's, or it has none, under `protect.superusers`), or its backend_start is hidden (no pg_read_all_stats), so
+the signal could not be guarded against pid reuse."""
 
 
-def excluded(session: Session, action: SignalAction, protect: Protect) -> Exclusion | None:
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """What `protect:` leaves alone on one server: the configured lists, and `protect.superusers` decided for the
+    role pgparent has there."""
+
+    protect: Protect
+    superusers: bool
+    """Sessions whose role is a superuser are protected."""
+    roleless: bool
+    """Sessions with no role (usename NULL) are protected."""
+
+    @classmethod
+    def of(cls, protect: Protect, pgparent_superuser: bool | None) -> Protection:
+        """`protect` on a server where pgparent's own role is a superuser or not (None: not known, taken as not).
+        Under `auto`, superusers' sessions are protected where pgparent is no superuser: a signal to one would fail
+        with 42501 (on a managed server they are the provider's own); role-less sessions always."""
+        mode = protect.superusers
+        if mode == "false":
+            return cls(protect, superusers=False, roleless=False)
+        if mode == "true":
+            return cls(protect, superusers=True, roleless=True)
+        return cls(protect, superusers=pgparent_superuser is not True, roleless=True)
+
+
+def excluded(session: Session, action: SignalAction, protection: Protection) -> Exclusion | None:
     """Why `action` must leave `session` alone, or None when it may signal it."""
     if action == "cancel" and session.state not in ACTIVE_STATES:
         return "idle"
+    protect = protection.protect
     if (
         _matches(protect.users, session.usename)
         or _matches(protect.databases, session.datname)
         or _matches(protect.applications, session.application_name)
+        or (session.superuser and (protection.roleless if session.usename is None else protection.superusers))
     ):
         return "protected"
     if session.backend_start is None:
@@ -115,7 +143,9 @@ def excluded(session: Session, action: SignalAction, protect: Protect) -> Exclus
     return None
 
 
-def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Protect) -> tuple[list[Session], int, int]:
+def eligible(
+    sessions: tuple[Session, ...], action: SignalAction, protection: Protection
+) -> tuple[list[Session], int, int]:
     """The sessions `action` may signal, and how many were left alone as protected and as unguarded.
 
     `cancel` only touches sessions running a query. A session whose backend_start is hidden (the monitoring role
@@ -124,7 +154,7 @@ def eligible(sessions: tuple[Session, ...], action: SignalAction, protect: Prote
     chosen: list[Session] = []
     protected = unguarded = 0
     for s in sessions:
-        why = excluded(s, action, protect)
+        why = excluded(s, action, protection)
         if why is None:
             chosen.append(s)
         elif why == "protected":

@@ -214,12 +214,36 @@ class Audit(StrictModel):
     secrets). Comment tags are still read, on the server."""
 
 
-class Protect(StrictModel):
-    """Sessions never signalled, whatever a rule says. Entries are globs; a list given replaces its default."""
+def _tristate(value: object) -> object:
+    """YAML reads an unquoted `true`, `false` (and `yes`, `no`, `on`, `off`) as a boolean: taken as "true"/"false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
-    users: tuple[str, ...] = ("azuresu", "replication")
-    databases: tuple[str, ...] = ("azure_maintenance", "azure_sys")
+
+Tristate = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tristate)]
+
+
+class Protect(StrictModel):
+    """Sessions never signalled, whatever a rule says. Entries are globs; a list given replaces its default.
+
+    The defaults name the roles and databases the managed services keep for themselves (their sources:
+    docs/managed/README.md): Azure Database for PostgreSQL flexible server ("Flexible Server: roles", azure_pg_admin),
+    Amazon RDS ("Master user account privileges", rdsadmin), Cloud SQL ("About PostgreSQL users", cloudsqladmin) and
+    AlloyDB ("predefined roles", alloydbadmin).
+    """
+
+    users: tuple[str, ...] = (
+        "azuresu", "azure_superuser", "azure_pg_admin", "replication",  # Azure
+        "rdsadmin", "rdstopmgr",  # Amazon RDS
+        "cloudsqladmin", "cloudsqlimportexport", "alloydbadmin", "alloydbagent",  # Cloud SQL, AlloyDB
+    )
+    databases: tuple[str, ...] = ("azure_maintenance", "azure_sys", "rdsadmin", "cloudsqladmin", "alloydbadmin")
     applications: tuple[str, ...] = ("pg_dump", "pg_basebackup", "pg_restore", "pgparent")
+    superusers: Tristate = "auto"
+    """Sessions of superuser roles, and sessions with no role (usename NULL): `auto` protects them where pgparent's
+    own role is not a superuser (a signal to a superuser's session would fail there with 42501: on a managed server
+    they are the provider's own), `true` always, `false` never (role-less ones then neither)."""
 
 
 class Limits(StrictModel):

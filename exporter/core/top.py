@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from exporter.core.cost import Cost
 from exporter.core.model import ACTIVE_STATES, Capacity, Grouped, Session, SignalAction, Snapshot
 from exporter.core.policy import Decision, manual
-from exporter.core.rules import Exclusion, excluded
+from exporter.core.rules import Exclusion, Protection, excluded
 from exporter.core.settings import Protect
 
 UNTAGGED = "untagged"
@@ -250,7 +250,8 @@ def plan(
         return Plan(action, label, Decision.only(()), tuple((s.pid, "untagged") for s in chosen))
     decision = manual(grouped, parent, action, protect, pids=None if pid is None else frozenset({pid}))
     signalled = {s.session.pid for s in decision.signals}
+    protection = Protection.of(protect, grouped.pgparent_superuser)
     left = tuple(
-        (s.pid, excluded(s, action, protect) or "unguarded") for s in chosen if s.pid not in signalled
+        (s.pid, excluded(s, action, protection) or "unguarded") for s in chosen if s.pid not in signalled
     )
     return Plan(action, label, decision, left)

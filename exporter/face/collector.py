@@ -13,7 +13,7 @@ by family at the scrape. A fleet's scrape renders only the targets that polled s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -31,6 +31,18 @@ from exporter.face.counters import Counters, Family
 from exporter.logs import get_logger
 
 log = get_logger(__name__)
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What pgparent can see and do on a target, as its connection found it (exporter/pg/database.py:
+    Capabilities): each capability's flag, where the server cuts query texts, and the connection's TLS."""
+
+    capabilities: Mapping[str, bool]
+    """superuser, read_all_stats, signal_backend, in_recovery, pooler, tls."""
+    track_activity_query_size: int
+    sslmode: str
+    tls_version: str | None
+
 
 @dataclass(frozen=True, slots=True)
 class Published:
@@ -56,6 +68,10 @@ class Published:
     """What the groups cost, counters carried from poll to poll; shown with the groups."""
     active: dict[str, int] = field(default_factory=dict)
     """Per rule: 1 if the target has every figure it reads, 0 if not (exporter/core/guards.py: `inactive`)."""
+    protected: int = 0
+    """Sessions of firing groups left alone as protected at the poll (`Decision.protected`)."""
+    access: Access | None = None
+    """What pgparent can see and do on the target; None while it is not connected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +374,10 @@ class PgparentCollector(Collector):
             f.add(m.PENDING, n, rule)
         for rule, n in p.active.items():
             f.add(m.RULE_ACTIVE, n, rule)
+        if p.up and p.access is not None:
+            _access_families(f, p.access)
         if p.up and p.grouped is not None:
+            f.add(m.PROTECTED, p.protected)
             self._group_families(f, p.grouped, p.max_groups)
             if p.cost is not None:
                 _cost_families(f, p.cost)
@@ -399,6 +418,14 @@ class PgparentCollector(Collector):
                 f.add(m.GROUP_SHARE, capacity.share(len(g.sessions)), g.parent)
             if folded:
                 f.add(m.GROUP_SHARE, capacity.share(sum(len(g.sessions) for g in folded)), OTHER)
+
+
+def _access_families(f: _Series, access: Access) -> None:
+    """What pgparent can see and do on the target: each capability 0/1, the query text bound, the connection's TLS."""
+    for capability, held in access.capabilities.items():
+        f.add(m.CAPABILITY, int(held), capability)
+    f.add(m.QUERY_SIZE, access.track_activity_query_size)
+    f.add(m.TLS_INFO, 1, access.sslmode, access.tls_version or "none")
 
 
 def _cost_families(f: _Series, cost: Cost) -> None:

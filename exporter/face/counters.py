@@ -108,11 +108,35 @@ COMMENT_MISSED = _gauge(
     "Sessions whose query text PostgreSQL cut at track_activity_query_size before a comment source could read a "
     "comment at its end (0 without comment sources).",
 )
+PROTECTED = _gauge(
+    "pgparent_protected_sessions",
+    "Sessions of firing groups a signalling rule left alone at the last poll because they are protected: named by "
+    "protect: lists, or of a superuser role (or none) under protect.superusers; counted once per rule.",
+)
 GROUPS_DROPPED = _gauge("pgparent_groups_dropped", 'Groups folded into parent="__other__" by max_groups.')
 GROUP_LISTENING = _gauge(
     "pgparent_group_listening_sessions",
     "Sessions of a group idle after a LISTEN, waiting for notifications: budgets never trim them.",
     "parent",
+)
+
+# What pgparent can see and do on each target, read once per connection (exporter/pg/database.py: Capabilities).
+CAPABILITY = _gauge(
+    "pgparent_capability",
+    "1 if pgparent's connection to the target has the capability, else 0: superuser (its role is one), "
+    "read_all_stats (pg_read_all_stats: other roles' sessions in full), signal_backend (pg_signal_backend), "
+    "in_recovery (the server is a standby), pooler (a connection pooler stands between), tls (encrypted).",
+    "capability",
+)
+QUERY_SIZE = _gauge(
+    "pgparent_track_activity_query_size_bytes",
+    "The server's track_activity_query_size: where it cuts the query texts pgparent reads (comments at their end).",
+)
+TLS_INFO = _gauge(
+    "pgparent_connection_tls_info",
+    "1, labelled with the sslmode in effect for pgparent's connection to the target and its TLS version (none: not "
+    "encrypted).",
+    "sslmode", "version",
 )
 
 # Each target's server's connection slots (exporter/core/model.py: Capacity).

@@ -9,6 +9,7 @@ the session never sits "idle in transaction".
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import threading
@@ -78,6 +79,27 @@ class Capabilities:
     """PostgreSQL 16+; 0 before."""
     server_version: str = ""
     """The server's version as it names itself (`server_version`: "15.8 (Debian 15.8-1)")."""
+    superuser: bool = False
+    """pgparent's own role is a superuser (`protect.superusers: auto` protects superusers' sessions where it is not)."""
+    tls_version: str | None = None
+    """The TLS protocol of the connection ("TLSv1.3"), None without TLS."""
+    tls: bool = False
+    """The connection is encrypted (libpq's PQsslInUse)."""
+    sslmode: str = "prefer"
+    """The sslmode in effect for the connection (the DSN's, PGSSLMODE's, else libpq's default `prefer`)."""
+    host: str = ""
+    """The host the connection reached (a directory for a Unix socket)."""
+
+    @property
+    def loopback(self) -> bool:
+        """The connection stays on this machine: a Unix socket, localhost or a loopback address."""
+        host = self.host
+        if not host or host.startswith("/") or host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def capacity(self, in_use: int) -> Capacity:
         """The server's connection slots, `in_use` of them taken."""
@@ -144,6 +166,15 @@ class _Watchdog:
         finally:
             with self._cond:
                 self._deadline = self._action = None
+
+
+def _sslmode(conn: psycopg.Connection[Any]) -> str:
+    """The sslmode libpq applied to `conn`: its own connection options hold it even where it is the default (which
+    the connection's `info.dsn` leaves out)."""
+    for option in conn.pgconn.info:
+        if option.keyword == b"sslmode" and option.val:
+            return option.val.decode()
+    return "prefer"
 
 
 def _shutdown_socket(conn: psycopg.Connection[Any]) -> None:
@@ -266,7 +297,9 @@ class Database:
         except psycopg.Error as exc:
             raise self._fail("cannot read server capabilities", exc) from exc
         assert caps is not None
-        caps = replace(caps, pooled=caps.server_pid != conn.info.backend_pid)
+        tls = conn.pgconn.ssl_in_use
+        caps = replace(caps, pooled=caps.server_pid != conn.info.backend_pid, tls=tls,
+                       tls_version=caps.tls_version if tls else None, sslmode=_sslmode(conn), host=conn.info.host)
         self.capabilities = caps
         self._poll_sql = {}
         waitstart = sql.Identifier("waitstart") if caps.server_version_num >= 140000 else sql.SQL("NULL::timestamptz")
@@ -380,7 +413,8 @@ class Database:
             connections = len(sessions) + 1
         capacity = self.capabilities.capacity(connections)
         return Snapshot(now=now, sessions=tuple(sessions), workers=tuple(workers), blockers=tuple(blockers),
-                        backend_stats=reader.backend_stats, capacity=capacity)
+                        backend_stats=reader.backend_stats, capacity=capacity,
+                        pgparent_superuser=self.capabilities.superuser)
 
     def _row(self, query_name: str, params: dict[str, Any], what: str) -> tuple[Any, ...] | None:
         """The one row of `queries/<query_name>.sql` (None when it returns none); `what` names a failure."""

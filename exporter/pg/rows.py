@@ -50,14 +50,14 @@ class SessionRows:
 
     def row(self, values: Sequence[Any]) -> Session:
         pid, leader, btype, db, user, app, addr, state, wait, started, xact, qstart, changed, query, query_id, \
-            comments, cut, listening, self.now, self.connections = values
+            comments, cut, listening, superuser, self.now, self.connections = values
         once = self._seen.setdefault
         texts = self._texts
         return Session.build((
             pid, leader, once(btype, btype), once(db, db), once(user, user), app, once(addr, addr), once(state, state),
             once(wait, wait), started, xact, qstart, changed,
             texts[query] if query in texts else texts.setdefault(query, _text(query)),
-            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut, listening,
+            query_id, tuple(map(_unescape, comments)) if comments is not None else (), cut, listening, superuser,
         ))
 
 

@@ -22,7 +22,7 @@ from exporter.core.policy import Decision, RuleState
 from exporter.core.settings import Config
 from exporter.core.usage import NO_USAGE
 from exporter.errors import DatabaseUnavailable
-from exporter.face.collector import PgparentCollector, Published
+from exporter.face.collector import Access, PgparentCollector, Published
 from exporter.logs import get_logger
 from exporter.pg.database import Capabilities, Database
 from exporter.run.costs import Costs
@@ -50,6 +50,38 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def access_of(caps: Capabilities) -> Access:
+    """What the connection `caps` describes, as the collector exports it."""
+    return Access(
+        capabilities={"superuser": caps.superuser, "read_all_stats": caps.can_read_all_stats,
+                      "signal_backend": caps.can_signal, "in_recovery": caps.in_recovery, "pooler": caps.pooled,
+                      "tls": caps.tls},
+        track_activity_query_size=caps.track_activity_query_size,
+        sslmode=caps.sslmode,
+        tls_version=caps.tls_version,
+    )
+
+
+VERIFIED = "verify-full"
+"""The one sslmode that checks both the server's certificate and that it names the host connected to."""
+
+
+def tls_weakness(caps: Capabilities) -> str | None:
+    """What an eavesdropper or an impostor on the network between pgparent and a server on another host could do, or
+    None: the connection is encrypted under verify-full, or stays on this machine."""
+    if caps.loopback:
+        return None
+    if not caps.tls:
+        return ("the connection to the server is not encrypted: the password (unless SCRAM), every query text and "
+                "every session's details cross the network in clear; set sslmode=verify-full and sslrootcert")
+    if caps.sslmode == VERIFIED:
+        return None
+    checked = ("checks the server's certificate but not that it names this host" if caps.sslmode == "verify-ca"
+               else "checks no certificate")
+    return (f"sslmode={caps.sslmode} encrypts but {checked}: a machine in the middle can pose as the server; set "
+            "sslmode=verify-full and sslrootcert (the provider's CA)")
 
 
 class Backoff:
@@ -223,7 +255,7 @@ class Monitor:
             if self.leadership.shard is not None and not leader:
                 # Another replica polls and enforces this target; this one only keeps trying the lock.
                 self.sampler.disarm()
-                self._succeeded(started, config, leader=False)
+                self._succeeded(started, config, leader=False, access=access_of(caps))
                 return
             off = self.leadership.enforcement_off(caps, leader)
             # read_at: the server's now() of the snapshot, on this process's clock (about)
@@ -259,7 +291,8 @@ class Monitor:
             self._failed(started, config)
             return
         self._succeeded(started, config, leader=leader, grouped=assessed.grouped, violating=decision.violating,
-                        pending=decision.pending, enforcing=off is None, cost=assessed.cost, active=active)
+                        pending=decision.pending, enforcing=off is None, cost=assessed.cost, active=active,
+                        protected=decision.protected, access=access_of(caps))
 
     def _arm(self, assessed: Assessment, enforcing: bool, config: Config) -> None:
         """Watch the sessions under a memory condition until the next poll, where this target enforces."""
@@ -389,8 +422,13 @@ class Monitor:
 
     def _log_connected(self, caps: Capabilities) -> None:
         self.log.info("database_available", server_version=caps.server_version_num, role=caps.role,
-                      can_read_all_stats=caps.can_read_all_stats, can_signal=caps.can_signal,
-                      in_recovery=caps.in_recovery)
+                      superuser=caps.superuser, can_read_all_stats=caps.can_read_all_stats, can_signal=caps.can_signal,
+                      in_recovery=caps.in_recovery, pooled=caps.pooled,
+                      track_activity_query_size=caps.track_activity_query_size, tls=caps.tls,
+                      tls_version=caps.tls_version, sslmode=caps.sslmode)
+        if (insecure := tls_weakness(caps)) is not None:
+            self.log.warning("connection_insecure", host=caps.host, sslmode=caps.sslmode, tls=caps.tls,
+                             reason=insecure)
         if not caps.can_read_all_stats:
             self.log.warning(
                 "limited_visibility",

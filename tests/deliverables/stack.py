@@ -4,8 +4,9 @@
 The scenario gives every dashboard panel something to show:
 
 - FakeParent:1001, three sessions of an application role running a long query: rule runaway-1001 terminates them;
-- admin:ops, three sessions of the superuser running a long query: rule admin-runaway tries to terminate them and
-  fails with permission_denied every poll (pgparent's least-privilege role may not signal a superuser), and
+- admin:ops, three sessions of the superuser running a long query: rule admin-runaway tries to terminate them
+  (`protect.superusers: false`; by default pgparent would not try) and fails with permission_denied every poll
+  (pgparent's least-privilege role may not signal a superuser), and
   limits.max_terminations_per_cycle = 2 defers the third signal each poll;
 - etl:42, one session idle in a transaction that holds an advisory lock, one waiting for that lock, one running a
   long query: rule etl-long-transactions (action log) keeps the group violating;
@@ -73,6 +74,8 @@ DAEMON_RULES = """
 interval: 1s
 limits:
   max_terminations_per_cycle: 2
+protect:
+  superusers: false  # try the superuser's sessions (admin:ops), for the failures panel: refused every poll
 rules:
   - name: runaway-1001
     match: {parent: "FakeParent:1001"}

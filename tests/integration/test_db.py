@@ -15,7 +15,7 @@ from exporter.errors import DatabaseUnavailable, UsageError
 from exporter.pg.database import Database
 from exporter.pg.dsn import mask_dsn, resolve_dsn
 from harness.waiting import eventually
-from tests.support.roles import unique_name
+from tests.support.roles import Roles, unique_name
 from tests.support.servers import Server
 from tests.support.sessions import Clients
 
@@ -51,6 +51,38 @@ def test_snapshot_sees_tagged_sessions_and_excludes_its_own(pg: Server, clients:
     assert own not in pids
     assert all(s.backend_type == "client backend" for s in snap.sessions)
     assert assess(snap, Config()).grouped.groups["FakeParent:1001"].stats.sessions == 2
+
+
+@pytest.mark.per_major
+def test_the_poll_tells_superusers_and_role_less_sessions_to_any_monitoring_role(
+    pg: Server, clients: Clients, roles: Roles
+) -> None:
+    """Each row says whether its role is a superuser or it has none (its role dropped while connected), to a role
+    with pg_monitor and to one without pg_read_all_stats alike (to which a role-less session looks like a background
+    process: no row); the capabilities say pgparent's role is none."""
+    plain, dropped = roles.login("pgp_plain", "p-pw"), roles.login("pgp_dropped", "d-pw")
+    monitor = roles.login("pgp_monitor", "m-pw", member_of=("pg_monitor",))
+    nostats = roles.login("pgp_nostats", "n-pw")
+    (su,) = clients.start("Su:1")
+    (ordinary,) = clients.start("Su:1", dsn=plain.dsn)
+    (orphan,) = clients.start("Su:1", dsn=dropped.dsn)
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(dropped.name)))
+    for dsn in (monitor.dsn, nostats.dsn):
+        db = Database(dsn)
+        try:
+            caps, snap = db.connect(), db.snapshot()
+        finally:
+            db.close()
+        flags: dict[int | None, tuple[str | None, bool]] = {s.pid: (s.usename, s.superuser) for s in snap.sessions}
+        assert flags[su.pid][1] is True and flags[ordinary.pid] == (plain.name, False)
+        assert flags.get(orphan.pid) == ((None, True) if dsn == monitor.dsn else None)
+        assert caps.superuser is False and snap.pgparent_superuser is False
+    db = Database(pg.dsn)
+    try:
+        assert db.connect().superuser is True and db.snapshot().pgparent_superuser is True
+    finally:
+        db.close()
 
 
 @pytest.mark.per_major

@@ -164,17 +164,33 @@ def test_guard_never_signals_non_client_backends_or_itself(pg: Server) -> None:
 def test_a_permission_error_on_one_session_does_not_stop_the_others(
     pg: Server, clients: Clients, roles: Roles
 ) -> None:
-    """As a least-privilege role, a superuser's session in the group is refused and counted; the rest are ended."""
+    """As a least-privilege role told to try superusers' sessions too (`protect.superusers: false`), a superuser's
+    session in the group is refused and counted; the rest are ended."""
     app, monitor = _app_and_monitor(roles)
     plain = clients.start("FakeParent:2", n=2, dsn=app.dsn)
     superuser = clients.start("FakeParent:2")
     config = make_config({"name": "kill2", "match": {"parent": "FakeParent:2"}, "max_sessions": 0,
-                          "action": "terminate"}, interval=INTERVAL)
+                          "action": "terminate"}, interval=INTERVAL, protect={"superusers": False})
     counters, events, _ = _one_cycle(monitor.dsn, config)
     results = sorted(e["result"] for e in _signals(events))
     assert results == ["ok", "ok", "permission_denied"]
     assert _count(counters, "pgparent_signalled_sessions_total", rule="kill2", action="terminate") == 2
     assert _count(counters, "pgparent_signal_failures_total", rule="kill2", reason="permission_denied") == 1
+    eventually(lambda: all(c.outcome == "terminated" for c in plain), what="plain sessions terminated")
+    assert not superuser[0].done
+
+
+def test_a_least_privilege_role_never_tries_a_superusers_session(pg: Server, clients: Clients, roles: Roles) -> None:
+    """As a least-privilege role under the default `protect.superusers: auto`, a superuser's session in a firing
+    group is protected: no signal is tried (no permission_denied), the rest are ended."""
+    app, monitor = _app_and_monitor(roles)
+    plain = clients.start("FakeParent:3", n=2, dsn=app.dsn)
+    superuser = clients.start("FakeParent:3")
+    config = make_config({"name": "kill3", "match": {"parent": "FakeParent:3"}, "max_sessions": 0,
+                          "action": "terminate"}, interval=INTERVAL)
+    counters, events, _ = _one_cycle(monitor.dsn, config)
+    assert sorted((e["pid"], e["result"]) for e in _signals(events)) == sorted((c.pid, "ok") for c in plain)
+    assert _count(counters, "pgparent_signal_failures_total", rule="kill3", reason="permission_denied") is None
     eventually(lambda: all(c.outcome == "terminated" for c in plain), what="plain sessions terminated")
     assert not superuser[0].done
 

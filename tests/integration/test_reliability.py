@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,10 +41,11 @@ def monitoring_roles(roles: Roles) -> dict[str, str]:
     }
 
 
-def rules(parent: str, interval: float = 0.5) -> str:
-    """A rules file that ends every session of the groups matching `parent` (rule `kill`), polled every `interval`."""
+def rules(parent: str, interval: float = 0.5, **top: Any) -> str:
+    """A rules file that ends every session of the groups matching `parent` (rule `kill`), polled every `interval`,
+    with `top`'s other keys."""
     return config_text({"name": "kill", "match": {"parent": parent}, "max_sessions": 0, "action": "terminate"},
-                       interval=f"{interval}s")
+                       interval=f"{interval}s", **top)
 
 
 def signalled_pids(*daemons: DaemonProcess) -> list[int]:
@@ -57,7 +59,9 @@ def test_one_leader_among_three_replicas_and_takeover(pg: Server, roles: Roles, 
     session is signalled twice."""
     dsns = monitoring_roles(roles)
     interval = 1.0
-    replicas = [daemons.start(rules("HA:*", interval), dsns["monitor"]) for _ in range(3)]
+    # Told to try superusers' sessions too (protect.superusers: false), which the monitoring role may not signal.
+    replicas = [daemons.start(rules("HA:*", interval, protect={"superusers": False}), dsns["monitor"])
+                for _ in range(3)]
 
     def one_leader() -> DaemonProcess | None:
         leaders = [d for d in replicas if d.sample("pgparent_leader") == 1]
@@ -204,6 +208,30 @@ def test_role_without_read_all_stats_never_signals_hidden_sessions(
         assert len(d.events("limited_visibility")) == 1
         assert d.events("session_signal") == []
         assert d.sample("pgparent_group_sessions", {"parent": "Hide:1", "state": "unknown"}) == 2
+    assert not any(c.done for c in hidden)
+
+
+@pytest.mark.per_major
+def test_hidden_sessions_never_make_a_time_limit_fire(
+    pg: Server, roles: Roles, tmp_path: Path, clients: Clients
+) -> None:
+    """Without pg_read_all_stats, another role's sessions under a terminating rule of time limits their real ages
+    exceed (their query, transaction and connection moments hidden) never make it fire nor pend, are never
+    signalled, and are counted as hidden: an unknown moment is no duration, not one of zero."""
+    dsns = monitoring_roles(roles)
+    hidden = clients.start("HideAge:1", n=2, dsn=dsns["app"], statement="BEGIN; SELECT pg_sleep(120)")
+    limits = {"max_query_duration": "1ms", "max_transaction_duration": "1ms", "max_group_age": "1ms"}
+    text = config_text({"name": "slow", "match": {"parent": "HideAge:*"}, "action": "terminate", **limits},
+                       interval="0.5s")
+    with DaemonProcess(tmp_path, text, dsns["nostats"]) as d:
+        eventually(lambda: d.sample("pgparent_hidden_sessions") == 2, what="hidden sessions counted")
+        eventually(lambda: d.sample("pgparent_group_sessions", {"parent": "HideAge:1", "state": "unknown"}) == 2,
+                   what="the group seen")
+        d.wait_polls(4)  # three whole polls with the group in view
+        assert d.sample("pgparent_rule_violating_groups", {"rule": "slow"}) == 0
+        assert d.sample("pgparent_rule_pending_groups", {"rule": "slow"}) == 0
+        assert d.events("session_signal") == [] and d.events("rule_firing") == []
+        assert not d.sample("pgparent_deadline_wakeups_total")  # no deadline either (absent until one)
     assert not any(c.done for c in hidden)
 
 

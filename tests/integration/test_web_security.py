@@ -28,6 +28,7 @@ from harness.daemon import HTTP_TIMEOUT, DaemonProcess
 from harness.proc import cpu_seconds, socket_count, thread_count
 from harness.waiting import eventually
 from tests.support.figures import record_figure
+from tests.support.pki import authority, issue, self_signed
 from tests.support.servers import Server
 
 pytestmark = pytest.mark.integration
@@ -39,24 +40,14 @@ BASE_THREADS = 4
 poll loop and its connection's watchdog. None of them depends on how many clients connect."""
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA, a server certificate for 127.0.0.1, a client certificate, and a stranger's certificate."""
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
-                "-out", str(d / f"{name}.csr"))
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
-                "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
-            "-keyout", str(d / "stranger.key"), "-out", str(d / "stranger.crt"))
+    authority(d)
+    issue(d, "server", "subjectAltName=IP:127.0.0.1")
+    issue(d, "client", "extendedKeyUsage=clientAuth")
+    self_signed(d, "stranger")
     return d
 
 

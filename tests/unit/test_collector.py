@@ -18,7 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.core.cost import Cost, CostState, HostMemory, ProcSample, Samples, Sources, account
 from exporter.core.grouping import group
 from exporter.core.model import Capacity, Grouped, Snapshot
-from exporter.face.collector import Flags, PgparentCollector, Published, _Series
+from exporter.face.collector import Access, Flags, PgparentCollector, Published, _Series
 from exporter.face.counters import FAMILIES
 from tests.support.tools import require_tool
 from tests.unit.factory import session, snapshot
@@ -274,3 +274,26 @@ def test_without_proc_no_os_figure_is_exported_and_the_reason_is() -> None:
     assert at(registry, "pgparent_cost_source_available", {"source": "proc"}) == 0
     assert at(registry, "pgparent_cost_source_unavailable", {"source": "proc", "reason": "not_visible"}) == 1
     assert at(registry, "pgparent_cost_source_unavailable", {"source": "backend_stats", "reason": "needs_pg18"}) == 1
+
+
+def test_what_pgparent_can_see_and_do_is_exported_per_target_while_connected() -> None:
+    """Each capability as 0/1, track_activity_query_size and the connection's TLS (sslmode, version; `none` without
+    TLS) and the protected count are series of the target while it is up, and go while it is down; /metrics is the
+    registry's exposition."""
+    collector = PgparentCollector()
+    access = Access({"superuser": False, "read_all_stats": True, "signal_backend": True, "in_recovery": False,
+                     "pooler": False, "tls": True}, 2048, "verify-full", "TLSv1.3")
+    collector.publish(Published(up=True, grouped=grouped("A:1"), access=access, protected=3), "a")
+    collector.publish(Published(up=True, grouped=grouped("B:1"), access=replace(access, tls_version=None,
+                                                                               sslmode="prefer")), "b")
+    registry = collector.registry
+    assert at(registry, "pgparent_capability", {"target": "a", "capability": "superuser"}) == 0
+    assert at(registry, "pgparent_capability", {"target": "a", "capability": "read_all_stats"}) == 1
+    assert at(registry, "pgparent_track_activity_query_size_bytes", {"target": "a"}) == 2048
+    assert at(registry, "pgparent_connection_tls_info", {"target": "a", "sslmode": "verify-full",
+                                                         "version": "TLSv1.3"}) == 1
+    assert at(registry, "pgparent_connection_tls_info", {"target": "b", "sslmode": "prefer", "version": "none"}) == 1
+    assert at(registry, "pgparent_protected_sessions", {"target": "a"}) == 3
+    assert collector.render() == generate_latest(registry)
+    collector.publish(Published(up=False), "a")
+    assert at(collector.registry, "pgparent_capability", {"target": "a", "capability": "tls"}) is None

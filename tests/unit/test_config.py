@@ -14,7 +14,15 @@ import pytest
 from exporter.cli.main import main
 from exporter.config import load_config
 from exporter.core.conditions import BY_NAME, NAMES, markdown_table
-from exporter.core.settings import DEFAULT_PATTERN, LOCK_KEY, Config, describe, parse_config, parse_duration
+from exporter.core.settings import (
+    DEFAULT_PATTERN,
+    LOCK_KEY,
+    Config,
+    Protect,
+    describe,
+    parse_config,
+    parse_duration,
+)
 from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,9 +126,7 @@ def test_example_rules_yaml_loads() -> None:
     assert [r.name for r in config.rules] == ["runaway-1001", "oversized", "stuck-transactions"]
     assert config.interval == 5 and config.dry_run is False
     assert config.grouping.pattern == DEFAULT_PATTERN and config.grouping.max_groups == 500
-    assert config.protect.users == ("azuresu", "replication")
-    assert config.protect.databases == ("azure_maintenance", "azure_sys")
-    assert config.protect.applications == ("pg_dump", "pg_basebackup", "pg_restore", "pgparent")
+    assert config.protect == Protect()  # it spells out the defaults
     assert config.limits.max_terminations_per_cycle == 100
     runaway, oversized, stuck = config.rules
     assert runaway.match.parent == "FakeParent:1001" and runaway.conditions() == {"max_query_duration": 600}
@@ -258,6 +264,7 @@ def test_python_field_name_for_underscore_is_an_unknown_key(tmp_path: Path) -> N
         ("grouping: {pattern: '(?P<parent>'}\n", "grouping.pattern", "not a valid regular expression"),
         ("interval: 10ms\n", "interval", "at least 100ms"),
         ("protect: {users: azuresu}\n", "protect.users", "valid tuple"),
+        ("protect: {superusers: maybe}\n", "protect.superusers", "'auto', 'true' or 'false'"),
         ("- a\n- b\n", "(root)", "must be a mapping of settings, got list"),
         ("just words\n", "(root)", "must be a mapping of settings, got str"),
         ("42\n", "(root)", "must be a mapping of settings, got int"),
@@ -579,3 +586,10 @@ def test_check_budget_keys_good_and_bad(tmp_path: Path, capsys: pytest.CaptureFi
         "(or log)",
         f"{bad}: rules.6.trim_active: Input should be a valid boolean, unable to interpret input",
     ]
+
+
+@pytest.mark.parametrize(("text", "mode"), [("{}", "auto"), ("{superusers: true}", "true"),
+                                             ("{superusers: no}", "false"), ("{superusers: 'false'}", "false")])
+def test_protect_superusers_reads_yaml_booleans_as_true_and_false(tmp_path: Path, text: str, mode: str) -> None:
+    """`protect.superusers` is auto by default; an unquoted YAML boolean is taken as true or false."""
+    assert load_config(write(tmp_path, f"protect: {text}\n")).protect.superusers == mode

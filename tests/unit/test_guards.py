@@ -4,6 +4,7 @@ imply, and sizes as they are written."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -163,6 +164,19 @@ def test_the_sampler_acts_on_a_crossing_between_polls_with_the_polls_protections
     [signal] = crossings(watch, memory, HOST, NOW, config.protect)
     assert (signal.session.pid, signal.trigger, signal.action, signal.figure) == (a.pid, "sample", "cancel", 400 * MB)
     assert crossings(watch, session_memory(watch, {a.pid: 100 * MB}), HOST, NOW, config.protect) == ()
+
+
+def test_the_sampler_spares_superusers_sessions_where_pgparent_is_none() -> None:
+    """A memory sample over the limit never signals a superuser's session where pgparent's own role is no superuser
+    (the watch carries the poll's view of that role); where it is one, it does."""
+    config = make_config({"name": "m", "match": {"parent": "S:*"}, "max_session_memory": "300MB",
+                          "action": "terminate"})
+    su = replace(session("S:1", user="provider_admin"), superuser=True)
+    d = decide(config, su, usage=memory_of((su, 10 * MB)), watch=True)
+    for pgparent_superuser, signalled in ((False, 0), (True, 1)):
+        watch = memory_watch(d, replace(snapshot(su), pgparent_superuser=pgparent_superuser))
+        memory = session_memory(watch, {su.pid: 400 * MB})
+        assert len(crossings(watch, memory, HOST, NOW, config.protect)) == signalled
 
 
 def test_polls_come_as_often_as_the_shortest_time_limit_needs() -> None:

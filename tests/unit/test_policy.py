@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -164,3 +165,57 @@ def test_manual_targets_one_group_with_the_same_protections() -> None:
     assert {t.rule for t in decision.signals} == {"manual"}
     empty = manual(assess(snapshot(*rows), config).grouped, "nope:0", "terminate", config.protect)
     assert empty.signals == ()
+
+
+def _superuser(app: str, **fields: Any) -> Session:
+    return replace(session(app, user="provider_admin", **fields), superuser=True)
+
+
+def _roleless(app: str) -> Session:
+    return replace(session(app), usename=None, superuser=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "pgparent_superuser", "spared"),
+    [
+        ("auto", False, {"superuser", "roleless"}),
+        ("auto", None, {"superuser", "roleless"}),
+        ("auto", True, {"roleless"}),
+        ("true", True, {"superuser", "roleless"}),
+        ("false", False, set()),
+    ],
+)
+def test_superusers_sessions_are_protected_as_protect_superusers_says(
+    mode: str, pgparent_superuser: bool | None, spared: set[str]
+) -> None:
+    """`protect.superusers` auto spares superusers' sessions where pgparent's role is none (unknown counts as none),
+    and role-less sessions always; true spares both, false neither; the spared count as protected."""
+    rows = {"superuser": _superuser("g:1"), "roleless": _roleless("g:1"), "plain": session("g:1")}
+    config = make_config(rule(max_sessions=0), protect={"superusers": mode})
+    snap = replace(snapshot(*rows.values()), pgparent_superuser=pgparent_superuser)
+    decision = assess(snap, config).decision
+    assert {t.session.pid for t in decision.signals} == {s.pid for k, s in rows.items() if k not in spared}
+    assert decision.protected == len(spared) and decision.unguarded == 0
+    asked = manual(assess(snap, config).grouped, "g:1", "terminate", config.protect)
+    assert asked.protected == len(spared)
+
+
+def test_superusers_sessions_are_spared_by_budgets_deadlines_and_escalations() -> None:
+    """Where pgparent is no superuser, a budget's trim passes over a superuser's session, a deadline never crosses on
+    one, and an escalating rule neither cancels nor terminates one."""
+    idle_su = _superuser("B:1", state="idle", idle_since=600)
+    idle_plain = session("B:1", state="idle", idle_since=300)
+    budget = make_config(rule(match={"parent": "B:*"}, max_sessions=1, scope="excess"))
+    snap = replace(snapshot(idle_su, idle_plain), pgparent_superuser=False)
+    trimmed = assess(snap, budget).decision
+    assert [t.session.pid for t in trimmed.signals] == [idle_plain.pid] and trimmed.protected == 1
+    crossing = _superuser("D:1", query_age=1)
+    timed = make_config(rule(match={"parent": "D:*"}, max_query_duration="5s"))
+    snap = replace(snapshot(crossing), pgparent_superuser=False)
+    assert assess(snap, timed, deadlines=True).deadlines == ()
+    assert assess(replace(snap, pgparent_superuser=True), timed, deadlines=True).deadlines != ()
+    escalating = make_config(rule(match={"parent": "E:*"}, max_sessions=0, action="cancel",
+                                  escalate={"after": "10s"}))
+    snap = replace(snapshot(_superuser("E:1")), pgparent_superuser=False)
+    decision = assess(snap, escalating).decision
+    assert decision.signals == () and decision.no_query == () and decision.protected == 1

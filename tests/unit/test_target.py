@@ -4,12 +4,13 @@ the shard's share, pure."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from exporter.core.settings import Config
 from exporter.face.collector import PgparentCollector
-from exporter.pg.database import Database
+from exporter.pg.database import Capabilities, Database
 from exporter.run.leadership import Shard
-from exporter.run.monitor import Monitor
+from exporter.run.monitor import Monitor, tls_weakness
 from exporter.run.servers import Servers
 
 
@@ -86,3 +87,17 @@ def test_shard_wakes_its_followers_when_the_share_grows() -> None:
     for i in range(3):
         shard.seen(f"t{i}", 1, now)  # the other replica gone from most reads: share back to 4
     assert sorted(calls) == ["t0", "t1"]
+
+
+def test_a_connection_off_this_host_is_warned_of_unless_encrypted_under_verify_full() -> None:
+    """`connection_insecure` names what is wrong with a connection to another host: no TLS, or an sslmode that does
+    not check the certificate names the host; a loopback or Unix socket connection, or verify-full, is fine."""
+    base = Capabilities(server_version_num=160000, role="r", has_leader_pid=True, has_query_id=True,
+                        can_read_all_stats=True, can_signal=True, in_recovery=False, host="db.example.com")
+    assert "not encrypted" in (tls_weakness(base) or "")
+    assert "checks no certificate" in (tls_weakness(replace(base, tls=True, sslmode="require")) or "")
+    assert "not that it names this host" in (tls_weakness(replace(base, tls=True, sslmode="verify-ca")) or "")
+    assert tls_weakness(replace(base, tls=True, sslmode="verify-full")) is None
+    for local in ("127.0.0.1", "::1", "localhost", "/var/run/postgresql"):
+        assert tls_weakness(replace(base, host=local)) is None
+    assert tls_weakness(replace(base, host="10.0.0.5")) is not None

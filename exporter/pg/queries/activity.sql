@@ -19,6 +19,11 @@
 -- it). PostgreSQL shows no other session's channels, so its last statement is all there is: told on the server, so
 -- it holds with audit.query_text: none and whatever the client's encoding. Not recognised: a LISTEN behind a leading
 -- comment, or followed by any other statement (COMMIT after a LISTEN in a transaction, a pool's health check).
+-- superuser: the session's role is a superuser, or it has none (a role dropped while its session stays connected):
+-- on a managed server, the provider's own sessions, which pgparent's role there may not signal (protect.superusers).
+-- usesysid is shown for other roles' rows too. The superusers' oids are read once per statement (an InitPlan: ARRAY
+-- of a subquery), then each row compares its usesysid with those few; `IN (SELECT ...)` is planned as a subplan
+-- scanning pg_roles again for every row, as the planner counts on few rows from pg_stat_activity.
 -- {connections} is connections.sql (the client backends counting against max_connections, server-wide) for a target
 -- with `sessions: database`, else NULL::int: a whole-server poll's rows are those backends but pgparent's own.
 SELECT a.pid,
@@ -39,6 +44,7 @@ SELECT a.pid,
        {comment_values},
        {query_cut},
        coalesce(a.state = 'idle' AND a.query ~* '^\s*listen\s', false),
+       a.usename IS NULL OR a.usesysid = ANY (ARRAY(SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolsuper)),
        now(),
        {connections}{backend_stats}
   FROM pg_catalog.pg_stat_activity AS a

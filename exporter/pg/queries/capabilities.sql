@@ -9,7 +9,8 @@
 -- (PostgreSQL 18) and may be executed: NULL where they do not exist, false where the role may not.
 -- max_connections and the slots reserved for superusers (superuser_reserved_connections, and reserved_connections on
 -- PostgreSQL 16+: 0 before) take a restart to change, so a connection reads them once. server_version is how the
--- server names itself (`pgparent top`'s header).
+-- server names itself (`pgparent top`'s header). superuser: pgparent's own role is one (protect.superusers: auto).
+-- tls_version: the TLS protocol of the session that runs this statement, as the server sees it (NULL: no TLS).
 SELECT current_setting('server_version_num')::int AS server_version_num,
        current_user AS role,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
@@ -36,4 +37,7 @@ SELECT current_setting('server_version_num')::int AS server_version_num,
        current_setting('max_connections')::int AS max_connections,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
        coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
-       current_setting('server_version') AS server_version
+       current_setting('server_version') AS server_version,
+       coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user), false) AS superuser,
+       (SELECT s.version FROM pg_catalog.pg_stat_ssl AS s WHERE s.pid = pg_catalog.pg_backend_pid() AND s.ssl)
+         AS tls_version
