@@ -307,7 +307,7 @@ class AwsSource:
             region = self.region or client.meta.region_name
             if not region:
                 raise CredentialUnavailable(f"{self.what}: no region: set password.region (--password.region), "
-                                            "AWS_REGION or a region in ~/.aws/config")
+                                            "AWS_DEFAULT_REGION or a region in ~/.aws/config")
             token = str(client.generate_db_auth_token(DBHostname=self.host, Port=self.port, DBUsername=self.user,
                                                       Region=region))
         except BotoCoreError as exc:
@@ -320,8 +320,9 @@ class AwsSource:
             import boto3
         except ImportError:
             raise _unavailable(self.what, "aws") from None
-        # Made once: it holds the credential chain's resolved credentials (refreshed by botocore as they expire).
-        self._client = boto3.client("rds", region_name=self.region)
+        # Made once: it holds the credential chain's resolved credentials (refreshed by botocore as they expire). A
+        # session of its own rather than boto3's default one, which is not safe to share between targets' threads.
+        self._client = boto3.session.Session().client("rds", region_name=self.region)
         return self._client
 
     def forget(self) -> None:
