@@ -149,7 +149,7 @@ class Monitor:
         self._backoff = Backoff()
         self._auth_backoff = AuthBackoff()
         self._down_reason: str | None = None
-        """Why the last connection attempt failed, while the target is down: a new reason is logged again."""
+        """Why the last attempt failed while the target is down: a credential problem after another is logged."""
         self._last_success = 0.0
         self._was_up: bool | None = None
         self._thread: threading.Thread | None = None
@@ -267,7 +267,9 @@ class Monitor:
             self._connect_failed(exc)
             backoff = self._auth_backoff if exc.reason == "auth" else self._backoff
             delay = backoff.failed(time.monotonic())
-            if self._was_up is not False or exc.reason != self._down_reason:
+            # Once per outage; again when the credential becomes the problem (refused, or none to be had), which
+            # is no outage but an operator's to fix.
+            if self._was_up is not False or (exc.reason in _CREDENTIAL_REASONS and exc.reason != self._down_reason):
                 self.log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2),
                                **_reason(exc))
             self._was_up = False
@@ -478,6 +480,9 @@ class Monitor:
             ),
             self.name,
         )
+
+
+_CREDENTIAL_REASONS = ("auth", "credential")
 
 
 def _reason(exc: DatabaseUnavailable) -> dict[str, str]:
