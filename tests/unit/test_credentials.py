@@ -306,3 +306,20 @@ def test_auth_backoff_is_long_jittered_and_capped() -> None:
     delays = [b.failed(0.0) for _ in range(8)]
     assert 15.0 <= delays[0] <= 20.0 and (1 - AuthBackoff.JITTER) * AuthBackoff.BASE == 15.0
     assert all(d <= 300.0 for d in delays) and delays[-1] >= 225.0
+
+
+def test_the_documented_targets_are_a_valid_config() -> None:
+    """docs/credentials.md's config example validates, every source in it as documented."""
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "credentials.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(yaml.safe_load(block), "docs/credentials.md")
+    sources = {t.name: t.password for t in config.targets}
+    assert {n: s.describe() for n, s in sources.items() if s is not None} == {
+        "orders-eu": "password provider azure", "orders-us": "password provider aws",
+        "orders-asia": "password provider gcp", "reports": "password command az",
+        "billing": "password file /var/run/secrets/pgparent/billing-password",
+    }
+    reports = sources["reports"]
+    assert reports is not None and reports.command_timeout == 20.0
