@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from exporter import __version__
 from exporter.config import load_config
 from exporter.core.assess import Assessment, assess
-from exporter.core.settings import DEFAULT_TARGET, PROVIDERS, Config, PasswordSource, describe, warnings
+from exporter.core.settings import DEFAULT_TARGET, PROVIDERS, Config, PasswordSource, TargetConfig, describe, warnings
 from exporter.errors import ConfigInvalid, CredentialUnavailable, DatabaseUnavailable, UsageError
 from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
@@ -69,7 +69,8 @@ def _add_password(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password.timeout", dest="password_timeout", metavar="DURATION",
                    help="how long --password.command may run (default 10s)")
     p.add_argument("--password.region", dest="password_region", metavar="REGION",
-                   help="--password.provider aws: the region the token is signed for (default: boto3's own chain)")
+                   help="--password.provider aws: the region the token is signed for (default: AWS_REGION, else "
+                   "boto3's own chain)")
 
 
 def _password_spec(args: argparse.Namespace) -> PasswordSource | None:
@@ -230,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_password(check)
     _add_target(check)
 
+    doctor = sub.add_parser("doctor", help="connect as the daemon would and say what pgparent can see and do on the "
+                            "server, with the fix for each gap; exit 1 when something needs fixing")
+    _add_connection(doctor)
+    _add_target(doctor)
+
     demo = sub.add_parser("demo", help="the seed scenario on a throwaway PostgreSQL")
     demo.add_argument(
         "--hold",
@@ -369,15 +375,18 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import os
 
+    from exporter.cli.doctor import label_notes, same_address
     from exporter.core import guards
     from exporter.host.procfs import host_memory
     from exporter.run.daemon import check_password
 
     config = load_config(args.config_file)
+    resolved = _resolved(config, args.config_file)
+    dsns = {spec.name: dsn for spec, dsn in resolved}
     errors: list[str] = []
-    for target in config.targets:  # without connecting: a provider's extra, an inline DSN's own password
+    for target in config.targets:  # without connecting: a provider's extra, a DSN with a password of its own
         try:
-            check_password(target, target.dsn, args.config_file)
+            check_password(target, dsns.get(target.name), args.config_file)
         except ConfigInvalid as exc:
             errors += exc.errors
     if errors:
@@ -387,9 +396,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in describe(config) + guards.describe(config):
         print(line)
     cgroups = _check_server(args, config) if args.dsn or args.dsn_file or args.target else ()
-    for line in warnings(config) + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
+    for line in label_notes(config.targets):
+        print(line)
+    fleet = same_address(resolved)
+    for line in warnings(config) + fleet + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
         print(f"warning: {args.config_file}: {line}")
     return EXIT_OK
+
+
+def _resolved(config: Config, source: str) -> list[tuple[TargetConfig, str]]:
+    """The targets whose DSN can be had now, with it (one that cannot is the daemon's to report at start)."""
+    from exporter.run.daemon import target_dsn
+
+    out = []
+    for spec in config.targets:
+        try:
+            out.append((spec, target_dsn(spec, source)))
+        except ConfigInvalid:
+            continue
+    return out
 
 
 def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
@@ -416,6 +441,30 @@ def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
     if config.rules and not missing:
         print("every rule has the figures it reads on this server")
     return found.cgroups
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from exporter.cli.doctor import examine, fleet, report
+    from exporter.run.daemon import target_database, target_dsn
+
+    config = load_config(args.config_file) if args.config_file else Config()
+    dbs: list[tuple[TargetConfig | None, Database]]
+    if config.targets and args.target is None:  # the whole fleet, then its pitfalls
+        dbs = [(spec, target_database(spec, target_dsn(spec, args.config_file))) for spec in config.targets]
+    else:
+        dbs = [(next((t for t in config.targets if t.name == args.target), None), _database(args, config))]
+    sections, servers = [], {}
+    for spec, db in dbs:
+        try:
+            lines, servers[spec.name if spec else ""] = examine(db, config, spec)
+        finally:
+            db.close()
+        sections.append((f"target {spec.name if spec else args.target or DEFAULT_TARGET} ({db.masked})", lines))
+    if len(dbs) > 1:
+        sections.append(("fleet", fleet(config, servers)))
+    out, status = report(sections)
+    print("\n".join(out))
+    return status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -459,12 +508,13 @@ COMMANDS = {
     "top": cmd_top,
     "check": cmd_check,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("groups", "locks", "check"):
+    if args.command in ("groups", "locks", "check", "doctor"):
         configure("console" if sys.stderr.isatty() else "json", "warning")
     elif args.command == "terminate":
         configure(args.log_format, args.log_level)

@@ -494,8 +494,6 @@ class Config(StrictModel):
     def _unique_targets(cls, targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
         if (twice := _repeated(t.name for t in targets)) is not None:
             raise ValueError(f"target name {twice!r} is used twice; names label series and must be unique")
-        if len({frozenset(t.labels) for t in targets}) > 1:
-            raise ValueError("every target needs the same label names (values may differ), so series line up")
         return targets
 
     @field_validator("interval")

@@ -92,6 +92,19 @@ class Capabilities:
         return f"{self.system_identifier or '?'}@{started}"
 
 
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What `pgparent doctor` asks of a server beyond its capabilities (queries/server_facts.sql)."""
+
+    roles: tuple[str, ...]
+    """Those of the names asked about that exist as roles."""
+    databases: tuple[str, ...]
+    settings: tuple[str, ...]
+    """Settings of the managed services' own prefixes (azure.*, rds.*, cloudsql.*, alloydb.*)."""
+    hidden: int
+    """Client sessions of other roles the monitoring role sees only in part (no pg_read_all_stats)."""
+
+
 class _Watchdog:
     """Cuts a connection whose statement outlives its deadline, from a thread of its own.
 
@@ -414,6 +427,13 @@ class Database:
                 rows = conn.execute(load_query("backend_types"), {"pids": unknown}).fetchall()
             known.update({pid: kind for pid, kind in rows})
         return [replace(b, blocker_type=known.get(b.blocker)) for b in blockers]
+
+    def server_facts(self, roles: list[str], databases: list[str]) -> ServerFacts:
+        """Which of `roles` and `databases` exist on the server, its managed-service settings, and the sessions the
+        role sees only in part (queries/server_facts.sql): what `pgparent doctor` recognises a service by."""
+        row = self._row("server_facts", {"roles": roles, "databases": databases}, "server facts read failed")
+        assert row is not None
+        return ServerFacts(tuple(row[0]), tuple(row[1]), tuple(row[2]), int(row[3]))
 
     def try_lock(self, key: int, shared: bool = False) -> bool:
         """Take the session-level advisory lock `key` on this connection if free (`shared`: in share mode, which

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter.pgcluster import free_port
 from harness.waiting import eventually
+from tests.support.cli import pgparent
 from tests.support.servers import Server
 from tests.support.sessions import Clients
 
 pytestmark = pytest.mark.integration
-
-
-def pgparent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60,
-                          env={**clean, **(env or {})})
 
 
 @pytest.mark.per_major

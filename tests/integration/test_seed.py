@@ -18,6 +18,7 @@ import pytest
 
 from harness.daemon import DaemonProcess
 from harness.waiting import eventually
+from tests.support.cli import pgparent
 from tests.support.servers import Server, cluster_env
 from tests.support.sessions import Client, Clients
 
@@ -55,12 +56,6 @@ rules:
 def seed_statement(parent: str) -> str:
     """What each of the seed's background jobs runs (`psql -c "..."`)."""
     return f"SET application_name = '{parent}'; SELECT simulate_long_query();"
-
-
-def pgparent(*args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60,
-                          env=clean)
 
 
 @pytest.fixture

@@ -189,6 +189,20 @@ def test_render_writes_what_the_registry_collects() -> None:
     assert collector.render() == generate_latest(collector.registry)
 
 
+def test_targets_with_different_label_names_export_the_missing_ones_empty() -> None:
+    """Targets may carry different label names: every series has the union of them, a name a target lacks exported
+    empty for it (Prometheus reads an empty label as an absent one), counters included."""
+    collector = PgparentCollector()
+    collector.publish(Published(up=True, grouped=grouped("A:1"), labels={"region": "eu"}), "a")
+    collector.publish(Published(up=True, grouped=grouped("B:1"), labels={"zone": "z1"}), "b")
+    collector.counters.polls.labels("b").inc()
+    registry = collector.registry
+    assert registry.get_sample_value("pgparent_up", {"target": "a", "region": "eu", "zone": ""}) == 1
+    assert registry.get_sample_value("pgparent_up", {"target": "b", "region": "", "zone": "z1"}) == 1
+    assert registry.get_sample_value("pgparent_polls_total", {"target": "b", "region": "", "zone": "z1"}) == 1
+    assert collector.render() == generate_latest(registry)
+
+
 def test_the_readme_lists_every_declared_metric_with_its_labels() -> None:
     """README's metrics table is exactly the families declared in exporter/face/counters.py, each with the label
     names its declaration gives (a target's `target` and constant labels aside)."""

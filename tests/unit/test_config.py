@@ -275,7 +275,6 @@ def test_python_field_name_for_underscore_is_an_unknown_key(tmp_path: Path) -> N
         ("targets: [{name: a, dsn: x}, {name: a, dsn: y}]\n", "targets", "'a' is used twice"),
         ("targets: [{name: '-a', dsn: x}]\n", "targets.0.name", "should match pattern"),
         ("targets: [{name: a, dsn: x, labels: {target: b}}]\n", "targets.0.labels", "reserved"),
-        ("targets: [{name: a, dsn: x, labels: {r: eu}}, {name: b, dsn: y}]\n", "targets", "same label names"),
         ("targets: [{name: a, dsn: x, sessions: cluster}]\n", "targets.0.sessions", "'server' or 'database'"),
     ],
 )
