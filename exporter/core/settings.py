@@ -394,7 +394,8 @@ class PasswordSource(StrictModel):
     timeout: Duration | None = None
     """How long `command` may run (default 10s)."""
     region: str | None = Field(None, min_length=1)
-    """aws: the region the token is signed for (default: boto3's own chain: AWS_DEFAULT_REGION, ~/.aws/config)."""
+    """aws: the region the token is signed for (default: AWS_REGION, else boto3's own chain: AWS_DEFAULT_REGION, the
+    profile in ~/.aws/config)."""
     client_id: str | None = Field(None, min_length=1)
     """azure: the client id of a user-assigned managed identity (default: AZURE_CLIENT_ID, else the system-assigned
     identity or whatever else DefaultAzureCredential finds)."""

@@ -299,7 +299,7 @@ class AwsSource:
 
     def password(self) -> str:
         try:
-            from botocore.exceptions import BotoCoreError
+            from botocore.exceptions import BotoCoreError, ClientError
         except ImportError:
             raise _unavailable(self.what, "aws") from None
         try:
@@ -307,10 +307,10 @@ class AwsSource:
             region = self.region or client.meta.region_name
             if not region:
                 raise CredentialUnavailable(f"{self.what}: no region: set password.region (--password.region), "
-                                            "AWS_DEFAULT_REGION or a region in ~/.aws/config")
+                                            "AWS_REGION or a region in ~/.aws/config")
             token = str(client.generate_db_auth_token(DBHostname=self.host, Port=self.port, DBUsername=self.user,
                                                       Region=region))
-        except BotoCoreError as exc:
+        except (BotoCoreError, ClientError) as exc:  # ClientError: a chain that asks STS (web identity, a role)
             raise CredentialUnavailable(f"{self.what}: {_first_line(str(exc))}") from None
         self._given = token
         return token
@@ -322,7 +322,9 @@ class AwsSource:
             raise _unavailable(self.what, "aws") from None
         # Made once: it holds the credential chain's resolved credentials (refreshed by botocore as they expire). A
         # session of its own rather than boto3's default one, which is not safe to share between targets' threads.
-        self._client = boto3.session.Session().client("rds", region_name=self.region)
+        # AWS_REGION (what ECS, Lambda and EKS set) before boto3's own chain, which reads AWS_DEFAULT_REGION only.
+        region = self.region or os.environ.get("AWS_REGION") or None
+        self._client = boto3.session.Session().client("rds", region_name=region)
         return self._client
 
     def forget(self) -> None:

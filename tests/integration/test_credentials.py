@@ -22,7 +22,7 @@ from exporter import APPLICATION_NAME
 from exporter.errors import CredentialUnavailable, DatabaseUnavailable
 from exporter.pg.credentials import CommandSource, FileSource
 from exporter.pg.database import Database
-from exporter.pgcluster import free_port
+from exporter.pgcluster import Cluster, free_port
 from exporter.run.monitor import AuthBackoff
 from harness.waiting import eventually
 from tests.support.daemon import Daemons
@@ -228,3 +228,23 @@ def test_a_failing_password_command_is_an_outage_the_daemon_survives(roles: Role
     assert event["error"] == "password command password.sh: exit status 7: vault sealed"
     assert d.sample("pgparent_up") == 0 and d.proc.poll() is None
     assert "partial-secret-31" not in d.log_path.read_text()
+
+
+def test_a_pg_hba_reject_line_is_rejected_and_a_refused_tls_demand_is_tls(private_pg: Server) -> None:
+    """pg_hba.conf refusing the role is `rejected`, not `auth`; sslmode=require against a server without TLS is
+    `tls`: an operator is sent to the server's config, not to the password."""
+    if not isinstance(private_pg, Cluster):
+        pytest.skip("needs a local cluster to edit pg_hba.conf")
+    role = Roles(private_pg).login("hba", "hba-pw-1")
+    hba = private_pg.data / "pg_hba.conf"
+    hba.write_text(f"host all {role.name} 127.0.0.1/32 reject\n" + hba.read_text())
+    with psycopg.connect(private_pg.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+        ssl = conn.execute("SHOW ssl").fetchone()
+    with pytest.raises(DatabaseUnavailable) as caught:
+        Database(role.dsn).connect()
+    assert caught.value.reason == "rejected", str(caught.value)
+    if ssl == ("off",):
+        with pytest.raises(DatabaseUnavailable) as caught:
+            Database(make_conninfo(private_pg.dsn, sslmode="require")).connect()
+        assert caught.value.reason == "tls", str(caught.value)

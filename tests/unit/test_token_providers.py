@@ -146,13 +146,17 @@ def test_aws_signs_a_connect_token_for_the_dsns_host_port_and_user(aws_env: None
 
 def test_aws_region_from_boto3s_chain_and_a_clear_error_without_one(aws_env: None,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without password.region, AWS_DEFAULT_REGION (boto3's chain) decides; with no region anywhere, a clear error."""
+    """Without password.region, AWS_REGION decides, else boto3's chain (AWS_DEFAULT_REGION); with no region
+    anywhere, a clear error."""
     pytest.importorskip("boto3", reason="needs the aws extra: pip install 'pgparent[aws]'")
     with pytest.raises(CredentialUnavailable, match=r"^password provider aws: .*region"):
         AwsSource("db.example.internal", 5432, "iam").password()
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-southeast-2")
     _, params = _presigned(AwsSource("db.example.internal", 5432, "iam").password())
     assert params["X-Amz-Credential"][0].split("/")[2] == "ap-southeast-2"
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    _, params = _presigned(AwsSource("db.example.internal", 5432, "iam").password())
+    assert params["X-Amz-Credential"][0].split("/")[2] == "eu-central-1"
 
 
 def test_aws_without_credentials_is_credential_unavailable(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
