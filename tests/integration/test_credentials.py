@@ -5,9 +5,6 @@ once more at once and then backed off long, and a source that fails is a clear e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +22,7 @@ from exporter.pg.database import Database
 from exporter.pgcluster import Cluster, free_port
 from exporter.run.monitor import AuthBackoff
 from harness.waiting import eventually
+from tests.support.cli import pgparent
 from tests.support.daemon import Daemons
 from tests.support.roles import Role, Roles
 from tests.support.servers import Server
@@ -148,12 +146,6 @@ def test_a_password_file_is_read_again_when_the_daemon_reconnects(private_pg: Se
     assert "file-pw" not in d.log_path.read_text()
 
 
-def check(*args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE_NAME"))}
-    return subprocess.run([sys.executable, "-m", "exporter", "check", *args], capture_output=True, text=True,
-                          timeout=60, env=clean)
-
-
 def test_check_exits_2_naming_a_password_command_that_hangs_or_fails(roles: Roles, tmp_path: Path) -> None:
     """`pgparent check --dsn ... --password.command`: a command past its timeout or exiting non-zero is one clear
     line and exit 2, never what it printed; a working one connects."""
@@ -162,13 +154,14 @@ def test_check_exits_2_naming_a_password_command_that_hangs_or_fails(roles: Role
     rules.write_text("rules: []\n")
     base = ["--config.file", str(rules), "--dsn", without_password(role.dsn)]
     started = time.monotonic()
-    hung = check(*base, "--password.command", "sh -c 'sleep 30'", "--password.timeout", "0.5s")
+    hung = pgparent("check", *base, "--password.command", "sh -c 'sleep 30'", "--password.timeout", "0.5s")
     assert hung.returncode == 2 and hung.stderr == "pgparent: password command sh: timed out after 0.5s\n"
     assert time.monotonic() - started < 20
-    failed = check(*base, "--password.command", "sh -c 'echo tok-9876; echo denied for tok-9876 >&2; exit 4'")
+    failing = "sh -c 'echo tok-9876; echo denied for tok-9876 >&2; exit 4'"
+    failed = pgparent("check", *base, "--password.command", failing)
     assert failed.returncode == 2, failed.stderr
     assert failed.stderr == "pgparent: password command sh: exit status 4: denied for ****\n"
-    good = check(*base, "--password.command", "echo check-pw-77")
+    good = pgparent("check", *base, "--password.command", "echo check-pw-77")
     assert good.returncode == 0, good.stderr
     assert "cost source proc" in good.stdout and "check-pw-77" not in good.stdout + good.stderr
 
