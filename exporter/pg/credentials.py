@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -135,22 +136,22 @@ class _Caching:
 
 def _epoch(value: object) -> float | None:
     """Unix time from epoch seconds (a number or digits) or ISO 8601 (naive: local time, as az prints expiresOn);
-    None when it is neither."""
+    None when it is neither, or not a finite moment (a NaN expiry would otherwise keep a token forever)."""
     if isinstance(value, bool):
         return None
+    seconds: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            except (ValueError, OverflowError, OSError):
+                return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def parse_output(text: str) -> Token:

@@ -323,3 +323,9 @@ def test_the_documented_targets_are_a_valid_config() -> None:
     }
     reports = sources["reports"]
     assert reports is not None and reports.command_timeout == 20.0
+
+
+@pytest.mark.parametrize("expiry", ["nan", "inf", 1e400, "9999999-01-01", True])
+def test_an_expiry_that_is_no_finite_moment_caches_nothing(expiry: object) -> None:
+    """NaN, infinity, an impossible date or a boolean is no expiry: the token is used for one connection."""
+    assert parse_output(json.dumps({"token": "t1", "expiry": expiry})) == Token("t1")
