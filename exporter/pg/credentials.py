@@ -181,7 +181,7 @@ class CommandSource(_Caching):
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
         self.argv, self.timeout = argv, timeout
-        self.what = f"password command {Path(argv[0]).name}"
+        self.what = f"password command {argv[0]}"
 
     def _fetch(self) -> Token:
         try:

@@ -218,7 +218,7 @@ def test_a_failing_password_command_is_an_outage_the_daemon_survives(roles: Role
     assert failures is not None and failures >= 3
     (event,) = d.events("database_unavailable")
     assert event["reason"] == "credential"
-    assert event["error"] == "password command password.sh: exit status 7: vault sealed"
+    assert event["error"] == f"password command {command}: exit status 7: vault sealed"
     assert d.sample("pgparent_up") == 0 and d.proc.poll() is None
     assert "partial-secret-31" not in d.log_path.read_text()
 
