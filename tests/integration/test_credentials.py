@@ -109,6 +109,7 @@ def test_a_daemon_reconnects_with_the_rotated_password_after_every_restart(priva
     assert d.sample("pgparent_connect_failures_total", {"reason": "auth"}) == 0
 
 
+@pytest.mark.per_major  # libpq's words for each failure come from the server
 def test_a_refused_password_is_fetched_again_once_at_once_then_backed_off_long(roles: Roles, tmp_path: Path,
                                                                                daemons: Daemons) -> None:
     """A command printing a wrong password: two auth failures in the first poll (the second with a password fetched
@@ -185,6 +186,7 @@ def test_a_json_token_is_reused_across_connections_until_forgotten(roles: Roles,
         db.close()
 
 
+@pytest.mark.per_major  # libpq's words for each failure come from the server
 def test_connect_failures_carry_their_reason(roles: Roles, tmp_path: Path) -> None:
     """A wrong password and an unknown role are `auth`, a closed port `unreachable`, a source that gives nothing
     `credential` (a CredentialUnavailable, before any attempt); no password appears in a message."""
@@ -223,6 +225,7 @@ def test_a_failing_password_command_is_an_outage_the_daemon_survives(roles: Role
     assert "partial-secret-31" not in d.log_path.read_text()
 
 
+@pytest.mark.per_major  # libpq's words for each failure come from the server
 def test_a_pg_hba_reject_line_is_rejected_and_a_refused_tls_demand_is_tls(private_pg: Server) -> None:
     """pg_hba.conf refusing the role is `rejected`, not `auth`; sslmode=require against a server without TLS is
     `tls`: an operator is sent to the server's config, not to the password."""
