@@ -86,7 +86,7 @@ def _password_spec(args: argparse.Namespace) -> PasswordSource | None:
         raise UsageError(f"{flag}: {str(error['msg']).removeprefix('Value error, ')}") from None
 
 
-def _password(args: argparse.Namespace, dsn: str | None) -> CredentialSource | None:
+def _credentials(args: argparse.Namespace, dsn: str | None) -> CredentialSource | None:
     """The password source of the --dsn server from the --password.* flags; None when they give none, and only
     checked (no source made) when `dsn` is None."""
     spec = _password_spec(args)
@@ -103,7 +103,7 @@ def _password(args: argparse.Namespace, dsn: str | None) -> CredentialSource | N
 def _default_database(args: argparse.Namespace, statement_timeout: float) -> Database:
     """The server of --dsn / the environment, with its --password.* source."""
     dsn = resolve_dsn(args.dsn, args.dsn_file)
-    return Database(dsn, statement_timeout=statement_timeout, password=_password(args, dsn))
+    return Database(dsn, statement_timeout=statement_timeout, credentials=_credentials(args, dsn))
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -391,7 +391,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             errors += exc.errors
     if errors:
         raise ConfigInvalid(errors)
-    _password(args, None)
+    _credentials(args, None)
     print(f"{args.config_file}: ok")
     for line in describe(config) + guards.describe(config):
         print(line)

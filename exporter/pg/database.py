@@ -177,15 +177,15 @@ class Database:
         statement_timeout: float = 10.0,
         read_blockers: bool = True,
         database_only: bool = False,
-        password: CredentialSource | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way);
         `database_only` reads and signals only the sessions of the DSN's database (a target's `sessions: database`);
-        `password` gives the password of each new connection (exporter/pg/credentials.py), else the DSN's own (or
+        `credentials` gives the password of each new connection (exporter/pg/credentials.py), else the DSN's own (or
         libpq's PGPASSWORD, PGPASSFILE) is used."""
         parse_dsn(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
-        self.password = password
+        self.credentials = credentials
         self.database_only = database_only
         self.read_blockers = read_blockers
         self.masked = mask_dsn(dsn)
@@ -236,13 +236,13 @@ class Database:
     def _fail(self, what: str, exc: Exception, reason: str | None = None) -> DatabaseUnavailable:
         stalled = self._stalled()
         self.close()
-        secrets = self.password.secrets() if self.password is not None else ()
+        secrets = self.credentials.secrets() if self.credentials is not None else ()
         return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {scrub(str(exc), self.dsn, *secrets)}", reason)
 
     def forget_password(self) -> None:
         """Fetch the next connection's password afresh (a token the server refused may be cached)."""
-        if self.password is not None:
-            self.password.forget()
+        if self.credentials is not None:
+            self.credentials.forget()
 
     def connect(self) -> Capabilities:
         """Open the connection (if not open) and read the server's capabilities.
@@ -263,8 +263,8 @@ class Database:
             "tcp_user_timeout": int(self._statement_timeout * 1000) + 5000,
         }
         extra.update({k: v for k, v in defaults.items() if k not in params})
-        if self.password is not None:
-            extra["password"] = self.password.password()  # asked at each attempt: tokens expire, passwords rotate
+        if self.credentials is not None:
+            extra["password"] = self.credentials.password()  # asked at each attempt: tokens expire, passwords rotate
         try:
             conn = psycopg.connect(make_conninfo(self.dsn, **extra), autocommit=True)
         except psycopg.Error as exc:

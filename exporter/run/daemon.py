@@ -73,8 +73,9 @@ def target_database(target: TargetConfig, dsn: str, timeout: float = 10.0, sourc
     """The connection of a configured target, reading (and signalling) the sessions its `sessions` says, with the
     password of each connection from its `password` source if it has one (ConfigInvalid when that cannot work)."""
     check_password(target, dsn, source)
-    password = credential_source(target.password, dsn) if target.password is not None else None
-    return Database(dsn, statement_timeout=timeout, database_only=target.sessions == "database", password=password)
+    credentials = credential_source(target.password, dsn) if target.password is not None else None
+    return Database(dsn, statement_timeout=timeout, database_only=target.sessions == "database",
+                    credentials=credentials)
 
 
 class Daemon:

@@ -121,7 +121,7 @@ class Monitor:
         # PgparentPollsFailing) then count its first failure instead of seeing a series born at 1.
         self.counters.polls.labels(name)
         self.counters.poll_errors.labels(name)
-        if db.password is not None:  # a credential that may expire: its failures count from 0 too
+        if db.credentials is not None:  # a credential that may expire: its failures count from 0 too
             for reason in ("auth", "credential"):
                 self.counters.connect_failures.labels(name, reason)
         self.force_dry_run = force_dry_run
@@ -292,7 +292,7 @@ class Monitor:
         try:
             return self.db.connect()
         except DatabaseUnavailable as exc:
-            if exc.reason != "auth" or self.db.password is None or self._auth_backoff.failures:
+            if exc.reason != "auth" or self.db.credentials is None or self._auth_backoff.failures:
                 raise  # without a source the same password would be refused again
             self._connect_failed(exc)
         self.db.forget_password()

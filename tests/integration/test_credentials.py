@@ -173,7 +173,7 @@ def test_a_json_token_is_reused_across_connections_until_forgotten(roles: Roles,
     role = roles.login("tokened", "tok-5566", member_of=["pg_monitor"])
     token = json.dumps({"token": "tok-5566", "expires_at": int(time.time()) + 3600})
     command = password_command(tmp_path, f"echo '{token}'")
-    db = Database(without_password(role.dsn), password=CommandSource((str(command),)))
+    db = Database(without_password(role.dsn), credentials=CommandSource((str(command),)))
     try:
         for _ in range(2):
             assert db.connect().role == role.name
@@ -195,10 +195,10 @@ def test_connect_failures_carry_their_reason(roles: Roles, tmp_path: Path) -> No
     secret.write_text("not-the-pw-42\n")
     dsn = without_password(role.dsn)
     cases = [
-        (Database(dsn, password=FileSource(str(secret))), "auth"),
-        (Database(make_conninfo(dsn, user="no_such_role_x1"), password=FileSource(str(secret))), "auth"),
-        (Database(make_conninfo(dsn, port=str(free_port())), password=FileSource(str(secret))), "unreachable"),
-        (Database(dsn, password=FileSource(str(tmp_path / "missing"))), "credential"),
+        (Database(dsn, credentials=FileSource(str(secret))), "auth"),
+        (Database(make_conninfo(dsn, user="no_such_role_x1"), credentials=FileSource(str(secret))), "auth"),
+        (Database(make_conninfo(dsn, port=str(free_port())), credentials=FileSource(str(secret))), "unreachable"),
+        (Database(dsn, credentials=FileSource(str(tmp_path / "missing"))), "credential"),
     ]
     for db, reason in cases:
         with pytest.raises(DatabaseUnavailable) as caught:
