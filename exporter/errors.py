@@ -16,7 +16,23 @@ class ConfigInvalid(PgparentError):
 
 
 class DatabaseUnavailable(PgparentError):
-    """PostgreSQL could not be reached or answered with an error; the message never holds a password."""
+    """PostgreSQL could not be reached or answered with an error; the message never holds a password.
+
+    `reason` says why a connection attempt failed (exporter/pg/failures.py: auth, rejected, tls, unreachable,
+    credential, other); None when the failure was not a connection attempt's.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CredentialUnavailable(DatabaseUnavailable):
+    """The password source of a connection (a command, a file, a cloud token provider) gave no password: an outage
+    to the daemon, which keeps trying; a usage error to the one-shot commands."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "credential")
 
 
 class UsageError(PgparentError):

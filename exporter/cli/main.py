@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from exporter import __version__
 from exporter.config import load_config
 from exporter.core.assess import Assessment, assess
-from exporter.core.settings import DEFAULT_TARGET, Config, TargetConfig, describe, warnings
-from exporter.errors import ConfigInvalid, DatabaseUnavailable, UsageError
+from exporter.core.settings import DEFAULT_TARGET, PROVIDERS, Config, PasswordSource, TargetConfig, describe, warnings
+from exporter.errors import ConfigInvalid, CredentialUnavailable, DatabaseUnavailable, UsageError
 from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
+from exporter.pg.credentials import CredentialSource, credential_source, problems
 from exporter.pg.database import Database
 from exporter.pg.dsn import resolve_dsn
 
@@ -41,7 +44,66 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         "PG* variables",
     )
     p.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read the DSN from this file")
+    _add_password(p)
     p.add_argument("--config.file", dest="config_file", metavar="FILE", help="rules file (see rules.yaml)")
+
+
+_PASSWORD_FLAGS = ("command", "file", "provider", "timeout", "region")
+
+
+def _add_password(p: argparse.ArgumentParser) -> None:
+    """Where the --dsn server's password comes from at each new connection (a config's targets say `password:`)."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--password.command", dest="password_command", metavar="COMMAND",
+        help="run this command (split as a shell would, run without one) for each new connection: its stdout is the "
+        "password, or a JSON token with its expiry (az account get-access-token), reused until a minute before it",
+    )
+    source.add_argument("--password.file", dest="password_file", metavar="FILE",
+                        help="read the password from this file's first line at each new connection")
+    source.add_argument(
+        "--password.provider", dest="password_provider", choices=PROVIDERS,
+        help="a cloud token for each new connection: azure (Microsoft Entra ID), aws (RDS IAM), gcp (Cloud SQL IAM); "
+        "each needs its extra: pip install 'pgparent[azure]'",
+    )
+    p.add_argument("--password.timeout", dest="password_timeout", metavar="DURATION",
+                   help="how long --password.command may run (default 10s)")
+    p.add_argument("--password.region", dest="password_region", metavar="REGION",
+                   help="--password.provider aws: the region the token is signed for (default: AWS_REGION, else "
+                   "boto3's own chain)")
+
+
+def _password_spec(args: argparse.Namespace) -> PasswordSource | None:
+    """The --password.* flags as a password source (None: none given); UsageError naming the flag that is wrong."""
+    given = {k: v for k in _PASSWORD_FLAGS if (v := getattr(args, f"password_{k}", None)) is not None}
+    if not given:
+        return None
+    try:
+        return PasswordSource.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        flag = f"--password.{error['loc'][0]}" if error["loc"] else "--password"
+        raise UsageError(f"{flag}: {str(error['msg']).removeprefix('Value error, ')}") from None
+
+
+def _credentials(args: argparse.Namespace, dsn: str | None) -> CredentialSource | None:
+    """The password source of the --dsn server from the --password.* flags; None when they give none, and only
+    checked (no source made) when `dsn` is None."""
+    spec = _password_spec(args)
+    if spec is None:
+        return None
+    found = problems(spec, dsn)
+    if found:
+        field, message = found[0]
+        given = next(k for k in ("command", "file", "provider") if getattr(spec, k) is not None)
+        raise UsageError(f"--password.{field or given}: {message}")
+    return credential_source(spec, dsn) if dsn is not None else None
+
+
+def _default_database(args: argparse.Namespace, statement_timeout: float) -> Database:
+    """The server of --dsn / the environment, with its --password.* source."""
+    dsn = resolve_dsn(args.dsn, args.dsn_file)
+    return Database(dsn, statement_timeout=statement_timeout, credentials=_credentials(args, dsn))
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -55,14 +117,16 @@ def _database(args: argparse.Namespace, config: Config, statement_timeout: float
     if not config.targets:
         if args.target is not None:
             raise UsageError(f"--target {args.target}: the config lists no targets; use --dsn")
-        return Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout)
+        return _default_database(args, statement_timeout)
+    if _password_spec(args) is not None:
+        raise UsageError("--password.*: for the --dsn server; the config's targets each say theirs (password:)")
     names = [t.name for t in config.targets]
     if args.target is None:
         raise UsageError(f"the config lists targets: name one with --target ({', '.join(names)})")
     spec = next((t for t in config.targets if t.name == args.target), None)
     if spec is None:
         raise UsageError(f"--target {args.target}: no such target in the config ({', '.join(names)})")
-    return target_database(spec, target_dsn(spec, args.config_file), statement_timeout)
+    return target_database(spec, target_dsn(spec, args.config_file), statement_timeout, args.config_file)
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -164,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config.file", dest="config_file", metavar="FILE", default="rules.yaml")
     check.add_argument("--dsn", help="also connect to this server: which figures the guard rules have there")
     check.add_argument("--dsn.file", dest="dsn_file", metavar="FILE", help="read that DSN from this file")
+    _add_password(check)
     _add_target(check)
 
     doctor = sub.add_parser("doctor", help="connect as the daemon would and say what pgparent can see and do on the "
@@ -313,15 +378,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     from exporter.cli.doctor import label_notes, same_address
     from exporter.core import guards
     from exporter.host.procfs import host_memory
+    from exporter.run.daemon import check_password
 
     config = load_config(args.config_file)
+    resolved = _resolved(config, args.config_file)
+    dsns = {spec.name: dsn for spec, dsn in resolved}
+    errors: list[str] = []
+    for target in config.targets:  # without connecting: a provider's extra, a DSN with a password of its own
+        try:
+            check_password(target, dsns.get(target.name), args.config_file)
+        except ConfigInvalid as exc:
+            errors += exc.errors
+    if errors:
+        raise ConfigInvalid(errors)
+    _credentials(args, None)
     print(f"{args.config_file}: ok")
     for line in describe(config) + guards.describe(config):
         print(line)
     cgroups = _check_server(args, config) if args.dsn or args.dsn_file or args.target else ()
     for line in label_notes(config.targets):
         print(line)
-    fleet = same_address(_resolved(config, args.config_file))
+    fleet = same_address(resolved)
     for line in warnings(config) + fleet + guards.warnings(config, host_memory(cgroups), os.cpu_count()):
         print(f"warning: {args.config_file}: {line}")
     return EXIT_OK
@@ -400,11 +477,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = parse_listen_address(args.listen)
     limits = Limits(workers=args.web_workers, max_connections=args.web_max_connections)
     web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
-    db = (
-        None
-        if config.targets
-        else Database(resolve_dsn(args.dsn, args.dsn_file), statement_timeout=statement_timeout(config.interval))
-    )
+    if config.targets and _password_spec(args) is not None:
+        raise UsageError("--password.*: for the --dsn server; the config's targets each say theirs (password:)")
+    db = None if config.targets else _default_database(args, statement_timeout(config.interval))
     daemon = Daemon(
         config,
         db,
@@ -450,6 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
+        print(f"pgparent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CredentialUnavailable as exc:  # the password source's setup is wrong (before DatabaseUnavailable: a kind)
         print(f"pgparent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseUnavailable as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterable
 from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
@@ -382,6 +383,80 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _RESERVED_LABELS = frozenset({"target", "parent", "state", "rule", "action", "reason", "job", "instance"})
 
 
+PROVIDERS = ("azure", "aws", "gcp")
+"""The cloud token providers of `password.provider`, each the optional extra of the same name."""
+Provider = Literal["azure", "aws", "gcp"]
+DEFAULT_COMMAND_TIMEOUT = 10.0
+
+
+def _argv(value: object) -> object:
+    """A command as an argv list; a string is split as a POSIX shell would split it (it is never run by a shell)."""
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command into arguments: {exc}") from None
+    if isinstance(value, list | tuple) and not value:
+        raise ValueError("the command is empty: give the program and its arguments")
+    return value
+
+
+Argv = Annotated[tuple[str, ...], BeforeValidator(_argv)]
+
+
+class PasswordSource(StrictModel):
+    """Where a target's password comes from, fetched again for every new connection (exporter/pg/credentials.py):
+    exactly one of `command`, `file`, `provider`, and the options of that one."""
+
+    command: Argv | None = None
+    """Run without a shell for each new connection; its stdout is the password, or a JSON object with a token and
+    its expiry (az account get-access-token), reused until shortly before it expires."""
+    file: str | None = None
+    """Read again for each new connection: its first line is the password."""
+    provider: Provider | None = None
+    """A cloud token provider (the optional extra of the same name: pip install 'pgparent[azure]')."""
+    timeout: Duration | None = None
+    """How long `command` may run (default 10s)."""
+    region: str | None = Field(None, min_length=1)
+    """aws: the region the token is signed for (default: AWS_REGION, else boto3's own chain: AWS_DEFAULT_REGION, the
+    profile in ~/.aws/config)."""
+    client_id: str | None = Field(None, min_length=1)
+    """azure: the client id of a user-assigned managed identity (default: AZURE_CLIENT_ID, else the system-assigned
+    identity or whatever else DefaultAzureCredential finds)."""
+    scope: str | None = Field(None, min_length=1)
+    """azure: the token's scope (default https://ossrdbms-aad.database.windows.net/.default; sovereign clouds have
+    their own)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PasswordSource:
+        given = [k for k in ("command", "file", "provider") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a password source is exactly one of command, file, provider"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.timeout is not None:
+            if self.command is None:
+                raise ValueError("timeout applies to command only")
+            if self.timeout <= 0:
+                raise ValueError("timeout must be longer than 0s")
+        for option, provider in (("region", "aws"), ("client_id", "azure"), ("scope", "azure")):
+            if getattr(self, option) is not None and self.provider != provider:
+                raise ValueError(f"{option} applies to provider: {provider} only")
+        return self
+
+    @property
+    def command_timeout(self) -> float:
+        return DEFAULT_COMMAND_TIMEOUT if self.timeout is None else self.timeout
+
+    def describe(self) -> str:
+        """What a log line or `pgparent check` may say of the source (never a secret: a command's arguments may hold
+        one, so only its program is named)."""
+        if self.command is not None:
+            return f"password command {self.command[0]}"
+        if self.file is not None:
+            return f"password file {self.file}"
+        return f"password provider {self.provider}"
+
+
 class TargetConfig(StrictModel):
     """One monitored server of a fleet: a unique name (the `target` label), where its DSN comes from, constant
     labels for its series, and an optional dry run of its own."""
@@ -395,6 +470,9 @@ class TargetConfig(StrictModel):
     sessions: Literal["server", "database"] = "server"
     """Whose sessions the target reads and signals: every database of its server, or only its DSN's database (for a
     fleet with a target per database of one server)."""
+    password: PasswordSource | None = None
+    """Where the password of each new connection comes from, when it expires (cloud tokens) or rotates; the DSN then
+    carries none."""
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> TargetConfig:
@@ -562,7 +640,8 @@ def describe(config: Config) -> list[str]:
         for t in config.targets:
             source = f"dsn_file {t.dsn_file}" if t.dsn_file else f"dsn_env {t.dsn_env}" if t.dsn_env else "dsn"
             labels = "".join(f", {k}={v}" for k, v in sorted(t.labels.items()))
-            lines.append(f"  - {t.name}: {source}{labels}{' (dry run)' if t.dry_run else ''}")
+            password = f", {t.password.describe()}" if t.password is not None else ""
+            lines.append(f"  - {t.name}: {source}{password}{labels}{' (dry run)' if t.dry_run else ''}")
     lines.append(f"{len(config.rules)} rule(s):")
     for rule in config.rules:
         match = ", ".join(

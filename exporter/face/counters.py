@@ -223,6 +223,12 @@ COST_SOURCE_UNAVAILABLE = _gauge(
 # Counters.
 POLLS = _counter("pgparent_polls", "Poll cycles completed, successful or not.", "target")
 POLL_ERRORS = _counter("pgparent_poll_errors", "Polls that failed.", "target")
+CONNECT_FAILURES = _counter(
+    "pgparent_connect_failures",
+    "Connection attempts that failed, by reason: auth (credential refused), rejected (pg_hba.conf), tls, unreachable, "
+    "credential (the password source gave none), other.",
+    "target", "reason",
+)
 SIGNALLED = _counter(
     "pgparent_signalled_sessions",
     "Sessions signalled successfully, by rule, action (terminate or cancel) and trigger (poll, deadline or sample).",
@@ -292,6 +298,7 @@ class Counters:
         self.registry = r = CollectorRegistry(auto_describe=False)
         self.polls = POLLS.counter(r)
         self.poll_errors = POLL_ERRORS.counter(r)
+        self.connect_failures = CONNECT_FAILURES.counter(r)
         self.signalled = SIGNALLED.counter(r)
         self.signal_failures = SIGNAL_FAILURES.counter(r)
         self.deferred = DEFERRED.counter(r)

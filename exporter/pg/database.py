@@ -31,7 +31,9 @@ from exporter.core.cost import StatsReading
 from exporter.core.model import NO_GUARD, Blocker, Capacity, Guard, Reading, Session, SignalAction, Snapshot
 from exporter.core.tags import MAX_RAW_BYTES
 from exporter.errors import DatabaseUnavailable
+from exporter.pg.credentials import CredentialSource
 from exporter.pg.dsn import mask_dsn, parse_dsn, scrub
+from exporter.pg.failures import connect_failure
 from exporter.pg.rows import QUERY_BYTES, SessionRows
 from exporter.pg.statements import load_query
 
@@ -206,11 +208,15 @@ class Database:
         statement_timeout: float = 10.0,
         read_blockers: bool = True,
         database_only: bool = False,
+        credentials: CredentialSource | None = None,
     ) -> None:
         """`read_blockers=False` skips the lock step of the poll (the benchmark measures its cost that way);
-        `database_only` reads and signals only the sessions of the DSN's database (a target's `sessions: database`)."""
+        `database_only` reads and signals only the sessions of the DSN's database (a target's `sessions: database`);
+        `credentials` gives the password of each new connection (exporter/pg/credentials.py), else the DSN's own (or
+        libpq's PGPASSWORD, PGPASSFILE) is used."""
         parse_dsn(dsn)  # a malformed DSN is a usage error now, not a failed poll every interval
         self.dsn = dsn
+        self.credentials = credentials
         self.database_only = database_only
         self.read_blockers = read_blockers
         self.masked = mask_dsn(dsn)
@@ -258,13 +264,22 @@ class Database:
     def backend_pid(self) -> int | None:
         return self._conn.info.backend_pid if self.connected and self._conn is not None else None
 
-    def _fail(self, what: str, exc: Exception) -> DatabaseUnavailable:
+    def _fail(self, what: str, exc: Exception, reason: str | None = None) -> DatabaseUnavailable:
         stalled = self._stalled()
         self.close()
-        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {scrub(str(exc), self.dsn)}")
+        secrets = self.credentials.secrets() if self.credentials is not None else ()
+        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {scrub(str(exc), self.dsn, *secrets)}", reason)
+
+    def forget_password(self) -> None:
+        """Fetch the next connection's password afresh (a token the server refused may be cached)."""
+        if self.credentials is not None:
+            self.credentials.forget()
 
     def connect(self) -> Capabilities:
-        """Open the connection (if not open) and read the server's capabilities."""
+        """Open the connection (if not open) and read the server's capabilities.
+
+        A failed attempt raises DatabaseUnavailable with its `reason` (exporter/pg/failures.py); a password source
+        that gives nothing raises CredentialUnavailable, before any attempt."""
         if self.connected and self.capabilities is not None:
             return self.capabilities
         params = parse_dsn(self.dsn)
@@ -279,10 +294,12 @@ class Database:
             "tcp_user_timeout": int(self._statement_timeout * 1000) + 5000,
         }
         extra.update({k: v for k, v in defaults.items() if k not in params})
+        if self.credentials is not None:
+            extra["password"] = self.credentials.password()  # asked at each attempt: tokens expire, passwords rotate
         try:
             conn = psycopg.connect(make_conninfo(self.dsn, **extra), autocommit=True)
         except psycopg.Error as exc:
-            raise self._fail("cannot connect to PostgreSQL", exc) from exc
+            raise self._fail("cannot connect to PostgreSQL", exc, connect_failure(str(exc))) from exc
         self._conn = conn
         self.generation += 1
         try:

@@ -61,12 +61,13 @@ def mask_dsn(dsn: str) -> str:
     return make_conninfo(**params)
 
 
-def scrub(message: str, dsn: str) -> str:
-    """Remove the DSN's password, and PGPASSWORD, from a driver message, should libpq ever echo one."""
-    secrets = [os.environ.get("PGPASSWORD", "")]
+def scrub(message: str, dsn: str, *secrets: str) -> str:
+    """Remove the DSN's password, PGPASSWORD and `secrets` (the tokens a password source gave out, what a password
+    command printed) from a message, should libpq or a command ever echo one."""
+    masked = [*secrets, os.environ.get("PGPASSWORD", "")]
     with contextlib.suppress(psycopg.ProgrammingError):  # an unparseable DSN never reaches a connection attempt
-        secrets.append(str(conninfo_to_dict(dsn).get("password", "")))
-    for secret in secrets:
+        masked.append(str(conninfo_to_dict(dsn).get("password", "")))
+    for secret in sorted(masked, key=len, reverse=True):  # longest first: a token may contain a shorter secret
         if len(secret) >= 3:
             message = message.replace(secret, "****")
     return message.strip()

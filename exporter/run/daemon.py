@@ -22,6 +22,7 @@ from exporter.face.collector import Flags, PgparentCollector
 from exporter.face.http import Limits, MetricsServer
 from exporter.face.webconfig import WebConfig
 from exporter.logs import get_logger
+from exporter.pg.credentials import credential_source, problems
 from exporter.pg.database import Database
 from exporter.pg.dsn import read_dsn_file
 from exporter.run.leadership import Shard
@@ -57,9 +58,24 @@ def target_dsn(target: TargetConfig, source: str = "config") -> str:
     return value
 
 
-def target_database(target: TargetConfig, dsn: str, timeout: float = 10.0) -> Database:
-    """The connection of a configured target, reading (and signalling) the sessions its `sessions` says."""
-    return Database(dsn, statement_timeout=timeout, database_only=target.sessions == "database")
+def check_password(target: TargetConfig, dsn: str | None, source: str = "config") -> None:
+    """ConfigInvalid when the target's `password` cannot give passwords for `dsn` (None: not read yet): a provider
+    whose extra is not installed, a DSN with a password of its own."""
+    if target.password is None:
+        return
+    where = f"{source}: targets.{target.name}.password"
+    found = problems(target.password, dsn)
+    if found:
+        raise ConfigInvalid([f"{where}{'.' + field if field else ''}: {message}" for field, message in found])
+
+
+def target_database(target: TargetConfig, dsn: str, timeout: float = 10.0, source: str = "config") -> Database:
+    """The connection of a configured target, reading (and signalling) the sessions its `sessions` says, with the
+    password of each connection from its `password` source if it has one (ConfigInvalid when that cannot work)."""
+    check_password(target, dsn, source)
+    credentials = credential_source(target.password, dsn) if target.password is not None else None
+    return Database(dsn, statement_timeout=timeout, database_only=target.sessions == "database",
+                    credentials=credentials)
 
 
 class Daemon:
@@ -118,7 +134,9 @@ class Daemon:
         errors: list[str] = []
         for t in config.targets:
             try:
-                out[t.name] = (t, target_dsn(t, source))
+                dsn = target_dsn(t, source)
+                check_password(t, dsn, source)
+                out[t.name] = (t, dsn)
             except ConfigInvalid as exc:
                 errors += exc.errors
         if errors:
@@ -146,7 +164,7 @@ class Daemon:
             if spec is None:
                 db = self.default_db or Database("", statement_timeout=statement_timeout(config.interval))
             else:
-                db = target_database(spec, dsn or "", statement_timeout(config.interval))
+                db = target_database(spec, dsn or "", statement_timeout(config.interval))  # checked by _resolve
             monitor = Monitor(
                 name,
                 db,

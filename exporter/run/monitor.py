@@ -116,6 +116,17 @@ class Backoff:
         return now >= self.not_before
 
 
+class AuthBackoff(Backoff):
+    """The delay after the server refused a credential: long, so a fleet presenting a bad or expired token does not
+    trip the server's login throttling (Azure's connection_throttle, fail2ban-style limits) while an operator fixes
+    it: 15 to 20 s, doubling up to 3.75 to 5 min."""
+
+    BASE = 20.0
+    FACTOR = 2.0
+    MAX = 300.0
+    JITTER = 0.25
+
+
 class Monitor:
     """One target's poll loop: read, assess, enforce, publish; never raises for a database problem."""
 
@@ -142,6 +153,9 @@ class Monitor:
         # PgparentPollsFailing) then count its first failure instead of seeing a series born at 1.
         self.counters.polls.labels(name)
         self.counters.poll_errors.labels(name)
+        if db.credentials is not None:  # a credential that may expire: its failures count from 0 too
+            for reason in ("auth", "credential"):
+                self.counters.connect_failures.labels(name, reason)
         self.force_dry_run = force_dry_run
         self.dry_run = dry_run
         self.labels = dict(labels or {})
@@ -165,6 +179,9 @@ class Monitor:
         self._polled: datetime | None = None
         """The last poll's server clock: what a glance reads since."""
         self._backoff = Backoff()
+        self._auth_backoff = AuthBackoff()
+        self._down_reason: str | None = None
+        """Why the last attempt failed while the target is down: a credential problem after another is logged."""
         self._last_success = 0.0
         self._was_up: bool | None = None
         self._thread: threading.Thread | None = None
@@ -241,11 +258,11 @@ class Monitor:
     def cycle(self) -> None:
         """One poll: read, assess, enforce, publish. Never raises for a database problem."""
         started = time.monotonic()
-        if not self.db.connected and not self._backoff.ready(started):
+        if not self.db.connected and not (self._backoff.ready(started) and self._auth_backoff.ready(started)):
             return
         config = self.config  # one config for the whole cycle, whatever a reload swaps meanwhile
         try:
-            caps = self.db.connect()
+            caps = self._connect()
             if self._claimed != self.db.generation:
                 self._claim(caps)
             if self._was_up is not True:
@@ -279,10 +296,16 @@ class Monitor:
             self.deadlines.clear()
             self.sampler.disarm()
             self._glance_at = None
-            delay = self._backoff.failed(time.monotonic())
-            if self._was_up is not False:
-                self.log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2))
+            self._connect_failed(exc)
+            backoff = self._auth_backoff if exc.reason == "auth" else self._backoff
+            delay = backoff.failed(time.monotonic())
+            # Once per outage; again when the credential becomes the problem (refused, or none to be had), which
+            # is no outage but an operator's to fix.
+            if self._was_up is not False or (exc.reason in _CREDENTIAL_REASONS and exc.reason != self._down_reason):
+                self.log.error("database_unavailable", error=str(exc), retry_in=round(delay, 2),
+                               **_reason(exc))
             self._was_up = False
+            self._down_reason = exc.reason
             self.leadership.connection_failed()
             self._failed(started, config)
             return
@@ -293,6 +316,25 @@ class Monitor:
         self._succeeded(started, config, leader=leader, grouped=assessed.grouped, violating=decision.violating,
                         pending=decision.pending, enforcing=off is None, cost=assessed.cost, active=active,
                         protected=decision.protected, access=access_of(caps))
+
+    def _connect(self) -> Capabilities:
+        """Connect (if not connected). After the server refused a credential, try once more at once with one fetched
+        afresh (a cached token that expired on the way, a password rotated since it was read), and only then back
+        off: once per run of refusals, so a bad credential costs the server two attempts, then one per AuthBackoff
+        step."""
+        try:
+            return self.db.connect()
+        except DatabaseUnavailable as exc:
+            if exc.reason != "auth" or self.db.credentials is None or self._auth_backoff.failures:
+                raise  # without a source the same password would be refused again
+            self._connect_failed(exc)
+        self.db.forget_password()
+        return self.db.connect()
+
+    def _connect_failed(self, exc: DatabaseUnavailable) -> None:
+        """Count a failed connection attempt by its reason (a failed statement on an open connection has none)."""
+        if exc.reason is not None:
+            self.counters.connect_failures.labels(self.name, exc.reason).inc()
 
     def _arm(self, assessed: Assessment, enforcing: bool, config: Config) -> None:
         """Watch the sessions under a memory condition until the next poll, where this target enforces."""
@@ -328,7 +370,8 @@ class Monitor:
             snapshot = self.db.snapshot(config.poll, recent=self._polled)
             read_at = time.monotonic()
         except DatabaseUnavailable as exc:
-            self.log.error("database_unavailable", error=str(exc), during="glance")
+            self._connect_failed(exc)
+            self.log.error("database_unavailable", error=str(exc), during="glance", **_reason(exc))
             self._glance_at = None
             return
         self.counters.glances.labels(self.name).inc()
@@ -340,7 +383,8 @@ class Monitor:
         try:
             landed = self.sampler.sample(now, self.deadlines.server_now(), self.db, self.enforcer, self.config)
         except DatabaseUnavailable as exc:
-            self.log.error("database_unavailable", error=str(exc), during="memory sample")
+            self._connect_failed(exc)
+            self.log.error("database_unavailable", error=str(exc), during="memory sample", **_reason(exc))
             self.sampler.disarm()
             return
         if landed:
@@ -388,7 +432,8 @@ class Monitor:
                     self.enforcer.landed += landed
                 self.rule_state = self.rule_state.with_cancelled(self.enforcer.landed, server_now)
             except DatabaseUnavailable as exc:
-                self.log.error("database_unavailable", error=str(exc), during="deadline")
+                self._connect_failed(exc)
+                self.log.error("database_unavailable", error=str(exc), during="deadline", **_reason(exc))
                 self.deadlines.clear()
             self.collector.refresh()  # the counters moved: the next scrape renders them
 
@@ -411,6 +456,8 @@ class Monitor:
     def _succeeded(self, started: float, config: Config, *, leader: bool, **published: object) -> None:
         self.counters.polls.labels(self.name).inc()  # before the publish, so its exposition counts this poll
         self._backoff.succeeded()
+        self._auth_backoff.succeeded()
+        self._down_reason = None
         self._was_up = True
         self._last_success = time.time()
         self._publish(up=True, duration=time.monotonic() - started, config=config, leader=leader, **published)
@@ -471,3 +518,11 @@ class Monitor:
             ),
             self.name,
         )
+
+
+_CREDENTIAL_REASONS = ("auth", "credential")
+
+
+def _reason(exc: DatabaseUnavailable) -> dict[str, str]:
+    """The `reason` field of a database_unavailable event: why a connection attempt failed (none for a statement)."""
+    return {"reason": exc.reason} if exc.reason is not None else {}
