@@ -17,8 +17,9 @@ from typing import Literal
 
 from exporter.core.cost import REASONS
 from exporter.core.guards import inactive
+from exporter.core.rules import Protection
 from exporter.core.settings import Config, TargetConfig
-from exporter.errors import DatabaseUnavailable
+from exporter.errors import CredentialUnavailable, DatabaseUnavailable
 from exporter.pg.database import Capabilities, Database, ServerFacts
 from exporter.pg.dsn import parse_dsn
 from exporter.run.costs import find
@@ -91,6 +92,19 @@ PROVIDERS = (
 )
 
 
+CONNECT_FIXES = {
+    "auth": "The server refused the credential: check the DSN's user and the password (an expired token? with a "
+            "password: source, the one it gives now)",
+    "rejected": "pg_hba.conf has no line for this address, user, database and encryption: add one, e.g. `hostssl "
+                "all pgparent <pgparent's address>/32 scram-sha-256` (on a managed service: its firewall rules)",
+    "tls": "The TLS handshake or the certificate check failed: sslrootcert must name the CA that signed the server's "
+           "certificate (or `system`, libpq 16+), and the DSN's host a name the certificate holds",
+    "unreachable": "No server answered there: check the host, the port (PostgreSQL's, not a pooler's such as 6432) "
+                   "and the firewall between",
+}
+"""The fix for each reason a connection attempt fails (exporter/pg/failures.py)."""
+
+
 def recognise(facts: ServerFacts) -> Provider | None:
     """The managed service the server belongs to, from the roles, databases and settings it reserves."""
     for p in PROVIDERS:
@@ -119,11 +133,17 @@ def examine(db: Database, config: Config, target: TargetConfig | None) -> tuple[
         caps = db.connect()
         names = sorted({n for p in PROVIDERS for n in p.roles})
         facts = db.server_facts(names, sorted({d for p in PROVIDERS for d in p.databases}))
+    except CredentialUnavailable:
+        raise  # the password source is broken: a usage error (exit 2), like the config's
     except DatabaseUnavailable as exc:
-        return [Line("fix", "connect", str(exc))], None
+        fix = CONNECT_FIXES.get(exc.reason or "")
+        return [Line("fix", "connect", f"{exc}" + (f". {fix}" if fix else ""))], None
     took = (time.monotonic() - started) * 1000
     lines = [Line("ok", "connect", f"PostgreSQL {caps.server_version or caps.server_version_num} as role "
                                    f"{caps.role!r} to database {caps.database!r} in {took:.0f} ms")]
+    if db.credentials is not None:
+        lines.append(Line("ok", "password", f"from the {db.credentials.what}, asked afresh for each new connection "
+                                            "(a token is reused until shortly before it expires)"))
     provider = recognise(facts)
     lines.append(Line("note", "server", f"{provider.name} (recognised by {_evidence(provider, facts)})"
                       if provider else "no managed service recognised (a self-managed PostgreSQL)"))
@@ -146,12 +166,20 @@ def _evidence(provider: Provider, facts: ServerFacts) -> str:
 def _privileges(caps: Capabilities, facts: ServerFacts, config: Config, target: TargetConfig | None) -> list[Line]:
     role = _quoted(caps.role)
     lines: list[Line] = []
+    protected = Protection.of(config.protect, caps.superuser).superusers
+    mode = f"protect.superusers: {config.protect.superusers}"
     if caps.superuser:
         lines.append(Line("note", "superuser", f"role {caps.role!r} is a superuser: it sees and may signal every "
-                                               "session; a role with pg_monitor and pg_signal_backend is enough"))
+                                               "session; a role with pg_monitor and pg_signal_backend is enough"
+                                               + (f" ({mode}: superusers' sessions stay protected)" if protected
+                                                  else "")))
+    elif protected:
+        lines.append(Line("ok", "superuser", f"role {caps.role!r} is not a superuser, and superusers' sessions (a "
+                                             f"managed service's own among them) are never signalled ({mode})"))
     else:
-        lines.append(Line("ok", "superuser", f"role {caps.role!r} is not a superuser: superusers' sessions (a managed "
-                                             "service's own among them) are protected, never signalled"))
+        lines.append(Line("fix", "superuser", f"role {caps.role!r} is not a superuser, and {mode} lets rules choose "
+                                              "superusers' sessions, which it may not signal (42501): a signal to "
+                                              "one is refused and counted as permission_denied. Use auto"))
     if caps.can_read_all_stats:
         lines.append(Line("ok", "pg_read_all_stats", "every session's state, timestamps and query are visible"))
     else:

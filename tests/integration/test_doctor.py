@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.azure import AzureServer
 from tests.support.cli import pgparent
 from tests.support.pgbouncer import PgBouncer
 from tests.support.roles import Roles
@@ -132,3 +133,65 @@ def test_a_server_that_cannot_be_reached_is_a_fix(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     (line,) = lines_of(out.stdout)
     assert line[:2] == ("fix", "connect") and "secret-pw" not in out.stdout
+
+
+AZURE_LINES = [
+    ("ok", "connect"), ("ok", "password"), ("note", "server"), ("ok", "superuser"), ("ok", "pg_read_all_stats"),
+    ("ok", "pg_signal_backend"), ("ok", "pooler"), ("ok", "TLS"), ("ok", "track_activity_query_size"),
+    ("note", "recovery"), ("ok", "cost source proc"), ("ok", "cost source proc_io"),
+    (None, "cost source backend_stats"),
+    ("ok", "protect"), ("note", "azure admin role"), ("note", "azure Entra ID"), ("note", "azure port"),
+    ("note", "azure TLS"),
+]
+"""doctor's lines against the emulated Azure server, in order (backend_stats: ok on PostgreSQL 18, else a note)."""
+
+
+def test_doctor_on_the_emulated_azure_server(azure: AzureServer, tmp_path: Path) -> None:
+    """As Azure's server admin under verify-full, with the password from a file: every line as an Azure user
+    should see it (Azure recognised by its reserved names, not a superuser, TLS checked, Azure's ways named), exit 0;
+    a config whose protect list dropped azuresu is told to add it back."""
+    password = tmp_path / "admin-password"
+    password.write_text(azure.admin_password + "\n")
+    dsn = azure.dsn_for("postgres", azure.admin, "").replace(" password= ", " ")
+    out = pgparent("doctor", "--dsn", dsn, "--password.file", str(password),
+                   "--config.file", config(tmp_path, SIGNALLING))
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = lines_of(out.stdout)
+    assert [(s if want is not None else None, t) for (s, t, _), (want, _) in zip(got, AZURE_LINES, strict=True)] \
+        == AZURE_LINES, out.stdout
+    checks = by_topic(out.stdout)
+    assert checks["connect"][1].startswith("PostgreSQL ") and "as role 'azureadmin' to database 'postgres'" in \
+        checks["connect"][1]
+    assert checks["password"][1].startswith("from the password file")
+    assert checks["server"][1] == ("Azure Database for PostgreSQL flexible server (recognised by role azuresu, role "
+                                   "azure_pg_admin, database azure_maintenance)")
+    assert checks["superuser"][1].startswith("role 'azureadmin' is not a superuser")
+    assert checks["TLS"][1].startswith("TLSv1.") and "sslmode=verify-full" in checks["TLS"][1]
+    assert "6432" in checks["azure port"][1] and "pgparent[azure]" in checks["azure Entra ID"][1]
+    assert azure.admin_password not in out.stdout + out.stderr
+
+    replaced = SIGNALLING + "protect:\n  users: [replication]\n"
+    out = pgparent("doctor", "--dsn", dsn, "--password.file", str(password), "--config.file",
+                   config(tmp_path, replaced))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert by_topic(out.stdout)["protect"] == (
+        "fix", "protect.users no longer names azuresu, azure_pg_admin, azure_superuser (a list in the config "
+               "replaces the default): add them back")
+
+
+def test_without_tls_the_emulated_azure_server_refuses_and_doctor_says_why(azure: AzureServer) -> None:
+    """sslmode=disable against the TLS-only server: pg_hba.conf refuses it, and doctor's one line names the refusal
+    and where to look."""
+    dsn = azure.admin_dsn.replace("sslmode=verify-full", "sslmode=disable")
+    out = pgparent("doctor", "--dsn", dsn)
+    assert out.returncode == 1, out.stdout + out.stderr
+    ((status, topic, text),) = lines_of(out.stdout)
+    assert (status, topic) == ("fix", "connect") and "pg_hba.conf has no line for this address" in text, text
+
+
+def test_a_failing_password_command_is_a_usage_error(azure: AzureServer) -> None:
+    """A password command that fails: doctor, like check, prints the error naming the command and exits 2."""
+    dsn = azure.dsn_for("postgres", azure.admin, "").replace(" password= ", " ")
+    out = pgparent("doctor", "--dsn", dsn, "--password.command", "false")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "false" in out.stderr and out.stdout == ""
