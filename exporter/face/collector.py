@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.core.cost import SOURCES, Cost
 from exporter.core.grouping import OTHER, top_groups
-from exporter.core.model import KNOWN_STATES, Group, Grouped
+from exporter.core.model import KNOWN_STATES, UNKNOWN_STATE, Group, Grouped
 from exporter.face import counters as m
 from exporter.face.counters import Counters, Family
 from exporter.logs import get_logger
@@ -138,6 +138,14 @@ class _GroupSeries:
     family: Family
     value: Callable[[Group], float]
     fold: Callable[[list[float]], float]
+    timed: bool = False
+    """A duration read from the sessions' timestamps: absent for a group none of whose sessions pgparent may see in
+    full (no pg_read_all_stats), whose durations are unknown, not zero."""
+
+
+def _seen(group: Group) -> bool:
+    """Some session of the group shows its state and timestamps (the others are hidden: pgparent_hidden_sessions)."""
+    return group.stats.by_state.get(UNKNOWN_STATE, 0) < group.stats.sessions
 
 
 def _worst(values: list[float]) -> float:
@@ -155,9 +163,9 @@ _GROUP_SERIES = (
     # A waiter held up by two folded groups counts twice: an upper bound.
     _GroupSeries(m.GROUP_BLOCKING, lambda g: g.stats.blocking, _total),
     _GroupSeries(m.GROUP_MAX_BLOCKING, lambda g: g.stats.max_blocking, _worst),
-    _GroupSeries(m.GROUP_MAX_QUERY, lambda g: g.stats.max_query_duration, _worst),
-    _GroupSeries(m.GROUP_MAX_TRANSACTION, lambda g: g.stats.max_transaction_duration, _worst),
-    _GroupSeries(m.GROUP_AGE, lambda g: g.stats.age, _worst),
+    _GroupSeries(m.GROUP_MAX_QUERY, lambda g: g.stats.max_query_duration, _worst, timed=True),
+    _GroupSeries(m.GROUP_MAX_TRANSACTION, lambda g: g.stats.max_transaction_duration, _worst, timed=True),
+    _GroupSeries(m.GROUP_AGE, lambda g: g.stats.age, _worst, timed=True),
     _GroupSeries(m.GROUP_LISTENING, lambda g: g.stats.listening, _total),
 )
 
@@ -395,11 +403,13 @@ class PgparentCollector(Collector):
                     by_state[state] = by_state.get(state, 0) + n
             for state, n in by_state.items():
                 f.add(m.GROUP_SESSIONS, n, OTHER, state)
+        seen_folded = [g for g in folded if _seen(g)]
         for spec in _GROUP_SERIES:
             for g in kept:
-                f.add(spec.family, spec.value(g), g.parent)
-            if folded:
-                f.add(spec.family, spec.fold([spec.value(g) for g in folded]), OTHER)
+                if not spec.timed or _seen(g):
+                    f.add(spec.family, spec.value(g), g.parent)
+            if folded and (seen_folded or not spec.timed):
+                f.add(spec.family, spec.fold([spec.value(g) for g in (seen_folded if spec.timed else folded)]), OTHER)
         f.add(m.UNTAGGED_BLOCKING, grouped.untagged.blocking)
         f.add(m.PREPARED_BLOCKING, grouped.prepared_blocking)
         for state, n in grouped.untagged.by_state.items():

@@ -48,6 +48,26 @@ def test_group_series_and_vanishing_groups() -> None:
     assert at(registry, "pgparent_group_age_seconds", {"parent": "B:2"}) is None
 
 
+def test_a_group_of_hidden_sessions_exports_no_durations() -> None:
+    """A group whose sessions pgparent sees only in part (no pg_read_all_stats: no state, no timestamps) counts them
+    as sessions of state unknown and exports no durations, rather than zeros; a group with one visible session keeps
+    its durations, over what it can see."""
+    hidden = [session("H:1", state=None, query_age=None, age=None) for _ in range(2)]
+    mixed = [session("M:1", state=None, query_age=None, age=None), session("M:1", query_age=4.0, age=9.0)]
+    collector = PgparentCollector()
+    collector.publish(Published(up=True, grouped=group(snapshot(*hidden, *mixed), PATTERN)))
+    registry = collector.registry
+    assert at(registry, "pgparent_group_sessions", {"parent": "H:1", "state": "unknown"}) == 2
+    assert at(registry, "pgparent_hidden_sessions") == 3
+    for name in ("pgparent_group_max_query_duration_seconds", "pgparent_group_max_transaction_duration_seconds",
+                 "pgparent_group_age_seconds"):
+        assert at(registry, name, {"parent": "H:1"}) is None, name
+        assert at(registry, name, {"parent": "M:1"}) is not None, name
+    assert at(registry, "pgparent_group_age_seconds", {"parent": "M:1"}) == 9.0
+    assert at(registry, "pgparent_group_waiting_sessions", {"parent": "H:1"}) == 0
+    assert collector.render() == generate_latest(registry)
+
+
 def test_down_hides_groups_and_counters_persist() -> None:
     """When the last poll failed, up is 0 and no group series are shown; counters keep their totals."""
     collector = PgparentCollector()
