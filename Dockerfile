@@ -1,19 +1,22 @@
 # syntax=docker/dockerfile:1
 # pgparent: per-parent-tag session metrics and a runaway-group watchdog for PostgreSQL.
-#   docker build -t pgparent .
+#   docker build -t pgparent .                          (--build-arg EXTRAS=azure: Entra ID tokens; aws, gcp alike)
 #   docker run -e PGPARENT_DSN='host=... user=pgparent password=... sslmode=require' -p 10187:10187 pgparent
 # The base is an argument so that a build without registry access can use a locally made Debian image with python3
 # and python3-venv (tests/deliverables/test_docker.py makes one with debootstrap).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# Builder: a wheel of this tree, installed with its dependencies into a self-contained virtualenv.
+# Builder: a wheel of this tree, installed with its dependencies into a self-contained virtualenv. EXTRAS names the
+# cloud token providers to include (docs/credentials.md), e.g. --build-arg EXTRAS=azure or EXTRAS=azure,aws,gcp.
 FROM ${BASE_IMAGE} AS build
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 RUN python3 -m venv /opt/pgparent \
     && /opt/pgparent/bin/pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/pgparent/bin/pip install --no-cache-dir --disable-pip-version-check /tmp/wheels/pgparent-*.whl \
+    && set -- /tmp/wheels/pgparent-*.whl \
+    && /opt/pgparent/bin/pip install --no-cache-dir --disable-pip-version-check "$1${EXTRAS:+[$EXTRAS]}" \
     && /opt/pgparent/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
 # Runtime: the same base, the virtualenv, the example rules, and an unprivileged user. No compiler, no pip.

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from exporter import __version__
 from exporter.config import load_config
 from exporter.core.assess import Assessment, assess
-from exporter.core.settings import DEFAULT_TARGET, PROVIDERS, Config, PasswordSource, TargetConfig, describe, warnings
+from exporter.core.settings import DEFAULT_TARGET, PROVIDERS, Config, PasswordSource, TargetConfig
+from exporter.core.summary import describe, warnings
 from exporter.errors import ConfigInvalid, CredentialUnavailable, DatabaseUnavailable, UsageError
 from exporter.face.http import Limits
 from exporter.logs import LEVELS, configure
@@ -345,7 +346,7 @@ def top_log_file(given: str | None) -> Path:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from exporter.core.settings import parse_duration
+    from exporter.core.units import parse_duration
     from exporter.run.daemon import statement_timeout
 
     try:

@@ -29,63 +29,12 @@ from pydantic import (
 from exporter.core.conditions import BY_NAME, CONDITIONS, NAMES
 from exporter.core.model import Reading, SignalAction
 from exporter.core.tags import COMMENT_KEY, KINDS, SourceKind, Sources
-from exporter.core.units import Threshold, format_size, parse_size, parse_threshold
+from exporter.core.units import Threshold, parse_duration, parse_size, parse_threshold
 from exporter.errors import ConfigInvalid
 
 DEFAULT_PATTERN = r"^(?P<parent>[^:]+:[^:]+)"
 MAX_COUNT = 2**31 - 1
 """Upper bound of counts (sessions, groups, signals): far above any max_connections, and exact as a float."""
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
-"""Units in the only order Prometheus accepts them: largest first, each at most once."""
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
-
-
-def _parse_units(text: str) -> float | None:
-    """Seconds from `1h30m`-style text, units in descending order each at most once; None if it is not that."""
-    pos, seconds, last = 0, 0.0, -1
-    for part in _DURATION_PART.finditer(text):
-        rank = _UNITS.index(part.group(2))
-        if part.start() != pos or rank <= last:
-            return None
-        seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
-        pos, last = part.end(), rank
-    return seconds if text and pos == len(text) else None
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `30s`, `10m`, `1h30m`, `2d`, `1w`, or a plain non-negative number of seconds.
-
-    As in Prometheus, units go largest first and each at most once: `30s10m` and `1s1s` are errors.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 10m or 1h30m, got a boolean")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise ValueError(
-                f"duration must be a finite number of seconds >= 0, got a {len(str(value))}-digit number"
-            ) from None
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            parsed = _parse_units(text)
-            if parsed is None:
-                raise ValueError(
-                    f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d, w, y, largest "
-                    "first, each at most once (e.g. 500ms, 1h30m)"
-                ) from None
-            seconds = parsed
-    else:
-        raise ValueError(f"expected a duration such as 30s, 10m or 1h30m, got {type(value).__name__}")
-    if seconds != seconds or seconds < 0 or seconds == float("inf"):
-        raise ValueError(f"duration must be a finite number of seconds >= 0, got {value!r}")
-    return seconds
-
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -602,65 +551,3 @@ def parse_model(model: type[M], data: object, source: str) -> M:
 def parse_config(data: object, source: str) -> Config:
     """Validate already-parsed YAML as a pgparent config; raise ConfigInvalid listing every problem."""
     return parse_model(Config, data, source)
-
-
-def warnings(config: Config) -> list[str]:
-    """Valid settings that will not do what they seem to, one line each, for `pgparent check`."""
-    out: list[str] = []
-    for i, rule in enumerate(config.rules):
-        lock = [n for n in rule.conditions() if BY_NAME[n].blocking]
-        if lock and rule.action == "cancel" and rule.escalate is None:
-            out.append(
-                f"rules.{i}.action: rule {rule.name!r} cancels on {', '.join(lock)}: a blocker idle in a transaction "
-                "runs no query, so a cancel cannot release its locks; use terminate"
-            )
-    return out
-
-
-def describe(config: Config) -> list[str]:
-    """A human summary of a valid config, one line per item, for `pgparent check`."""
-    lines = [
-        f"interval {config.interval:g}s, dry_run {str(config.dry_run).lower()}, "
-        f"max_groups {config.grouping.max_groups}, "
-        f"max_terminations_per_cycle {config.limits.max_terminations_per_cycle}",
-        "grouping sources, first match wins: " + "; ".join(f"{k} {a}" for k, a in config.grouping.specs()),
-        f"audit query_text {config.audit.query_text}",
-        f"cost: proc {config.cost.proc}, backend_stats {config.cost.backend_stats}, series of absent groups kept "
-        f"{config.cost.retain:g}s",
-    ]
-    if config.leader_election.enabled:
-        lines.append(
-            f"leader election: session advisory lock {config.leader_election.lock_key}; pgparent's DSN must reach "
-            "PostgreSQL directly, not through a transaction pooler such as PgBouncer (the lock would stay on a pooled "
-            "server connection: a replica that detects one does not enforce)"
-        )
-    if config.targets:
-        shard = ", divided among replicas (shard)" if config.leader_election.shard else ""
-        lines.append(f"{len(config.targets)} target(s){shard}:")
-        for t in config.targets:
-            source = f"dsn_file {t.dsn_file}" if t.dsn_file else f"dsn_env {t.dsn_env}" if t.dsn_env else "dsn"
-            labels = "".join(f", {k}={v}" for k, v in sorted(t.labels.items()))
-            password = f", {t.password.describe()}" if t.password is not None else ""
-            lines.append(f"  - {t.name}: {source}{password}{labels}{' (dry run)' if t.dry_run else ''}")
-    lines.append(f"{len(config.rules)} rule(s):")
-    for rule in config.rules:
-        match = ", ".join(
-            f"{k}={v}" for k, v in rule.match.model_dump().items() if v is not None and not (k == "target" and v == "*")
-        )
-        conds = ", ".join(f"{k} > {format_size(v) if BY_NAME[k].kind == 'size' else f'{v:g}'}"
-                          for k, v in rule.conditions().items())
-        extra = f" for {rule.for_:g}s" if rule.for_ else ""
-        if any(BY_NAME[n].windowed for n in rule.conditions()):
-            extra += f" over {rule.window:g}s"
-        if rule.host_memory_available_below is not None:
-            extra += f" while host memory available < {rule.host_memory_available_below}"
-        then = f", {rule.escalate.action} {rule.escalate.after:g}s later" if rule.escalate is not None else ""
-        dry = " (dry run)" if rule.dry_run or config.dry_run else ""
-        lock = any(BY_NAME[n].blocking for n in rule.conditions()) and rule.action != "log"
-        scope = f" ({rule.scope.replace('_', ' ')} on lock conditions)" if lock else ""
-        trimming = [n for n in rule.conditions() if BY_NAME[n].trims(rule.scope)]
-        if trimming:
-            running = "then running ones" if rule.trim_active else "never running ones"
-            scope += f" (trims on {', '.join(trimming)}: idle first, then idle in transaction, {running})"
-        lines.append(f"  - {rule.name}: {match}: {conds}{extra} -> {rule.action}{then}{scope}{dry}")
-    return lines

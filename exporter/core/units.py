@@ -1,4 +1,7 @@
-"""Pure: the sizes and shares a rule's memory conditions and its host-pressure gate are written in.
+"""Pure: the durations the config is written in, and the sizes and shares a rule's memory conditions and its
+host-pressure gate are written in.
+
+A duration is Prometheus's: `500ms`, `30s`, `10m`, `1h30m`, `2d`, `1w`, or a plain number of seconds.
 
 A size is a number and a unit: `512MB`, `2GiB`, `1.5GB`, `300 MB`, or a plain number of bytes. Decimal units (kB, MB,
 GB, TB: powers of 1000) and binary ones (KiB, MiB, GiB, TiB: powers of 1024) mean what they say; the unit's case is
@@ -85,3 +88,54 @@ def parse_threshold(value: object) -> Threshold:
             raise ValueError(f"a share is more than 0% and at most 100%, got {value!r}")
         return Threshold(share=percent / 100)
     return Threshold(size=parse_size(value))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNITS = ("y", "w", "d", "h", "m", "s", "ms")
+"""Units in the only order Prometheus accepts them: largest first, each at most once."""
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+
+
+def _parse_units(text: str) -> float | None:
+    """Seconds from `1h30m`-style text, units in descending order each at most once; None if it is not that."""
+    pos, seconds, last = 0, 0.0, -1
+    for part in _DURATION_PART.finditer(text):
+        rank = _UNITS.index(part.group(2))
+        if part.start() != pos or rank <= last:
+            return None
+        seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        pos, last = part.end(), rank
+    return seconds if text and pos == len(text) else None
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `30s`, `10m`, `1h30m`, `2d`, `1w`, or a plain non-negative number of seconds.
+
+    As in Prometheus, units go largest first and each at most once: `30s10m` and `1s1s` are errors.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m or 1h30m, got a boolean")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"duration must be a finite number of seconds >= 0, got a {len(str(value))}-digit number"
+            ) from None
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parsed = _parse_units(text)
+            if parsed is None:
+                raise ValueError(
+                    f"invalid duration {value!r}: use a number of seconds or units ms, s, m, h, d, w, y, largest "
+                    "first, each at most once (e.g. 500ms, 1h30m)"
+                ) from None
+            seconds = parsed
+    else:
+        raise ValueError(f"expected a duration such as 30s, 10m or 1h30m, got {type(value).__name__}")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ValueError(f"duration must be a finite number of seconds >= 0, got {value!r}")
+    return seconds

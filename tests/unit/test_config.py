@@ -14,15 +14,9 @@ import pytest
 from exporter.cli.main import main
 from exporter.config import load_config
 from exporter.core.conditions import BY_NAME, NAMES, markdown_table
-from exporter.core.settings import (
-    DEFAULT_PATTERN,
-    LOCK_KEY,
-    Config,
-    Protect,
-    describe,
-    parse_config,
-    parse_duration,
-)
+from exporter.core.settings import DEFAULT_PATTERN, LOCK_KEY, Config, Protect, parse_config
+from exporter.core.summary import describe
+from exporter.core.units import parse_duration
 from exporter.errors import ConfigInvalid
 
 REPO = Path(__file__).resolve().parents[2]
