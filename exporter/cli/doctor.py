@@ -49,7 +49,9 @@ class Provider:
     key: str
     name: str
     roles: tuple[str, ...]
-    """Roles the service reserves (any one present names the service)."""
+    """Roles that name the service where any one exists: its own and the group roles it gives customers."""
+    reserved: tuple[str, ...]
+    """Its own roles, which the default protect.users names (the customer's group roles are not among them)."""
     databases: tuple[str, ...]
     prefix: str
     """Its settings' prefix (azure.extensions, rds.force_ssl, cloudsql.iam_authentication, alloydb.*)."""
@@ -60,7 +62,8 @@ class Provider:
 PROVIDERS = (
     Provider(
         "azure", "Azure Database for PostgreSQL flexible server",
-        ("azuresu", "azure_pg_admin", "azure_superuser"), ("azure_maintenance", "azure_sys"), "azure.",
+        ("azuresu", "azure_pg_admin", "azure_superuser"), ("azuresu", "azure_pg_admin", "azure_superuser"),
+        ("azure_maintenance", "azure_sys"), "azure.",
         (("admin role", "the server admin is a member of azure_pg_admin, not a superuser: create pgparent's role as it "
                         "and grant it pg_monitor and pg_signal_backend (docs/managed/azure.md)"),
          ("Entra ID", "to log in with a Microsoft Entra token instead of a password: password: {provider: azure} "
@@ -70,7 +73,8 @@ PROVIDERS = (
          ("TLS", "Azure rotates its intermediate certificates: verify against the system roots "
                  "(sslmode=verify-full sslrootcert=system), never pin one"))),
     Provider(
-        "rds", "Amazon RDS or Aurora PostgreSQL", ("rdsadmin", "rds_superuser", "rdstopmgr"), ("rdsadmin",), "rds.",
+        "rds", "Amazon RDS or Aurora PostgreSQL", ("rdsadmin", "rds_superuser", "rdstopmgr"), ("rdsadmin", "rdstopmgr"),
+        ("rdsadmin",), "rds.",
         (("admin role", "the master user is a member of rds_superuser, not a superuser: create pgparent's role as it "
                         "and grant it pg_monitor and pg_signal_backend (docs/managed/rds.md)"),
          ("IAM", "to log in with an IAM token: GRANT rds_iam TO the role, and password: {provider: aws} "
@@ -78,14 +82,15 @@ PROVIDERS = (
          ("RDS Proxy", "point pgparent at the instance (or cluster) endpoint, not at an RDS Proxy endpoint"))),
     Provider(
         "cloudsql", "Google Cloud SQL for PostgreSQL",
-        ("cloudsqladmin", "cloudsqlsuperuser", "cloudsqlimportexport"), ("cloudsqladmin",), "cloudsql.",
+        ("cloudsqladmin", "cloudsqlsuperuser", "cloudsqlimportexport"), ("cloudsqladmin", "cloudsqlimportexport"),
+        ("cloudsqladmin",), "cloudsql.",
         (("admin role", "users are members of cloudsqlsuperuser, not superusers: grant pgparent's role pg_monitor "
                         "and pg_signal_backend (docs/managed/cloudsql.md)"),
          ("IAM", "to log in as an IAM principal: password: {provider: gcp} (pip install 'pgparent[gcp]'), the "
                  "service account's email without .gserviceaccount.com as the DSN's user"))),
     Provider(
         "alloydb", "Google AlloyDB for PostgreSQL", ("alloydbadmin", "alloydbsuperuser", "alloydbagent"),
-        ("alloydbadmin",), "alloydb.",
+        ("alloydbadmin", "alloydbagent"), ("alloydbadmin",), "alloydb.",
         (("admin role", "users are members of alloydbsuperuser, not superusers: grant pgparent's role pg_monitor "
                         "and pg_signal_backend (docs/managed/cloudsql.md)"),
          ("IAM", "to log in as an IAM principal: password: {provider: gcp} (pip install 'pgparent[gcp]')"))),
@@ -243,9 +248,9 @@ def _figures(caps: Capabilities, config: Config) -> list[Line]:
 
 def _protected(provider: Provider, config: Config) -> list[Line]:
     """A config that replaced the protect lists may have dropped the service's reserved names."""
-    users = [u for u in provider.roles if not any(fnmatchcase(u, p) for p in config.protect.users)]
+    users = [u for u in provider.reserved if not any(fnmatchcase(u, p) for p in config.protect.users)]
     if not users:
-        return [Line("ok", "protect", f"protect.users names {', '.join(provider.roles)}")]
+        return [Line("ok", "protect", f"protect.users names {', '.join(provider.reserved)}")]
     return [Line("fix", "protect", f"protect.users no longer names {', '.join(users)} (a list in the config "
                                    "replaces the default): add them back")]
 

@@ -34,21 +34,33 @@ _PATTERNS: tuple[tuple[ConnectFailure, re.Pattern[str]], ...] = (
         re.IGNORECASE,
     )),
     ("rejected", re.compile(r"no pg_hba\.conf entry|pg_hba\.conf rejects", re.IGNORECASE)),
+    # A server that goes away under TLS says so in TLS's words: an outage, not a TLS problem.
+    ("unreachable", re.compile(
+        r"SSL connection has been closed unexpectedly|unexpected eof while reading|SSL SYSCALL"
+        r"|server closed the connection unexpectedly",
+        re.IGNORECASE,
+    )),
     ("tls", re.compile(r"\bSSL\b(?! SYSCALL)|\bTLS\b|certificate|\bGSSAPI\b", re.IGNORECASE)),
     ("unreachable", re.compile(
         r"Connection refused|timeout expired|timed out|could not translate host name|Name or service not known"
         r"|No route to host|Network is unreachable|No such file or directory|could not connect to server"
         r"|server closed the connection unexpectedly|SSL SYSCALL|Connection reset"
         # The server answers but accepts no connection yet: an outage like a refused port, not a reason of its own.
-        r"|the database system is (?:starting up|shutting down|in recovery mode|not yet accepting connections)",
+        r"|the database system is (?:starting up|shutting down|in recovery mode|not (?:yet )?accepting connections)",
         re.IGNORECASE,
     )),
 )
 
 
+_QUOTED = re.compile(r'"[^"]*"')
+
+
 def connect_failure(message: str) -> ConnectFailure:
-    """The reason of a failed connection attempt, from libpq's message (`other` when no pattern matches)."""
+    """The reason of a failed connection attempt, from libpq's message (`other` when no pattern matches). The names
+    libpq quotes (hosts, roles, databases) are left out first: a host `tls-gw` or a role `entra-reader` says nothing
+    of why."""
+    text = _QUOTED.sub('""', message)
     for reason, pattern in _PATTERNS:
-        if pattern.search(message):
+        if pattern.search(text):
             return reason
     return "other"
