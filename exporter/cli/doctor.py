@@ -191,7 +191,8 @@ def _privileges(caps: Capabilities, facts: ServerFacts, config: Config, target: 
         hidden = f" ({facts.hidden} now)" if facts.hidden else ""
         lines.append(Line("fix", "pg_read_all_stats",
                           f"other roles' sessions{hidden} show no state, timestamps or query: they are counted in "
-                          f"pgparent_hidden_sessions, never grouped or signalled. Run: GRANT pg_monitor TO {role};"))
+                          "pgparent_hidden_sessions, and no rule fires on them or signals them. Run: GRANT pg_monitor "
+                          f"TO {role};"))
     if caps.can_signal:
         lines.append(Line("ok", "pg_signal_backend", "may cancel and terminate other roles' sessions"))
     elif _signals(config, target):

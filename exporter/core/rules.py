@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
-from exporter.core.model import ACTIVE_STATES, Group, Session, SignalAction, Stats
+from exporter.core.model import ACTIVE_STATES, UNKNOWN_STATE, Group, Session, SignalAction, Stats
 from exporter.core.settings import Protect, Rule
 
 
@@ -74,16 +74,22 @@ _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
 def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Callable[[], Stats]] | None:
-    """The sessions of `grp` that `rule` looks at, and how to get their stats; None when the rule does not apply."""
+    """The sessions of `grp` that `rule` looks at, and how to get their stats; None when the rule does not apply.
+
+    Sessions pgparent sees only in part (no pg_read_all_stats: no state, no timestamps) are never among them: what
+    is not seen is not counted, timed or signalled, so no rule fires on them (pgparent_hidden_sessions counts them).
+    """
     if rule.parent is not None and not rule.parent(grp.parent):
         return None
-    if rule.database is None and rule.user is None:
+    hidden = grp.stats.by_state.get(UNKNOWN_STATE, 0) > 0
+    if rule.database is None and rule.user is None and not hidden:
         return grp.sessions, lambda: grp.stats
     db, user = rule.database, rule.user
     sessions = tuple(
         s
         for s in grp.sessions
-        if (db is None or (s.datname is not None and db(s.datname)))
+        if s.backend_start is not None
+        and (db is None or (s.datname is not None and db(s.datname)))
         and (user is None or (s.usename is not None and user(s.usename)))
     )
     if not sessions:

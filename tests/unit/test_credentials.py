@@ -300,7 +300,8 @@ def test_password_flags_are_checked_before_connecting(flags: list[str], error: s
         # Names say nothing of why: a role or host that looks like a reason is not one.
         ('FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "entra-reader", database "d", SSL encryption',
          "rejected"),
-        ('connection to server at "pg-aad.example.com" (10.0.0.5), port 5432 failed: Connection refused', "unreachable"),
+        ('connection to server at "pg-aad.example.com" (10.0.0.5), port 5432 failed: Connection refused',
+         "unreachable"),
         ('connection to server at "tls-gw.internal" (10.0.0.6), port 5432 failed: Connection refused', "unreachable"),
         # A server going away under TLS is an outage.
         ('connection to server at "db", port 5432 failed: SSL connection has been closed unexpectedly', "unreachable"),
