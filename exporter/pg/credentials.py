@@ -33,6 +33,10 @@ from exporter.core.settings import DEFAULT_COMMAND_TIMEOUT, PasswordSource
 from exporter.errors import CredentialUnavailable
 from exporter.pg.dsn import parse_dsn, scrub
 
+MAX_REUSE = 86400.0
+"""The longest a token is reused, whatever expiry it came with."""
+MILLISECONDS = 1e11
+"""An epoch expiry above this is in milliseconds (as seconds it would be after the year 5000)."""
 EXPIRY_MARGIN = 60.0
 """A cached token is fetched again this many seconds before it expires: a connection attempt (DNS, TCP, TLS, the
 authentication exchange) then never presents a token that expires on the way, even with a minute of clock skew."""
@@ -104,34 +108,62 @@ class CredentialSource(Protocol):
         ...
 
 
-class _Caching:
-    """A source whose tokens are reused until EXPIRY_MARGIN before they expire; subclasses `_fetch`."""
+class _Source:
+    """What every source shares: its name in errors, the secrets it gave out (to scrub from messages), and any error
+    turned into CredentialUnavailable, so that a vendor library's surprise is an outage of the source, with its
+    backoff, never a crashed poll; subclasses `_get`."""
 
     what = "password source"
 
+    def __init__(self) -> None:
+        self._given = ""
+
+    def _get(self) -> str:
+        raise NotImplementedError
+
+    def password(self) -> str:
+        try:
+            value = self._get()
+        except CredentialUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the edge of a vendor library: whatever it raises, say so
+            detail = scrub(_first_line(str(exc)), "", *self.secrets())
+            raise CredentialUnavailable(f"{self.what}: {type(exc).__name__}: {detail}") from None
+        self._given = value
+        return value
+
+    def forget(self) -> None:
+        """Nothing cached by default: each connection asks anew."""
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._given,) if self._given else ()
+
+
+class _Caching(_Source):
+    """A source whose tokens are reused until EXPIRY_MARGIN before they expire, and never for more than MAX_REUSE
+    (an expiry a day or more away is more likely misread than meant); subclasses `_fetch`."""
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self._clock = clock
         self._cached: Token | None = None
-        self._given = ""
 
     def _fetch(self) -> Token:
         raise NotImplementedError
 
-    def password(self) -> str:
-        cached = self._cached
-        if cached is None or cached.expires_at is None or self._clock() >= cached.expires_at - EXPIRY_MARGIN:
+    def _get(self) -> str:
+        cached, now = self._cached, self._clock()
+        if cached is None or cached.expires_at is None or now >= cached.expires_at - EXPIRY_MARGIN:
             cached = self._fetch()
             if not cached.value:
                 raise CredentialUnavailable(f"{self.what}: the token is empty")
+            if cached.expires_at is not None:
+                cached = Token(cached.value, min(cached.expires_at, now + MAX_REUSE))
             self._cached = cached if cached.expires_at is not None else None
-        self._given = cached.value
         return cached.value
 
     def forget(self) -> None:
         self._cached = None
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self._given,) if self._given else ()
 
 
 def _epoch(value: object) -> float | None:
@@ -141,7 +173,10 @@ def _epoch(value: object) -> float | None:
         return None
     seconds: float | None = None
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
     elif isinstance(value, str):
         text = value.strip()
         try:
@@ -151,7 +186,9 @@ def _epoch(value: object) -> float | None:
                 seconds = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
             except (ValueError, OverflowError, OSError):
                 return None
-    return seconds if seconds is not None and math.isfinite(seconds) else None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return seconds / 1000 if seconds > MILLISECONDS else seconds
 
 
 def parse_output(text: str) -> Token:
@@ -216,18 +253,21 @@ class CommandSource(_Caching):
         line = _first_line(err.decode("utf-8", errors="replace"))
         if not line:
             return ""
-        return ": " + scrub(line, "", *out.splitlines(), *self.secrets())
+        masks = [*out.splitlines(), *self.secrets()]
+        with contextlib.suppress(ValueError):  # the token of a JSON object printed over several lines
+            masks.append(parse_output(out).value)
+        return ": " + scrub(line, "", *masks)
 
 
-class FileSource:
+class FileSource(_Source):
     """The first line of a file, read again for each new connection (a rotated secret mounted from a vault)."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self.what = f"password file {path}"
-        self._given = ""
 
-    def password(self) -> str:
+    def _get(self) -> str:
         try:
             text = Path(self.path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -236,14 +276,7 @@ class FileSource:
         value = _first_line(text)
         if not value:
             raise CredentialUnavailable(f"{self.what}: the file is empty")
-        self._given = value
         return value
-
-    def forget(self) -> None:
-        pass  # nothing cached: the file is read at every connection
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self._given,) if self._given else ()
 
 
 class TokenCredential(Protocol):
@@ -263,6 +296,7 @@ class AzureSource(_Caching):
         super().__init__(clock)
         self.client_id, self.scope = client_id, scope or AZURE_SCOPE
         self._credential = credential
+        self._made = False
 
     def _fetch(self) -> Token:
         try:
@@ -284,21 +318,29 @@ class AzureSource(_Caching):
         # Made once: it caches tokens itself and keeps its chain's HTTP sessions.
         ids = {"managed_identity_client_id": self.client_id, "workload_identity_client_id": self.client_id}
         self._credential = DefaultAzureCredential(**ids) if self.client_id else DefaultAzureCredential()
+        self._made = True
         return self._credential
 
+    def forget(self) -> None:
+        """Drop the token and the DefaultAzureCredential made for it, whose own cache would hand the refused token
+        out again; a credential given stays (its owner decides what it caches)."""
+        super().forget()
+        if self._made:
+            self._credential, self._made = None, False
 
-class AwsSource:
+
+class AwsSource(_Source):
     """RDS IAM tokens from boto3's `generate_db_auth_token`, for the DSN's host, port and user: signed locally (no
     request), so one is made for every connection; they last 15 minutes."""
 
     what = "password provider aws"
 
     def __init__(self, host: str, port: int, user: str, region: str | None = None, client: Any = None) -> None:
+        super().__init__()
         self.host, self.port, self.user, self.region = host, port, user, region
         self._client = client
-        self._given = ""
 
-    def password(self) -> str:
+    def _get(self) -> str:
         try:
             from botocore.exceptions import BotoCoreError, ClientError
         except ImportError:
@@ -313,7 +355,6 @@ class AwsSource:
                                                       Region=region))
         except (BotoCoreError, ClientError) as exc:  # ClientError: a chain that asks STS (web identity, a role)
             raise CredentialUnavailable(f"{self.what}: {_first_line(str(exc))}") from None
-        self._given = token
         return token
 
     def _make_client(self) -> Any:
@@ -328,11 +369,6 @@ class AwsSource:
         self._client = boto3.session.Session().client("rds", region_name=region)
         return self._client
 
-    def forget(self) -> None:
-        pass  # nothing cached: each connection gets a token signed then
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self._given,) if self._given else ()
 
 
 class GcpSource(_Caching):

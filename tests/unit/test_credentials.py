@@ -15,7 +15,16 @@ import pytest
 from exporter.cli.main import main
 from exporter.core.settings import PasswordSource, parse_config
 from exporter.errors import ConfigInvalid, CredentialUnavailable, DatabaseUnavailable
-from exporter.pg.credentials import EXPIRY_MARGIN, CommandSource, FileSource, Token, parse_output, problems
+from exporter.pg.credentials import (
+    EXPIRY_MARGIN,
+    MAX_REUSE,
+    AwsSource,
+    CommandSource,
+    FileSource,
+    Token,
+    parse_output,
+    problems,
+)
 from exporter.pg.failures import connect_failure
 from exporter.run.monitor import AuthBackoff
 
@@ -365,3 +374,38 @@ def test_the_daemon_refuses_to_start_or_reload_into_a_provider_whose_extra_is_mi
     daemon = Daemon(load_config(path), config_path=path)  # the one server of --dsn: nothing to import
     path.write_text(fleet)
     assert daemon.reload() is False and list(daemon.monitors) == ["default"]
+
+
+def test_a_millisecond_expiry_is_read_as_one_and_no_token_is_kept_past_a_day(tmp_path: Path) -> None:
+    """An epoch expiry in milliseconds is taken as such; an integer too large for a float is no expiry; and however
+    far an expiry is, a token is fetched again after MAX_REUSE."""
+    assert parse_output(json.dumps({"token": "t", "expires_on": int(NOW * 1000)})) == Token("t", NOW)
+    assert parse_output('{"token": "t", "expires_on": ' + "9" * 400 + "}") == Token("t")
+    clock = Clock()
+    source = CommandSource(script(tmp_path, f'echo \'{{"token": "t", "expires_on": {NOW + 10 * MAX_REUSE}}}\''),
+                           clock=clock)
+    source.password()
+    clock.now = NOW + MAX_REUSE - EXPIRY_MARGIN - 1
+    source.password()
+    assert runs(tmp_path) == 1
+    clock.now = NOW + MAX_REUSE - EXPIRY_MARGIN
+    source.password()
+    assert runs(tmp_path) == 2
+
+
+def test_whatever_a_source_raises_is_a_credential_outage(tmp_path: Path) -> None:
+    """An error a source did not foresee (a vendor library's, a parser's) is CredentialUnavailable naming the source
+    and the error's type, never a crash of the poll; and a token printed over several lines of JSON is masked in
+    the command's stderr."""
+
+    class Surprising(AwsSource):
+        def _make_client(self) -> object:
+            raise KeyError("no such profile")
+
+    with pytest.raises(CredentialUnavailable) as caught:
+        Surprising("db", 5432, "u", region="eu-west-1").password()
+    assert str(caught.value) == "password provider aws: KeyError: 'no such profile'"
+    argv = script(tmp_path, 'printf \'{\\n  "accessToken": "tok-abc-123"\\n}\\n\'\necho "bad tok-abc-123" >&2\nexit 1')
+    with pytest.raises(CredentialUnavailable) as caught:
+        CommandSource(argv).password()
+    assert "tok-abc-123" not in str(caught.value) and str(caught.value).endswith("exit status 1: bad ****")
