@@ -127,6 +127,32 @@ class ServerFacts:
     """Client sessions of other roles the monitoring role sees only in part (no pg_read_all_stats)."""
 
 
+SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/ssl/cert.pem",  # macOS, the BSDs
+)
+"""Where operating systems keep their trusted root certificates, as one file."""
+
+
+def use_system_roots() -> str | None:
+    """Make `sslrootcert=system` mean this system's roots; the bundle chosen, or None when the environment already
+    says (SSL_CERT_FILE, SSL_CERT_DIR) or no bundle is found.
+
+    libpq loads OpenSSL's default roots for it, and the OpenSSL that psycopg's binary wheel bundles looks in its own
+    build's directory (/usr/lib/psycopg-openssl), which no system has: every verify-full connection would fail with
+    "certificate verify failed". OpenSSL reads SSL_CERT_FILE at each connection, so naming the system's bundle there
+    is enough."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return None
+    for path in SYSTEM_BUNDLES:
+        if os.path.isfile(path):
+            os.environ["SSL_CERT_FILE"] = path
+            return path
+    return None
+
+
 class _Watchdog:
     """Cuts a connection whose statement outlives its deadline, from a thread of its own.
 
@@ -264,11 +290,14 @@ class Database:
     def backend_pid(self) -> int | None:
         return self._conn.info.backend_pid if self.connected and self._conn is not None else None
 
+    def _scrubbed(self, exc: Exception) -> str:
+        """A driver message with the DSN's password and the password source's tokens masked."""
+        return scrub(str(exc), self.dsn, *(self.credentials.secrets() if self.credentials is not None else ()))
+
     def _fail(self, what: str, exc: Exception, reason: str | None = None) -> DatabaseUnavailable:
         stalled = self._stalled()
         self.close()
-        secrets = self.credentials.secrets() if self.credentials is not None else ()
-        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {scrub(str(exc), self.dsn, *secrets)}", reason)
+        return DatabaseUnavailable(f"{what}{stalled} ({self.masked}): {self._scrubbed(exc)}", reason)
 
     def forget_password(self) -> None:
         """Fetch the next connection's password afresh (a token the server refused may be cached)."""
@@ -296,6 +325,8 @@ class Database:
         extra.update({k: v for k, v in defaults.items() if k not in params})
         if self.credentials is not None:
             extra["password"] = self.credentials.password()  # asked at each attempt: tokens expire, passwords rotate
+        if (params.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")) == "system":
+            use_system_roots()
         try:
             conn = psycopg.connect(make_conninfo(self.dsn, **extra), autocommit=True)
         except psycopg.Error as exc:
@@ -518,11 +549,11 @@ class Database:
                 row = conn.execute(statement, params).fetchone()
         except pgerrors.InsufficientPrivilege as exc:
             # Not a member of pg_signal_backend, or the target is a superuser's session: count it and go on.
-            return "permission_denied", scrub(str(exc), self.dsn)
+            return "permission_denied", self._scrubbed(exc)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._fail("signal failed", exc) from exc
         except psycopg.Error as exc:
-            return "error", scrub(str(exc), self.dsn)
+            return "error", self._scrubbed(exc)
         if row is None:
             return "gone", (
                 "no session with that pid, backend_start and application_name"

@@ -297,7 +297,9 @@ class Monitor:
             self.sampler.disarm()
             self._glance_at = None
             self._connect_failed(exc)
-            backoff = self._auth_backoff if exc.reason == "auth" else self._backoff
+            # A refused login (a credential, or pg_hba.conf) counts against the server's login throttling: back off
+            # long. A password source that gives nothing never reached the server: the outage's backoff.
+            backoff = self._auth_backoff if exc.reason in ("auth", "rejected") else self._backoff
             delay = backoff.failed(time.monotonic())
             # Once per outage; again when the credential becomes the problem (refused, or none to be had), which
             # is no outage but an operator's to fix.

@@ -396,7 +396,7 @@ def test_deployment_runs_the_cli_with_the_rules_and_the_dsn_secret(objects: list
     assert env == {
         "name": "PGPARENT_DSN", "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "dsn"}}
     }
-    assert "sslmode=require" in secret["stringData"]["dsn"]
+    assert "sslmode=verify-full" in secret["stringData"]["dsn"]
 
 
 def test_fleet_deployment_is_the_base_with_three_replicas_and_the_dsn_files(objects: list[Obj],
@@ -420,7 +420,7 @@ def test_fleet_deployment_is_the_base_with_three_replicas_and_the_dsn_files(obje
 
 def test_fleet_config_shards_targets_whose_dsn_files_the_secret_provides(fleet_objects: list[Obj]) -> None:
     """The fleet's config is valid and in shard mode; it lists several targets with the same label names, each
-    reading its DSN from a file of the mounted Secret that the Secret has (sslmode=require), and every rule's
+    reading its DSN from a file of the mounted Secret that the Secret has (sslmode=verify-full), and every rule's
     match.target names at least one of them."""
     from fnmatch import fnmatchcase
 
@@ -439,7 +439,7 @@ def test_fleet_config_shards_targets_whose_dsn_files_the_secret_provides(fleet_o
         assert target.dsn_file is not None, f"{target.name}: not a dsn_file"
         folder, _, key = target.dsn_file.rpartition("/")
         assert folder == mount["mountPath"], target.dsn_file
-        assert "sslmode=require" in secret["stringData"][key], f"{target.name}: no key {key} in the Secret"
+        assert "sslmode=verify-full" in secret["stringData"][key], f"{target.name}: no key {key} in the Secret"
     names = [t.name for t in config.targets]
     for rule in config.rules:
         assert any(fnmatchcase(n, rule.match.target) for n in names), f"{rule.name}: matches no target"

@@ -5,13 +5,16 @@ signalled (no refused signal in the server's log), and what pgparent can see and
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from exporter.pg.database import SYSTEM_BUNDLES, Database, use_system_roots
 from harness.daemon import DaemonProcess
 from harness.waiting import eventually
 from tests.support.azure import AzureServer
@@ -98,3 +101,27 @@ def test_told_to_try_superusers_sessions_pgparent_is_refused_as_the_server_logs(
         assert (d.sample("pgparent_signal_failures_total", {"rule": "end", "reason": "permission_denied"}) or 0) >= 1
         assert d.sample("pgparent_protected_sessions") == 0
         assert "ERROR:  42501:" in server_log
+
+
+def test_sslrootcert_system_verifies_against_the_systems_roots(azure: AzureServer, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslrootcert=system`, as the managed pages advise: the OpenSSL of psycopg's binary wheel looks for roots in a
+    directory no system has, so pgparent names the system's bundle (here one that also holds the fixture's CA, as
+    the system's holds Azure's roots): verify-full then succeeds; where SSL_CERT_FILE is set already, it is kept."""
+    system = next((Path(p) for p in SYSTEM_BUNDLES if Path(p).is_file()), None)
+    if system is None:
+        pytest.skip("no system bundle of root certificates on this machine")
+    bundle = tmp_path / "ca-certificates.crt"
+    bundle.write_bytes(system.read_bytes() + azure.ca_file.read_bytes())
+    monkeypatch.setattr("exporter.pg.database.SYSTEM_BUNDLES", (str(bundle),))
+    monkeypatch.setenv("SSL_CERT_FILE", "")  # restored at the end, whatever the test sets
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    dsn = azure.admin_dsn.replace(f"sslrootcert={azure.ca_file}", "sslrootcert=system")
+    db = Database(dsn)
+    try:
+        caps = db.connect()
+    finally:
+        db.close()
+    assert (caps.tls, caps.sslmode) == (True, "verify-full")
+    assert os.environ["SSL_CERT_FILE"] == str(bundle)
+    assert use_system_roots() is None  # the environment says now: left alone
