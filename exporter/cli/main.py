@@ -445,27 +445,40 @@ def _check_server(args: argparse.Namespace, config: Config) -> tuple[Any, ...]:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from exporter.cli.doctor import examine, fleet, report
+    from exporter.cli.doctor import Line, examine, fleet, report
     from exporter.run.daemon import target_database, target_dsn
 
     config = load_config(args.config_file) if args.config_file else Config()
-    dbs: list[tuple[TargetConfig | None, Database]]
-    if config.targets and args.target is None:  # the whole fleet, then its pitfalls
-        dbs = [(spec, target_database(spec, target_dsn(spec, args.config_file))) for spec in config.targets]
-    else:
-        dbs = [(next((t for t in config.targets if t.name == args.target), None), _database(args, config))]
-    sections, servers = [], {}
-    for spec, db in dbs:
+    if not config.targets or args.target is not None:  # one server: a broken password source is exit 2
+        spec = next((t for t in config.targets if t.name == args.target), None)
+        db = _database(args, config)
         try:
-            lines, servers[spec.name if spec else ""] = examine(db, config, spec)
+            lines, _ = examine(db, config, spec)
         finally:
             db.close()
-        sections.append((f"target {spec.name if spec else args.target or DEFAULT_TARGET} ({db.masked})", lines))
-    if len(dbs) > 1:
-        sections.append(("fleet", fleet(config, servers)))
+        out, status = report([(f"target {args.target or DEFAULT_TARGET} ({db.masked})", lines)])
+        print("\n".join(out))
+        return status
+    # The whole fleet, then its pitfalls; a target whose DSN or password cannot be had is said and the rest examined.
+    sections, servers, unusable = [], {}, False
+    for spec in config.targets:
+        try:
+            db = target_database(spec, target_dsn(spec, args.config_file), source=args.config_file)
+        except ConfigInvalid as exc:
+            sections.append((f"target {spec.name}", [Line("fix", "config", e) for e in exc.errors]))
+            unusable = True
+            continue
+        try:
+            lines, servers[spec.name] = examine(db, config, spec)
+        except CredentialUnavailable as exc:
+            lines, unusable = [Line("fix", "password", str(exc))], True
+        finally:
+            db.close()
+        sections.append((f"target {spec.name} ({db.masked})", lines))
+    sections.append(("fleet", fleet(config, servers)))
     out, status = report(sections)
     print("\n".join(out))
-    return status
+    return EXIT_USAGE if unusable else status
 
 
 def cmd_run(args: argparse.Namespace) -> int:

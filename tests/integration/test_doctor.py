@@ -194,4 +194,20 @@ def test_a_failing_password_command_is_a_usage_error(azure: AzureServer) -> None
     dsn = azure.dsn_for("postgres", azure.admin, "").replace(" password= ", " ")
     out = pgparent("doctor", "--dsn", dsn, "--password.command", "false")
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "false" in out.stderr and out.stdout == ""
+    assert out.stderr == "pgparent: password command false: exit status 1\n" and out.stdout == ""
+
+
+def test_a_fleet_target_whose_dsn_or_password_cannot_be_had_is_said_and_the_rest_examined(
+        pg: Server, tmp_path: Path) -> None:
+    """In a fleet, a target whose dsn_env is unset and one whose password command fails each get their line; the
+    other targets are still examined; the exit status is 2, a setup error."""
+    fleet = (f"targets:\n  - {{name: good, dsn: '{pg.dsn}', sessions: database}}\n"
+             "  - {name: noenv, dsn_env: PGPARENT_DOCTOR_UNSET, sessions: database}\n"
+             f"  - {{name: nopw, dsn: '{pg.dsn_for('template1', password='').replace(' password= ', ' ')}', "
+             "sessions: database, password: {command: [/bin/false]}}\n")
+    out = pgparent("doctor", "--config.file", config(tmp_path, fleet))
+    assert out.returncode == 2, out.stdout + out.stderr
+    sections = out.stdout.split("\ntarget ")
+    assert by_topic(sections[0])["connect"][0] == "ok", out.stdout
+    assert "fix  config: " in sections[1] and "PGPARENT_DOCTOR_UNSET" in sections[1]
+    assert "fix  password: password command /bin/false: exit status 1" in sections[2]
