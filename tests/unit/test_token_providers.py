@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -181,7 +181,9 @@ class TokenEndpoint(BaseHTTPRequestHandler):
         body = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
         payload = body["assertion"][0].split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        ok = body["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+        # An account named refused@... is refused, as a disabled or deleted service account is.
+        ok = (body["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+              and not str(claims.get("iss", "")).startswith("refused@"))
         self.issued.append(claims)
         answer = {"access_token": f"ya29.test-{len(self.issued)}", "expires_in": 3600, "token_type": "Bearer"}
         data = json.dumps(answer if ok else {"error": "invalid_grant"}).encode()
@@ -210,26 +212,33 @@ def token_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         server.server_close()
 
 
-def test_gcp_refreshes_a_service_account_token_with_the_sql_login_scope(
-        token_endpoint: tuple[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """google.auth.default finds a service-account key, its assertion asks for sqlservice.login, and the token is
-    reused until shortly before its expiry, then refreshed."""
-    pytest.importorskip("google.auth", reason="needs the gcp extra: pip install 'pgparent[gcp]'")
+def service_account(tmp_path: Path, url: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service-account key of a throwaway RSA key whose token_uri is `url`, where google.auth.default finds it;
+    the metadata server pointed at a closed port of 127.0.0.1, should anything ask it."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    url, issued = token_endpoint
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
     account = tmp_path / "sa.json"
     account.write_text(json.dumps({
         "type": "service_account", "project_id": "test-project", "private_key_id": "k1", "private_key": pem,
-        "client_email": "pgparent@test-project.iam.gserviceaccount.com", "client_id": "1", "token_uri": url,
+        "client_email": f"{name}@test-project.iam.gserviceaccount.com", "client_id": "1", "token_uri": url,
     }))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(account))
-    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # never the real metadata server, should it be asked
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
     monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+
+
+def test_gcp_refreshes_a_service_account_token_with_the_sql_login_scope(
+        token_endpoint: tuple[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """google.auth.default finds a service-account key, its assertion asks for sqlservice.login, and the token is
+    reused until shortly before its expiry, then refreshed."""
+    pytest.importorskip("google.auth", reason="needs the gcp extra: pip install 'pgparent[gcp]'")
+
+    url, issued = token_endpoint
+    service_account(tmp_path, url, "pgparent", monkeypatch)
     clock = Clock(time.time())
     source = GcpSource(clock=clock)
     assert source.password() == "ya29.test-1" and source.password() == "ya29.test-1"
@@ -246,11 +255,17 @@ def test_gcp_refreshes_a_service_account_token_with_the_sql_login_scope(
 
 def test_gcp_refresh_errors_become_credential_unavailable(
         token_endpoint: tuple[str, list[dict[str, Any]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key file that is no credential at all: google-auth's error, as CredentialUnavailable."""
+    """A key file that is no credential at all, and a service account the token endpoint refuses (invalid_grant):
+    google-auth's error, as CredentialUnavailable."""
     pytest.importorskip("google.auth", reason="needs the gcp extra: pip install 'pgparent[gcp]'")
+    url, issued = token_endpoint
     account = tmp_path / "sa.json"
     account.write_text(json.dumps({"type": "nonsense"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(account))
     with pytest.raises(CredentialUnavailable, match=r"^password provider gcp: "):
         GcpSource().password()
-    assert urlsplit(token_endpoint[0]).hostname == "127.0.0.1" and token_endpoint[1] == []
+    assert issued == []
+    service_account(tmp_path, url, "refused", monkeypatch)
+    with pytest.raises(CredentialUnavailable, match=r"^password provider gcp: .*invalid_grant"):
+        GcpSource().password()
+    assert [c["iss"] for c in issued] == ["refused@test-project.iam.gserviceaccount.com"]
