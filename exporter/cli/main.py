@@ -111,6 +111,12 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="NAME", help="which of the config's targets (with a config that lists targets)")
 
 
+def _no_password_flags(args: argparse.Namespace, config: Config) -> None:
+    """The --password.* flags are the --dsn server's: a config that lists targets says each one's itself."""
+    if config.targets and _password_spec(args) is not None:
+        raise UsageError("--password.*: for the --dsn server; the config's targets each say theirs (password:)")
+
+
 def _database(args: argparse.Namespace, config: Config, statement_timeout: float = 10.0) -> Database:
     """The server a command talks to: --target NAME of the config's targets, else --dsn / the environment."""
     from exporter.run.daemon import target_database, target_dsn
@@ -119,8 +125,7 @@ def _database(args: argparse.Namespace, config: Config, statement_timeout: float
         if args.target is not None:
             raise UsageError(f"--target {args.target}: the config lists no targets; use --dsn")
         return _default_database(args, statement_timeout)
-    if _password_spec(args) is not None:
-        raise UsageError("--password.*: for the --dsn server; the config's targets each say theirs (password:)")
+    _no_password_flags(args, config)
     names = [t.name for t in config.targets]
     if args.target is None:
         raise UsageError(f"the config lists targets: name one with --target ({', '.join(names)})")
@@ -491,8 +496,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = parse_listen_address(args.listen)
     limits = Limits(workers=args.web_workers, max_connections=args.web_max_connections)
     web, tls = load_web_config(args.web_config_file) if args.web_config_file else (None, None)
-    if config.targets and _password_spec(args) is not None:
-        raise UsageError("--password.*: for the --dsn server; the config's targets each say theirs (password:)")
+    _no_password_flags(args, config)
     db = None if config.targets else _default_database(args, statement_timeout(config.interval))
     daemon = Daemon(
         config,

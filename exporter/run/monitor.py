@@ -333,6 +333,12 @@ class Monitor:
         self.db.forget_password()
         return self.db.connect()
 
+    def _failed_between_polls(self, exc: DatabaseUnavailable, during: str) -> None:
+        """A glance, a memory sample or a deadline's signal lost the connection: counted and logged; the next poll
+        reconnects (with the backoff)."""
+        self._connect_failed(exc)
+        self.log.error("database_unavailable", error=str(exc), during=during, **_reason(exc))
+
     def _connect_failed(self, exc: DatabaseUnavailable) -> None:
         """Count a failed connection attempt by its reason (a failed statement on an open connection has none)."""
         if exc.reason is not None:
@@ -372,8 +378,7 @@ class Monitor:
             snapshot = self.db.snapshot(config.poll, recent=self._polled)
             read_at = time.monotonic()
         except DatabaseUnavailable as exc:
-            self._connect_failed(exc)
-            self.log.error("database_unavailable", error=str(exc), during="glance", **_reason(exc))
+            self._failed_between_polls(exc, "glance")
             self._glance_at = None
             return
         self.counters.glances.labels(self.name).inc()
@@ -385,8 +390,7 @@ class Monitor:
         try:
             landed = self.sampler.sample(now, self.deadlines.server_now(), self.db, self.enforcer, self.config)
         except DatabaseUnavailable as exc:
-            self._connect_failed(exc)
-            self.log.error("database_unavailable", error=str(exc), during="memory sample", **_reason(exc))
+            self._failed_between_polls(exc, "memory sample")
             self.sampler.disarm()
             return
         if landed:
@@ -434,8 +438,7 @@ class Monitor:
                     self.enforcer.landed += landed
                 self.rule_state = self.rule_state.with_cancelled(self.enforcer.landed, server_now)
             except DatabaseUnavailable as exc:
-                self._connect_failed(exc)
-                self.log.error("database_unavailable", error=str(exc), during="deadline", **_reason(exc))
+                self._failed_between_polls(exc, "deadline")
                 self.deadlines.clear()
             self.collector.refresh()  # the counters moved: the next scrape renders them
 

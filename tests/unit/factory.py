@@ -73,3 +73,13 @@ def snapshot(*sessions: Session, now: datetime = NOW) -> Snapshot:
         sessions=tuple(s for s in sessions if not s.is_worker),
         workers=tuple(s for s in sessions if s.is_worker),
     )
+
+
+class UnixClock:
+    """A settable Unix clock (seconds), for what reads time.time."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -27,18 +27,10 @@ from exporter.pg.credentials import (
 )
 from exporter.pg.failures import connect_failure
 from exporter.run.monitor import AuthBackoff
+from tests.unit.factory import UnixClock
 
 NOW = 1_800_000_000.0
 
-
-class Clock:
-    """A settable Unix clock."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def script(tmp_path: Path, body: str) -> tuple[str, ...]:
@@ -103,7 +95,7 @@ def test_a_plain_text_command_runs_for_every_connection(tmp_path: Path) -> None:
 
 def test_a_json_token_is_reused_until_the_margin_before_its_expiry(tmp_path: Path) -> None:
     """A token with an expiry is reused until EXPIRY_MARGIN before it; then, or after forget(), fetched again."""
-    clock = Clock()
+    clock = UnixClock()
     expires = NOW + 600
     source = CommandSource(script(tmp_path, f'echo \'{{"accessToken": "tok", "expires_on": {expires}}}\''),
                            clock=clock)
@@ -381,7 +373,7 @@ def test_a_millisecond_expiry_is_read_as_one_and_no_token_is_kept_past_a_day(tmp
     far an expiry is, a token is fetched again after MAX_REUSE."""
     assert parse_output(json.dumps({"token": "t", "expires_on": int(NOW * 1000)})) == Token("t", NOW)
     assert parse_output('{"token": "t", "expires_on": ' + "9" * 400 + "}") == Token("t")
-    clock = Clock()
+    clock = UnixClock()
     source = CommandSource(script(tmp_path, f'echo \'{{"token": "t", "expires_on": {NOW + 10 * MAX_REUSE}}}\''),
                            clock=clock)
     source.password()

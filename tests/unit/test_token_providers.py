@@ -30,16 +30,10 @@ from exporter.pg.credentials import (
     GcpSource,
     credential_source,
 )
+from tests.unit.factory import UnixClock
 
 NOW = 1_800_000_000.0
 
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- azure --------------------------------------------------------------------------------------------------------
@@ -64,7 +58,7 @@ class Issuer:
 def test_azure_asks_for_the_postgresql_scope_and_reuses_the_token_until_shortly_before_expiry() -> None:
     """One get_token for the ossrdbms-aad scope, reused until EXPIRY_MARGIN before expires_on; forget() refetches."""
     pytest.importorskip("azure.identity", reason="needs the azure extra: pip install 'pgparent[azure]'")
-    clock, issuer = Clock(), Issuer(lifetime=300)
+    clock, issuer = UnixClock(), Issuer(lifetime=300)
     source = AzureSource(credential=issuer, clock=clock)
     assert source.password() == "entra-1" and source.password() == "entra-1"
     assert issuer.scopes == [(AZURE_SCOPE,)] and AZURE_SCOPE == "https://ossrdbms-aad.database.windows.net/.default"
@@ -239,7 +233,7 @@ def test_gcp_refreshes_a_service_account_token_with_the_sql_login_scope(
 
     url, issued = token_endpoint
     service_account(tmp_path, url, "pgparent", monkeypatch)
-    clock = Clock(time.time())
+    clock = UnixClock(time.time())
     source = GcpSource(clock=clock)
     assert source.password() == "ya29.test-1" and source.password() == "ya29.test-1"
     assert len(issued) == 1
