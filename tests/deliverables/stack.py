@@ -25,6 +25,7 @@ The scenario gives every dashboard panel something to show:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,8 @@ from tests.support.tools import require_tool
 
 JOB = "pgparent"
 SCRAPE_INTERVAL = "1s"
+LATE_KILLS = 3
+"""At most this many kills of FakeParent:1001 after Prometheus first scraped the counter, until its rate shows."""
 APP_PASSWORD, MONITOR_PASSWORD = "dash-app-pw", "dash-monitor-pw"
 LOCK_KEY = (7001, 42)
 """The etl:42 advisory lock, in the two-int4 key space so it cannot meet a single-bigint key another tool uses."""
@@ -344,7 +347,27 @@ def wait_for_data(stack: LiveStack, timeout: float = 90.0) -> None:
     eventually(enough, timeout=timeout, interval=1.0, what=f"Prometheus holds samples {wanted}")
 
     # rate() ignores the samples a series is born with, so the first kills may never show as a rate. One more kill,
-    # now that Prometheus scrapes the counter, makes the terminations panel non-zero for certain.
+    # now that Prometheus scrapes the counter, makes the terminations panel non-zero, unless it lands on a series of
+    # its own: the counter's `trigger` label says whether a poll or a deadline signalled (the first kills are the
+    # deadline's, a late one often a poll's), and a kill by the other is born at 1 too. So kill again until the
+    # panel's rate rose at some moment since the stack started (what the panel's test reads): the next kill lands on
+    # a series that exists.
+    rate = f'sum(rate(pgparent_signalled_sessions_total{{job="{JOB}", rule="runaway-1001"}}[15s]))'
+
+    def rose() -> bool:
+        series = stack.prometheus.query_range(rate, start=stack.started, end=time.time(), step=1)
+        return any(float(v) > 0 for s in series for _, v in s["values"])
+
+    for _ in range(LATE_KILLS):
+        _late_kill(stack, timeout)
+        with contextlib.suppress(AssertionError):  # a few scrapes for the rate to show, else one more kill
+            eventually(rose, timeout=10, interval=1.0, what="the terminations' rate rose")
+            return
+    raise AssertionError(f"{LATE_KILLS} late kills of FakeParent:1001 never showed as a rate in Prometheus")
+
+
+def _late_kill(stack: LiveStack, timeout: float) -> None:
+    """One more FakeParent:1001 session, killed by runaway-1001, its kill scraped by Prometheus."""
     (late,) = stack.clients.start("FakeParent:1001", LONG_QUERY, dsn=stack.app_dsn)
     eventually(lambda: late.outcome == "terminated", timeout=timeout, what="the late FakeParent:1001 session killed")
     total = sum(v for _, v in stack.daemon.samples("pgparent_signalled_sessions_total", {"rule": "runaway-1001"}))
