@@ -3,9 +3,11 @@ default protect lists keep what each reserves."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from exporter.cli.doctor import PROVIDERS, Provider, _protected, label_notes, recognise, same_address
+from exporter.cli.doctor import PROVIDERS, Line, Provider, _protected, label_notes, recognise, same_address
 from exporter.core.settings import Config, Protect, TargetConfig
 from exporter.pg.database import ServerFacts
 
@@ -44,3 +46,17 @@ def test_fleet_notes_without_connecting() -> None:
     (warning,) = same_address([(a, str(a.dsn)), (b, str(b.dsn))])
     assert warning.startswith("targets: a, b reach db1:5432, and a, b read every database's sessions")
     assert same_address([(c, str(c.dsn)), (d, str(d.dsn))]) == []
+
+
+PAGES = {"azure": "azure.md", "rds": "rds.md", "cloudsql": "cloudsql.md", "alloydb": "cloudsql.md"}
+"""The docs/managed page of each service."""
+
+
+@pytest.mark.parametrize("provider", PROVIDERS, ids=lambda p: p.key)
+def test_each_services_page_shows_the_lines_doctor_prints_for_it(provider: Provider) -> None:
+    """docs/managed/<service>.md shows, verbatim, the protect line and the notes doctor prints for that service, so
+    the page and the code say the same."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "managed" / PAGES[provider.key]).read_text()
+    wanted = [*_protected(provider, Config()), *(Line("note", f"{provider.key} {t}", x) for t, x in provider.advice)]
+    missing = [str(line) for line in wanted if f"  {line}\n" not in page]
+    assert not missing, missing
