@@ -7,7 +7,7 @@ connection attempt, never per statement. What each source caches:
 - a command that prints plain text, a file, and aws: nothing; asked again for every connection (an RDS IAM token is
   signed locally, at no cost);
 - a command that prints a JSON object with a token and its expiry, azure and gcp: the token, until EXPIRY_MARGIN
-  before it expires.
+  before it expires, and never longer than MAX_REUSE.
 
 `forget()` drops a cached token: after the server refused a credential, the next attempt fetches a fresh one.
 Every failure is a `CredentialUnavailable` whose message names the source but never holds what it printed.
@@ -75,6 +75,15 @@ def missing_extra(provider: str) -> str | None:
 def _unavailable(what: str, provider: str) -> CredentialUnavailable:
     reason = missing_extra(provider) or f"{provider}'s package failed to import"
     return CredentialUnavailable(f"{what}: {reason}")
+
+
+def _vendor(what: str, provider: str, *modules: str) -> list[Any]:
+    """The vendor library's `modules`, imported when a source first needs them (the extra is optional); the error
+    naming the extra to install when one is missing."""
+    try:
+        return [importlib.import_module(m) for m in modules]
+    except ImportError:
+        raise _unavailable(what, provider) from None
 
 
 def _first_line(text: str) -> str:
@@ -299,25 +308,19 @@ class AzureSource(_Caching):
         self._made = False
 
     def _fetch(self) -> Token:
-        try:
-            from azure.core.exceptions import AzureError
-        except ImportError:
-            raise _unavailable(self.what, "azure") from None
+        (errors,) = _vendor(self.what, "azure", "azure.core.exceptions")
         try:
             credential = self._credential or self._default()
             token = credential.get_token(self.scope)
-        except AzureError as exc:
+        except errors.AzureError as exc:
             raise CredentialUnavailable(f"{self.what}: {_first_line(exc.message or str(exc))}") from None
         return Token(str(token.token), float(token.expires_on))
 
     def _default(self) -> TokenCredential:
-        try:
-            from azure.identity import DefaultAzureCredential
-        except ImportError:
-            raise _unavailable(self.what, "azure") from None
+        (identity,) = _vendor(self.what, "azure", "azure.identity")
         # Made once: it caches tokens itself and keeps its chain's HTTP sessions.
         ids = {"managed_identity_client_id": self.client_id, "workload_identity_client_id": self.client_id}
-        self._credential = DefaultAzureCredential(**ids) if self.client_id else DefaultAzureCredential()
+        self._credential = identity.DefaultAzureCredential(**(ids if self.client_id else {}))
         self._made = True
         return self._credential
 
@@ -341,10 +344,7 @@ class AwsSource(_Source):
         self._client = client
 
     def _get(self) -> str:
-        try:
-            from botocore.exceptions import BotoCoreError, ClientError
-        except ImportError:
-            raise _unavailable(self.what, "aws") from None
+        (errors,) = _vendor(self.what, "aws", "botocore.exceptions")
         try:
             client = self._client or self._make_client()
             region = self.region or client.meta.region_name
@@ -353,22 +353,18 @@ class AwsSource(_Source):
                                             "AWS_REGION or a region in ~/.aws/config")
             token = str(client.generate_db_auth_token(DBHostname=self.host, Port=self.port, DBUsername=self.user,
                                                       Region=region))
-        except (BotoCoreError, ClientError) as exc:  # ClientError: a chain that asks STS (web identity, a role)
+        except (errors.BotoCoreError, errors.ClientError) as exc:  # ClientError: a chain that asks STS (a role)
             raise CredentialUnavailable(f"{self.what}: {_first_line(str(exc))}") from None
         return token
 
     def _make_client(self) -> Any:
-        try:
-            import boto3
-        except ImportError:
-            raise _unavailable(self.what, "aws") from None
+        (session,) = _vendor(self.what, "aws", "boto3.session")
         # Made once: it holds the credential chain's resolved credentials (refreshed by botocore as they expire). A
         # session of its own rather than boto3's default one, which is not safe to share between targets' threads.
         # AWS_REGION (what ECS, Lambda and EKS set) before boto3's own chain, which reads AWS_DEFAULT_REGION only.
         region = self.region or os.environ.get("AWS_REGION") or None
-        self._client = boto3.session.Session().client("rds", region_name=region)
+        self._client = session.Session().client("rds", region_name=region)
         return self._client
-
 
 
 class GcpSource(_Caching):
@@ -382,18 +378,14 @@ class GcpSource(_Caching):
         self._credentials = credentials
 
     def _fetch(self) -> Token:
-        try:
-            import google.auth
-            from google.auth.exceptions import GoogleAuthError
-            from google.auth.transport.requests import Request
-        except ImportError:
-            raise _unavailable(self.what, "gcp") from None
+        auth, errors, transport = _vendor(self.what, "gcp", "google.auth", "google.auth.exceptions",
+                                          "google.auth.transport.requests")
         try:
             if self._credentials is None:
-                self._credentials, _ = google.auth.default(scopes=[GCP_SCOPE])
+                self._credentials, _ = auth.default(scopes=[GCP_SCOPE])
             credentials = self._credentials
-            credentials.refresh(Request())
-        except GoogleAuthError as exc:
+            credentials.refresh(transport.Request())
+        except errors.GoogleAuthError as exc:
             raise CredentialUnavailable(f"{self.what}: {_first_line(str(exc))}") from None
         expiry = credentials.expiry  # naive UTC, as google-auth keeps it
         expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else None
