@@ -345,6 +345,11 @@ class Stats:
     listening: int = 0
     """Sessions idle after a LISTEN: waiting for notifications."""
 
+    @property
+    def hidden(self) -> int:
+        """Sessions whose state (and timestamps) pgparent's role may not see (no pg_read_all_stats)."""
+        return self.by_state.get(UNKNOWN_STATE, 0)
+
     @classmethod
     def of(
         cls, sessions: Iterable[Session], now: datetime, locks: LockGraph | None = None, exclude_own: bool = True

@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from exporter.core.conditions import BY_NAME
-from exporter.core.model import ACTIVE_STATES, UNKNOWN_STATE, Group, Session, SignalAction, Stats
+from exporter.core.model import ACTIVE_STATES, Group, Session, SignalAction, Stats
 from exporter.core.settings import Protect, Rule
 
 
@@ -81,8 +81,7 @@ def rule_scope(rule: CompiledRule, grp: Group) -> tuple[tuple[Session, ...], Cal
     """
     if rule.parent is not None and not rule.parent(grp.parent):
         return None
-    hidden = grp.stats.by_state.get(UNKNOWN_STATE, 0) > 0
-    if rule.database is None and rule.user is None and not hidden:
+    if rule.database is None and rule.user is None and not grp.stats.hidden:
         return grp.sessions, lambda: grp.stats
     db, user = rule.database, rule.user
     sessions = tuple(

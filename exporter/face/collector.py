@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.core.cost import SOURCES, Cost
 from exporter.core.grouping import OTHER, top_groups
-from exporter.core.model import KNOWN_STATES, UNKNOWN_STATE, Group, Grouped
+from exporter.core.model import KNOWN_STATES, Group, Grouped
 from exporter.face import counters as m
 from exporter.face.counters import Counters, Family
 from exporter.logs import get_logger
@@ -145,7 +145,7 @@ class _GroupSeries:
 
 def _seen(group: Group) -> bool:
     """Some session of the group shows its state and timestamps (the others are hidden: pgparent_hidden_sessions)."""
-    return group.stats.by_state.get(UNKNOWN_STATE, 0) < group.stats.sessions
+    return group.stats.hidden < group.stats.sessions
 
 
 def _worst(values: list[float]) -> float:
